@@ -1,0 +1,47 @@
+"""The exception tree of featserve.
+
+    FeatureServeError
+    ├── RegistryError        a feature declaration that cannot be right
+    ├── InvalidEntityId      an entity id that would make a bad key
+    └── StoreError           a store could not answer
+        ├── StoreUnavailable   connection refused or dropped
+        └── StoreTimeout       no answer within the socket timeout
+
+Third-party errors (redis-py's) are translated into these once, at the
+store boundary; the rest of the code sees only these.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FeatureServeError",
+    "InvalidEntityId",
+    "RegistryError",
+    "StoreError",
+    "StoreTimeout",
+    "StoreUnavailable",
+]
+
+
+class FeatureServeError(Exception):
+    """Base of every error featserve raises on purpose."""
+
+
+class RegistryError(FeatureServeError):
+    """A feature declaration or lookup that names something wrong."""
+
+
+class InvalidEntityId(FeatureServeError, ValueError):
+    """An entity id that is empty, too long, or holds characters keys must not."""
+
+
+class StoreError(FeatureServeError):
+    """A store failed to answer a read or a write."""
+
+
+class StoreUnavailable(StoreError):
+    """The store refused or dropped the connection."""
+
+
+class StoreTimeout(StoreError):
+    """The store did not answer within its socket timeout."""

@@ -1,0 +1,61 @@
+"""featserve's configuration: one frozen object built from the environment once.
+
+Every variable is optional; the defaults suit a fraud model with a 10 ms
+feature budget on a loopback or same-zone Redis.  Variables are prefixed
+``FEATSERVE_`` except ``REDIS_URL``, which every Redis tool already knows.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Typed settings; ``Settings()`` reads them from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEATSERVE_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "FEATSERVE_REDIS_URL")
+    )
+    """Where the online store is; unset means ``make serve`` starts an embedded one."""
+
+    redis_socket_timeout_ms: float = Field(default=50.0, gt=0)
+    """How long one Redis round trip may take before the read fails over to defaults."""
+
+    redis_connect_timeout_ms: float = Field(default=100.0, gt=0)
+    """How long opening a Redis connection may take."""
+
+    redis_pool_size: int = Field(default=32, ge=1)
+    """Connections per worker; size it as peak rps x mean latency (s) x 1.5.
+
+    When every connection is busy a read fails at once (served from defaults)
+    instead of queueing behind the others."""
+
+    cache_ttl_s: float = Field(default=5.0, ge=0)
+    """How long a feature group stays in the in-process cache; 0 turns the cache off."""
+
+    cache_maxsize: int = Field(default=100_000, ge=0)
+    """How many entity groups the in-process cache holds (LRU beyond that); 0 turns it off."""
+
+    model_tag: str = "fraud_model:latest"
+    """The BentoML model the service loads."""
+
+    batch_max: int = Field(default=256, ge=1)
+    """The most requests one ``/score_batch`` or ``/features`` call may carry."""
+
+    workers: int = Field(default=1, ge=1)
+    """BentoML worker processes."""
+
+    access_log: bool = False
+    """Whether BentoML writes an access-log line per request (costs about 25 % throughput)."""
+
+    @property
+    def cache_enabled(self) -> bool:
+        """False when either cache setting is 0."""
+        return self.cache_ttl_s > 0 and self.cache_maxsize > 0

@@ -1,0 +1,64 @@
+"""Per-stage wall-clock timing for one request.
+
+Every stage of a request reports into one ``StageTimer``; the service turns
+it into the JSON ``timing_ms`` body, the ``Server-Timing`` header and the
+stage histograms, so the three always agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+__all__ = ["StageTimer"]
+
+
+class StageTimer:
+    """Accumulates milliseconds per named stage, in the order stages first ran."""
+
+    __slots__ = ("_clock", "_ms")
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._ms: dict[str, float] = {}
+
+    def stage(self, name: str) -> _Stage:
+        """A context manager that adds the time spent inside it to stage ``name``."""
+        return _Stage(self, name)
+
+    def add(self, name: str, milliseconds: float) -> None:
+        """Add ``milliseconds`` to stage ``name``."""
+        self._ms[name] = self._ms.get(name, 0.0) + milliseconds
+
+    def now(self) -> float:
+        """The timer's clock, in seconds."""
+        return self._clock()
+
+    def milliseconds(self) -> dict[str, float]:
+        """Each stage's total, rounded to the microsecond."""
+        return {name: round(ms, 3) for name, ms in self._ms.items()}
+
+    def server_timing(self) -> str:
+        """The stages as a W3C ``Server-Timing`` header value."""
+        return ", ".join(f"{name};dur={ms:.3f}" for name, ms in self._ms.items())
+
+
+class _Stage:
+    __slots__ = ("_name", "_start", "_timer")
+
+    def __init__(self, timer: StageTimer, name: str) -> None:
+        self._timer = timer
+        self._name = name
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        self._start = self._timer.now()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._timer.add(self._name, (self._timer.now() - self._start) * 1000.0)
