@@ -1,0 +1,58 @@
+"""Shared fixtures: real Redis servers on free loopback ports, and clients for them.
+
+``redis_url`` points at ``REDIS_URL`` when it is set (its database is
+flushed before each test: give the tests a scratch database) and otherwise
+at a server this session starts.  Tests that kill or pause Redis ask for
+``own_redis``, a server of their own, whatever ``REDIS_URL`` says.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from features.local_redis import LocalRedis
+from features.settings import Settings
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+
+@pytest.fixture(scope="session")
+def _session_redis_url() -> Iterator[str]:
+    external = os.environ.get("REDIS_URL")
+    if external:
+        yield external
+        return
+    with LocalRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(_session_redis_url: str) -> str:
+    """A Redis URL whose database is empty when the test starts."""
+    with redis.Redis.from_url(_session_redis_url) as client:
+        client.flushdb()
+    return _session_redis_url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client for inspecting what the code under test did."""
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    """Default settings pointed at ``redis_url``."""
+    return Settings(REDIS_URL=redis_url)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[LocalRedis]:
+    """A server only this test uses, free to be killed, paused and restarted."""
+    with LocalRedis() as server:
+        yield server

@@ -1,0 +1,180 @@
+"""The Redis store against a real server: layout, TTLs, decoding, errors.
+
+The read behaviours run against both the blocking and the asyncio store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Iterator, Sequence
+
+import pytest
+import redis
+
+from features.errors import StoreTimeout, StoreUnavailable
+from features.local_redis import LocalRedis
+from features.registry import FRAUD_REGISTRY
+from features.settings import Settings
+from features.stores.base import ReadRequest, StoredValues, WriteRow
+from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+
+USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
+RECENT_ITEMS = FRAUD_REGISTRY.group("user", "recent_items")
+EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+
+Reader = Callable[[Sequence[ReadRequest]], list[StoredValues | None]]
+
+
+def read_all(entity_id: str) -> list[ReadRequest]:
+    return [
+        ReadRequest(entity_id, group, group.feature_names)
+        for group in (USER_FEATURES, RECENT_ITEMS, EMBEDDING)
+    ]
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[RedisStore]:
+    store = RedisStore(sync_client(settings))
+    yield store
+    store.close()
+
+
+def make_reader(kind: str, settings: Settings) -> tuple[Reader, Callable[[], None]]:
+    if kind == "sync":
+        sync_store = RedisStore(sync_client(settings))
+        return sync_store.read, sync_store.close
+    loop = asyncio.new_event_loop()
+    async_store = AsyncRedisStore(async_client(settings))
+
+    def read(requests: Sequence[ReadRequest]) -> list[StoredValues | None]:
+        return loop.run_until_complete(async_store.read(requests))
+
+    def close() -> None:
+        loop.run_until_complete(async_store.close())
+        loop.close()
+
+    return read, close
+
+
+@pytest.fixture(params=["sync", "async"])
+def reader(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Reader]:
+    """The read path of each store implementation, driven synchronously."""
+    read, close = make_reader(request.param, settings)
+    yield read
+    close()
+
+
+def test_hash_values_are_plain_decimal_strings(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    store.write([WriteRow("u1", USER_FEATURES, {"tx_count_1h": 3, "avg_tx_90d": 12.5})])
+    assert redis_client.hgetall("user:{u1}:features") == {
+        b"tx_count_1h": b"3",
+        b"avg_tx_90d": b"12.5",
+    }
+
+
+@pytest.mark.parametrize(
+    ("group_name", "values"),
+    [
+        ("features", {"tx_count_1h": 1}),
+        ("recent_items", {"recent_items": {"i1": 1.0}}),
+        ("embedding", {"embedding": [1.0] * 16}),
+    ],
+)
+def test_every_write_sets_ttl_to_twice_the_freshness(
+    store: RedisStore, redis_client: redis.Redis, group_name: str, values: dict[str, object]
+) -> None:
+    group = FRAUD_REGISTRY.group("user", group_name)
+    store.write([WriteRow("u1", group, values)])
+    expected_ms = int(group.ttl.total_seconds() * 1000)
+    assert expected_ms - 5_000 < redis_client.pttl(f"user:{{u1}}:{group_name}") <= expected_ms
+
+
+def test_sorted_set_is_trimmed_to_top_n_and_read_newest_first(
+    store: RedisStore, redis_client: redis.Redis, reader: Reader
+) -> None:
+    members = {f"item{i:02d}": float(i) for i in range(25)}
+    store.write([WriteRow("u1", RECENT_ITEMS, {"recent_items": members})])
+    assert redis_client.zcard("user:{u1}:recent_items") == 10
+    [values] = reader([ReadRequest("u1", RECENT_ITEMS, RECENT_ITEMS.feature_names)])
+    assert values == {"recent_items": tuple(f"item{i:02d}" for i in range(24, 14, -1))}
+
+
+def test_embedding_is_packed_little_endian_float32(
+    store: RedisStore, redis_client: redis.Redis, reader: Reader
+) -> None:
+    vector = [i / 4 for i in range(16)]
+    store.write([WriteRow("u1", EMBEDDING, {"embedding": vector})])
+    assert redis_client.get("user:{u1}:embedding") == struct.pack("<16f", *vector)
+    [values] = reader([ReadRequest("u1", EMBEDDING, EMBEDDING.feature_names)])
+    assert values == {"embedding": tuple(vector)}
+
+
+def test_read_returns_one_answer_per_request_in_order(store: RedisStore, reader: Reader) -> None:
+    store.write([WriteRow("u2", USER_FEATURES, {"is_premium": 1})])
+    answers = reader(read_all("u1") + read_all("u2"))
+    assert answers == [None, None, None, {"is_premium": 1}, None, None]
+
+
+def test_values_written_by_any_client_are_cast_to_declared_types(
+    redis_client: redis.Redis, reader: Reader
+) -> None:
+    redis_client.hset(
+        "user:{u1}:features",
+        mapping={"tx_count_1h": "7", "tx_sum_1h": "99", "account_age_days": "30.0"},
+    )
+    [values] = reader([ReadRequest("u1", USER_FEATURES, USER_FEATURES.feature_names)])
+    assert values == {"tx_count_1h": 7, "tx_sum_1h": 99.0, "account_age_days": 30}
+    assert isinstance(values["tx_sum_1h"], float)
+    assert isinstance(values["account_age_days"], int)
+
+
+def test_invalid_values_are_left_out_not_raised(redis_client: redis.Redis, reader: Reader) -> None:
+    redis_client.hset("user:{u1}:features", mapping={"tx_count_1h": "lots", "is_premium": "1"})
+    redis_client.set("user:{u1}:embedding", b"short")
+    redis_client.set("user:{u1}:recent_items", b"a string where a sorted set belongs")
+    answers = reader(read_all("u1"))
+    assert answers == [{"is_premium": 1}, None, None]
+
+
+def test_reads_ask_only_for_the_requested_fields(redis_client: redis.Redis, reader: Reader) -> None:
+    redis_client.hset("user:{u1}:features", mapping={"tx_count_1h": "1", "is_premium": "1"})
+    redis_client.config_resetstat()
+    [values] = reader([ReadRequest("u1", USER_FEATURES, ("is_premium",))])
+    assert values == {"is_premium": 1}
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_hmget"]["calls"] == 1
+    assert "cmdstat_hgetall" not in stats
+
+
+def test_a_write_larger_than_one_chunk_lands_whole(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    rows = [WriteRow(f"u{i}", USER_FEATURES, {"tx_count_1h": i}) for i in range(1234)]
+    store.write(rows)
+    assert redis_client.dbsize() == 1234
+    assert redis_client.hget("user:{u1233}:features", "tx_count_1h") == b"1233"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stopped_server_is_store_unavailable(own_redis: LocalRedis, kind: str) -> None:
+    read, close = make_reader(kind, Settings(REDIS_URL=own_redis.url))
+    own_redis.stop()
+    with pytest.raises(StoreUnavailable):
+        read(read_all("u1"))
+    close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_frozen_server_is_a_store_timeout(own_redis: LocalRedis, kind: str) -> None:
+    read, close = make_reader(kind, Settings(REDIS_URL=own_redis.url))
+    assert read(read_all("u1")) == [None, None, None]
+    own_redis.pause()
+    try:
+        with pytest.raises(StoreTimeout):
+            read(read_all("u1"))
+    finally:
+        own_redis.resume()
+    close()

@@ -1,0 +1,285 @@
+"""The resolver against a real Redis: one round trip, defaults, cache, single-flight, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+import redis
+
+from features.burst_log import BurstLog
+from features.cache import FeatureCache
+from features.errors import InvalidEntityId
+from features.local_redis import LocalRedis
+from features.registry import FRAUD_REGISTRY
+from features.resolver import GroupResult, Resolver, Source
+from features.settings import Settings
+from features.stores.base import WriteRow
+from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.timing import StageTimer
+from tests.support.tcp_proxy import TcpProxy
+
+USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
+RECENT_ITEMS = FRAUD_REGISTRY.group("user", "recent_items")
+EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+DEFAULTS = dict(USER_FEATURES.defaults)
+
+T = TypeVar("T")
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
+
+
+def write(settings: Settings, rows: list[WriteRow]) -> None:
+    store = RedisStore(sync_client(settings))
+    store.write(rows)
+    store.close()
+
+
+class Harness:
+    """A resolver over a fresh async client; build and use it inside one event loop."""
+
+    def __init__(self, settings: Settings, clock: ManualClock | None = None) -> None:
+        self.clock = clock or ManualClock()
+        self.store = AsyncRedisStore(async_client(settings))
+        self.cache: FeatureCache[GroupResult] = FeatureCache(
+            settings.cache_ttl_s, settings.cache_maxsize, timer=self.clock
+        )
+        self.log = BurstLog(logging.getLogger("test.resolver"), 10.0, timer=self.clock)
+        self.resolver = Resolver(FRAUD_REGISTRY, self.store, self.cache, self.log)
+
+
+def commands(client: redis.Redis, name: str) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+def test_full_partial_and_missing_entities(settings: Settings) -> None:
+    full = dict(zip(USER_FEATURES.feature_names, range(1, 11), strict=True))
+    full |= {"tx_sum_1h": 10.5, "tx_sum_24h": 20.25, "avg_tx_90d": 33.0}
+    write(
+        settings,
+        [
+            WriteRow("full", USER_FEATURES, full),
+            WriteRow("partial", USER_FEATURES, {"tx_count_1h": 4, "avg_tx_90d": 12.5}),
+        ],
+    )
+
+    async def scenario() -> list[Any]:
+        h = Harness(settings)
+        selection = h.resolver.selection("user", ["features"])
+        out = await h.resolver.resolve(["full", "partial", "missing"], selection)
+        await h.store.close()
+        return out
+
+    full_r, partial_r, missing_r = (e.groups["features"] for e in run(scenario))
+    assert (full_r.source, dict(full_r.values), full_r.defaulted) == (Source.REDIS, full, ())
+    assert partial_r.source is Source.REDIS
+    assert dict(partial_r.values) == DEFAULTS | {"tx_count_1h": 4, "avg_tx_90d": 12.5}
+    assert set(partial_r.defaulted) == set(DEFAULTS) - {"tx_count_1h", "avg_tx_90d"}
+    assert missing_r.source is Source.DEFAULT
+    assert dict(missing_r.values) == DEFAULTS
+    assert list(missing_r.values) == list(USER_FEATURES.feature_names)
+    assert all(type(partial_r.values[f.name]) is type(f.default) for f in USER_FEATURES.features)
+
+
+@pytest.mark.parametrize("entities", [1, 10, 100])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_any_number_of_entities_and_groups_is_one_round_trip(
+    redis_url: str, redis_client: redis.Redis, entities: int, groups: int
+) -> None:
+    upstream = redis_client.connection_pool.connection_kwargs["port"]
+    with TcpProxy("127.0.0.1", upstream) as proxy:
+        settings = Settings(REDIS_URL=proxy.redis_url)
+        write(
+            settings,
+            [WriteRow(f"u{i}", USER_FEATURES, {"is_premium": 1}) for i in range(0, 100, 2)],
+        )
+
+        async def scenario() -> list[Any]:
+            h = Harness(settings)
+            assert await h.store.ping()  # connection handshake happens here
+            proxy.reset_counters()
+            redis_client.config_resetstat()
+            selection = h.resolver.selection(
+                "user", ["features", "recent_items", "embedding"][:groups]
+            )
+            out = await h.resolver.resolve([f"u{i}" for i in range(entities)], selection)
+            await h.store.close()
+            return out
+
+        resolved = run(scenario)
+        assert proxy.round_trips == 1
+    assert len(resolved) == entities
+    assert resolved[0].groups["features"].source is Source.REDIS
+    sent = (
+        commands(redis_client, "hmget")
+        + commands(redis_client, "zrevrange")
+        + commands(redis_client, "get")
+    )
+    assert sent == entities * groups
+
+
+def test_cache_hits_skip_redis_until_they_expire(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    write(settings, [WriteRow("u1", USER_FEATURES, {"tx_count_1h": 2})])
+    clock = ManualClock()
+
+    async def scenario() -> list[tuple[Source, int]]:
+        h = Harness(settings, clock)
+        selection = h.resolver.selection("user", ["features"])
+        seen = []
+        for advance in (0.0, 4.9, 0.2):
+            clock.now += advance
+            [entity] = await h.resolver.resolve(["u1"], selection)
+            seen.append((entity.groups["features"].source, commands(redis_client, "hmget")))
+        await h.store.close()
+        return seen
+
+    redis_client.config_resetstat()
+    assert run(scenario) == [(Source.REDIS, 1), (Source.CACHE, 1), (Source.REDIS, 2)]
+
+
+def test_a_cache_hit_keeps_values_and_says_which_were_defaulted(settings: Settings) -> None:
+    write(settings, [WriteRow("u1", USER_FEATURES, {"tx_count_1h": 2})])
+
+    async def scenario() -> tuple[GroupResult, GroupResult]:
+        h = Harness(settings)
+        selection = h.resolver.selection("user", ["features"])
+        [first] = await h.resolver.resolve(["u1"], selection)
+        [second] = await h.resolver.resolve(["u1"], selection)
+        await h.store.close()
+        return first.groups["features"], second.groups["features"]
+
+    first, second = run(scenario)
+    assert second.source is Source.CACHE
+    assert second.values == first.values
+    assert second.defaulted == first.defaulted
+    with pytest.raises(TypeError):
+        second.values["tx_count_1h"] = 99  # type: ignore[index]
+
+
+def test_concurrent_misses_for_one_entity_share_one_fetch(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    write(settings, [WriteRow("u1", USER_FEATURES, {"tx_count_1h": 2})])
+
+    async def scenario() -> list[Any]:
+        h = Harness(settings)
+        selection = h.resolver.selection("user", ["features"])
+        assert await h.store.ping()
+        redis_client.config_resetstat()
+        out = await asyncio.gather(*(h.resolver.resolve(["u1"], selection) for _ in range(5)))
+        await h.store.close()
+        return out
+
+    results = run(scenario)
+    assert commands(redis_client, "hmget") == 1
+    assert {r[0].groups["features"].values["tx_count_1h"] for r in results} == {2}
+
+
+def test_the_same_entity_twice_in_one_call_is_fetched_once(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    async def scenario() -> list[Any]:
+        h = Harness(settings)
+        out = await h.resolver.resolve(["u1", "u1"], h.resolver.selection("user", ["features"]))
+        await h.store.close()
+        return out
+
+    redis_client.config_resetstat()
+    first, second = run(scenario)
+    assert commands(redis_client, "hmget") == 1
+    assert first.groups == second.groups
+
+
+def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
+    own_redis: LocalRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(REDIS_URL=own_redis.url)
+    write(settings, [WriteRow(u, USER_FEATURES, {"tx_count_1h": 5}) for u in ("hot", "cold")])
+    clock = ManualClock()
+
+    async def scenario() -> list[dict[str, GroupResult]]:
+        h = Harness(settings, clock)
+        selection = h.resolver.selection("user", ["features"])
+        await h.resolver.resolve(["hot"], selection)
+        own_redis.kill()
+        answers = []
+        for _ in range(5):
+            resolved = await h.resolver.resolve(["hot", "cold"], selection)
+            answers.append({e.entity_id: e.groups["features"] for e in resolved})
+        await h.store.close()
+        return answers
+
+    with caplog.at_level(logging.ERROR, logger="test.resolver"):
+        answers = run(scenario)
+    for answer in answers:
+        assert answer["hot"].source is Source.CACHE
+        assert answer["hot"].values["tx_count_1h"] == 5
+        assert answer["cold"].source is Source.DEFAULT
+        assert dict(answer["cold"].values) == DEFAULTS
+    assert len(caplog.records) == 1
+    assert "serving defaults" in caplog.records[0].getMessage()
+
+
+def test_the_error_is_logged_again_after_the_quiet_period(
+    own_redis: LocalRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(REDIS_URL=own_redis.url, FEATSERVE_CACHE_TTL_S=0)
+    own_redis.stop()
+    clock = ManualClock()
+
+    async def scenario() -> None:
+        h = Harness(settings, clock)
+        selection = h.resolver.selection("user", ["features"])
+        for advance in (0.0, 1.0, 1.0, 10.0, 1.0):
+            clock.now += advance
+            await h.resolver.resolve(["u1"], selection)
+        await h.store.close()
+
+    with caplog.at_level(logging.ERROR, logger="test.resolver"):
+        run(scenario)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "(2 more like it since the last report)" in messages[1]
+
+
+def test_stage_times_are_recorded(settings: Settings) -> None:
+    async def scenario() -> dict[str, float]:
+        h = Harness(settings)
+        timer = StageTimer()
+        await h.resolver.resolve(["u1"], h.resolver.selection("user"), timer)
+        await h.store.close()
+        return timer.milliseconds()
+
+    assert list(run(scenario)) == ["cache", "redis", "decode"]
+
+
+def test_bad_ids_are_refused_before_anything_is_sent(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        h = Harness(settings)
+        try:
+            with pytest.raises(InvalidEntityId, match="brace"):
+                await h.resolver.resolve(["u1", "u{2}"], h.resolver.selection("user"))
+        finally:
+            await h.store.close()
+
+    redis_client.config_resetstat()
+    run(scenario)
+    assert commands(redis_client, "hmget") == 0
