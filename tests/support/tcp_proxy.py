@@ -16,6 +16,7 @@ refuse new ones while traffic is flowing::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -59,6 +60,11 @@ class TcpProxy:
       already flowing back (e.g. a huge pipeline) counts one turn per interleaving.
     * ``bytes_up`` / ``bytes_down``: bytes forwarded to the server / to clients.
 
+    Black-holed data is not counted. There is no half-close: when either side closes,
+    pending data in that direction is flushed and then both sides are closed; a client
+    whose upstream connection fails is closed at once. Per-direction queues are
+    unbounded, which suits tests and benchmarks, not untrusted traffic.
+
     Faults (thread-safe, changeable while traffic flows): :meth:`set_latency`,
     :meth:`blackhole`, :meth:`reset_connections` and :meth:`refuse`.
     """
@@ -87,8 +93,7 @@ class TcpProxy:
         """Start listening on a free loopback port; returns once connections are accepted."""
         if self._thread is not None:
             raise RuntimeError("TcpProxy can only be started once")
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
-        self._thread.name = "tcp-proxy"
+        self._thread = threading.Thread(target=self._run_loop, name="tcp-proxy", daemon=True)
         self._thread.start()
         self._started.result(timeout=_CONTROL_TIMEOUT)
         return self
@@ -212,14 +217,17 @@ class TcpProxy:
             raise RuntimeError("TcpProxy is not running")
         asyncio.run_coroutine_threadsafe(func(), self._loop).result(timeout=_CONTROL_TIMEOUT)
 
+    def _run_loop(self) -> None:
+        asyncio.run(self._main())
+
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
             await self._listen()
-        except BaseException as exc:
-            self._started.set_exception(exc)
-            raise
+        except Exception as exc:
+            self._started.set_exception(exc)  # re-raised by start() in the caller's thread
+            return
         self._started.set_result(None)
         await self._stop.wait()
         await self._stop_listening()
@@ -308,7 +316,9 @@ class TcpProxy:
             due, chunk = await queue.get()
             if chunk == _EOF:
                 raise _Closed
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
             if self._count_forwarded(chunk, upstream, turns):
                 writer.write(chunk)
                 await writer.drain()
@@ -320,7 +330,8 @@ class TcpProxy:
                 return False
             if upstream:
                 self._bytes_up += len(chunk)
-                self._round_trips += not turns.client_spoke_last
+                if not turns.client_spoke_last:
+                    self._round_trips += 1
             else:
                 self._bytes_down += len(chunk)
             turns.client_spoke_last = upstream
@@ -331,5 +342,6 @@ def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
     """Close ``writer``'s socket with SO_LINGER 0, so the peer sees a TCP RST."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):  # already closed: nothing left to reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
