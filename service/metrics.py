@@ -1,0 +1,55 @@
+"""Prometheus metrics of the scoring service, served on BentoML's ``/metrics``.
+
+Defined with ``prometheus_client`` directly (BentoML's own metrics module
+is deprecated in 1.4); BentoML exposes the default registry, aggregated
+across workers.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import Counter, Histogram
+
+from features.resolver import EntityFeatures, Source
+
+__all__ = ["observe_request"]
+
+# From 50 microseconds to 1 second: the stages of one request span that range.
+_STAGE_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
+STAGE_SECONDS = Histogram(
+    "featserve_stage_seconds",
+    "Time spent in each stage of a request (features, cache, redis, decode, derive, "
+    "inference, total).",
+    ["endpoint", "stage"],
+    buckets=_STAGE_BUCKETS,
+)
+FEATURE_SOURCES = Counter(
+    "featserve_feature_groups_total",
+    "Feature groups resolved, by where their values came from.",
+    ["group", "source"],
+)
+CACHE_LOOKUPS = Counter(
+    "featserve_cache_lookups_total",
+    "In-process cache lookups of a feature group, by result.",
+    ["result"],
+)
+
+
+def observe_request(
+    endpoint: str, timing_ms: Mapping[str, float], entities: Iterable[EntityFeatures]
+) -> None:
+    """Record one request's stage times and the source of every group it resolved."""
+    for stage, milliseconds in timing_ms.items():
+        STAGE_SECONDS.labels(endpoint, stage).observe(milliseconds / 1000.0)
+    tally: collections.Counter[tuple[str, Source]] = collections.Counter(
+        (group, result.source) for entity in entities for group, result in entity.groups.items()
+    )
+    for (group, source), count in tally.items():
+        FEATURE_SOURCES.labels(group, source.value).inc(count)
+        CACHE_LOOKUPS.labels("hit" if source is Source.CACHE else "miss").inc(count)

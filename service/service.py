@@ -1,0 +1,211 @@
+"""The BentoML service: fraud scores from online features, with per-stage timing.
+
+Run it with ``bentoml serve service.service:FraudScorer`` (``make serve``
+does that with an embedded Redis and demo data).  Configuration comes from
+the environment once, at import (see ``features.settings.Settings``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from features.cache import FeatureCache
+from features.errors import RegistryError
+from features.registry import FRAUD_REGISTRY
+from features.resolver import EntityFeatures, GroupResult, Resolver
+from features.settings import Settings
+from features.stores.redis import AsyncRedisStore, async_client
+from features.timing import StageTimer
+from models.schema import fraud_schema, require_same_schema
+from models.train import load
+from service import request_timeout
+from service.errors import ClientErrorMiddleware
+from service.inputs import Amount, EntityId, ScoreInput, Timestamp
+from service.metrics import observe_request
+from service.scoring import Scorer, ScoreRequest
+
+__all__ = ["SETTINGS", "FraudScorer"]
+
+_log = logging.getLogger(__name__)
+
+SETTINGS = Settings()
+"""This process's configuration, read from the environment once."""
+
+request_timeout.install()
+
+
+async def _status(request: Request) -> JSONResponse:
+    scorer: FraudScorer = request.app.state.scorer
+    return JSONResponse(await scorer.status())
+
+
+status_app = Starlette(routes=[Route("/status", _status, methods=["GET"])])
+
+
+@bentoml.asgi_app(status_app, path="/ops")
+@bentoml.service(
+    workers=SETTINGS.workers,
+    logging={"access": {"enabled": SETTINGS.access_log}},
+)
+class FraudScorer:
+    """Scores card transactions for fraud with features from Redis."""
+
+    model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        if not SETTINGS.redis_url:
+            raise RuntimeError(
+                "REDIS_URL is not set: point it at the online store, "
+                "or run `make serve` for an embedded Redis with demo data"
+            )
+        model = load(self.model_ref.tag)
+        require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
+        self.model_tag = model.tag
+        self.store = AsyncRedisStore(async_client(SETTINGS))
+        cache: FeatureCache[GroupResult] = FeatureCache(
+            SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize
+        )
+        self.resolver = Resolver(FRAUD_REGISTRY, self.store, cache)
+        self.scorer = Scorer(self.resolver, model.estimator, model.schema, model.threshold)
+        self.all_groups = self.resolver.selection("user")
+        status_app.state.scorer = self
+
+    @bentoml.on_startup
+    def freeze_startup_objects(self) -> None:
+        """Move everything built so far out of the garbage collector's sight."""
+        gc.collect()
+        gc.freeze()
+
+    @bentoml.on_shutdown
+    async def close_store(self) -> None:
+        """Close the Redis connections."""
+        await self.store.close()
+
+    def __is_ready__(self) -> bool:
+        # Ready whenever the model is loaded: without Redis, answers come from defaults.
+        return True
+
+    @bentoml.api
+    async def score(
+        self,
+        entity_id: EntityId,
+        amount: Amount,
+        ctx: bentoml.Context,
+        timestamp: Timestamp | None = None,
+    ) -> dict[str, Any]:
+        """Score one transaction."""
+        timer = StageTimer()
+        with timer.stage("total"):
+            request = ScoreRequest(entity_id, amount, _now() if timestamp is None else timestamp)
+            [scored], entities = await self.scorer.score([request], timer)
+        body = {
+            "entity_id": scored.entity_id,
+            "score": scored.score,
+            "is_fraud": scored.is_fraud,
+            "threshold": self.scorer.threshold,
+            "sources": dict(scored.sources),
+        }
+        return self._timed(ctx, timer, "score", entities, body)
+
+    @bentoml.api
+    async def score_batch(
+        self,
+        requests: Annotated[list[ScoreInput], Field(min_length=1, max_length=SETTINGS.batch_max)],
+        ctx: bentoml.Context,
+    ) -> dict[str, Any]:
+        """Score many transactions with one Redis round trip and one model call."""
+        timer = StageTimer()
+        with timer.stage("total"):
+            now = _now()
+            batch = [
+                ScoreRequest(r.entity_id, r.amount, now if r.timestamp is None else r.timestamp)
+                for r in requests
+            ]
+            scored, entities = await self.scorer.score(batch, timer)
+        results = [
+            {
+                "entity_id": s.entity_id,
+                "score": s.score,
+                "is_fraud": s.is_fraud,
+                "sources": dict(s.sources),
+            }
+            for s in scored
+        ]
+        body = {"threshold": self.scorer.threshold, "results": results}
+        return self._timed(ctx, timer, "score_batch", entities, body)
+
+    @bentoml.api
+    async def features(
+        self,
+        entity_ids: Annotated[list[EntityId], Field(min_length=1, max_length=SETTINGS.batch_max)],
+        ctx: bentoml.Context,
+        groups: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Each entity's resolved values with their source, for debugging."""
+        timer = StageTimer()
+        try:
+            selection = (
+                self.all_groups if groups is None else self.resolver.selection("user", groups)
+            )
+        except RegistryError as exc:
+            ctx.response.status_code = 400
+            return {"error": f"groups: {exc}"}
+        with timer.stage("total"):
+            entities = await self.resolver.resolve(entity_ids, selection, timer)
+        body = {"entities": [_describe(entity) for entity in entities]}
+        return self._timed(ctx, timer, "features", entities, body)
+
+    def _timed(
+        self,
+        ctx: bentoml.Context,
+        timer: StageTimer,
+        endpoint: str,
+        entities: list[EntityFeatures],
+        body: dict[str, Any],
+    ) -> dict[str, Any]:
+        timing_ms = timer.milliseconds()
+        ctx.response.headers["Server-Timing"] = timer.server_timing()
+        observe_request(endpoint, timing_ms, entities)
+        return {**body, "timing_ms": timing_ms}
+
+    async def status(self) -> dict[str, Any]:
+        """What a person wants to know: the model, and whether Redis answers."""
+        redis_up = await self.store.ping()
+        return {
+            "model": self.model_tag,
+            "redis": "up" if redis_up else "down (serving from cache and training defaults)",
+            "cache_ttl_s": SETTINGS.cache_ttl_s,
+        }
+
+
+FraudScorer.add_asgi_middleware(ClientErrorMiddleware)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _describe(entity: EntityFeatures) -> dict[str, Any]:
+    return {
+        "entity_id": entity.entity_id,
+        "groups": {
+            name: {
+                "source": result.source.value,
+                "values": {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in result.values.items()
+                },
+                "defaulted": list(result.defaulted),
+            }
+            for name, result in entity.groups.items()
+        },
+    }

@@ -1,0 +1,169 @@
+"""The HTTP API end to end: ``bentoml serve`` in a subprocess over a real Redis."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from features.registry import FRAUD_REGISTRY
+from features.settings import Settings
+from tests.e2e.conftest import RunningService
+
+SATURDAY_NOON = 1764417600  # 2025-11-29 12:00 UTC
+FEATURE_DEFAULTS = dict(FRAUD_REGISTRY.group("user", "features").defaults)
+BATCH_MAX = Settings().batch_max
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    stages = {}
+    for part in header.split(","):
+        name, _, duration = part.strip().partition(";dur=")
+        stages[name] = float(duration)
+    return stages
+
+
+def score(service: RunningService, **body: Any) -> httpx.Response:
+    return service.client.post("/score", json=body)
+
+
+def test_score_answers_with_score_sources_and_timing(service: RunningService) -> None:
+    response = score(service, entity_id="u000123", amount=250.0, timestamp=SATURDAY_NOON)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"entity_id", "score", "is_fraud", "threshold", "sources", "timing_ms"}
+    assert body["entity_id"] == "u000123"
+    assert 0.0 <= body["score"] <= 1.0
+    assert body["is_fraud"] == (body["score"] >= body["threshold"])
+    assert body["sources"] == {"features": "redis"}
+    assert {"features", "derive", "inference", "total"} <= set(body["timing_ms"])
+
+
+def test_server_timing_header_equals_the_body(service: RunningService) -> None:
+    response = score(service, entity_id="u000007", amount=10.0)
+    header = parse_server_timing(response.headers["Server-Timing"])
+    assert header == response.json()["timing_ms"]
+    assert header["total"] >= header["features"] >= header["redis"]
+
+
+def test_an_unknown_entity_is_scored_on_training_defaults(service: RunningService) -> None:
+    response = score(service, entity_id="nobody", amount=25.0, timestamp=SATURDAY_NOON)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["sources"] == {"features": "default"}
+    assert 0.0 < body["score"] < 0.5
+
+
+def test_score_batch_matches_single_scores_and_uses_one_round_trip(
+    service: RunningService,
+) -> None:
+    requests = [
+        {"entity_id": f"u{i:06d}", "amount": 20.0 * (i + 1), "timestamp": SATURDAY_NOON}
+        for i in range(5)
+    ] + [{"entity_id": "stranger", "amount": 80.0, "timestamp": SATURDAY_NOON}]
+    with redis.Redis.from_url(service.redis.url) as inspector:
+        inspector.config_resetstat()
+        response = service.client.post("/score_batch", json={"requests": requests})
+        hmget_calls = inspector.info("commandstats")["cmdstat_hmget"]["calls"]
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert hmget_calls == len(requests)
+    assert [r["entity_id"] for r in body["results"]] == [r["entity_id"] for r in requests]
+    assert [r["sources"]["features"] for r in body["results"]] == ["redis"] * 5 + ["default"]
+    assert parse_server_timing(response.headers["Server-Timing"]) == body["timing_ms"]
+    for request, result in zip(requests, body["results"], strict=True):
+        single = score(service, **request).json()
+        assert math.isclose(result["score"], single["score"], rel_tol=1e-12)
+
+
+def test_features_shows_values_and_sources(service: RunningService) -> None:
+    with redis.Redis.from_url(service.redis.url) as inspector:
+        stored_count = int(inspector.hget("user:{u000042}:features", "tx_count_24h") or -1)
+    response = service.client.post("/features", json={"entity_ids": ["u000042", "ghost"]})
+    assert response.status_code == 200, response.text
+    known, ghost = response.json()["entities"]
+    assert known["groups"]["features"]["source"] == "redis"
+    assert known["groups"]["features"]["values"]["tx_count_24h"] == stored_count
+    assert len(known["groups"]["embedding"]["values"]["embedding"]) == 16
+    assert len(known["groups"]["recent_items"]["values"]["recent_items"]) == 10
+    assert ghost["groups"]["features"] == {
+        "source": "default",
+        "values": FEATURE_DEFAULTS,
+        "defaulted": list(FEATURE_DEFAULTS),
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "names"),
+    [
+        ("/score", {"amount": 1.0}, "entity_id: Field required"),
+        ("/score", {"entity_id": "u1", "amount": "lots"}, "amount: Input should be a valid number"),
+        ("/score", {"entity_id": "u1", "amount": "12.5"}, "amount: Input should be a valid number"),
+        ("/score", {"entity_id": "u 1", "amount": 1.0}, "entity_id: String should match pattern"),
+        ("/score", {"entity_id": "u{1}", "amount": 1.0}, "entity_id: String should match pattern"),
+        ("/score", {"entity_id": "u1", "amount": -5.0}, "amount: Input should be greater than"),
+        ("/score", {"entity_id": "u1", "amount": 1.0, "timestamp": "noon"}, "timestamp"),
+        ("/score_batch", {"requests": []}, "requests: List should have at least 1 item"),
+        (
+            "/score_batch",
+            {"requests": [{"entity_id": "u1", "amount": 1.0}] * (BATCH_MAX + 1)},
+            f"requests: List should have at most {BATCH_MAX} items",
+        ),
+        (
+            "/score_batch",
+            {"requests": [{"entity_id": "u1", "amount": 1.0, "amout": 2}]},
+            "requests.0.amout: Extra inputs are not permitted",
+        ),
+        ("/features", {"entity_ids": []}, "entity_ids: List should have at least 1 item"),
+        (
+            "/features",
+            {"entity_ids": ["u1"], "groups": ["risk"]},
+            "unknown feature group user:risk",
+        ),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_problem(
+    service: RunningService, path: str, body: dict[str, Any], names: str
+) -> None:
+    response = service.client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert names in response.json()["error"]
+
+
+def test_a_body_that_is_not_json_is_a_400(service: RunningService) -> None:
+    response = service.client.post(
+        "/score", content=b"entity_id=u1", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert "Invalid JSON" in response.json()["error"]
+
+
+def test_metrics_count_stages_and_sources(service: RunningService) -> None:
+    score(service, entity_id="u000001", amount=5.0)
+    text = service.client.get("/metrics").text
+    assert 'featserve_stage_seconds_count{endpoint="score",stage="inference"}' in text
+    assert 'featserve_feature_groups_total{group="features",source="redis"}' in text
+    assert 'featserve_cache_lookups_total{result="miss"}' in text
+
+
+def test_redis_down_still_answers_from_defaults_then_recovers(service: RunningService) -> None:
+    assert service.client.get("/ops/status").json()["redis"] == "up"
+    service.redis.kill()
+    try:
+        for _ in range(3):
+            response = score(service, entity_id="u000123", amount=250.0)
+            assert response.status_code == 200, response.text
+            assert response.json()["sources"] == {"features": "default"}
+        assert service.client.get("/readyz").status_code == 200
+        assert service.client.get("/ops/status").json()["redis"].startswith("down")
+    finally:
+        service.redis.start()
+    # The demo data died with the server; what matters is that Redis is asked again.
+    write = redis.Redis.from_url(service.redis.url)
+    write.hset("user:{u000123}:features", "tx_count_1h", 1)
+    write.close()
+    sources = [score(service, entity_id="u000123", amount=1.0).json()["sources"] for _ in range(3)]
+    assert sources[-1] == {"features": "redis"}
