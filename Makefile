@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install lint test serve clean
+.PHONY: install lint test serve train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,19 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Embedded Redis (unless REDIS_URL is set), demo data, a model if the store has none,
+# then `bentoml serve` on 127.0.0.1:3000.
+serve: $(STAMP)
+	$(BIN)/python -m service.demo
+
+# Train the fraud model and save it to the BentoML model store.
+train: $(STAMP)
+	$(BIN)/python -m models.train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -17,7 +17,11 @@ class Settings(BaseSettings):
     """Typed settings; ``Settings()`` reads them from the environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="FEATSERVE_", frozen=True, extra="ignore", use_attribute_docstrings=True
+        env_prefix="FEATSERVE_",
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
     redis_url: str | None = Field(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -106,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
     parser.add_argument("--users", type=int, default=DEMO_USERS, help="demo users to write")
     args = parser.parse_args(argv)
+    # `kill` and `timeout` send SIGTERM: clean up as for Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     settings = Settings()
     embedded: LocalRedis | None = None
     if not settings.redis_url:
         embedded = LocalRedis(port=6379 if _port_is_free(6379) else free_port()).start()
         print(f"Started an embedded {embedded.binary.name} at {embedded.url}", flush=True)
-        settings = Settings(REDIS_URL=embedded.url)
+        settings = Settings(redis_url=embedded.url)
     env = {**os.environ, "REDIS_URL": settings.redis_url or ""}
     try:
         write_demo_features(settings, args.users)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from features.keys import ENTITY_ID_PATTERN
+from features.keys import ENTITY_ID_PATTERN, validate_entity_id
 
 __all__ = ["Amount", "EntityId", "ScoreInput", "Timestamp"]
 
 EntityId = Annotated[
     str,
+    AfterValidator(validate_entity_id),
     Field(
-        pattern=ENTITY_ID_PATTERN,
         description="1-128 characters without whitespace, control characters or braces.",
         examples=["u000123"],
+        json_schema_extra={"pattern": ENTITY_ID_PATTERN},
     ),
 ]
+"""An entity id; a bad one is refused with the reason ``validate_entity_id`` gives."""
 Amount = Annotated[
     float,
     Field(

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+import sklearn
 
 from features.resolver import EntityFeatures, Resolver
 from features.timing import StageTimer
@@ -73,7 +74,9 @@ class Scorer:
         with timer.stage("derive"):
             stored = [_merged(entity) for entity in entities]
             inputs = self._inputs(requests, stored)
-        with timer.stage("inference"):
+        # Inputs are finite by construction (validated amounts, decoded or default features),
+        # so scikit-learn's own finiteness scan is skipped.
+        with timer.stage("inference"), sklearn.config_context(assume_finite=True):
             scores = self._classifier.predict_proba(inputs)[:, 1]
         return [
             ScoredRequest(

@@ -188,7 +188,7 @@ class FraudScorer:
         }
 
 
-FraudScorer.add_asgi_middleware(ClientErrorMiddleware)
+FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
 
 def _now() -> int:

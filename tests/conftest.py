@@ -48,7 +48,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
     """Default settings pointed at ``redis_url``."""
-    return Settings(REDIS_URL=redis_url)
+    return Settings(redis_url=redis_url)
 
 
 @pytest.fixture

@@ -160,7 +160,7 @@ def test_a_write_larger_than_one_chunk_lands_whole(
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_stopped_server_is_store_unavailable(own_redis: LocalRedis, kind: str) -> None:
-    read, close = make_reader(kind, Settings(REDIS_URL=own_redis.url))
+    read, close = make_reader(kind, Settings(redis_url=own_redis.url))
     own_redis.stop()
     with pytest.raises(StoreUnavailable):
         read(read_all("u1"))
@@ -169,7 +169,7 @@ def test_a_stopped_server_is_store_unavailable(own_redis: LocalRedis, kind: str)
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_frozen_server_is_a_store_timeout(own_redis: LocalRedis, kind: str) -> None:
-    read, close = make_reader(kind, Settings(REDIS_URL=own_redis.url))
+    read, close = make_reader(kind, Settings(redis_url=own_redis.url))
     assert read(read_all("u1")) == [None, None, None]
     own_redis.pause()
     try:

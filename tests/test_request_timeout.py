@@ -35,7 +35,8 @@ async def call(middleware: Any) -> list[Message]:
 
 def live_timers() -> int:
     loop = asyncio.get_running_loop()
-    return sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+    scheduled = loop._scheduled  # type: ignore[attr-defined]
+    return sum(1 for handle in scheduled if not handle.cancelled())
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def commands(client: redis.Redis, name: str) -> int:
 
 
 def test_full_partial_and_missing_entities(settings: Settings) -> None:
-    full = dict(zip(USER_FEATURES.feature_names, range(1, 11), strict=True))
+    full: dict[str, float] = dict(zip(USER_FEATURES.feature_names, range(1, 11), strict=True))
     full |= {"tx_sum_1h": 10.5, "tx_sum_24h": 20.25, "avg_tx_90d": 33.0}
     write(
         settings,
@@ -102,7 +102,7 @@ def test_any_number_of_entities_and_groups_is_one_round_trip(
 ) -> None:
     upstream = redis_client.connection_pool.connection_kwargs["port"]
     with TcpProxy("127.0.0.1", upstream) as proxy:
-        settings = Settings(REDIS_URL=proxy.redis_url)
+        settings = Settings(redis_url=proxy.redis_url)
         write(
             settings,
             [WriteRow(f"u{i}", USER_FEATURES, {"is_premium": 1}) for i in range(0, 100, 2)],
@@ -209,7 +209,7 @@ def test_the_same_entity_twice_in_one_call_is_fetched_once(
 def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
     own_redis: LocalRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(REDIS_URL=own_redis.url)
+    settings = Settings(redis_url=own_redis.url)
     write(settings, [WriteRow(u, USER_FEATURES, {"tx_count_1h": 5}) for u in ("hot", "cold")])
     clock = ManualClock()
 
@@ -239,7 +239,7 @@ def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
 def test_the_error_is_logged_again_after_the_quiet_period(
     own_redis: LocalRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(REDIS_URL=own_redis.url, FEATSERVE_CACHE_TTL_S=0)
+    settings = Settings(redis_url=own_redis.url, cache_ttl_s=0)
     own_redis.stop()
     clock = ManualClock()
 

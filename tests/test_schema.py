@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,13 +38,13 @@ MISSION_FEATURES = [
 ]
 
 
-def _with_input(schema: ModelSchema, index: int, **changes: object) -> ModelSchema:
+def _with_input(schema: ModelSchema, index: int, **changes: Any) -> ModelSchema:
     inputs = list(schema.inputs)
     inputs[index] = dataclasses.replace(inputs[index], **changes)
     return dataclasses.replace(schema, inputs=tuple(inputs))
 
 
-def _stored_defaults(schema: ModelSchema) -> dict[str, int | float]:
+def _stored_defaults(schema: ModelSchema) -> dict[str, int | float | None]:
     return {spec.name: spec.default for spec in schema.inputs if spec.source == "stored"}
 
 

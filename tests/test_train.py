@@ -59,7 +59,7 @@ def result():
     return train(n_users=3000, n_transactions=10_000, seed=3)
 
 
-def _defaults() -> dict[str, int | float]:
+def _defaults() -> dict[str, int | float | None]:
     return {s.name: s.default for s in fraud_schema().inputs if s.source == "stored"}
 
 

@@ -99,7 +99,7 @@ def service(
 ) -> Iterator[RunningService]:
     """The service over its own Redis holding demo users u000000..u000299."""
     with LocalRedis() as redis_server:
-        write_demo_features(Settings(REDIS_URL=redis_server.url), DEMO_USERS)
+        write_demo_features(Settings(redis_url=redis_server.url), DEMO_USERS)
         process, url, log_path = start_service(
             bentoml_home, redis_server, tmp_path_factory.mktemp("logs"), FEATSERVE_CACHE_TTL_S="0"
         )

@@ -1,0 +1,78 @@
+"""The scorer: one store round trip and one model call per batch, the same scores either way."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import redis
+
+from features.cache import FeatureCache
+from features.registry import FRAUD_REGISTRY
+from features.resolver import GroupResult, Resolver
+from features.settings import Settings
+from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.timing import StageTimer
+from models.train import TrainResult, train
+from service.demo import demo_rows
+from service.scoring import Scorer, ScoreRequest
+
+NOON = 1764417600
+
+
+class CountingClassifier:
+    """A real trained estimator that counts how often it is asked."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+        self.calls: list[int] = []
+
+    def predict_proba(self, inputs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        self.calls.append(len(inputs))
+        result: npt.NDArray[np.float64] = self.estimator.predict_proba(inputs)
+        return result
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainResult:
+    return train(n_users=500, n_transactions=3000, seed=5)
+
+
+def score(
+    settings: Settings, trained: TrainResult, requests: list[ScoreRequest]
+) -> tuple[list[Any], list[int], dict[str, float]]:
+    classifier = CountingClassifier(trained.estimator)
+
+    async def scenario() -> list[Any]:
+        store = AsyncRedisStore(async_client(settings))
+        cache: FeatureCache[GroupResult] = FeatureCache(0, 0)
+        scorer = Scorer(
+            Resolver(FRAUD_REGISTRY, store, cache), classifier, trained.schema, trained.threshold
+        )
+        scored, _ = await scorer.score(requests, timer)
+        await store.close()
+        return scored
+
+    timer = StageTimer()
+    return asyncio.run(scenario()), classifier.calls, timer.milliseconds()
+
+
+def test_a_batch_is_one_round_trip_and_one_model_call(
+    settings: Settings, redis_client: redis.Redis, trained: TrainResult
+) -> None:
+    writer = RedisStore(sync_client(settings))
+    writer.write(list(demo_rows(20, NOON)))
+    writer.close()
+    requests = [ScoreRequest(f"u{i:06d}", 10.0 * i, NOON) for i in range(20)]
+    redis_client.config_resetstat()
+    batch, calls, timing = score(settings, trained, requests)
+    assert calls == [20]
+    assert redis_client.info("commandstats")["cmdstat_hmget"]["calls"] == 20
+    assert list(timing) == ["cache", "redis", "decode", "features", "derive", "inference"]
+    singles = [score(settings, trained, [request])[0][0] for request in requests]
+    assert [s.score for s in singles] == [b.score for b in batch]
+    assert all(b.is_fraud == (b.score >= trained.threshold) for b in batch)
+    assert {b.sources["features"] for b in batch} == {"redis"}
