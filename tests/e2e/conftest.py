@@ -50,9 +50,14 @@ def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_service(
-    bentoml_home: Path, redis_server: LocalRedis, log_dir: Path, **env_overrides: str
+    bentoml_home: Path,
+    redis_server: LocalRedis,
+    log_dir: Path,
+    target: str = "service.service:FraudScorer",
+    cwd: str | Path = ROOT,
+    **env_overrides: str,
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """Start ``bentoml serve`` against ``redis_server``; return once ``/readyz`` answers."""
+    """Serve ``target`` (a service path or a Bento tag) against ``redis_server``, once ready."""
     port = free_port()
     log_path = log_dir / f"bentoml-{port}.log"
     env = {
@@ -65,10 +70,10 @@ def start_service(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "bentoml", "serve", "service.service:FraudScorer",
+                sys.executable, "-m", "bentoml", "serve", target,
                 "--host", "127.0.0.1", "--port", str(port),
             ],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
