@@ -178,3 +178,13 @@ def test_a_frozen_server_is_a_store_timeout(own_redis: LocalRedis, kind: str) ->
     finally:
         own_redis.resume()
     close()
+
+
+def test_replies_are_parsed_by_hiredis(settings: Settings) -> None:
+    client = sync_client(settings)
+    connection = client.connection_pool.get_connection()
+    try:
+        assert type(connection._parser).__name__ == "_HiredisParser"
+    finally:
+        client.connection_pool.release(connection)
+        client.close()
