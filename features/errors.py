@@ -3,6 +3,7 @@
     FeatureServeError
     ├── RegistryError        a feature declaration that cannot be right
     ├── InvalidEntityId      an entity id that would make a bad key
+    ├── InvalidUpdate        a feature update (pushed or materialized) that is refused
     └── StoreError           a store could not answer
         ├── StoreUnavailable   connection refused or dropped
         └── StoreTimeout       no answer within the socket timeout
@@ -16,6 +17,7 @@ from __future__ import annotations
 __all__ = [
     "FeatureServeError",
     "InvalidEntityId",
+    "InvalidUpdate",
     "RegistryError",
     "StoreError",
     "StoreTimeout",
@@ -33,6 +35,15 @@ class RegistryError(FeatureServeError):
 
 class InvalidEntityId(FeatureServeError, ValueError):
     """An entity id that is empty, too long, or holds characters keys must not."""
+
+
+class InvalidUpdate(FeatureServeError, ValueError):
+    """A feature update that cannot be written; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
 class StoreError(FeatureServeError):

@@ -61,9 +61,15 @@ class Feature:
     description: str = ""
     dim: int | None = None
     """Vector length for ``float32_vector``; maximum list length for ``str_list``."""
+    minimum: float | None = None
+    """The smallest valid value of an int or float feature; writes below it are refused."""
+    maximum: float | None = None
+    """The largest valid value of an int or float feature; writes above it are refused."""
 
     def __post_init__(self) -> None:
         _check_identifier(self.name, "feature name")
+        if self.name.startswith("_"):
+            raise RegistryError(f"feature {self.name!r}: names starting with '_' are reserved")
         if self.dtype not in DTYPES:
             raise RegistryError(
                 f"feature {self.name!r}: unknown dtype {self.dtype!r} "
@@ -77,6 +83,22 @@ class Feature:
                 f"{self.dtype}: {exc}"
             ) from None
         object.__setattr__(self, "default", normalized)
+        if (self.minimum is not None or self.maximum is not None) and self.dtype not in (
+            "int",
+            "float",
+        ):
+            raise RegistryError(f"feature {self.name!r}: only int and float features take a range")
+        problem = self.out_of_range(normalized)
+        if problem:
+            raise RegistryError(f"feature {self.name!r}: default {problem}")
+
+    def out_of_range(self, value: Any) -> str | None:
+        """Why ``value`` (already normalized) is outside the declared range, or ``None``."""
+        if self.minimum is not None and value < self.minimum:
+            return f"{value!r} is below the minimum {self.minimum!r}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{value!r} is above the maximum {self.maximum!r}"
+        return None
 
     @property
     def kind(self) -> Dtype:
@@ -203,16 +225,23 @@ USER_FEATURES = FeatureGroup(
     structure=Structure.HASH,
     freshness=timedelta(hours=1),
     features=(
-        Feature("tx_count_1h", "int", 0, "Transactions in the last hour."),
-        Feature("tx_sum_1h", "float", 0.0, "Amount spent in the last hour."),
-        Feature("tx_count_24h", "int", 0, "Transactions in the last 24 hours."),
-        Feature("tx_sum_24h", "float", 0.0, "Amount spent in the last 24 hours."),
-        Feature("account_age_days", "int", 0, "Days since the account was opened."),
-        Feature("avg_tx_90d", "float", 0.0, "Mean transaction amount over 90 days."),
-        Feature("distinct_merchants_7d", "int", 0, "Distinct merchants in 7 days."),
-        Feature("credit_score_bucket", "int", 2, "Credit score bucket 0-4; 2 is the median."),
-        Feature("is_premium", "int", 0, "1 for premium accounts."),
-        Feature("last_login_ts", "int", 0, "Last login, epoch seconds (UTC)."),
+        Feature("tx_count_1h", "int", 0, "Transactions in the last hour.", minimum=0),
+        Feature("tx_sum_1h", "float", 0.0, "Amount spent in the last hour.", minimum=0),
+        Feature("tx_count_24h", "int", 0, "Transactions in the last 24 hours.", minimum=0),
+        Feature("tx_sum_24h", "float", 0.0, "Amount spent in the last 24 hours.", minimum=0),
+        Feature("account_age_days", "int", 0, "Days since the account was opened.", minimum=0),
+        Feature("avg_tx_90d", "float", 0.0, "Mean transaction amount over 90 days.", minimum=0),
+        Feature("distinct_merchants_7d", "int", 0, "Distinct merchants in 7 days.", minimum=0),
+        Feature(
+            "credit_score_bucket",
+            "int",
+            2,
+            "Credit score bucket 0-4; 2 is the median.",
+            minimum=0,
+            maximum=4,
+        ),
+        Feature("is_premium", "int", 0, "1 for premium accounts.", minimum=0, maximum=1),
+        Feature("last_login_ts", "int", 0, "Last login, epoch seconds (UTC).", minimum=0),
     ),
 )
 

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     redis_connect_timeout_ms: float = Field(default=100.0, gt=0)
     """How long opening a Redis connection may take."""
 
+    redis_write_timeout_ms: float = Field(default=2000.0, gt=0)
+    """How long one pipelined write (push, materialize) may take; writes are not on the hot path."""
+
     redis_pool_size: int = Field(default=32, ge=1)
     """Connections per worker; size it as peak rps x mean latency (s) x 1.5.
 

@@ -2,7 +2,8 @@
 
 ``python -m service.demo`` uses ``REDIS_URL`` when it is set, and otherwise
 starts an embedded Redis on 127.0.0.1 (port 6379 when free).  It writes
-demo features for users ``u000000`` to ``u009999``, trains and saves the
+demo tables for users ``u000000`` to ``u009999`` and loads them with
+``featserve materialize``, trains and saves the
 model when the BentoML model store has none, runs ``bentoml serve`` on
 127.0.0.1:3000 and prints a curl that works.  Ctrl-C stops everything it
 started.
@@ -17,57 +18,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from pathlib import Path
 
 import bentoml
 import httpx
-import numpy as np
 
 from features.local_redis import LocalRedis, free_port
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
-from features.stores.base import WriteRow
-from features.stores.redis import RedisStore, sync_client
-from models.dataset import generate_users
+from models.demo_tables import write_demo_tables
+from service import cli
 
-__all__ = ["demo_rows", "main", "wait_until_ready"]
+__all__ = ["load_demo_data", "main", "wait_until_ready"]
 
 DEMO_USERS = 10_000
-DEMO_SEED = 20251127
 READY_TIMEOUT_S = 120.0
 
 
-def demo_rows(n_users: int, now: int, seed: int = DEMO_SEED) -> Iterator[WriteRow]:
-    """Rows for every shipped group of users ``u000000`` onwards, as of ``now``."""
-    users = generate_users(n_users, seed, now)
-    features = FRAUD_REGISTRY.group("user", "features")
-    recent = FRAUD_REGISTRY.group("user", "recent_items")
-    embedding = FRAUD_REGISTRY.group("user", "embedding")
-    rng = np.random.default_rng(seed + 1)
-    dim = embedding.features[0].dim or 0
-    for index, entity_id in enumerate(users.entity_ids):
-        yield WriteRow(entity_id, features, users.record(index))
-        items = rng.integers(0, 50_000, size=12)
-        seen = now - rng.integers(60, 4 * 3600, size=12)
-        yield WriteRow(
-            entity_id,
-            recent,
-            {
-                "recent_items": {
-                    f"i{item:05d}": float(ts) for item, ts in zip(items, seen, strict=True)
-                }
-            },
-        )
-        yield WriteRow(entity_id, embedding, {"embedding": rng.standard_normal(dim).tolist()})
-
-
-def write_demo_features(settings: Settings, n_users: int) -> None:
-    """Write the demo rows to the store ``settings`` points at."""
-    store = RedisStore(sync_client(settings))
-    try:
-        store.write(list(demo_rows(n_users, int(time.time()))))
-    finally:
-        store.close()
+def load_demo_data(redis_url: str, n_users: int, out_dir: Path) -> None:
+    """Write the demo tables to ``out_dir`` and load them with ``featserve materialize``."""
+    paths = write_demo_tables(out_dir, n_users, int(time.time()))
+    for group, path in paths.items():
+        args = ["materialize", str(path), "--group", f"user:{group}", "--redis-url", redis_url]
+        code = cli.main(args)
+        if code != 0:
+            raise RuntimeError(f"featserve {' '.join(args)} exited with {code}")
 
 
 def ensure_model(tag: str) -> None:
@@ -106,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
     parser.add_argument("--users", type=int, default=DEMO_USERS, help="demo users to write")
+    parser.add_argument("--data", type=Path, default=Path("var/demo"), help="demo tables folder")
     args = parser.parse_args(argv)
     # `kill` and `timeout` send SIGTERM: clean up as for Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -118,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(redis_url=embedded.url)
     env = {**os.environ, "REDIS_URL": settings.redis_url or ""}
     try:
-        write_demo_features(settings, args.users)
-        print(f"Wrote demo features for u000000..u{args.users - 1:06d}", flush=True)
+        load_demo_data(settings.redis_url or "", args.users, args.data)
+        print(f"Loaded demo features for u000000..u{args.users - 1:06d}", flush=True)
         ensure_model(settings.model_tag)
         base_url = f"http://127.0.0.1:{args.port}"
         server = subprocess.Popen(

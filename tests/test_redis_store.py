@@ -16,12 +16,15 @@ from features.errors import StoreTimeout, StoreUnavailable
 from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
-from features.stores.base import ReadRequest, StoredValues, WriteRow
+from features.stores.base import ReadRequest, StoredValues, WriteOutcome
 from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.updates import parse_update
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT_ITEMS = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+
+NOW = 1764230400
 
 Reader = Callable[[Sequence[ReadRequest]], list[StoredValues | None]]
 
@@ -68,10 +71,11 @@ def reader(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Reade
 def test_hash_values_are_plain_decimal_strings(
     store: RedisStore, redis_client: redis.Redis
 ) -> None:
-    store.write([WriteRow("u1", USER_FEATURES, {"tx_count_1h": 3, "avg_tx_90d": 12.5})])
+    store.write([parse_update(USER_FEATURES, "u1", NOW, {"tx_count_1h": 3, "avg_tx_90d": 12.5})])
     assert redis_client.hgetall("user:{u1}:features") == {
         b"tx_count_1h": b"3",
         b"avg_tx_90d": b"12.5",
+        b"_event_ms": b"%d" % (NOW * 1000),
     }
 
 
@@ -79,7 +83,7 @@ def test_hash_values_are_plain_decimal_strings(
     ("group_name", "values"),
     [
         ("features", {"tx_count_1h": 1}),
-        ("recent_items", {"recent_items": {"i1": 1.0}}),
+        ("recent_items", {"recent_items": ["i1"]}),
         ("embedding", {"embedding": [1.0] * 16}),
     ],
 )
@@ -87,7 +91,7 @@ def test_every_write_sets_ttl_to_twice_the_freshness(
     store: RedisStore, redis_client: redis.Redis, group_name: str, values: dict[str, object]
 ) -> None:
     group = FRAUD_REGISTRY.group("user", group_name)
-    store.write([WriteRow("u1", group, values)])
+    store.write([parse_update(group, "u1", NOW, values)])
     expected_ms = int(group.ttl.total_seconds() * 1000)
     assert expected_ms - 5_000 < redis_client.pttl(f"user:{{u1}}:{group_name}") <= expected_ms
 
@@ -95,8 +99,12 @@ def test_every_write_sets_ttl_to_twice_the_freshness(
 def test_sorted_set_is_trimmed_to_top_n_and_read_newest_first(
     store: RedisStore, redis_client: redis.Redis, reader: Reader
 ) -> None:
-    members = {f"item{i:02d}": float(i) for i in range(25)}
-    store.write([WriteRow("u1", RECENT_ITEMS, {"recent_items": members})])
+    store.write(
+        [
+            parse_update(RECENT_ITEMS, "u1", NOW + i, {"recent_items": [f"item{i:02d}"]})
+            for i in range(25)
+        ]
+    )
     assert redis_client.zcard("user:{u1}:recent_items") == 10
     [values] = reader([ReadRequest("u1", RECENT_ITEMS, RECENT_ITEMS.feature_names)])
     assert values == {"recent_items": tuple(f"item{i:02d}" for i in range(24, 14, -1))}
@@ -106,14 +114,14 @@ def test_embedding_is_packed_little_endian_float32(
     store: RedisStore, redis_client: redis.Redis, reader: Reader
 ) -> None:
     vector = [i / 4 for i in range(16)]
-    store.write([WriteRow("u1", EMBEDDING, {"embedding": vector})])
+    store.write([parse_update(EMBEDDING, "u1", NOW, {"embedding": vector})])
     assert redis_client.get("user:{u1}:embedding") == struct.pack("<16f", *vector)
     [values] = reader([ReadRequest("u1", EMBEDDING, EMBEDDING.feature_names)])
     assert values == {"embedding": tuple(vector)}
 
 
 def test_read_returns_one_answer_per_request_in_order(store: RedisStore, reader: Reader) -> None:
-    store.write([WriteRow("u2", USER_FEATURES, {"is_premium": 1})])
+    store.write([parse_update(USER_FEATURES, "u2", NOW, {"is_premium": 1})])
     answers = reader(read_all("u1") + read_all("u2"))
     assert answers == [None, None, None, {"is_premium": 1}, None, None]
 
@@ -152,10 +160,10 @@ def test_reads_ask_only_for_the_requested_fields(redis_client: redis.Redis, read
 def test_a_write_larger_than_one_chunk_lands_whole(
     store: RedisStore, redis_client: redis.Redis
 ) -> None:
-    rows = [WriteRow(f"u{i}", USER_FEATURES, {"tx_count_1h": i}) for i in range(1234)]
-    store.write(rows)
-    assert redis_client.dbsize() == 1234
-    assert redis_client.hget("user:{u1233}:features", "tx_count_1h") == b"1233"
+    updates = [parse_update(USER_FEATURES, f"u{i}", NOW, {"tx_count_1h": i}) for i in range(2345)]
+    assert store.write(updates) == WriteOutcome(applied=2345, stale=0)
+    assert redis_client.dbsize() == 2345
+    assert redis_client.hget("user:{u2344}:features", "tx_count_1h") == b"2344"
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

@@ -105,3 +105,13 @@ def test_unknown_lookups_name_what_is_known() -> None:
         FRAUD_REGISTRY.group("card", "features")
     with pytest.raises(RegistryError, match="unknown feature group user:risk"):
         FRAUD_REGISTRY.group("user", "risk")
+
+
+def test_a_default_outside_the_declared_range_is_refused() -> None:
+    with pytest.raises(RegistryError, match="feature 'bucket': default 7 is above the maximum 4"):
+        Feature("bucket", "int", 7, minimum=0, maximum=4)
+
+
+def test_names_starting_with_underscore_are_reserved() -> None:
+    with pytest.raises(RegistryError, match="reserved"):
+        Feature("_event_ms", "int", 0)

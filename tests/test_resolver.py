@@ -17,9 +17,10 @@ from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY
 from features.resolver import GroupResult, Resolver, Source
 from features.settings import Settings
-from features.stores.base import WriteRow
+from features.stores.base import FeatureUpdate
 from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
 from features.timing import StageTimer
+from features.updates import parse_update
 from tests.support.tcp_proxy import TcpProxy
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -28,6 +29,7 @@ EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 DEFAULTS = dict(USER_FEATURES.defaults)
 
 T = TypeVar("T")
+NOW = 1764230400
 
 
 class ManualClock:
@@ -42,7 +44,7 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(coro_fn())
 
 
-def write(settings: Settings, rows: list[WriteRow]) -> None:
+def write(settings: Settings, rows: list[FeatureUpdate]) -> None:
     store = RedisStore(sync_client(settings))
     store.write(rows)
     store.close()
@@ -69,11 +71,12 @@ def commands(client: redis.Redis, name: str) -> int:
 def test_full_partial_and_missing_entities(settings: Settings) -> None:
     full: dict[str, float] = dict(zip(USER_FEATURES.feature_names, range(1, 11), strict=True))
     full |= {"tx_sum_1h": 10.5, "tx_sum_24h": 20.25, "avg_tx_90d": 33.0}
+    full |= {"credit_score_bucket": 3, "is_premium": 1}
     write(
         settings,
         [
-            WriteRow("full", USER_FEATURES, full),
-            WriteRow("partial", USER_FEATURES, {"tx_count_1h": 4, "avg_tx_90d": 12.5}),
+            parse_update(USER_FEATURES, "full", NOW, full),
+            parse_update(USER_FEATURES, "partial", NOW, {"tx_count_1h": 4, "avg_tx_90d": 12.5}),
         ],
     )
 
@@ -105,7 +108,10 @@ def test_any_number_of_entities_and_groups_is_one_round_trip(
         settings = Settings(redis_url=proxy.redis_url)
         write(
             settings,
-            [WriteRow(f"u{i}", USER_FEATURES, {"is_premium": 1}) for i in range(0, 100, 2)],
+            [
+                parse_update(USER_FEATURES, f"u{i}", NOW, {"is_premium": 1})
+                for i in range(0, 100, 2)
+            ],
         )
 
         async def scenario() -> list[Any]:
@@ -135,7 +141,7 @@ def test_any_number_of_entities_and_groups_is_one_round_trip(
 def test_cache_hits_skip_redis_until_they_expire(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    write(settings, [WriteRow("u1", USER_FEATURES, {"tx_count_1h": 2})])
+    write(settings, [parse_update(USER_FEATURES, "u1", NOW, {"tx_count_1h": 2})])
     clock = ManualClock()
 
     async def scenario() -> list[tuple[Source, int]]:
@@ -154,7 +160,7 @@ def test_cache_hits_skip_redis_until_they_expire(
 
 
 def test_a_cache_hit_keeps_values_and_says_which_were_defaulted(settings: Settings) -> None:
-    write(settings, [WriteRow("u1", USER_FEATURES, {"tx_count_1h": 2})])
+    write(settings, [parse_update(USER_FEATURES, "u1", NOW, {"tx_count_1h": 2})])
 
     async def scenario() -> tuple[GroupResult, GroupResult]:
         h = Harness(settings)
@@ -175,7 +181,7 @@ def test_a_cache_hit_keeps_values_and_says_which_were_defaulted(settings: Settin
 def test_concurrent_misses_for_one_entity_share_one_fetch(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    write(settings, [WriteRow("u1", USER_FEATURES, {"tx_count_1h": 2})])
+    write(settings, [parse_update(USER_FEATURES, "u1", NOW, {"tx_count_1h": 2})])
 
     async def scenario() -> list[Any]:
         h = Harness(settings)
@@ -210,7 +216,9 @@ def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
     own_redis: LocalRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(redis_url=own_redis.url)
-    write(settings, [WriteRow(u, USER_FEATURES, {"tx_count_1h": 5}) for u in ("hot", "cold")])
+    write(
+        settings, [parse_update(USER_FEATURES, u, NOW, {"tx_count_1h": 5}) for u in ("hot", "cold")]
+    )
     clock = ManualClock()
 
     async def scenario() -> list[dict[str, GroupResult]]:

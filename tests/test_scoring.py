@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,10 +15,10 @@ from features.cache import FeatureCache
 from features.registry import FRAUD_REGISTRY
 from features.resolver import GroupResult, Resolver
 from features.settings import Settings
-from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.stores.redis import AsyncRedisStore, async_client
 from features.timing import StageTimer
 from models.train import TrainResult, train
-from service.demo import demo_rows
+from service.demo import load_demo_data
 from service.scoring import Scorer, ScoreRequest
 
 NOON = 1764417600
@@ -61,11 +62,9 @@ def score(
 
 
 def test_a_batch_is_one_round_trip_and_one_model_call(
-    settings: Settings, redis_client: redis.Redis, trained: TrainResult
+    settings: Settings, redis_client: redis.Redis, trained: TrainResult, tmp_path: Path
 ) -> None:
-    writer = RedisStore(sync_client(settings))
-    writer.write(list(demo_rows(20, NOON)))
-    writer.close()
+    load_demo_data(settings.redis_url or "", 20, tmp_path)
     requests = [ScoreRequest(f"u{i:06d}", 10.0 * i, NOON) for i in range(20)]
     redis_client.config_resetstat()
     batch, calls, timing = score(settings, trained, requests)

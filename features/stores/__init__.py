@@ -1,14 +1,22 @@
 """Online stores behind one interface (``base``), with Redis as the primary one."""
 
-from features.stores.base import AsyncOnlineStore, OnlineStore, ReadRequest, StoredValues, WriteRow
+from features.stores.base import (
+    AsyncOnlineStore,
+    FeatureUpdate,
+    OnlineStore,
+    ReadRequest,
+    StoredValues,
+    WriteOutcome,
+)
 from features.stores.redis import AsyncRedisStore, RedisStore
 
 __all__ = [
     "AsyncOnlineStore",
     "AsyncRedisStore",
+    "FeatureUpdate",
     "OnlineStore",
     "ReadRequest",
     "RedisStore",
     "StoredValues",
-    "WriteRow",
+    "WriteOutcome",
 ]

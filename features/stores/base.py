@@ -13,7 +13,14 @@ from typing import Any, Protocol
 from features.registry import FeatureGroup
 from features.timing import StageTimer
 
-__all__ = ["AsyncOnlineStore", "OnlineStore", "ReadRequest", "StoredValues", "WriteRow"]
+__all__ = [
+    "AsyncOnlineStore",
+    "FeatureUpdate",
+    "OnlineStore",
+    "ReadRequest",
+    "StoredValues",
+    "WriteOutcome",
+]
 
 StoredValues = Mapping[str, Any]
 """The valid values a store found for one group, by feature name; absent names were not found."""
@@ -29,17 +36,31 @@ class ReadRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class WriteRow:
-    """Values of one entity's group to write.
+class FeatureUpdate:
+    """A validated write of one entity's group as of an event time.
 
-    For hash groups ``values`` maps feature names to values; for a sorted-set
-    group it maps the feature name to ``{member: score}``; for a string group
+    Build it with ``features.updates.parse_update``.  For a hash group
+    ``values`` maps feature names to values; for a sorted-set group it maps
+    members to their scores (the event time in seconds); for a string group
     it maps the feature name to the vector.
     """
 
     entity_id: str
     group: FeatureGroup
+    event_ms: int
+    """When the values were true, epoch milliseconds; older writes never replace newer ones."""
     values: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a write did: updates applied, and updates skipped as older than the stored ones."""
+
+    applied: int = 0
+    stale: int = 0
+
+    def __add__(self, other: WriteOutcome) -> WriteOutcome:
+        return WriteOutcome(self.applied + other.applied, self.stale + other.stale)
 
 
 class OnlineStore(Protocol):
@@ -55,8 +76,11 @@ class OnlineStore(Protocol):
         """
         ...
 
-    def write(self, rows: Sequence[WriteRow]) -> None:
-        """Write every row and its group's TTL; raises ``StoreError`` on failure."""
+    def write(self, updates: Sequence[FeatureUpdate]) -> WriteOutcome:
+        """Write each update with its group's TTL unless the store holds a newer event.
+
+        Raises ``StoreError`` on failure; updates written before the failure stay written.
+        """
         ...
 
 
@@ -67,4 +91,8 @@ class AsyncOnlineStore(Protocol):
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
     ) -> list[StoredValues | None]:
         """See ``OnlineStore.read``."""
+        ...
+
+    async def write(self, updates: Sequence[FeatureUpdate]) -> WriteOutcome:
+        """See ``OnlineStore.write``."""
         ...

@@ -27,7 +27,14 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import Structure
 from features.settings import Settings
-from features.stores.base import ReadRequest, StoredValues, WriteRow
+from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
+from features.stores.redis_scripts import (
+    EVENT_MS_FIELD,
+    HASH_WRITE,
+    SCRIPTS,
+    SORTED_SET_WRITE,
+    STRING_WRITE,
+)
 from features.timing import StageTimer
 
 __all__ = [
@@ -40,13 +47,14 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _bad_value_log = BurstLog(_log)
 
-WRITE_CHUNK_ROWS = 500
-"""Rows per pipelined write round trip."""
+WRITE_CHUNK_ROWS = 1000
+"""Updates per pipelined write round trip."""
 
 
-def _client_options(settings: Settings) -> dict[str, Any]:
+def _client_options(settings: Settings, for_writes: bool) -> dict[str, Any]:
+    timeout_ms = settings.redis_write_timeout_ms if for_writes else settings.redis_socket_timeout_ms
     return {
-        "socket_timeout": settings.redis_socket_timeout_ms / 1000.0,
+        "socket_timeout": timeout_ms / 1000.0,
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000.0,
         "retry": Retry(NoBackoff(), 0),
         "retry_on_timeout": False,
@@ -54,18 +62,18 @@ def _client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def async_client(settings: Settings) -> redis.asyncio.Redis:
-    """A fail-fast asyncio client for ``settings.redis_url``, for the service's hot path."""
+def async_client(settings: Settings, for_writes: bool = False) -> redis.asyncio.Redis:
+    """A fail-fast asyncio client for the service; ``for_writes`` waits the write timeout."""
     if not settings.redis_url:
         raise StoreError("REDIS_URL is not set")
-    return redis.asyncio.Redis.from_url(settings.redis_url, **_client_options(settings))
+    return redis.asyncio.Redis.from_url(settings.redis_url, **_client_options(settings, for_writes))
 
 
-def sync_client(settings: Settings) -> redis.Redis:
-    """A fail-fast blocking client for ``settings.redis_url``, for command-line tools and tests."""
+def sync_client(settings: Settings, for_writes: bool = False) -> redis.Redis:
+    """A fail-fast blocking client for tools and tests; ``for_writes`` waits the write timeout."""
     if not settings.redis_url:
         raise StoreError("REDIS_URL is not set")
-    return redis.Redis.from_url(settings.redis_url, **_client_options(settings))
+    return redis.Redis.from_url(settings.redis_url, **_client_options(settings, for_writes))
 
 
 @contextmanager
@@ -133,26 +141,41 @@ def _decode_all(
         return [_decode(request, reply) for request, reply in zip(requests, replies, strict=True)]
 
 
-def _queue_write(pipe: Any, row: WriteRow) -> None:
-    group = row.group
-    key = feature_key(group.entity.name, row.entity_id, group.name)
+def _queue_write(pipe: Any, update: FeatureUpdate) -> None:
+    group = update.group
+    key = feature_key(group.entity.name, update.entity_id, group.name)
     ttl_ms = int(group.ttl.total_seconds() * 1000)
     if group.structure is Structure.HASH:
-        encoded = {}
-        for name, value in row.values.items():
-            feature = group.by_name[name]
-            encoded[name] = feature.kind.encode(feature.kind.normalize(value, feature.dim))
-        pipe.hset(key, mapping=encoded)
-        pipe.pexpire(key, ttl_ms)
+        args: list[Any] = [update.event_ms, ttl_ms]
+        for name, value in update.values.items():
+            args += (name, group.by_name[name].kind.encode(value))
+        pipe.evalsha(HASH_WRITE.sha, 1, key, *args)
     elif group.structure is Structure.SORTED_SET:
-        members = dict(row.values[group.features[0].name])
-        pipe.zadd(key, members)
-        pipe.zremrangebyrank(key, 0, -(group.top_n or 1) - 1)
-        pipe.pexpire(key, ttl_ms)
+        args = [ttl_ms, group.top_n or 1]
+        for member, score in update.values.items():
+            args += (score, member)
+        pipe.evalsha(SORTED_SET_WRITE.sha, 1, key, *args)
     else:
         feature = group.features[0]
-        vector = feature.kind.normalize(row.values[feature.name], feature.dim)
-        pipe.set(key, feature.kind.encode(vector), px=ttl_ms)
+        blob = feature.kind.encode(update.values[feature.name])
+        event_key = f"{key}:{EVENT_MS_FIELD}"
+        pipe.evalsha(STRING_WRITE.sha, 2, key, event_key, update.event_ms, ttl_ms, blob)
+
+
+def _write_outcome(replies: Sequence[Any]) -> WriteOutcome | None:
+    """Count applied and stale writes; ``None`` when Redis lacks the scripts."""
+    if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+        return None
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    applied = sum(1 for reply in replies if reply == 1)
+    return WriteOutcome(applied, len(replies) - applied)
+
+
+def _chunks(updates: Sequence[FeatureUpdate]) -> Iterator[Sequence[FeatureUpdate]]:
+    for start in range(0, len(updates), WRITE_CHUNK_ROWS):
+        yield updates[start : start + WRITE_CHUNK_ROWS]
 
 
 class RedisStore:
@@ -177,14 +200,29 @@ class RedisStore:
                     replies = pipe.execute(raise_on_error=False)
         return _decode_all(requests, replies, timer)
 
-    def write(self, rows: Sequence[WriteRow]) -> None:
-        """Write values and TTL together, ``WRITE_CHUNK_ROWS`` rows per round trip."""
+    def write(self, updates: Sequence[FeatureUpdate]) -> WriteOutcome:
+        """Write values, TTL and event time together, one round trip per ``WRITE_CHUNK_ROWS``.
+
+        An update older than what Redis holds for its entity group is skipped
+        by the server and counted as stale.
+        """
+        outcome = WriteOutcome()
         with _translated_errors():
-            for start in range(0, len(rows), WRITE_CHUNK_ROWS):
-                with self._client.pipeline(transaction=False) as pipe:
-                    for row in rows[start : start + WRITE_CHUNK_ROWS]:
-                        _queue_write(pipe, row)
-                    pipe.execute()
+            for chunk in _chunks(updates):
+                outcome += self._write_chunk(chunk)
+        return outcome
+
+    def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> WriteOutcome:
+        for _ in range(2):
+            with self._client.pipeline(transaction=False) as pipe:
+                for update in chunk:
+                    _queue_write(pipe, update)
+                outcome = _write_outcome(pipe.execute(raise_on_error=False))
+            if outcome is not None:
+                return outcome
+            for script in SCRIPTS:
+                self._client.script_load(script.source)
+        raise StoreError("Redis does not keep the write scripts loaded")
 
     def close(self) -> None:
         """Close the client's connections."""
@@ -213,6 +251,26 @@ class AsyncRedisStore:
                     with timer.stage("redis"):
                         replies = await pipe.execute(raise_on_error=False)
         return _decode_all(requests, replies, timer)
+
+    async def write(self, updates: Sequence[FeatureUpdate]) -> WriteOutcome:
+        """See ``RedisStore.write``."""
+        outcome = WriteOutcome()
+        with _translated_errors():
+            for chunk in _chunks(updates):
+                outcome += await self._write_chunk(chunk)
+        return outcome
+
+    async def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> WriteOutcome:
+        for _ in range(2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for update in chunk:
+                    _queue_write(pipe, update)
+                outcome = _write_outcome(await pipe.execute(raise_on_error=False))
+            if outcome is not None:
+                return outcome
+            for script in SCRIPTS:
+                await self._client.script_load(script.source)
+        raise StoreError("Redis does not keep the write scripts loaded")
 
     async def ping(self) -> bool:
         """Whether Redis answers a PING now."""

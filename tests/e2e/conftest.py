@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from features.local_redis import LocalRedis, free_port
-from features.settings import Settings
-from service.demo import wait_until_ready, write_demo_features
+from service.demo import load_demo_data, wait_until_ready
 
 DEMO_USERS = 300
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +103,7 @@ def service(
 ) -> Iterator[RunningService]:
     """The service over its own Redis holding demo users u000000..u000299."""
     with LocalRedis() as redis_server:
-        write_demo_features(Settings(redis_url=redis_server.url), DEMO_USERS)
+        load_demo_data(redis_server.url, DEMO_USERS, tmp_path_factory.mktemp("demo"))
         process, url, log_path = start_service(
             bentoml_home, redis_server, tmp_path_factory.mktemp("logs"), FEATSERVE_CACHE_TTL_S="0"
         )

@@ -1,0 +1,109 @@
+"""Validating feature updates: one rule book for ``POST /push`` and ``featserve materialize``.
+
+``parse_update`` turns what a producer sent (an entity id, an event time in
+epoch seconds, and values) into a ``FeatureUpdate`` the stores can write,
+or raises ``InvalidUpdate`` naming the field and the problem.  Nothing is
+truncated or coerced silently: an int feature takes an int, a float
+feature any finite number, values must lie in the declared range, a vector
+must have its declared dimension.
+
+Null policy: a ``None`` value in a hash group means "no new value": that
+field is not written and keeps what Redis holds (or, absent, its training
+default).  An update whose values are all ``None`` is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from features.errors import InvalidEntityId, InvalidUpdate
+from features.keys import validate_entity_id
+from features.registry import FeatureGroup, Structure
+from features.stores.base import FeatureUpdate
+
+__all__ = ["MAX_EVENT_TIMESTAMP", "event_ms", "parse_update"]
+
+MAX_EVENT_TIMESTAMP = 4_102_444_800
+"""2100-01-01 in epoch seconds: later event times are refused as mistakes (milliseconds?)."""
+
+_MAX_MEMBER_LENGTH = 256
+
+
+def event_ms(event_timestamp: Any) -> int:
+    """Epoch milliseconds of an event time given in epoch seconds; ``InvalidUpdate`` otherwise."""
+    if not isinstance(event_timestamp, int | float) or isinstance(event_timestamp, bool):
+        raise InvalidUpdate(
+            "event_timestamp", f"expected epoch seconds, got {type(event_timestamp).__name__}"
+        )
+    if not math.isfinite(event_timestamp) or not 0 <= event_timestamp <= MAX_EVENT_TIMESTAMP:
+        raise InvalidUpdate(
+            "event_timestamp",
+            f"{event_timestamp!r} is not epoch seconds between 0 and {MAX_EVENT_TIMESTAMP}",
+        )
+    return round(event_timestamp * 1000)
+
+
+def parse_update(
+    group: FeatureGroup, entity_id: Any, event_timestamp: Any, values: Mapping[str, Any]
+) -> FeatureUpdate:
+    """A validated update of ``group`` for one entity; ``InvalidUpdate`` names what is wrong."""
+    try:
+        entity_id = validate_entity_id(entity_id)
+    except InvalidEntityId as exc:
+        raise InvalidUpdate("entity_id", str(exc)) from None
+    when = event_ms(event_timestamp)
+    if not isinstance(values, Mapping) or not values:
+        raise InvalidUpdate("values", "expected a non-empty object of feature values")
+    unknown = sorted(name for name in values if name not in group.by_name)
+    if unknown:
+        raise InvalidUpdate(
+            "values",
+            f"{unknown} not in {group.entity.name}:{group.name} "
+            f"(its features: {', '.join(group.feature_names)})",
+        )
+    if group.structure is Structure.HASH:
+        return FeatureUpdate(entity_id, group, when, _hash_values(group, values))
+    feature = group.features[0]
+    value = values[feature.name]
+    if group.structure is Structure.SORTED_SET:
+        return FeatureUpdate(entity_id, group, when, _members(feature.name, value, when))
+    try:
+        vector = feature.kind.normalize(value, feature.dim)
+    except (TypeError, ValueError) as exc:
+        raise InvalidUpdate(feature.name, str(exc)) from None
+    return FeatureUpdate(entity_id, group, when, {feature.name: vector})
+
+
+def _hash_values(group: FeatureGroup, values: Mapping[str, Any]) -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        feature = group.by_name[name]
+        try:
+            normalized = feature.kind.normalize(value, feature.dim)
+        except (TypeError, ValueError) as exc:
+            raise InvalidUpdate(name, f"{value!r}: {exc}") from None
+        problem = feature.out_of_range(normalized)
+        if problem:
+            raise InvalidUpdate(name, problem)
+        checked[name] = normalized
+    if not checked:
+        raise InvalidUpdate("values", "every value is null")
+    return checked
+
+
+def _members(name: str, items: Any, when: int) -> dict[str, float]:
+    """Item ids scored by the event time in seconds, for a sorted-set group."""
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list | tuple) or not items:
+        raise InvalidUpdate(name, "expected an item id or a non-empty list of item ids")
+    for item in items:
+        if not isinstance(item, str) or not item or len(item) > _MAX_MEMBER_LENGTH:
+            raise InvalidUpdate(
+                name, f"item {item!r} is not a string of 1-{_MAX_MEMBER_LENGTH} characters"
+            )
+    return dict.fromkeys(items, when / 1000)
