@@ -41,6 +41,11 @@ class FeatureCache(Generic[V]):
         if self._entries is not None:
             self._entries[key] = value
 
+    def discard(self, key: Hashable) -> None:
+        """Drop the entry for ``key``, if any."""
+        if self._entries is not None:
+            self._entries.pop(key, None)
+
     def clear(self) -> None:
         """Drop every entry."""
         if self._entries is not None:

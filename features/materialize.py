@@ -25,7 +25,7 @@ from typing import Any
 
 from features.errors import InvalidUpdate
 from features.registry import Feature, FeatureGroup, Structure
-from features.stores.base import FeatureUpdate, OnlineStore, WriteOutcome
+from features.stores.base import FeatureUpdate, OnlineStore
 from features.tables import OfflineTable, TableError
 from features.updates import parse_update
 
@@ -49,7 +49,10 @@ class MaterializeReport:
 
     rows_read: int = 0
     rejected_by_field: Counter[str] = field(default_factory=Counter)
-    written: WriteOutcome = field(default_factory=WriteOutcome)
+    applied: int = 0
+    """Entity groups written."""
+    stale: int = 0
+    """Entity groups skipped because Redis held a newer event."""
     elapsed_s: float = 0.0
 
     @property
@@ -60,7 +63,7 @@ class MaterializeReport:
     @property
     def entities_per_second(self) -> float:
         """Entity groups applied per second of the run."""
-        return self.written.applied / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return self.applied / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 def table_columns(
@@ -116,7 +119,9 @@ def materialize(
                 on_reject(Rejected(report.rows_read + offset + 1, exc.field, exc.problem, record))
                 continue
             newest[update.entity_id] = _combine(newest.get(update.entity_id), update)
-        report.written += store.write(list(newest.values()))
+        applied = store.write(list(newest.values()))
+        report.applied += sum(applied)
+        report.stale += len(applied) - sum(applied)
         report.rows_read += batch.num_rows
         on_progress(batch.num_rows)
     report.elapsed_s = time.perf_counter() - started

@@ -103,6 +103,13 @@ class Resolver:
         )
         return tuple((group, group.feature_names) for group in chosen)
 
+    def forget(self, entity_id: str, group: FeatureGroup) -> None:
+        """Drop this process's cached values of one entity group, e.g. after writing it.
+
+        Other processes keep theirs until the cache TTL ends.
+        """
+        self._cache.discard((group.entity.name, entity_id, group.name, group.feature_names))
+
     async def resolve(
         self,
         entity_ids: Sequence[str],

@@ -57,6 +57,8 @@ class OfflineTable:
             convert_options=pa_csv.ConvertOptions(
                 include_columns=list(columns),
                 column_types=dict.fromkeys(columns, pa.string()),
+                # Only an empty cell is null: ids like "NA" or "null" stay ids.
+                null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             ),

@@ -163,8 +163,8 @@ def _reject_writer(handle: TextIO) -> Callable[[Rejected], None]:
 def _print_summary(console: Console, report: MaterializeReport, rejects_path: Path) -> None:
     table = Table(title="materialize", show_header=False)
     table.add_row("rows read", f"{report.rows_read:,}")
-    table.add_row("entity groups written", f"{report.written.applied:,}")
-    table.add_row("skipped: Redis held newer", f"{report.written.stale:,}")
+    table.add_row("entity groups written", f"{report.applied:,}")
+    table.add_row("skipped: Redis held newer", f"{report.stale:,}")
     table.add_row("rows rejected", f"{report.rows_rejected:,}")
     for field_name, count in report.rejected_by_field.most_common():
         table.add_row(f"  rejected for {field_name}", f"{count:,}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from features.keys import ENTITY_ID_PATTERN, validate_entity_id
 
-__all__ = ["Amount", "EntityId", "ScoreInput", "Timestamp"]
+__all__ = ["Amount", "EntityId", "PushUpdate", "ScoreInput", "Timestamp"]
 
 EntityId = Annotated[
     str,
@@ -46,3 +46,21 @@ class ScoreInput(BaseModel):
     entity_id: EntityId
     amount: Amount
     timestamp: Timestamp | None = None
+
+
+class PushUpdate(BaseModel):
+    """New values of one entity's feature group, as of ``event_timestamp``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entity_id: str = Field(examples=["u000123"])
+    group: str = Field(default="features", description="A feature group of the user entity.")
+    event_timestamp: StrictInt | StrictFloat = Field(
+        description="When the values became true, epoch seconds; older than stored is skipped.",
+        examples=[1764230400],
+    )
+    values: dict[str, Any] = Field(
+        description="Feature values by name; for recent_items a list of item ids; "
+        "for embedding a list of 16 numbers.",
+        examples=[{"tx_count_1h": 3, "tx_sum_1h": 120.5}],
+    )

@@ -20,17 +20,18 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from features.cache import FeatureCache
-from features.errors import RegistryError
+from features.errors import InvalidUpdate, RegistryError, StoreError
 from features.registry import FRAUD_REGISTRY
 from features.resolver import EntityFeatures, GroupResult, Resolver
 from features.settings import Settings
 from features.stores.redis import AsyncRedisStore, async_client
 from features.timing import StageTimer
+from features.updates import parse_update
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
 from service import request_timeout
 from service.errors import ClientErrorMiddleware
-from service.inputs import Amount, EntityId, ScoreInput, Timestamp
+from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
 from service.scoring import Scorer, ScoreRequest
 
@@ -76,6 +77,7 @@ class FraudScorer:
             SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize
         )
         self.resolver = Resolver(FRAUD_REGISTRY, self.store, cache)
+        self.write_store = AsyncRedisStore(async_client(SETTINGS, for_writes=True))
         self.scorer = Scorer(self.resolver, model.estimator, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
         status_app.state.scorer = self
@@ -90,6 +92,7 @@ class FraudScorer:
     async def close_store(self) -> None:
         """Close the Redis connections."""
         await self.store.close()
+        await self.write_store.close()
 
     def __is_ready__(self) -> bool:
         # Ready whenever the model is loaded: without Redis, answers come from defaults.
@@ -164,6 +167,40 @@ class FraudScorer:
             entities = await self.resolver.resolve(entity_ids, selection, timer)
         body = {"entities": [_describe(entity) for entity in entities]}
         return self._timed(ctx, timer, "features", entities, body)
+
+    @bentoml.api
+    async def push(
+        self,
+        updates: Annotated[list[PushUpdate], Field(min_length=1, max_length=SETTINGS.batch_max)],
+        ctx: bentoml.Context,
+    ) -> dict[str, Any]:
+        """Write feature updates from a streaming producer: all valid, or none written."""
+        parsed, refused = [], []
+        for index, update in enumerate(updates):
+            try:
+                group = FRAUD_REGISTRY.group("user", update.group)
+                parsed.append(
+                    parse_update(group, update.entity_id, update.event_timestamp, update.values)
+                )
+            except (InvalidUpdate, RegistryError) as exc:
+                refused.append({"index": index, "entity_id": update.entity_id, "error": str(exc)})
+        if refused:
+            ctx.response.status_code = 422
+            return {
+                "error": f"{len(refused)} of {len(updates)} updates refused; nothing was written",
+                "refused": refused,
+            }
+        try:
+            applied = await self.write_store.write(parsed)
+        except StoreError as exc:
+            ctx.response.status_code = 503
+            return {"error": f"{exc}; retrying is safe: older writes never replace newer ones"}
+        for written in parsed:
+            self.resolver.forget(written.entity_id, written.group)
+        return {
+            "written": sum(applied),
+            "stale": [index for index, done in enumerate(applied) if not done],
+        }
 
     def _timed(
         self,

@@ -59,3 +59,12 @@ def test_single_flight_hands_the_leaders_value_to_waiters() -> None:
         return await waiter, after, int(flights.join("k") is None)
 
     assert asyncio.run(scenario()) == (42, 0, 1)
+
+
+def test_discard_drops_one_entry() -> None:
+    cache: FeatureCache[int] = FeatureCache(ttl_s=60.0, maxsize=10, timer=ManualClock())
+    cache.put("a", 1)
+    cache.put("b", 2)
+    cache.discard("a")
+    cache.discard("missing")
+    assert (cache.get("a"), cache.get("b")) == (None, 2)

@@ -16,7 +16,7 @@ from features.errors import StoreTimeout, StoreUnavailable
 from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
-from features.stores.base import ReadRequest, StoredValues, WriteOutcome
+from features.stores.base import ReadRequest, StoredValues
 from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
 from features.updates import parse_update
 
@@ -161,7 +161,7 @@ def test_a_write_larger_than_one_chunk_lands_whole(
     store: RedisStore, redis_client: redis.Redis
 ) -> None:
     updates = [parse_update(USER_FEATURES, f"u{i}", NOW, {"tx_count_1h": i}) for i in range(2345)]
-    assert store.write(updates) == WriteOutcome(applied=2345, stale=0)
+    assert store.write(updates) == [True] * 2345
     assert redis_client.dbsize() == 2345
     assert redis_client.hget("user:{u2344}:features", "tx_count_1h") == b"2344"
 

@@ -6,7 +6,6 @@ from features.stores.base import (
     OnlineStore,
     ReadRequest,
     StoredValues,
-    WriteOutcome,
 )
 from features.stores.redis import AsyncRedisStore, RedisStore
 
@@ -18,5 +17,4 @@ __all__ = [
     "ReadRequest",
     "RedisStore",
     "StoredValues",
-    "WriteOutcome",
 ]

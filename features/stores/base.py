@@ -19,7 +19,6 @@ __all__ = [
     "OnlineStore",
     "ReadRequest",
     "StoredValues",
-    "WriteOutcome",
 ]
 
 StoredValues = Mapping[str, Any]
@@ -52,17 +51,6 @@ class FeatureUpdate:
     values: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class WriteOutcome:
-    """What a write did: updates applied, and updates skipped as older than the stored ones."""
-
-    applied: int = 0
-    stale: int = 0
-
-    def __add__(self, other: WriteOutcome) -> WriteOutcome:
-        return WriteOutcome(self.applied + other.applied, self.stale + other.stale)
-
-
 class OnlineStore(Protocol):
     """A blocking store, for command-line tools and tests."""
 
@@ -76,10 +64,12 @@ class OnlineStore(Protocol):
         """
         ...
 
-    def write(self, updates: Sequence[FeatureUpdate]) -> WriteOutcome:
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
         """Write each update with its group's TTL unless the store holds a newer event.
 
-        Raises ``StoreError`` on failure; updates written before the failure stay written.
+        Returns a list of the same length and order as ``updates``: True where
+        applied, False where skipped because the store held a newer event.
+        Raises ``StoreError`` on failure; updates written before it stay written.
         """
         ...
 
@@ -93,6 +83,6 @@ class AsyncOnlineStore(Protocol):
         """See ``OnlineStore.read``."""
         ...
 
-    async def write(self, updates: Sequence[FeatureUpdate]) -> WriteOutcome:
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
         """See ``OnlineStore.write``."""
         ...

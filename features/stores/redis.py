@@ -27,7 +27,7 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import Structure
 from features.settings import Settings
-from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
+from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
 from features.stores.redis_scripts import (
     EVENT_MS_FIELD,
     HASH_WRITE,
@@ -162,15 +162,14 @@ def _queue_write(pipe: Any, update: FeatureUpdate) -> None:
         pipe.evalsha(STRING_WRITE.sha, 2, key, event_key, update.event_ms, ttl_ms, blob)
 
 
-def _write_outcome(replies: Sequence[Any]) -> WriteOutcome | None:
-    """Count applied and stale writes; ``None`` when Redis lacks the scripts."""
+def _applied(replies: Sequence[Any]) -> list[bool] | None:
+    """Which writes were applied (not stale); ``None`` when Redis lacks the scripts."""
     if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
         return None
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
-    applied = sum(1 for reply in replies if reply == 1)
-    return WriteOutcome(applied, len(replies) - applied)
+    return [reply == 1 for reply in replies]
 
 
 def _chunks(updates: Sequence[FeatureUpdate]) -> Iterator[Sequence[FeatureUpdate]]:
@@ -200,24 +199,24 @@ class RedisStore:
                     replies = pipe.execute(raise_on_error=False)
         return _decode_all(requests, replies, timer)
 
-    def write(self, updates: Sequence[FeatureUpdate]) -> WriteOutcome:
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
         """Write values, TTL and event time together, one round trip per ``WRITE_CHUNK_ROWS``.
 
-        An update older than what Redis holds for its entity group is skipped
-        by the server and counted as stale.
+        True where applied; False where Redis held a newer event for the entity
+        group, so the server skipped the update.
         """
-        outcome = WriteOutcome()
+        applied: list[bool] = []
         with _translated_errors():
             for chunk in _chunks(updates):
-                outcome += self._write_chunk(chunk)
-        return outcome
+                applied += self._write_chunk(chunk)
+        return applied
 
-    def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> WriteOutcome:
+    def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> list[bool]:
         for _ in range(2):
             with self._client.pipeline(transaction=False) as pipe:
                 for update in chunk:
                     _queue_write(pipe, update)
-                outcome = _write_outcome(pipe.execute(raise_on_error=False))
+                outcome = _applied(pipe.execute(raise_on_error=False))
             if outcome is not None:
                 return outcome
             for script in SCRIPTS:
@@ -252,20 +251,20 @@ class AsyncRedisStore:
                         replies = await pipe.execute(raise_on_error=False)
         return _decode_all(requests, replies, timer)
 
-    async def write(self, updates: Sequence[FeatureUpdate]) -> WriteOutcome:
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
         """See ``RedisStore.write``."""
-        outcome = WriteOutcome()
+        applied: list[bool] = []
         with _translated_errors():
             for chunk in _chunks(updates):
-                outcome += await self._write_chunk(chunk)
-        return outcome
+                applied += await self._write_chunk(chunk)
+        return applied
 
-    async def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> WriteOutcome:
+    async def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> list[bool]:
         for _ in range(2):
             async with self._client.pipeline(transaction=False) as pipe:
                 for update in chunk:
                     _queue_write(pipe, update)
-                outcome = _write_outcome(await pipe.execute(raise_on_error=False))
+                outcome = _applied(await pipe.execute(raise_on_error=False))
             if outcome is not None:
                 return outcome
             for script in SCRIPTS:

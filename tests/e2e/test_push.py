@@ -1,0 +1,135 @@
+"""`POST /push` over HTTP: validation, ordering, and agreement with `featserve materialize`."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from features.local_redis import LocalRedis
+from service.cli import main
+from tests.e2e.conftest import RunningService
+
+NOW = 1764230400
+ROWS = [
+    {"entity_id": f"p{i}", "event_timestamp": NOW + i, "tx_count_1h": i, "avg_tx_90d": 10.5 * i}
+    for i in range(10)
+]
+
+
+def push(service: RunningService, updates: list[dict[str, Any]]) -> Any:
+    return service.client.post("/push", json={"updates": updates})
+
+
+def as_push(row: dict[str, Any]) -> dict[str, Any]:
+    values = {k: v for k, v in row.items() if k not in ("entity_id", "event_timestamp")}
+    return {
+        "entity_id": row["entity_id"],
+        "event_timestamp": row["event_timestamp"],
+        "values": values,
+    }
+
+
+def contents(url: str, keys: list[str]) -> dict[str, Any]:
+    with redis.Redis.from_url(url) as client:
+        return {key: client.hgetall(key) for key in keys}
+
+
+def test_push_and_materialize_write_the_same_state(
+    service: RunningService, own_redis: LocalRedis, tmp_path: Path
+) -> None:
+    response = push(service, [as_push(row) for row in ROWS])
+    assert response.status_code == 200, response.text
+    assert response.json() == {"written": 10, "stale": []}
+
+    table = tmp_path / "rows.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(ROWS[0]))
+        writer.writeheader()
+        writer.writerows(ROWS)
+    assert main(["materialize", str(table), "--redis-url", own_redis.url]) == 0
+
+    keys = [f"user:{{p{i}}}:features" for i in range(10)]
+    pushed = contents(service.redis.url, keys)
+    assert pushed == contents(own_redis.url, keys)
+    assert pushed["user:{p3}:features"][b"avg_tx_90d"] == b"31.5"
+
+
+def test_an_older_push_is_reported_stale_and_changes_nothing(service: RunningService) -> None:
+    push(service, [as_push({"entity_id": "s1", "event_timestamp": NOW, "tx_count_1h": 4})])
+    response = push(
+        service,
+        [
+            as_push({"entity_id": "s1", "event_timestamp": NOW - 60, "tx_count_1h": 1}),
+            as_push({"entity_id": "s2", "event_timestamp": NOW, "tx_count_1h": 2}),
+        ],
+    )
+    assert response.json() == {"written": 1, "stale": [0]}
+    features = service.client.post("/features", json={"entity_ids": ["s1"]}).json()
+    assert features["entities"][0]["groups"]["features"]["values"]["tx_count_1h"] == 4
+
+
+def test_push_writes_sorted_sets_and_embeddings(service: RunningService) -> None:
+    response = push(
+        service,
+        [
+            {
+                "entity_id": "e1",
+                "group": "recent_items",
+                "event_timestamp": NOW,
+                "values": {"recent_items": ["i1", "i2"]},
+            },
+            {
+                "entity_id": "e1",
+                "group": "embedding",
+                "event_timestamp": NOW,
+                "values": {"embedding": [0.5] * 16},
+            },
+        ],
+    )
+    assert response.status_code == 200, response.text
+    groups = service.client.post("/features", json={"entity_ids": ["e1"]}).json()["entities"][0][
+        "groups"
+    ]
+    assert sorted(groups["recent_items"]["values"]["recent_items"]) == ["i1", "i2"]
+    assert groups["embedding"]["values"]["embedding"] == [0.5] * 16
+
+
+def test_one_bad_update_refuses_the_whole_push(service: RunningService) -> None:
+    response = push(
+        service,
+        [
+            as_push({"entity_id": "ok1", "event_timestamp": NOW, "tx_count_1h": 1}),
+            as_push({"entity_id": "ok2", "event_timestamp": NOW, "tx_count_1h": -1}),
+            {"entity_id": "ok3", "group": "risk", "event_timestamp": NOW, "values": {"x": 1}},
+            {
+                "entity_id": "ok4",
+                "group": "embedding",
+                "event_timestamp": NOW,
+                "values": {"embedding": [1.0]},
+            },
+        ],
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "3 of 4 updates refused; nothing was written"
+    assert [(r["index"], r["entity_id"]) for r in body["refused"]] == [
+        (1, "ok2"),
+        (2, "ok3"),
+        (3, "ok4"),
+    ]
+    assert "tx_count_1h: -1 is below the minimum 0" in body["refused"][0]["error"]
+    assert "unknown feature group user:risk" in body["refused"][1]["error"]
+    assert "expected 16 values" in body["refused"][2]["error"]
+    with redis.Redis.from_url(service.redis.url) as client:
+        assert client.exists("user:{ok1}:features") == 0
+
+
+def test_a_malformed_push_body_is_a_400(service: RunningService) -> None:
+    response = service.client.post(
+        "/push", json={"updates": [{"entity_id": "x", "event_timestamp": "now", "values": {}}]}
+    )
+    assert response.status_code == 400
+    assert "updates.0.event_timestamp" in response.json()["error"]

@@ -1,0 +1,116 @@
+"""Writes on a real Redis never regress: older events are skipped by the server itself."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from features.registry import FRAUD_REGISTRY
+from features.settings import Settings
+from features.stores.base import ReadRequest
+from features.stores.redis import RedisStore, sync_client
+from features.updates import parse_update
+
+FEATURES = FRAUD_REGISTRY.group("user", "features")
+RECENT = FRAUD_REGISTRY.group("user", "recent_items")
+EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+NOW = 1764230400
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[RedisStore]:
+    store = RedisStore(sync_client(settings, for_writes=True))
+    yield store
+    store.close()
+
+
+def test_an_older_hash_write_is_skipped_and_a_newer_one_applied(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    assert store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 5})]) == [True]
+    assert store.write([parse_update(FEATURES, "u1", NOW - 1, {"tx_count_1h": 1})]) == [False]
+    assert redis_client.hget("user:{u1}:features", "tx_count_1h") == b"5"
+    assert store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_count_1h": 9})]) == [True]
+    assert redis_client.hget("user:{u1}:features", "tx_count_1h") == b"9"
+
+
+def test_rewriting_the_same_event_is_harmless(store: RedisStore, redis_client: redis.Redis) -> None:
+    update = parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 5, "tx_sum_1h": 2.5})
+    store.write([update])
+    before = redis_client.hgetall("user:{u1}:features")
+    assert store.write([update]) == [True]
+    assert redis_client.hgetall("user:{u1}:features") == before
+
+
+def test_an_older_embedding_is_skipped(store: RedisStore, redis_client: redis.Redis) -> None:
+    store.write([parse_update(EMBEDDING, "u1", NOW, {"embedding": [1.0] * 16})])
+    assert store.write([parse_update(EMBEDDING, "u1", NOW - 60, {"embedding": [2.0] * 16})]) == [
+        False
+    ]
+    [values] = store.read([ReadRequest("u1", EMBEDDING, EMBEDDING.feature_names)])
+    assert values == {"embedding": (1.0,) * 16}
+    assert redis_client.pttl("user:{u1}:embedding:_event_ms") > 0
+
+
+def test_replayed_old_items_never_displace_newer_ones(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    newest = [parse_update(RECENT, "u1", NOW + i, {"recent_items": [f"new{i}"]}) for i in range(10)]
+    oldest = [
+        parse_update(RECENT, "u1", NOW - 1000 + i, {"recent_items": [f"old{i}"]}) for i in range(5)
+    ]
+    replay_of_a_new_item_with_an_old_time = parse_update(
+        RECENT, "u1", NOW - 5000, {"recent_items": ["new9"]}
+    )
+    store.write(newest)
+    store.write([*oldest, replay_of_a_new_item_with_an_old_time])
+    assert redis_client.zrevrange("user:{u1}:recent_items", 0, -1, withscores=True) == [
+        (f"new{i}".encode(), float(NOW + i)) for i in range(9, -1, -1)
+    ]
+
+
+def test_racing_writers_end_at_the_newest_event(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    events = list(range(200))
+    orders = [random.Random(seed).sample(events, len(events)) for seed in (1, 2)]
+    start = threading.Barrier(2)
+
+    def writer(order: list[int]) -> None:
+        store = RedisStore(sync_client(settings, for_writes=True))
+        start.wait()
+        for event in order:
+            store.write([parse_update(FEATURES, "u1", NOW + event, {"tx_count_24h": event})])
+        store.close()
+
+    threads = [threading.Thread(target=writer, args=(order,)) for order in orders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert redis_client.hget("user:{u1}:features", "tx_count_24h") == b"199"
+    assert redis_client.hget("user:{u1}:features", "_event_ms") == b"%d" % ((NOW + 199) * 1000)
+
+
+def test_writes_survive_a_flushed_script_cache(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+    redis_client.script_flush()
+    assert store.write([parse_update(FEATURES, "u2", NOW, {"tx_count_1h": 2})]) == [True]
+    assert redis_client.hget("user:{u2}:features", "tx_count_1h") == b"2"
+
+
+def test_a_chunk_sends_its_script_calls_and_nothing_else(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    store.write([parse_update(FEATURES, "warm", NOW, {"tx_count_1h": 1})])  # loads the scripts
+    redis_client.config_resetstat()
+    store.write([parse_update(FEATURES, f"u{i}", NOW, {"tx_count_1h": i}) for i in range(500)])
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 500
+    assert "cmdstat_script|exists" not in stats and "cmdstat_script" not in stats
