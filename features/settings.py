@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     """The BentoML model the service loads."""
 
     batch_max: int = Field(default=256, ge=1)
-    """The most requests one ``/score_batch`` or ``/features`` call may carry."""
+    """The most items one ``/score_batch``, ``/features`` or ``/push`` call may carry."""
 
     workers: int = Field(default=1, ge=1)
     """BentoML worker processes."""
