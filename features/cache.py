@@ -2,7 +2,8 @@
 
 ``FeatureCache`` is a cachetools ``TTLCache`` (LRU within a size bound, each
 entry expiring ``ttl_s`` after it was stored) with an injectable timer so
-tests move time instead of sleeping.  ``SingleFlight`` lets concurrent
+tests move time instead of sleeping, and an ``LRUCache`` of last known
+values for stale-on-error.  ``SingleFlight`` lets concurrent
 misses for the same key wait on one fetch instead of each asking Redis.
 """
 
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 __all__ = ["FeatureCache", "SingleFlight"]
 
@@ -21,38 +22,60 @@ V = TypeVar("V")
 
 
 class FeatureCache(Generic[V]):
-    """A bounded TTL/LRU cache; with ``ttl_s`` or ``maxsize`` 0 it holds nothing."""
+    """A bounded TTL/LRU cache, plus the last known value of each key for stale-on-error.
+
+    Fresh entries live ``ttl_s``; ``ttl_s`` or ``maxsize`` 0 turns them off.
+    Separately, up to ``stale_maxsize`` keys keep their last stored value
+    and its time (LRU, no expiry), served only when every store fails.
+    """
 
     def __init__(
-        self, ttl_s: float, maxsize: int, timer: Callable[[], float] = time.monotonic
+        self,
+        ttl_s: float,
+        maxsize: int,
+        stale_maxsize: int = 0,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._entries: TTLCache[Hashable, V] | None = (
+        self._timer = timer
+        self._fresh: TTLCache[Hashable, V] | None = (
             TTLCache(maxsize=maxsize, ttl=ttl_s, timer=timer) if ttl_s > 0 and maxsize > 0 else None
+        )
+        self._last_known: LRUCache[Hashable, tuple[V, float]] | None = (
+            LRUCache(maxsize=stale_maxsize) if stale_maxsize > 0 else None
         )
 
     def get(self, key: Hashable) -> V | None:
         """The live entry for ``key``, or ``None``."""
-        if self._entries is None:
+        if self._fresh is None:
             return None
-        return self._entries.get(key)
+        return self._fresh.get(key)
+
+    def get_stale(self, key: Hashable) -> tuple[V, float] | None:
+        """The last value stored for ``key`` and its age in seconds, however old, or ``None``."""
+        if self._last_known is None:
+            return None
+        known = self._last_known.get(key)
+        if known is None:
+            return None
+        value, stored_at = known
+        return value, self._timer() - stored_at
 
     def put(self, key: Hashable, value: V) -> None:
         """Store ``value``; the caller must not mutate it afterwards."""
-        if self._entries is not None:
-            self._entries[key] = value
+        if self._fresh is not None:
+            self._fresh[key] = value
+        if self._last_known is not None:
+            self._last_known[key] = (value, self._timer())
 
     def discard(self, key: Hashable) -> None:
-        """Drop the entry for ``key``, if any."""
-        if self._entries is not None:
-            self._entries.pop(key, None)
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        if self._entries is not None:
-            self._entries.clear()
+        """Drop ``key``, fresh and last known."""
+        if self._fresh is not None:
+            self._fresh.pop(key, None)
+        if self._last_known is not None:
+            self._last_known.pop(key, None)
 
     def __len__(self) -> int:
-        return 0 if self._entries is None else len(self._entries)
+        return 0 if self._fresh is None else len(self._fresh)
 
 
 class SingleFlight(Generic[V]):

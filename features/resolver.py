@@ -1,30 +1,35 @@
-"""The resolver: cache, then one store round trip for every miss, then defaults.
+"""The resolver: cache, then each store in turn for what is still missing, then defaults.
 
 For each (entity, group) the result holds every requested feature, cast to
 its declared type, and says where the values came from:
 
-- ``cache``: the in-process cache answered; Redis was not asked.
-- ``redis``: Redis held the group; fields it lacked are filled from the
-  training defaults and listed in ``defaulted``.
-- ``default``: Redis holds nothing for the entity, or Redis failed; every
-  value is the training default.
+- ``cache``: the in-process cache answered; no store was asked.
+- ``redis``: Redis held the group (one pipelined round trip for all misses).
+- ``backing``: Redis lacked it or failed, and the backing store held it.
+- ``stale``: the stores failed; the last value this process saw, younger
+  than the group's freshness window, with its age.
+- ``default``: nobody holds the entity, or everything failed: the training
+  defaults.
 
-A store error never escapes ``resolve``: the call answers from cache and
-defaults, and the error is logged once per burst.  Stage times go into the
-caller's ``StageTimer``: ``cache`` (lookups), ``redis`` (the round trip) and
-``decode``.
+Fields a store lacked are filled from the defaults and listed in
+``defaulted``.  Each store sits behind a circuit breaker; the whole fetch
+runs under one deadline (``deadline_s``), and when it passes the resolver
+answers with what it has.  A store error never escapes ``resolve``; it is
+logged once per burst.  Stage times go into the caller's ``StageTimer``:
+``cache``, then whatever the stores record (``redis``, ``decode``, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from features.breaker import CircuitBreaker
 from features.burst_log import BurstLog
 from features.cache import FeatureCache, SingleFlight
 from features.errors import StoreError
@@ -33,9 +38,12 @@ from features.registry import FeatureGroup, Registry
 from features.stores.base import AsyncOnlineStore, ReadRequest, StoredValues
 from features.timing import StageTimer
 
-__all__ = ["EntityFeatures", "GroupResult", "Resolver", "Source"]
+__all__ = ["EntityFeatures", "GroupResult", "Resolver", "Source", "Tier"]
 
 _log = logging.getLogger(__name__)
+
+DEFAULT_DEADLINE_S = 0.010
+"""The feature budget of the fraud profile: 10 ms."""
 
 
 class Source(StrEnum):
@@ -43,6 +51,8 @@ class Source(StrEnum):
 
     CACHE = "cache"
     REDIS = "redis"
+    BACKING = "backing"
+    STALE = "stale"
     DEFAULT = "default"
 
 
@@ -55,6 +65,8 @@ class GroupResult:
     source: Source
     defaulted: tuple[str, ...]
     """Features filled from training defaults (absent, invalid, or the store failed)."""
+    age_s: float | None = None
+    """For ``stale`` results: seconds since the values were read from a store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +80,17 @@ class EntityFeatures:
 _CacheKey = tuple[str, str, str, tuple[str, ...]]
 
 
+@dataclass(frozen=True)
+class Tier:
+    """One store the resolver asks, in order, behind its own breaker."""
+
+    source: Source
+    store: AsyncOnlineStore
+    breaker: CircuitBreaker
+    saturated: Callable[[], bool] = lambda: False
+    """True when the store should be spared (its pool over 80 % in use): trips the breaker."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Fetched:
     """What one fetch produced for one key: the caller's result and the cache's copy."""
@@ -77,20 +100,27 @@ class _Fetched:
 
 
 class Resolver:
-    """Resolves feature groups for many entities with at most one store round trip."""
+    """Resolves feature groups of many entities: one round trip per store, on a deadline."""
 
     def __init__(
         self,
         registry: Registry,
-        store: AsyncOnlineStore,
+        tiers: Sequence[Tier],
         cache: FeatureCache[GroupResult],
+        deadline_s: float = DEFAULT_DEADLINE_S,
         error_log: BurstLog | None = None,
     ) -> None:
         self._registry = registry
-        self._store = store
+        self._tiers = tuple(tiers)
         self._cache = cache
+        self._deadline_s = deadline_s
         self._in_flight: SingleFlight[_Fetched] = SingleFlight()
         self._error_log = error_log or BurstLog(_log)
+
+    @property
+    def tiers(self) -> tuple[Tier, ...]:
+        """The stores asked, in order."""
+        return self._tiers
 
     def selection(
         self, entity_type: str, groups: Sequence[str] | None = None
@@ -166,34 +196,59 @@ class Resolver:
         ]
 
     async def _fetch(self, requests: list[ReadRequest], timer: StageTimer) -> list[_Fetched]:
-        """Read ``requests`` in one round trip, fill defaults, cache, and settle waiters."""
-        outcomes: list[_Fetched] | None = None
+        """Ask each tier for what is missing, then stale values or defaults; settle waiters."""
+        outcomes: list[_Fetched | None] = [None] * len(requests)
         try:
-            try:
-                stored = await self._store.read(requests, timer)
-            except StoreError as exc:
-                self._error_log.error("online store read failed; serving defaults", exc)
-                outcomes = [
-                    _Fetched(_fill(request, None, Source.DEFAULT), None) for request in requests
-                ]
-            else:
-                outcomes = [
-                    _from_store(request, values)
-                    for request, values in zip(requests, stored, strict=True)
-                ]
-                for request, outcome in zip(requests, outcomes, strict=True):
-                    if outcome.cached is not None:
-                        self._cache.put(_cache_key(request), outcome.cached)
-            return outcomes
+            pending, failed = await self._ask_tiers(requests, outcomes, timer)
+            for index in pending:
+                outcomes[index] = _fallback(requests[index], self._cache, failed)
+            done = [_known_outcome(outcome) for outcome in outcomes]
+            for request, outcome in zip(requests, done, strict=True):
+                if outcome.cached is not None:
+                    self._cache.put(_cache_key(request), outcome.cached)
+            return done
         finally:
             # Waiters are released even when this task is cancelled mid-read.
-            for index, request in enumerate(requests):
-                outcome = (
-                    outcomes[index]
-                    if outcomes is not None
-                    else _Fetched(_fill(request, None, Source.DEFAULT), None)
-                )
+            for request, maybe in zip(requests, outcomes, strict=True):
+                outcome = maybe or _Fetched(_fill(request, None, Source.DEFAULT), None)
                 self._in_flight.settle(_cache_key(request), outcome)
+
+    async def _ask_tiers(
+        self, requests: list[ReadRequest], outcomes: list[_Fetched | None], timer: StageTimer
+    ) -> tuple[list[int], bool]:
+        """Fill ``outcomes`` from the stores; return what is missing and whether a store failed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._deadline_s
+        pending = list(range(len(requests)))
+        failed = False
+        for tier in self._tiers:
+            if not pending:
+                break
+            if tier.saturated():
+                tier.breaker.trip("connection pool over 80 % in use")
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not tier.breaker.allow():
+                failed = True
+                continue
+            batch = [requests[index] for index in pending]
+            try:
+                async with asyncio.timeout(remaining):
+                    stored = await tier.store.read(batch, timer)
+            except (StoreError, TimeoutError) as exc:
+                reason = str(exc) or f"no answer within the {self._deadline_s * 1000:g} ms deadline"
+                tier.breaker.record_failure(reason)
+                self._error_log.error(f"{tier.source} read failed; falling back", exc)
+                failed = True
+                continue
+            tier.breaker.record_success()
+            still_missing = []
+            for index, values in zip(pending, stored, strict=True):
+                if values is None:
+                    still_missing.append(index)
+                else:
+                    outcomes[index] = _from_store(requests[index], values, tier.source)
+            pending = still_missing
+        return pending, failed
 
 
 def _cache_key(request: ReadRequest) -> _CacheKey:
@@ -207,11 +262,27 @@ def _known(result: GroupResult | None) -> GroupResult:
     return result
 
 
-def _from_store(request: ReadRequest, stored: StoredValues | None) -> _Fetched:
-    if stored is None:
-        result = _fill(request, None, Source.DEFAULT)
-    else:
-        result = _fill(request, stored, Source.REDIS)
+def _known_outcome(outcome: _Fetched | None) -> _Fetched:
+    if outcome is None:  # every request gets a tier's answer or a fallback
+        raise AssertionError("unresolved feature group")
+    return outcome
+
+
+def _from_store(request: ReadRequest, stored: StoredValues, source: Source) -> _Fetched:
+    result = _fill(request, stored, source)
+    return _Fetched(result, GroupResult(result.values, Source.CACHE, result.defaulted))
+
+
+def _fallback(request: ReadRequest, cache: FeatureCache[GroupResult], failed: bool) -> _Fetched:
+    """No store had it: a recent stale value if a store failed, else the defaults."""
+    if failed:
+        known = cache.get_stale(_cache_key(request))
+        if known is not None and known[1] <= request.group.freshness.total_seconds():
+            value, age_s = known
+            return _Fetched(GroupResult(value.values, Source.STALE, value.defaulted, age_s), None)
+        return _Fetched(_fill(request, None, Source.DEFAULT), None)
+    # Every store answered that it holds nothing: remember that, briefly.
+    result = _fill(request, None, Source.DEFAULT)
     return _Fetched(result, GroupResult(result.values, Source.CACHE, result.defaulted))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from features.budgets import PROFILES, ProfileName
+
 __all__ = ["Settings"]
 
 
@@ -44,6 +46,29 @@ class Settings(BaseSettings):
     When every connection is busy a read fails at once (served from defaults)
     instead of queueing behind the others."""
 
+    profile: ProfileName = "fraud"
+    """The use case whose feature budget sets the default deadline (see ``features.budgets``)."""
+
+    feature_deadline_ms: float | None = Field(default=None, gt=0)
+    """How long feature retrieval may take before answering with what it has; unset: the
+    profile's feature budget (fraud 10, recommendation 20, search 30, ads 3,
+    personalization 40)."""
+
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failures of a store that open its circuit breaker."""
+
+    breaker_reset_s: float = Field(default=1.0, gt=0)
+    """How long an open breaker skips its store before letting one probe through."""
+
+    breaker_pool_usage: float = Field(default=0.8, gt=0, le=1)
+    """Share of the Redis pool in use above which the Redis breaker opens instead of queueing."""
+
+    backing_store: str | None = None
+    """The persistent tier behind Redis: ``sqlite:PATH`` or ``dynamodb:TABLE``; unset: none."""
+
+    stale_cache_maxsize: int = Field(default=100_000, ge=0)
+    """Entity groups whose last known values are kept for stale-on-error; 0 turns it off."""
+
     cache_ttl_s: float = Field(default=5.0, ge=0)
     """How long a feature group stays in the in-process cache; 0 turns the cache off."""
 
@@ -63,6 +88,7 @@ class Settings(BaseSettings):
     """Whether BentoML writes an access-log line per request (costs about 25 % throughput)."""
 
     @property
-    def cache_enabled(self) -> bool:
-        """False when either cache setting is 0."""
-        return self.cache_ttl_s > 0 and self.cache_maxsize > 0
+    def deadline_s(self) -> float:
+        """The feature deadline in seconds: explicit, or the profile's feature budget."""
+        milliseconds = self.feature_deadline_ms or PROFILES[self.profile].features_ms
+        return milliseconds / 1000.0

@@ -43,6 +43,8 @@ class ScoredRequest:
     score: float
     is_fraud: bool
     sources: Mapping[str, str]
+    stale_age_s: Mapping[str, float]
+    """For groups served stale: how old their values are."""
 
 
 class Scorer:
@@ -84,6 +86,9 @@ class Scorer:
                 float(score),
                 bool(score >= self._threshold),
                 MappingProxyType({g: r.source.value for g, r in entity.groups.items()}),
+                MappingProxyType(
+                    {g: round(r.age_s, 3) for g, r in entity.groups.items() if r.age_s is not None}
+                ),
             )
             for entity, score in zip(entities, scores, strict=True)
         ], entities

@@ -25,6 +25,7 @@ from features.registry import FRAUD_REGISTRY
 from features.resolver import EntityFeatures, GroupResult, Resolver
 from features.settings import Settings
 from features.stores.redis import AsyncRedisStore, async_client
+from features.tiers import redis_tier
 from features.timing import StageTimer
 from features.updates import parse_update
 from models.schema import fraud_schema, require_same_schema
@@ -33,7 +34,7 @@ from service import request_timeout
 from service.errors import ClientErrorMiddleware
 from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
-from service.scoring import Scorer, ScoreRequest
+from service.scoring import ScoredRequest, Scorer, ScoreRequest
 
 __all__ = ["SETTINGS", "FraudScorer"]
 
@@ -74,9 +75,10 @@ class FraudScorer:
         self.model_tag = model.tag
         self.store = AsyncRedisStore(async_client(SETTINGS))
         cache: FeatureCache[GroupResult] = FeatureCache(
-            SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize
+            SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize, SETTINGS.stale_cache_maxsize
         )
-        self.resolver = Resolver(FRAUD_REGISTRY, self.store, cache)
+        tiers = [redis_tier(self.store, SETTINGS)]
+        self.resolver = Resolver(FRAUD_REGISTRY, tiers, cache, SETTINGS.deadline_s)
         self.write_store = AsyncRedisStore(async_client(SETTINGS, for_writes=True))
         self.scorer = Scorer(self.resolver, model.estimator, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
@@ -117,6 +119,7 @@ class FraudScorer:
             "is_fraud": scored.is_fraud,
             "threshold": self.scorer.threshold,
             "sources": dict(scored.sources),
+            **_stale_ages(scored),
         }
         return self._timed(ctx, timer, "score", entities, body)
 
@@ -141,6 +144,7 @@ class FraudScorer:
                 "score": s.score,
                 "is_fraud": s.is_fraud,
                 "sources": dict(s.sources),
+                **_stale_ages(s),
             }
             for s in scored
         ]
@@ -226,6 +230,11 @@ class FraudScorer:
 
 
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
+
+
+def _stale_ages(scored: ScoredRequest) -> dict[str, dict[str, float]]:
+    """``{"stale_age_s": {group: seconds}}`` when some group was served stale, else nothing."""
+    return {"stale_age_s": dict(scored.stale_age_s)} if scored.stale_age_s else {}
 
 
 def _now() -> int:

@@ -19,6 +19,7 @@ from features.resolver import GroupResult, Resolver, Source
 from features.settings import Settings
 from features.stores.base import FeatureUpdate
 from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.tiers import redis_tier
 from features.timing import StageTimer
 from features.updates import parse_update
 from tests.support.tcp_proxy import TcpProxy
@@ -60,7 +61,9 @@ class Harness:
             settings.cache_ttl_s, settings.cache_maxsize, timer=self.clock
         )
         self.log = BurstLog(logging.getLogger("test.resolver"), 10.0, timer=self.clock)
-        self.resolver = Resolver(FRAUD_REGISTRY, self.store, self.cache, self.log)
+        tiers = [redis_tier(self.store, settings, self.clock)]
+        # A generous deadline: these tests are about tiers and caching, not time.
+        self.resolver = Resolver(FRAUD_REGISTRY, tiers, self.cache, 5.0, self.log)
 
 
 def commands(client: redis.Redis, name: str) -> int:
@@ -241,7 +244,7 @@ def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
         assert answer["cold"].source is Source.DEFAULT
         assert dict(answer["cold"].values) == DEFAULTS
     assert len(caplog.records) == 1
-    assert "serving defaults" in caplog.records[0].getMessage()
+    assert "redis read failed" in caplog.records[0].getMessage()
 
 
 def test_the_error_is_logged_again_after_the_quiet_period(

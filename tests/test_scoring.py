@@ -16,6 +16,7 @@ from features.registry import FRAUD_REGISTRY
 from features.resolver import GroupResult, Resolver
 from features.settings import Settings
 from features.stores.redis import AsyncRedisStore, async_client
+from features.tiers import redis_tier
 from features.timing import StageTimer
 from models.train import TrainResult, train
 from service.demo import load_demo_data
@@ -50,9 +51,8 @@ def score(
     async def scenario() -> list[Any]:
         store = AsyncRedisStore(async_client(settings))
         cache: FeatureCache[GroupResult] = FeatureCache(0, 0)
-        scorer = Scorer(
-            Resolver(FRAUD_REGISTRY, store, cache), classifier, trained.schema, trained.threshold
-        )
+        resolver = Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, 5.0)
+        scorer = Scorer(resolver, classifier, trained.schema, trained.threshold)
         scored, _ = await scorer.score(requests, timer)
         await store.close()
         return scored

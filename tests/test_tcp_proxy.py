@@ -6,7 +6,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,18 +17,10 @@ from redis.retry import Retry
 
 from features.local_redis import LocalRedis
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 PONG = b"+PONG\r\n"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; fail the test if it does not within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.005)
 
 
 def connect(proxy: TcpProxy, socket_timeout: float = 5.0, **kwargs: Any) -> redis.Redis:

@@ -233,6 +233,12 @@ class AsyncRedisStore:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
+        self._pool_size: int = client.connection_pool.max_connections
+        self._reads_in_flight = 0
+
+    def pool_usage(self) -> float:
+        """The share of the connection pool that reads hold right now (0 to 1)."""
+        return self._reads_in_flight / self._pool_size
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
@@ -240,15 +246,19 @@ class AsyncRedisStore:
         """Values for each request, in order, from one pipelined round trip."""
         if not requests:
             return []
-        with _translated_errors():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for request in requests:
-                    _queue_read(pipe, request)
-                if timer is None:
-                    replies = await pipe.execute(raise_on_error=False)
-                else:
-                    with timer.stage("redis"):
+        self._reads_in_flight += 1
+        try:
+            with _translated_errors():
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for request in requests:
+                        _queue_read(pipe, request)
+                    if timer is None:
                         replies = await pipe.execute(raise_on_error=False)
+                    else:
+                        with timer.stage("redis"):
+                            replies = await pipe.execute(raise_on_error=False)
+        finally:
+            self._reads_in_flight -= 1
         return _decode_all(requests, replies, timer)
 
     async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:

@@ -1,0 +1,35 @@
+"""Latency budgets by use case (MISSION.md): the whole SLA and the feature-retrieval share.
+
+The service takes its feature deadline from a profile; ``featserve sla``
+checks a deployment against one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+__all__ = ["PROFILES", "LatencyBudget", "ProfileName"]
+
+ProfileName = Literal["fraud", "recommendation", "search", "ads", "personalization"]
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """Milliseconds at p99 for the whole request and for feature retrieval."""
+
+    total_ms: float
+    features_ms: float
+
+
+PROFILES = MappingProxyType(
+    {
+        "fraud": LatencyBudget(total_ms=50, features_ms=10),
+        "recommendation": LatencyBudget(total_ms=100, features_ms=20),
+        "search": LatencyBudget(total_ms=200, features_ms=30),
+        "ads": LatencyBudget(total_ms=10, features_ms=3),
+        "personalization": LatencyBudget(total_ms=200, features_ms=40),
+    }
+)
+"""The use-case table of MISSION.md."""
