@@ -1,6 +1,7 @@
 """``featserve``: the command line.  Each subcommand parses its arguments and calls library code.
 
 featserve materialize TABLE [--group user:features] [--rejects FILE] [--allow-rejects]
+featserve rewarm [--backing sqlite:PATH | dynamodb:TABLE] [--group user:features]
 featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
 """
 
@@ -19,11 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from features import rewarm
 from features.errors import RegistryError, StoreError
 from features.materialize import MaterializeReport, Rejected, materialize
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
+from features.stores.backing import open_backing_store
+from features.stores.base import OnlineStore
 from features.stores.redis import RedisStore, sync_client
+from features.stores.write_through import WriteThrough
 from features.tables import TableError, open_table
 from models.demo_tables import write_demo_tables
 
@@ -39,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="featserve", description="featserve command line")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_materialize(commands)
+    rewarm.register(commands)
     _add_demo_data(commands)
     args = parser.parse_args(argv)
     code: int = args.run(args)
@@ -65,6 +71,11 @@ def _add_materialize(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "--allow-rejects", action="store_true", help="exit 0 even when rows were refused"
     )
     parser.add_argument("--redis-url", help="default: $REDIS_URL")
+    parser.add_argument(
+        "--backing",
+        help="also write to this backing store first: sqlite:PATH or dynamodb:TABLE "
+        "(default: $FEATSERVE_BACKING_STORE; none when unset)",
+    )
     parser.set_defaults(run=_run_materialize)
 
 
@@ -98,7 +109,15 @@ def _run_materialize(args: argparse.Namespace) -> int:
         console.print("[red]error:[/] REDIS_URL is not set")
         return EXIT_USAGE
     rejects_path = args.rejects or args.table.with_name(args.table.name + ".rejects.csv")
-    store = RedisStore(sync_client(settings, for_writes=True))
+    redis_store = RedisStore(sync_client(settings, for_writes=True))
+    backing_spec = args.backing or settings.backing_store
+    try:
+        backing = open_backing_store(backing_spec) if backing_spec else None
+    except (ValueError, StoreError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        redis_store.close()
+        return EXIT_USAGE
+    store: OnlineStore = WriteThrough(redis_store, backing) if backing else redis_store
     try:
         with rejects_path.open("w", newline="") as rejects, _progress(console) as progress:
             task = progress.add_task(
@@ -122,7 +141,9 @@ def _run_materialize(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/] {exc}\nRe-running is safe: older writes never win.")
         return EXIT_STORE
     finally:
-        store.close()
+        redis_store.close()
+        if backing is not None:
+            backing.close()
     _print_summary(console, report, rejects_path)
     if report.rows_rejected == 0:
         rejects_path.unlink()

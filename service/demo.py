@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     # `kill` and `timeout` send SIGTERM: clean up as for Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
+    # Local runs keep a SQLite backing store unless told otherwise.
+    os.environ.setdefault("FEATSERVE_BACKING_STORE", f"sqlite:{args.data / 'backing.sqlite3'}")
     settings = Settings()
     embedded: LocalRedis | None = None
     if not settings.redis_url:

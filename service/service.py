@@ -24,8 +24,11 @@ from features.errors import InvalidUpdate, RegistryError, StoreError
 from features.registry import FRAUD_REGISTRY
 from features.resolver import EntityFeatures, GroupResult, Resolver
 from features.settings import Settings
+from features.stores.backing import AsyncBackingStore
+from features.stores.base import AsyncOnlineStore
 from features.stores.redis import AsyncRedisStore, async_client
-from features.tiers import redis_tier
+from features.stores.write_through import AsyncWriteThrough
+from features.tiers import async_backing_store, backing_tier, redis_tier
 from features.timing import StageTimer
 from features.updates import parse_update
 from models.schema import fraud_schema, require_same_schema
@@ -78,8 +81,14 @@ class FraudScorer:
             SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize, SETTINGS.stale_cache_maxsize
         )
         tiers = [redis_tier(self.store, SETTINGS)]
+        self.redis_writes = AsyncRedisStore(async_client(SETTINGS, for_writes=True))
+        self.write_store: AsyncOnlineStore = self.redis_writes
+        self.backing: AsyncBackingStore | None = None
+        if SETTINGS.backing_store:
+            self.backing = async_backing_store(SETTINGS.backing_store)
+            tiers.append(backing_tier(self.backing, SETTINGS))
+            self.write_store = AsyncWriteThrough(self.redis_writes, self.backing)
         self.resolver = Resolver(FRAUD_REGISTRY, tiers, cache, SETTINGS.deadline_s)
-        self.write_store = AsyncRedisStore(async_client(SETTINGS, for_writes=True))
         self.scorer = Scorer(self.resolver, model.estimator, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
         status_app.state.scorer = self
@@ -94,7 +103,9 @@ class FraudScorer:
     async def close_store(self) -> None:
         """Close the Redis connections."""
         await self.store.close()
-        await self.write_store.close()
+        await self.redis_writes.close()
+        if self.backing is not None:
+            await self.backing.close()
 
     def __is_ready__(self) -> bool:
         # Ready whenever the model is loaded: without Redis, answers come from defaults.
@@ -220,11 +231,21 @@ class FraudScorer:
         return {**body, "timing_ms": timing_ms}
 
     async def status(self) -> dict[str, Any]:
-        """What a person wants to know: the model, and whether Redis answers."""
+        """What a person wants to know: the model, whether Redis answers, the breakers."""
         redis_up = await self.store.ping()
         return {
             "model": self.model_tag,
-            "redis": "up" if redis_up else "down (serving from cache and training defaults)",
+            "redis": "up"
+            if redis_up
+            else "down (serving from fallbacks: stale, backing, defaults)",
+            "breakers": {
+                tier.source.value: {
+                    "state": tier.breaker.state.value,
+                    "reason": tier.breaker.reason,
+                }
+                for tier in self.resolver.tiers
+            },
+            "feature_deadline_ms": SETTINGS.deadline_s * 1000,
             "cache_ttl_s": SETTINGS.cache_ttl_s,
         }
 

@@ -1,0 +1,246 @@
+"""What every persistent backing store shares: the held form, the ordering rule, the async facade.
+
+A backing store (tier 3 of the read path) keeps one record per entity group,
+keyed by the Redis key string (``features.keys.feature_key``): the event
+time of the values and the values themselves.  It answers ``read`` exactly
+as the Redis store does for the same writes, so the resolver cannot tell
+them apart, and it applies Redis' ordering rule (``apply``):
+
+- hash: an update older than the held event is skipped; an equal one is
+  re-applied; fields the update lacks keep their held values.
+- string: the same, the vector replaced whole.
+- sorted set: never skipped, like ``ZADD GT``: members merge keeping the
+  higher score, the newest ``top_n`` are kept, the event time is the newest
+  seen.
+
+Values are held in their normalized Python form (``HeldGroup``); each store
+encodes that to its own storage form and passes what it reads back through
+``checked_values``, which leaves out (and logs) values the registry no
+longer accepts, as the Redis store does.
+
+``AsyncBackingStore`` runs a blocking store on worker threads of its own,
+so the event loop never waits on disk or on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from features.burst_log import BurstLog
+from features.errors import StoreUnavailable
+from features.registry import FeatureGroup, Structure
+from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
+from features.timing import StageTimer
+
+__all__ = [
+    "AsyncBackingStore",
+    "BackingStore",
+    "HeldGroup",
+    "answer",
+    "apply",
+    "checked_values",
+    "entity_id_of",
+    "group_label",
+    "merge_members",
+    "open_backing_store",
+]
+
+_log = logging.getLogger(__name__)
+_bad_value_log = BurstLog(_log)
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class HeldGroup:
+    """What a backing store holds for one entity group.
+
+    ``values`` has the shape of ``FeatureUpdate.values``: feature -> value for
+    a hash, member -> score for a sorted set, feature -> vector for a string.
+    """
+
+    event_ms: int
+    values: Mapping[str, Any]
+
+
+class BackingStore(Protocol):
+    """A blocking persistent store: ``OnlineStore``'s contract plus a scan for rewarm."""
+
+    def read(
+        self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
+    ) -> list[StoredValues | None]:
+        """See ``OnlineStore.read``."""
+        ...
+
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
+        """See ``OnlineStore.write``; ``apply`` is the ordering rule."""
+        ...
+
+    def scan(self, group: FeatureGroup) -> Iterator[FeatureUpdate]:
+        """Every entity group of ``group`` held, as an update at its held event time."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def group_label(group: FeatureGroup) -> str:
+    """``entity:group``, the name a store files a record under for ``scan``."""
+    return f"{group.entity.name}:{group.name}"
+
+
+def entity_id_of(key: str, group: FeatureGroup) -> str:
+    """The entity id inside ``key``, a ``feature_key`` of ``group``."""
+    return key[len(group.entity.name) + 2 : -(len(group.name) + 2)]
+
+
+def apply(held: HeldGroup | None, update: FeatureUpdate) -> HeldGroup | None:
+    """What to hold after ``update``, or ``None`` when it is skipped as older than ``held``."""
+    group = update.group
+    if group.structure is Structure.SORTED_SET:
+        return merge_members(held, update)
+    if held is None:
+        return HeldGroup(update.event_ms, dict(update.values))
+    if held.event_ms > update.event_ms:
+        return None
+    if group.structure is Structure.HASH:
+        return HeldGroup(update.event_ms, {**held.values, **update.values})
+    return HeldGroup(update.event_ms, dict(update.values))
+
+
+def merge_members(held: HeldGroup | None, update: FeatureUpdate) -> HeldGroup:
+    """A sorted set after ``update``: the higher score per member, the newest ``top_n`` kept."""
+    members = dict(held.values) if held else {}
+    for member, score in update.values.items():
+        members[member] = max(score, members.get(member, score))
+    kept = _newest_first(members)[: update.group.top_n or 1]
+    event_ms = max(held.event_ms, update.event_ms) if held else update.event_ms
+    return HeldGroup(event_ms, {member: members[member] for member in kept})
+
+
+def _newest_first(members: Mapping[str, float]) -> list[str]:
+    """Members by score, highest first; ties by member, descending, as ``ZREVRANGE`` orders."""
+    return sorted(members, key=lambda member: (members[member], member), reverse=True)
+
+
+def answer(request: ReadRequest, held: HeldGroup | None) -> StoredValues | None:
+    """What the Redis store would return for ``request`` if Redis held ``held``."""
+    if held is None:
+        return None
+    group = request.group
+    if group.structure is Structure.HASH:
+        found = {name: held.values[name] for name in request.fields if name in held.values}
+        return found or None
+    feature = group.features[0]
+    if group.structure is Structure.SORTED_SET:
+        members = tuple(_newest_first(held.values)[: group.top_n or 1])
+        return {feature.name: members} if members else None
+    vector = held.values.get(feature.name)
+    return None if vector is None else {feature.name: vector}
+
+
+def checked_values(group: FeatureGroup, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalized values from a store's decoded record; invalid ones are logged and left out.
+
+    Numbers may come back as ``int``, ``float`` or ``Decimal``; a vector as a
+    list of numbers or as the packed float32 bytes Redis keeps.
+    """
+    if group.structure is Structure.SORTED_SET:
+        return _checked_members(group, stored)
+    values: dict[str, Any] = {}
+    for name, raw in stored.items():
+        feature = group.by_name.get(name)
+        if feature is None:
+            continue
+        try:
+            if isinstance(raw, bytes):
+                values[name] = feature.kind.decode(raw, feature.dim)
+            elif group.structure is Structure.HASH:
+                values[name] = feature.kind.decode(str(raw).encode(), feature.dim)
+            else:
+                values[name] = feature.kind.normalize([float(item) for item in raw], feature.dim)
+        except (TypeError, ValueError) as exc:
+            _bad_value_log.error(f"ignoring a stored {group_label(group)}.{name} value", exc)
+    return values
+
+
+def _checked_members(group: FeatureGroup, stored: Mapping[str, Any]) -> dict[str, Any]:
+    members: dict[str, float] = {}
+    for member, raw in stored.items():
+        try:
+            members[member] = float(raw)
+        except (TypeError, ValueError) as exc:
+            _bad_value_log.error(f"ignoring a stored {group_label(group)} member", exc)
+    return members
+
+
+class AsyncBackingStore:
+    """A blocking backing store run on worker threads of its own, for the event loop.
+
+    ``open_store`` runs on a worker thread, so a store whose connection is
+    bound to its thread (SQLite) is opened, used and closed on that one
+    thread.  When ``max_pending`` calls are already waiting, a call fails at
+    once with ``StoreUnavailable`` rather than queue behind them.
+    """
+
+    def __init__(
+        self, open_store: Callable[[], BackingStore], workers: int = 1, max_pending: int = 64
+    ) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backing")
+        self._max_pending = max_pending
+        self._pending = 0
+        try:
+            self._store = self._executor.submit(open_store).result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+
+    async def read(
+        self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
+    ) -> list[StoredValues | None]:
+        """See ``OnlineStore.read``; runs on the store's worker thread."""
+        return await self._run(self._store.read, requests, timer)
+
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
+        """See ``OnlineStore.write``; runs on the store's worker thread."""
+        return await self._run(self._store.write, updates)
+
+    async def close(self) -> None:
+        """Close the store on its thread, then stop the thread."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, call: Callable[..., _T], *args: Any) -> _T:
+        if self._pending >= self._max_pending:
+            raise StoreUnavailable(f"the backing store has {self._pending} calls waiting already")
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+        finally:
+            self._pending -= 1
+
+
+def open_backing_store(spec: str) -> BackingStore:
+    """The store a spec names: ``sqlite:PATH`` or ``dynamodb:TABLE``; ``ValueError`` otherwise.
+
+    DynamoDB's endpoint, region and credentials come from the usual AWS
+    variables (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ...).  Each
+    implementation is imported only when named, so SQLite users never load
+    boto3.
+    """
+    kind, _, where = spec.partition(":")
+    if kind == "sqlite" and where:
+        from features.stores.sqlite import SqliteStore
+
+        return SqliteStore(where)
+    if kind == "dynamodb" and where:
+        from features.stores.dynamodb import DynamoDbStore, dynamodb_client
+
+        return DynamoDbStore(where, dynamodb_client())
+    raise ValueError(f"backing store {spec!r}: expected sqlite:PATH or dynamodb:TABLE")

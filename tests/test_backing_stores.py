@@ -1,0 +1,510 @@
+"""The backing stores against real servers: one behaviour suite for SQLite and DynamoDB.
+
+DynamoDB is a moto server started in a subprocess on a free loopback port;
+every test gets a table of its own.  Reads are compared with what the Redis
+store returns for the same writes, since the resolver must not be able to
+tell the tiers apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from features.errors import StoreError, StoreTimeout, StoreUnavailable
+from features.local_redis import free_port
+from features.registry import FRAUD_REGISTRY
+from features.settings import Settings
+from features.stores.backing import AsyncBackingStore, BackingStore
+from features.stores.base import ReadRequest, StoredValues
+from features.stores.dynamodb import (
+    AsyncDynamoDbStore,
+    DynamoDbStore,
+    create_table,
+    dynamodb_client,
+)
+from features.stores.redis import RedisStore, sync_client
+from features.stores.sqlite import AsyncSqliteStore, SqliteStore
+from features.updates import parse_update
+
+FEATURES = FRAUD_REGISTRY.group("user", "features")
+RECENT = FRAUD_REGISTRY.group("user", "recent_items")
+EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+NOW = 1764230400
+MOTO_START_TIMEOUT_S = 30.0
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """A moto server (DynamoDB and the rest of AWS, in memory) on a free loopback port."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + MOTO_START_TIMEOUT_S
+        while not _answers(f"{url}/moto-api/"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start on {url}")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _aws_env(monkeypatch: pytest.MonkeyPatch, endpoint_url: str) -> None:
+    """Dummy credentials and ``endpoint_url``, as a deployment would set them."""
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint_url)
+
+
+@pytest.fixture
+def dynamodb_table(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty table on the moto server; the AWS variables point at it."""
+    _aws_env(monkeypatch, moto_url)
+    name = f"features-{uuid.uuid4().hex}"
+    client = dynamodb_client()
+    create_table(client, name)
+    client.close()
+    return name
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which backing store implementation a test runs against."""
+    return str(request.param)
+
+
+@pytest.fixture
+def open_backing(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], BackingStore]]:
+    """Opens a store of ``kind``; every store it opens shares one database or table."""
+    opened: list[BackingStore] = []
+
+    def open_store() -> BackingStore:
+        if kind == "sqlite":
+            store: BackingStore = SqliteStore(tmp_path / "backing.sqlite3")
+        else:
+            table = request.getfixturevalue("dynamodb_table")
+            store = DynamoDbStore(table, dynamodb_client())
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def backing(open_backing: Callable[[], BackingStore]) -> BackingStore:
+    return open_backing()
+
+
+@pytest.fixture
+def redis_store(settings: Settings) -> Iterator[RedisStore]:
+    store = RedisStore(sync_client(settings, for_writes=True))
+    yield store
+    store.close()
+
+
+def every_group(*entity_ids: str) -> list[ReadRequest]:
+    return [
+        ReadRequest(entity_id, group, group.feature_names)
+        for entity_id in entity_ids
+        for group in (FEATURES, RECENT, EMBEDDING)
+    ]
+
+
+def exact(answers: Sequence[StoredValues | None]) -> list[Any]:
+    """Answers with every value's type, so 3 and 3.0 differ."""
+    return [
+        None if values is None else [(name, type(v), v) for name, v in values.items()]
+        for values in answers
+    ]
+
+
+def test_round_trip_of_every_structure_matches_redis(
+    backing: BackingStore, redis_store: RedisStore
+) -> None:
+    updates = [
+        parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 3, "tx_sum_1h": 12.5, "avg_tx_90d": 0.1}),
+        parse_update(FEATURES, "u1", NOW + 5, {"tx_count_1h": 4, "is_premium": 1}),
+        parse_update(FEATURES, "u2", NOW, {"tx_sum_24h": 1e-7, "last_login_ts": NOW}),
+        *(
+            parse_update(RECENT, "u1", NOW + i, {"recent_items": [f"i{i % 7}", f"j{i}"]})
+            for i in range(15)
+        ),
+        parse_update(RECENT, "u1", NOW - 99, {"recent_items": ["too-old-to-keep"]}),
+        parse_update(RECENT, "u2", NOW, {"recent_items": ["b", "a", "c"]}),
+        parse_update(EMBEDDING, "u1", NOW, {"embedding": [i / 3 for i in range(16)]}),
+        parse_update(EMBEDDING, "u1", NOW - 1, {"embedding": [9.0] * 16}),
+    ]
+    assert backing.write(updates) == redis_store.write(updates)
+    requests = [
+        *every_group("u1", "u2", "u3"),
+        ReadRequest("u1", FEATURES, ("is_premium", "tx_count_24h", "tx_count_1h")),
+        ReadRequest("u2", FEATURES, ("tx_count_24h",)),
+    ]
+    answers = backing.read(requests)
+    assert exact(answers) == exact(redis_store.read(requests))
+    assert answers[0] == {"tx_count_1h": 4, "tx_sum_1h": 12.5, "avg_tx_90d": 0.1, "is_premium": 1}
+    newest = ("j14", "i0", "j13", "i6", "j12", "i5", "j11", "i4", "j10", "i3")
+    assert answers[1] == {"recent_items": newest}
+    assert answers[4] == {"recent_items": ("c", "b", "a")}
+
+
+def test_nothing_held_reads_none(backing: BackingStore) -> None:
+    backing.write([parse_update(EMBEDDING, "u2", NOW, {"embedding": [1.0] * 16})])
+    assert backing.read(every_group("u1", "u2")) == [None] * 5 + [{"embedding": (1.0,) * 16}]
+    assert backing.read([]) == []
+
+
+def test_a_partial_hash_update_keeps_the_other_fields(backing: BackingStore) -> None:
+    backing.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1, "tx_sum_1h": 2.0})])
+    backing.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 5.0, "is_premium": 1})])
+    [values] = backing.read([ReadRequest("u1", FEATURES, FEATURES.feature_names)])
+    assert values == {"tx_count_1h": 1, "tx_sum_1h": 5.0, "is_premium": 1}
+
+
+@pytest.mark.parametrize(
+    ("group", "first", "second"),
+    [
+        (FEATURES, {"tx_count_1h": 5}, {"tx_count_1h": 9}),
+        (EMBEDDING, {"embedding": [1.0] * 16}, {"embedding": [2.0] * 16}),
+    ],
+    ids=["hash", "string"],
+)
+def test_older_writes_are_skipped_equal_and_newer_applied(
+    backing: BackingStore, group: Any, first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    request = [ReadRequest("u1", group, group.feature_names)]
+    assert backing.write([parse_update(group, "u1", NOW, first)]) == [True]
+    expected = backing.read(request)
+    assert backing.write([parse_update(group, "u1", NOW - 1, second)]) == [False]
+    assert backing.read(request) == expected
+    assert backing.write([parse_update(group, "u1", NOW, second)]) == [True]
+    replaced = backing.read(request)
+    assert replaced != expected
+    assert backing.write([parse_update(group, "u1", NOW + 1, first)]) == [True]
+    assert backing.read(request) == expected
+    in_one_call = [
+        parse_update(group, "u2", NOW, second),
+        parse_update(group, "u2", NOW - 1, first),
+    ]
+    assert backing.write(in_one_call) == [True, False]
+    assert backing.read([ReadRequest("u2", group, group.feature_names)]) == replaced
+
+
+def test_sorted_sets_merge_members_and_keep_the_newest(backing: BackingStore) -> None:
+    backing.write(
+        [parse_update(RECENT, "u1", NOW + i, {"recent_items": [f"n{i}"]}) for i in range(10)]
+    )
+    replay = [
+        parse_update(RECENT, "u1", NOW - 1000, {"recent_items": ["old", "n9"]}),
+        parse_update(RECENT, "u1", NOW + 20, {"recent_items": ["n0"]}),
+    ]
+    assert backing.write(replay) == [True, True]
+    [values] = backing.read([ReadRequest("u1", RECENT, RECENT.feature_names)])
+    assert values == {"recent_items": ("n0", *(f"n{i}" for i in range(9, 0, -1)))}
+    [scanned] = list(backing.scan(RECENT))
+    assert scanned.event_ms == (NOW + 20) * 1000
+    assert scanned.values == {"n0": NOW + 20.0, **{f"n{i}": float(NOW + i) for i in range(1, 10)}}
+
+
+def test_scan_yields_every_held_group_with_its_event_time(backing: BackingStore) -> None:
+    ids = [f"u{i}" for i in range(30)]
+    backing.write(
+        [parse_update(FEATURES, e, NOW + i, {"tx_count_1h": i}) for i, e in enumerate(ids)]
+    )
+    backing.write([parse_update(EMBEDDING, "u0", NOW, {"embedding": [0.5] * 16})])
+    scanned = {update.entity_id: update for update in backing.scan(FEATURES)}
+    assert sorted(scanned) == sorted(ids)
+    for i, entity_id in enumerate(ids):
+        update = scanned[entity_id]
+        assert (update.group, update.event_ms) == (FEATURES, (NOW + i) * 1000)
+        assert update.values == {"tx_count_1h": i}
+    [blob] = list(backing.scan(EMBEDDING))
+    assert (blob.entity_id, blob.values) == ("u0", {"embedding": (0.5,) * 16})
+    assert list(backing.scan(RECENT)) == []
+
+
+def test_a_read_of_many_keys_answers_every_request_in_order(backing: BackingStore) -> None:
+    held = [f"u{i}" for i in range(0, 260, 2)]
+    backing.write([parse_update(FEATURES, e, NOW, {"tx_count_1h": int(e[1:])}) for e in held])
+    requests = [ReadRequest(f"u{i}", FEATURES, ("tx_count_1h",)) for i in range(260)]
+    requests += requests[:5]
+    expected = [{"tx_count_1h": i} if i % 2 == 0 else None for i in range(260)]
+    assert backing.read(requests) == expected + expected[:5]
+
+
+def test_writes_from_two_stores_on_one_database_never_regress(
+    open_backing: Callable[[], BackingStore],
+) -> None:
+    first, second = open_backing(), open_backing()
+    first.write([parse_update(FEATURES, "u1", NOW + 10, {"tx_count_1h": 10})])
+    assert second.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 0})]) == [False]
+    assert first.read([ReadRequest("u1", FEATURES, ("tx_count_1h",))]) == [{"tx_count_1h": 10}]
+
+
+def test_racing_sqlite_writers_lose_nothing_and_end_at_the_newest(tmp_path: Path) -> None:
+    # SQLite only: moto does not serialize conditional writes to one item, as DynamoDB does.
+    path = tmp_path / "backing.sqlite3"
+    SqliteStore(path).close()
+    start = threading.Barrier(2)
+
+    def writer(offset: int) -> None:
+        store = SqliteStore(path)
+        start.wait()
+        for i in range(offset, 40, 2):
+            store.write(
+                [
+                    parse_update(RECENT, "u1", NOW + i, {"recent_items": [f"m{i:02d}"]}),
+                    parse_update(FEATURES, "u1", NOW + 39 - i, {"tx_count_1h": 39 - i}),
+                ]
+            )
+        store.close()
+
+    threads = [threading.Thread(target=writer, args=(offset,)) for offset in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store = SqliteStore(path)
+    recent, features = store.read(
+        [
+            ReadRequest("u1", RECENT, RECENT.feature_names),
+            ReadRequest("u1", FEATURES, ("tx_count_1h",)),
+        ]
+    )
+    store.close()
+    assert recent == {"recent_items": tuple(f"m{i:02d}" for i in range(39, 29, -1))}
+    assert features == {"tx_count_1h": 39}
+
+
+def async_store(kind: str, where: str, max_pending: int = 64) -> AsyncBackingStore:
+    if kind == "sqlite":
+        return AsyncSqliteStore(where, max_pending=max_pending)
+    return AsyncDynamoDbStore(where, dynamodb_client(), max_pending=max_pending)
+
+
+@pytest.fixture
+def async_where(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The database file or table an async store of ``kind`` opens."""
+    if kind == "sqlite":
+        return str(tmp_path / "backing.sqlite3")
+    return str(request.getfixturevalue("dynamodb_table"))
+
+
+def test_the_async_store_reads_what_it_wrote(kind: str, async_where: str) -> None:
+    updates = [
+        parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 2}),
+        parse_update(RECENT, "u1", NOW, {"recent_items": ["a"]}),
+        parse_update(EMBEDDING, "u1", NOW, {"embedding": [0.25] * 16}),
+    ]
+
+    async def run() -> tuple[list[bool], list[StoredValues | None]]:
+        store = async_store(kind, async_where)
+        try:
+            return await store.write(updates), await store.read(every_group("u1"))
+        finally:
+            await store.close()
+
+    applied, answers = asyncio.run(run())
+    assert applied == [True] * 3
+    assert answers == [{"tx_count_1h": 2}, {"recent_items": ("a",)}, {"embedding": (0.25,) * 16}]
+
+
+def test_the_async_store_refuses_rather_than_queue(kind: str, async_where: str) -> None:
+    async def run() -> list[Any]:
+        store = async_store(kind, async_where, max_pending=1)
+        try:
+            return list(
+                await asyncio.gather(
+                    store.read(every_group("u1")),
+                    store.read(every_group("u1")),
+                    return_exceptions=True,
+                )
+            )
+        finally:
+            await store.close()
+
+    first, second = asyncio.run(run())
+    assert first == [None, None, None]
+    assert isinstance(second, StoreUnavailable)
+
+
+def test_a_locked_sqlite_write_waits_off_the_event_loop(tmp_path: Path) -> None:
+    path = tmp_path / "backing.sqlite3"
+    SqliteStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    async def release() -> None:
+        holder.execute("COMMIT")
+
+    async def run() -> list[bool]:
+        store = AsyncSqliteStore(path, busy_timeout_s=5.0)
+        try:
+            write = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+            applied, _ = await asyncio.gather(write, release())
+            return applied
+        finally:
+            await store.close()
+
+    try:
+        applied = asyncio.run(run())
+    finally:
+        holder.close()
+    assert applied == [True]
+
+
+def test_a_sqlite_write_that_stays_locked_is_a_store_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "backing.sqlite3"
+    store = SqliteStore(path, busy_timeout_s=0.0)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreTimeout):
+            store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+    finally:
+        holder.close()
+        store.close()
+
+
+def test_a_closed_sqlite_store_is_unavailable(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "backing.sqlite3")
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.read(every_group("u1"))
+    with pytest.raises(StoreUnavailable):
+        store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+
+
+def test_an_sqlite_file_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable):
+        SqliteStore(tmp_path / "no-such-dir" / "backing.sqlite3")
+
+
+def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "backing.sqlite3"
+    path.write_bytes(b"not a database, just bytes " * 100)
+    with pytest.raises(StoreError):
+        SqliteStore(path)
+
+
+def test_an_unreachable_dynamodb_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    _aws_env(monkeypatch, f"http://127.0.0.1:{free_port()}")
+    store = DynamoDbStore("features", dynamodb_client())
+    with pytest.raises(StoreUnavailable):
+        store.read(every_group("u1"))
+    with pytest.raises(StoreUnavailable):
+        store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+    store.close()
+
+
+def test_a_missing_dynamodb_table_is_a_store_error(dynamodb_table: str) -> None:
+    store = DynamoDbStore(f"{dynamodb_table}-missing", dynamodb_client())
+    with pytest.raises(StoreError):
+        store.read(every_group("u1"))
+    store.close()
+
+
+def _leave_unprocessed(times: int) -> Callable[..., None]:
+    """A botocore hook that moves every found item to UnprocessedKeys, ``times`` times."""
+    left = [times]
+
+    def hook(parsed: dict[str, Any], **_: Any) -> None:
+        if left[0] == 0:
+            return
+        left[0] -= 1
+        for table, items in parsed.get("Responses", {}).items():
+            keys = [{"_pk": item["_pk"]} for item in items]
+            parsed.setdefault("UnprocessedKeys", {})[table] = {"Keys": keys}
+            parsed["Responses"][table] = []
+
+    return hook
+
+
+def _throttled_store(table: str, times: int, read_budget_s: float) -> DynamoDbStore:
+    client = dynamodb_client()
+    client.meta.events.register("after-call.dynamodb.BatchGetItem", _leave_unprocessed(times))
+    return DynamoDbStore(table, client, read_budget_s=read_budget_s)
+
+
+def test_unprocessed_keys_are_asked_again(dynamodb_table: str) -> None:
+    store = _throttled_store(dynamodb_table, times=2, read_budget_s=30.0)
+    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+    assert store.read(every_group("u1")) == [{"tx_count_1h": 1}, None, None]
+    store.close()
+
+
+def test_keys_still_unprocessed_when_the_budget_ends_are_a_store_timeout(
+    dynamodb_table: str,
+) -> None:
+    store = _throttled_store(dynamodb_table, times=sys.maxsize, read_budget_s=0.05)
+    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+    with pytest.raises(StoreTimeout):
+        store.read(every_group("u1"))
+    store.close()
+
+
+def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
+    store = DynamoDbStore(dynamodb_table, dynamodb_client())
+    store.write(
+        [
+            parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 3, "tx_sum_1h": 2.5}),
+            parse_update(RECENT, "u1", NOW, {"recent_items": ["a"]}),
+            parse_update(EMBEDDING, "u1", NOW, {"embedding": [1.0] * 16}),
+        ]
+    )
+    client = dynamodb_client()
+    items = {
+        key: client.get_item(TableName=dynamodb_table, Key={"_pk": {"S": key}})["Item"]
+        for key in ("user:{u1}:features", "user:{u1}:recent_items", "user:{u1}:embedding")
+    }
+    client.close()
+    store.close()
+    ms = {"N": str(NOW * 1000)}
+    assert items["user:{u1}:features"] == {
+        "_pk": {"S": "user:{u1}:features"},
+        "_event_ms": ms,
+        "_grp": {"S": "user:features"},
+        "tx_count_1h": {"N": "3"},
+        "tx_sum_1h": {"N": "2.5"},
+    }
+    members = items["user:{u1}:recent_items"]["recent_items"]["M"]
+    assert {member: Decimal(score["N"]) for member, score in members.items()} == {"a": NOW}
+    assert items["user:{u1}:embedding"]["embedding"] == {
+        "B": EMBEDDING.features[0].kind.encode((1.0,) * 16)
+    }

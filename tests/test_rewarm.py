@@ -1,0 +1,186 @@
+"""Rewarm from a SQLite backing store into a real, empty Redis."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from features.registry import FRAUD_REGISTRY
+from features.rewarm import RewarmReport, register, rewarm
+from features.settings import Settings
+from features.stores.base import FeatureUpdate, ReadRequest
+from features.stores.redis import RedisStore, sync_client
+from features.stores.sqlite import SqliteStore
+from features.updates import parse_update
+
+FEATURES = FRAUD_REGISTRY.group("user", "features")
+RECENT = FRAUD_REGISTRY.group("user", "recent_items")
+EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+GROUPS = (FEATURES, RECENT, EMBEDDING)
+NOW = 1764230400
+USERS = 25
+
+
+def at_now() -> float:
+    return float(NOW)
+
+
+def held_updates(now: int, users: int = USERS) -> list[FeatureUpdate]:
+    """Every group of ``users`` users, written a minute before ``now``."""
+    when = now - 60
+    return [
+        update
+        for i in range(users)
+        for update in (
+            parse_update(FEATURES, f"u{i}", when, {"tx_count_1h": i, "avg_tx_90d": i / 4}),
+            parse_update(RECENT, f"u{i}", when, {"recent_items": [f"a{i}", f"b{i}"]}),
+            parse_update(EMBEDDING, f"u{i}", when, {"embedding": [i / 8] * 16}),
+        )
+    ]
+
+
+def every_group(users: int = USERS) -> list[ReadRequest]:
+    return [
+        ReadRequest(f"u{i}", group, group.feature_names) for i in range(users) for group in GROUPS
+    ]
+
+
+@pytest.fixture
+def backing_path(tmp_path: Path) -> Path:
+    return tmp_path / "backing.sqlite3"
+
+
+@pytest.fixture
+def backing(backing_path: Path) -> Iterator[SqliteStore]:
+    store = SqliteStore(backing_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def target(settings: Settings) -> Iterator[RedisStore]:
+    store = RedisStore(sync_client(settings, for_writes=True))
+    yield store
+    store.close()
+
+
+def redis_state(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key's type and contents (not its TTL)."""
+    state: dict[bytes, Any] = {}
+    for key in client.scan_iter():
+        kind = client.type(key)
+        if kind == b"hash":
+            state[key] = client.hgetall(key)
+        elif kind == b"zset":
+            state[key] = client.zrange(key, 0, -1, withscores=True)
+        else:
+            state[key] = client.get(key)
+    return state
+
+
+def test_rewarm_fills_an_empty_redis_with_what_the_backing_store_holds(
+    backing: SqliteStore, target: RedisStore, redis_client: redis.Redis
+) -> None:
+    backing.write(held_updates(NOW))
+    progress: list[int] = []
+    report = rewarm(
+        backing, target, GROUPS, chunk_size=10, on_progress=progress.append, clock=at_now
+    )
+    assert report == RewarmReport(
+        read=3 * USERS, written=3 * USERS, stale=0, expired=0, elapsed_s=report.elapsed_s
+    )
+    assert sum(progress) == 3 * USERS and max(progress) == 10
+    assert target.read(every_group()) == backing.read(every_group())
+    for group in GROUPS:
+        ttl_ms = group.ttl.total_seconds() * 1000
+        for i in range(USERS):
+            assert ttl_ms - 60_000 < redis_client.pttl(f"user:{{u{i}}}:{group.name}") <= ttl_ms
+
+
+def test_rewarm_never_rolls_back_a_newer_value_in_redis(
+    backing: SqliteStore, target: RedisStore
+) -> None:
+    backing.write(held_updates(NOW))
+    target.write([parse_update(FEATURES, "u3", NOW, {"tx_count_1h": 99})])
+    report = rewarm(backing, target, GROUPS, clock=at_now)
+    assert (report.written, report.stale) == (3 * USERS - 1, 1)
+    [values] = target.read([ReadRequest("u3", FEATURES, ("tx_count_1h", "avg_tx_90d"))])
+    assert values == {"tx_count_1h": 99}
+
+
+def test_a_second_rewarm_changes_nothing(
+    backing: SqliteStore, target: RedisStore, redis_client: redis.Redis
+) -> None:
+    backing.write(held_updates(NOW))
+    rewarm(backing, target, GROUPS, clock=at_now)
+    before = redis_state(redis_client)
+    rewarm(backing, target, GROUPS, clock=at_now)
+    assert redis_state(redis_client) == before
+    assert len(before) == 3 * USERS + USERS  # each embedding has its event-time key
+
+
+def test_groups_older_than_their_ttl_are_not_rewarmed(
+    backing: SqliteStore, target: RedisStore, redis_client: redis.Redis
+) -> None:
+    hours_ago = NOW - 3 * 3600
+    backing.write(
+        [
+            parse_update(FEATURES, "old", hours_ago, {"tx_count_1h": 1}),
+            parse_update(EMBEDDING, "old", hours_ago, {"embedding": [1.0] * 16}),
+        ]
+    )
+    report = rewarm(backing, target, GROUPS, clock=at_now)
+    assert (report.read, report.written, report.expired) == (2, 1, 1)
+    assert redis_client.exists("user:{old}:features") == 0
+    assert redis_client.exists("user:{old}:embedding") == 1
+
+
+def test_only_the_named_groups_are_rewarmed(
+    backing: SqliteStore, target: RedisStore, redis_client: redis.Redis
+) -> None:
+    backing.write(held_updates(NOW, users=3))
+    report = rewarm(backing, target, [RECENT], clock=at_now)
+    assert report.read == 3
+    assert sorted(redis_client.keys()) == [f"user:{{u{i}}}:recent_items".encode() for i in range(3)]
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="featserve")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["rewarm", *argv])
+    code: int = args.run(args)
+    return code
+
+
+def test_the_command_rewarms_redis(
+    backing: SqliteStore, backing_path: Path, redis_url: str, target: RedisStore
+) -> None:
+    backing.write(held_updates(int(time.time()), users=5))
+    assert run_cli("--backing", f"sqlite:{backing_path}", "--redis-url", redis_url) == 0
+    assert target.read(every_group(5)) == backing.read(every_group(5))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--group", "user:nope"],
+        ["--group", "features"],
+        ["--backing", "postgres:db"],
+        ["--chunk-size", "0"],
+    ],
+)
+def test_the_command_refuses_bad_arguments(
+    argv: list[str], backing_path: Path, redis_url: str
+) -> None:
+    assert run_cli("--backing", f"sqlite:{backing_path}", "--redis-url", redis_url, *argv) == 2
+
+
+def test_the_command_reports_a_backing_store_it_cannot_open(tmp_path: Path, redis_url: str) -> None:
+    where = f"sqlite:{tmp_path / 'missing' / 'backing.sqlite3'}"
+    assert run_cli("--backing", where, "--redis-url", redis_url) == 3
