@@ -1,0 +1,1 @@
+"""Benchmarks: measured, never asserted; each module's docstring says how to run it."""
