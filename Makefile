@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install lint test serve train clean
+.PHONY: install lint test serve train faults clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ serve: $(STAMP)
 # Train the fraud model and save it to the BentoML model store.
 train: $(STAMP)
 	$(BIN)/python -m models.train
+
+# Fault drills under load, with figures, into docs/reliability.md (a few minutes).
+faults: $(STAMP)
+	$(BIN)/python -m bench.faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -45,6 +45,10 @@ _log = logging.getLogger(__name__)
 DEFAULT_DEADLINE_S = 0.010
 """The feature budget of the fraud profile: 10 ms."""
 
+TIMER_SLACK_S = 0.001
+"""How much earlier than the deadline a store read is abandoned: event-loop timers (libuv's
+under uvloop) have millisecond resolution and fire up to about 1 ms late."""
+
 
 class Source(StrEnum):
     """Where a group's values came from."""
@@ -226,7 +230,7 @@ class Resolver:
                 break
             if tier.saturated():
                 tier.breaker.trip("connection pool over 80 % in use")
-            remaining = deadline - loop.time()
+            remaining = deadline - loop.time() - TIMER_SLACK_S
             if remaining <= 0 or not tier.breaker.allow():
                 failed = True
                 continue

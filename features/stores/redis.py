@@ -91,6 +91,10 @@ def _translated_errors() -> Iterator[None]:
         raise StoreTimeout("Redis did not answer in time") from exc
     except OSError as exc:
         raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+    except RuntimeError as exc:
+        # uvloop reports a write to a transport that a reset closed as RuntimeError,
+        # which redis-py passes through untranslated.
+        raise StoreUnavailable(f"Redis connection closed: {exc}") from exc
 
 
 def _queue_read(pipe: Any, request: ReadRequest) -> None:

@@ -1,0 +1,82 @@
+"""Serving the FraudScorer for tests and drills: a small trained model, `bentoml serve`, stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from features.local_redis import LocalRedis, free_port
+from service.demo import wait_until_ready
+
+__all__ = ["ROOT", "start_service", "stop", "train_small_model"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def train_small_model(bentoml_home: Path) -> None:
+    """Train a small fraud model into ``bentoml_home``, in a subprocess (BentoML fixes its home
+    the first time a process uses the store)."""
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    subprocess.run(
+        [sys.executable, "-m", "models.train", "--n-users", "2000", "--n-transactions", "6000"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def start_service(
+    bentoml_home: Path,
+    redis_server: LocalRedis,
+    log_dir: Path,
+    target: str = "service.service:FraudScorer",
+    cwd: str | Path = ROOT,
+    cpus: str | None = None,
+    **env_overrides: str,
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Serve ``target`` (a service path or a Bento tag) against ``redis_server``, once ready.
+
+    ``cpus`` pins the server and its workers with ``taskset`` (e.g. ``"0"``).
+    """
+    port = free_port()
+    log_path = log_dir / f"bentoml-{port}.log"
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "REDIS_URL": redis_server.url,
+        **env_overrides,
+    }
+    with log_path.open("wb") as log:
+        pinned = ["taskset", "-c", cpus] if cpus else []
+        process = subprocess.Popen(
+            [
+                *pinned, sys.executable, "-m", "bentoml", "serve", target,
+                "--host", "127.0.0.1", "--port", str(port),
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, 120.0)
+    except RuntimeError as exc:
+        stop(process)
+        raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
+    return process, url, log_path
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a served process and wait for it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
