@@ -8,7 +8,6 @@ the environment once, at import (see ``features.settings.Settings``).
 from __future__ import annotations
 
 import gc
-import logging
 import time
 from typing import Annotated, Any
 
@@ -40,8 +39,6 @@ from service.metrics import observe_request
 from service.scoring import ScoredRequest, Scorer, ScoreRequest
 
 __all__ = ["SETTINGS", "FraudScorer"]
-
-_log = logging.getLogger(__name__)
 
 SETTINGS = Settings()
 """This process's configuration, read from the environment once."""
@@ -101,7 +98,7 @@ class FraudScorer:
 
     @bentoml.on_shutdown
     async def close_store(self) -> None:
-        """Close the Redis connections."""
+        """Close the connections to Redis and the backing store."""
         await self.store.close()
         await self.redis_writes.close()
         if self.backing is not None:

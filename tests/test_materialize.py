@@ -19,6 +19,7 @@ from features.stores.redis import RedisStore, sync_client
 from features.tables import open_table
 from models.demo_tables import write_demo_tables
 from service.cli import main
+from tests.support.redis_state import redis_state
 
 NOW = 1764230400
 FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -34,20 +35,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def run(table: Path, redis_url: str, *extra: str) -> int:
     return main(["materialize", str(table), "--redis-url", redis_url, *extra])
-
-
-def snapshot(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key's contents (TTLs aside), to compare whole states."""
-    state: dict[bytes, Any] = {}
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        if kind == b"hash":
-            state[key] = client.hgetall(key)
-        elif kind == b"zset":
-            state[key] = client.zrange(key, 0, -1, withscores=True)
-        else:
-            state[key] = client.get(key)
-    return state
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
@@ -173,10 +160,10 @@ def test_a_rerun_changes_nothing_and_an_interrupted_run_completes(
     path = write_demo_tables(tmp_path, 300, NOW)["features"]
     store = RedisStore(sync_client(settings, for_writes=True))
     materialize(open_table(path), FEATURES, store, chunk_rows=100)
-    complete = snapshot(redis_client)
+    complete = redis_state(redis_client)
     report = materialize(open_table(path), FEATURES, store, chunk_rows=100)
     assert (report.applied, report.stale) == (300, 0)
-    assert snapshot(redis_client) == complete
+    assert redis_state(redis_client) == complete
 
     redis_client.flushdb()
 
@@ -192,7 +179,7 @@ def test_a_rerun_changes_nothing_and_an_interrupted_run_completes(
         )
     assert 0 < redis_client.dbsize() < 300
     materialize(open_table(path), FEATURES, store, chunk_rows=100)
-    assert snapshot(redis_client) == complete
+    assert redis_state(redis_client) == complete
     store.close()
 
 

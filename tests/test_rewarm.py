@@ -6,7 +6,6 @@ import argparse
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -18,6 +17,7 @@ from features.stores.base import FeatureUpdate, ReadRequest
 from features.stores.redis import RedisStore, sync_client
 from features.stores.sqlite import SqliteStore
 from features.updates import parse_update
+from tests.support.redis_state import redis_state
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")
@@ -68,20 +68,6 @@ def target(settings: Settings) -> Iterator[RedisStore]:
     store = RedisStore(sync_client(settings, for_writes=True))
     yield store
     store.close()
-
-
-def redis_state(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key's type and contents (not its TTL)."""
-    state: dict[bytes, Any] = {}
-    for key in client.scan_iter():
-        kind = client.type(key)
-        if kind == b"hash":
-            state[key] = client.hgetall(key)
-        elif kind == b"zset":
-            state[key] = client.zrange(key, 0, -1, withscores=True)
-        else:
-            state[key] = client.get(key)
-    return state
 
 
 def test_rewarm_fills_an_empty_redis_with_what_the_backing_store_holds(

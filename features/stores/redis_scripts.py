@@ -1,7 +1,7 @@
 """Server-side write scripts: values, TTL and ordering applied atomically by Redis.
 
 Each entity group remembers the event time of the values it holds (a
-hidden ``_event_ms`` field of the hash; a sibling ``<key>:event_ms`` key
+hidden ``_event_ms`` field of the hash; a sibling ``<key>:_event_ms`` key
 for a blob).  A write older than that is skipped on the server, so racing
 writers or a replay of old data never roll values back, and re-running a
 write is harmless.  Sorted sets need no such mark: members are scored by
