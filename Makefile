@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install lint test serve train faults clean
+.PHONY: install lint test serve train faults bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 install: $(STAMP)
@@ -33,6 +33,10 @@ serve: $(STAMP)
 # Train the fraud model and save it to the BentoML model store.
 train: $(STAMP)
 	$(BIN)/python -m models.train
+
+# Every benchmark (~13 min); rewrites the generated end of docs/benchmarks.md and docs/img/*.png.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
 
 # Fault drills under load, with figures, into docs/reliability.md (a few minutes).
 faults: $(STAMP)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from service.loadgen import encode_request, exchange
+
 __all__ = ["CpuSnapshot", "LoadResult", "Target", "WindowStats", "run_load", "worker_rss"]
 
 REQUEST_TIMEOUT_S = 10.0
@@ -58,14 +60,7 @@ class Target:
 
     def requests(self) -> list[bytes]:
         """Each body as a complete HTTP/1.1 keep-alive request."""
-        return [
-            (
-                f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body
-            for body in self.bodies
-        ]
+        return [encode_request(self.host, self.port, self.path, body) for body in self.bodies]
 
 
 @dataclass(frozen=True)
@@ -240,7 +235,8 @@ async def _connection_loop(
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
                     if streams is None:
                         streams = await asyncio.open_connection(target.host, target.port)
-                    status, keep_alive = await _exchange(*streams, rng.choice(requests))
+                    response = await exchange(*streams, rng.choice(requests))
+                status, keep_alive = response.status, response.keep_alive
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
                 status, keep_alive = 0, False
             result.record(sent - start, time.perf_counter() - sent, status)
@@ -250,27 +246,6 @@ async def _connection_loop(
     finally:
         if streams is not None:
             streams[1].close()
-
-
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bool]:
-    """Send one request and read its answer; return the status and whether to keep the connection.
-
-    Only ``Content-Length`` framing is understood; anything else raises ``ValueError``.
-    """
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    status = int(status_line.split(" ", 2)[1])
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in header_lines if line)
-    }
-    if "content-length" not in headers:
-        raise ValueError(f"unsupported response framing: {sorted(headers)}")
-    await reader.readexactly(int(headers["content-length"]))
-    return status, headers.get("connection", "").lower() != "close"
 
 
 async def _sample_rss(server_pid: int, start: float, deadline: float, result: LoadResult) -> None:

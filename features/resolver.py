@@ -45,6 +45,9 @@ _log = logging.getLogger(__name__)
 DEFAULT_DEADLINE_S = 0.010
 """The feature budget of the fraud profile: 10 ms."""
 
+LOOP_LAG_S = 0.002
+"""A deadline that fires later than this was held up by a busy event loop, not by the store."""
+
 TIMER_SLACK_S = 0.001
 """How much earlier than the deadline a store read is abandoned: event-loop timers (libuv's
 under uvloop) have millisecond resolution and fire up to about 1 ms late."""
@@ -235,13 +238,22 @@ class Resolver:
                 failed = True
                 continue
             batch = [requests[index] for index in pending]
+            expires = loop.time() + remaining
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout_at(expires):
                     stored = await tier.store.read(batch, timer)
-            except (StoreError, TimeoutError) as exc:
-                reason = str(exc) or f"no answer within the {self._deadline_s * 1000:g} ms deadline"
-                tier.breaker.record_failure(reason)
+            except StoreError as exc:
+                tier.breaker.record_failure(str(exc))
                 self._error_log.error(f"{tier.source} read failed; falling back", exc)
+                failed = True
+                continue
+            except TimeoutError:
+                # Expiring late means the event loop was busy (a saturated worker), not
+                # that the store was slow: falling back is right, blaming the store is not.
+                if loop.time() - expires < LOOP_LAG_S:
+                    reason = f"no answer within the {self._deadline_s * 1000:g} ms deadline"
+                    tier.breaker.record_failure(reason)
+                    self._error_log.error(f"{tier.source} read missed the deadline; falling back")
                 failed = True
                 continue
             tier.breaker.record_success()

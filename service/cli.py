@@ -2,6 +2,8 @@
 
 featserve materialize TABLE [--group user:features] [--rejects FILE] [--allow-rejects]
 featserve rewarm [--backing sqlite:PATH | dynamodb:TABLE] [--group user:features]
+featserve sla --url URL [--profile fraud] [--total-ms N --features-ms N]
+              [--rate R | --concurrency C] [--duration S] [--entities N|FIRST..LAST] [--plot FILE]
 featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
 """
 
@@ -31,6 +33,7 @@ from features.stores.redis import RedisStore, sync_client
 from features.stores.write_through import WriteThrough
 from features.tables import TableError, open_table
 from models.demo_tables import write_demo_tables
+from service import sla
 
 __all__ = ["main"]
 
@@ -45,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_materialize(commands)
     rewarm.register(commands)
+    sla.register(commands)
     _add_demo_data(commands)
     args = parser.parse_args(argv)
     code: int = args.run(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -169,3 +170,25 @@ def test_stale_values_are_served_with_their_age_within_the_freshness_window(
     assert stale.age_s == 12
     assert stale.values == fetched.values
     assert too_old.source is Source.DEFAULT
+
+
+def test_a_deadline_missed_because_the_loop_was_busy_does_not_blame_redis(
+    proxy: TcpProxy,
+) -> None:
+    settings = Settings(redis_url=proxy.redis_url, breaker_failures=1, cache_ttl_s=0)
+
+    async def scenario() -> tuple[GroupResult, BreakerState]:
+        resolver, store = resolver_for(settings, ManualClock(), deadline_s=0.02)
+        assert await store.ping()
+        proxy.reset_counters()
+        reading = asyncio.create_task(source_of(resolver, "u3"))
+        while proxy.bytes_up == 0:  # until the read is on the wire
+            await asyncio.sleep(0.0005)
+        time.sleep(0.06)  # a CPU-bound neighbour holds the loop past the deadline
+        result = await reading
+        await store.close()
+        return result, resolver.tiers[0].breaker.state
+
+    result, state = asyncio.run(scenario())
+    assert result.source is Source.DEFAULT
+    assert state is BreakerState.CLOSED

@@ -34,6 +34,7 @@ def score(service: RunningService, **body: Any) -> httpx.Response:
 def test_score_answers_with_score_sources_and_timing(service: RunningService) -> None:
     response = score(service, entity_id="u000123", amount=250.0, timestamp=SATURDAY_NOON)
     assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert set(body) == {"entity_id", "score", "is_fraud", "threshold", "sources", "timing_ms"}
     assert body["entity_id"] == "u000123"

@@ -1,0 +1,80 @@
+"""``featserve sla`` against a real ``bentoml serve``: generous budgets pass, impossible fail."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from features.local_redis import LocalRedis
+from service import sla
+from service.demo import load_demo_data
+from service.loadgen import parse_server_timing
+from tests.e2e.conftest import start_service, stop
+
+USERS = 200
+
+
+def featserve_sla(argv: list[str]) -> int:
+    """Parse ``argv`` as ``featserve sla`` does and run it."""
+    parser = argparse.ArgumentParser(prog="featserve")
+    sla.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sla", *argv])
+    code: int = args.run(args)
+    return code
+
+
+@pytest.fixture(scope="module")
+def score_url(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``/score`` of a served FraudScorer over demo users u000000..u000199."""
+    with LocalRedis() as redis_server:
+        load_demo_data(redis_server.url, USERS, tmp_path_factory.mktemp("demo"))
+        process, url, _ = start_service(bentoml_home, redis_server, tmp_path_factory.mktemp("logs"))
+        try:
+            yield f"{url}/score"
+        finally:
+            stop(process)
+
+
+def test_generous_budget_passes_and_plots(score_url: str, tmp_path: Path) -> None:
+    plot = tmp_path / "sla.png"
+    argv = [
+        "--url", score_url, "--total-ms", "5000", "--features-ms", "5000",
+        "--rate", "50", "--duration", "2", "--warmup", "0.5",
+        "--entities", f"u000000..u{USERS - 1:06d}", "--plot", str(plot),
+    ]  # fmt: skip
+    assert featserve_sla(argv) == 0
+    assert plot.stat().st_size > 0
+
+
+def test_impossible_budget_exits_non_zero(score_url: str) -> None:
+    argv = [
+        "--url", score_url, "--profile", "ads", "--total-ms", "0.001",
+        "--concurrency", "2", "--duration", "2", "--warmup", "0.5", "--entities", str(USERS),
+    ]  # fmt: skip
+    assert featserve_sla(argv) == sla.EXIT_BREACH
+
+
+def test_non_2xx_answers_fail(score_url: str) -> None:
+    missing = score_url.rsplit("/", 1)[0] + "/no_such_endpoint"
+    argv = ["--url", missing, "--total-ms", "5000", "--duration", "2", "--warmup", "0"]
+    assert featserve_sla(argv) == sla.EXIT_BREACH
+
+
+def test_usage_errors() -> None:
+    assert featserve_sla(["--url", "ftp://x/score", "--duration", "1"]) == sla.EXIT_USAGE
+    assert featserve_sla(["--url", "http://127.0.0.1:1/score", "--entities", "u5..u1"]) == (
+        sla.EXIT_USAGE
+    )
+
+
+def test_entity_ids_from_a_range_or_a_count() -> None:
+    assert sla.entity_ids("u0098..u0101") == ["u0098", "u0099", "u0100", "u0101"]
+    assert sla.entity_ids("2") == ["u000000", "u000001"]
+
+
+def test_server_timing_is_parsed_into_milliseconds() -> None:
+    header = 'cache;dur=0.02, redis;desc="store";dur=0.19, miss, total;dur=0.71'
+    assert parse_server_timing(header) == {"cache": 0.02, "redis": 0.19, "total": 0.71}
