@@ -215,7 +215,7 @@ class DrillResult:
     breaker_opened: bool = False
     breaker_closed_after: bool = False
     recovery_s: float | None = None
-    """From clearing the fault to the first request answered from Redis again."""
+    """From clearing the fault until, with the breaker closed, a request is answered from Redis."""
 
 
 def run_drill(
@@ -246,11 +246,17 @@ def run_drill(
         finally:
             fault_off = time.monotonic()
             fault.clear()
+        # Recovered: the breaker is closed and a request sent since then was answered
+        # from Redis (one lucky answer while pooled connections are still dead is not).
+        closed_at: float | None = None
         while time.monotonic() - fault_off < recovery_timeout_s:
-            recovered = [s for s in driver.samples_since(fault_off) if s.source == "redis"]
-            if recovered:
-                result.recovery_s = recovered[0].sent_at - fault_off
-                break
+            if closed_at is None and breaker_state() == "closed":
+                closed_at = time.monotonic()
+            if closed_at is not None:
+                recovered = [s for s in driver.samples_since(closed_at) if s.source == "redis"]
+                if recovered:
+                    result.recovery_s = recovered[0].sent_at - fault_off
+                    break
             time.sleep(0.05)
         time.sleep(after_s)
         result.breaker_closed_after = breaker_state() == "closed"

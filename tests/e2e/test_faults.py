@@ -1,0 +1,54 @@
+"""Fault injection under load: a real Redis behind a controllable proxy, a real `bentoml serve`.
+
+For each fault the service must answer every request (no 5xx, no error),
+open the Redis breaker while the fault lasts (where reads fail rather than
+reconnect), close it after recovery and read from Redis again within
+seconds, and never let a request wait on a hung socket: the median feature
+stage during a fault stays within the deadline and none lasts a quarter of
+a second (a blackholed or paused Redis would hold a waiting request for
+ever).
+
+The target is tighter (no feature stage more than 2 ms past the deadline).
+On this 2-core machine, with the load generator, the proxy and Redis
+sharing one core, stages usually end 1-6 ms past the deadline when the
+worker's event loop is busy with another request as it fires, and rarely
+(about one run in six) one takes 50-75 ms, not yet explained. `make faults`
+measures and reports the maximum; this test bounds it where it cannot flake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fault_drill import run_drill
+from tests.support.fault_rig import BREAKS_REQUESTS, FAULTS, Rig, open_rig
+
+DEADLINE_MS = 10.0
+HUNG_MS = 250.0
+
+
+@pytest.fixture(scope="module")
+def rig(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    with open_rig(bentoml_home, tmp_path_factory.mktemp("rig"), deadline_ms=DEADLINE_MS) as rig:
+        yield rig
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_the_service_keeps_answering_through_the_fault(rig: Rig, fault: str) -> None:
+    result = run_drill(rig.url, rig.driver, FAULTS[fault](rig))
+    before, during, after = result.phases
+    assert before.sources["redis"] > 0, before
+    for phase in result.phases:
+        assert phase.requests > 0, phase
+        assert phase.failed == 0, phase
+        assert phase.features_max_ms < HUNG_MS, phase
+    assert during.features_p50_ms <= DEADLINE_MS, during
+    if fault in BREAKS_REQUESTS:
+        assert result.breaker_opened, result
+        assert during.sources["redis"] < during.requests, during
+    assert result.recovery_s is not None and result.recovery_s < 10, result
+    assert result.breaker_closed_after, result
+    assert after.sources["redis"] > 0, after
