@@ -121,14 +121,7 @@ class FraudScorer:
         with timer.stage("total"):
             request = ScoreRequest(entity_id, amount, _now() if timestamp is None else timestamp)
             [scored], entities = await self.scorer.score([request], timer)
-        body = {
-            "entity_id": scored.entity_id,
-            "score": scored.score,
-            "is_fraud": scored.is_fraud,
-            "threshold": self.scorer.threshold,
-            "sources": dict(scored.sources),
-            **_stale_ages(scored),
-        }
+        body = {**_result(scored), "threshold": self.scorer.threshold}
         return self._timed(ctx, timer, "score", entities, body)
 
     @bentoml.api
@@ -146,16 +139,7 @@ class FraudScorer:
                 for r in requests
             ]
             scored, entities = await self.scorer.score(batch, timer)
-        results = [
-            {
-                "entity_id": s.entity_id,
-                "score": s.score,
-                "is_fraud": s.is_fraud,
-                "sources": dict(s.sources),
-                **_stale_ages(s),
-            }
-            for s in scored
-        ]
+        results = [_result(s) for s in scored]
         body = {"threshold": self.scorer.threshold, "results": results}
         return self._timed(ctx, timer, "score_batch", entities, body)
 
@@ -255,9 +239,17 @@ for _api in FraudScorer.apis.values():  # type: ignore[attr-defined]
     _api.output_spec.media_type = "application/json"
 
 
-def _stale_ages(scored: ScoredRequest) -> dict[str, dict[str, float]]:
-    """``{"stale_age_s": {group: seconds}}`` when some group was served stale, else nothing."""
-    return {"stale_age_s": dict(scored.stale_age_s)} if scored.stale_age_s else {}
+def _result(scored: ScoredRequest) -> dict[str, Any]:
+    """One scored request as JSON; ``stale_age_s`` only when some group was served stale."""
+    result: dict[str, Any] = {
+        "entity_id": scored.entity_id,
+        "score": scored.score,
+        "is_fraud": scored.is_fraud,
+        "sources": dict(scored.sources),
+    }
+    if scored.stale_age_s:
+        result["stale_age_s"] = dict(scored.stale_age_s)
+    return result
 
 
 def _now() -> int:
