@@ -37,6 +37,7 @@ from features.stores.dynamodb import (
 )
 from features.stores.redis import RedisStore, sync_client
 from features.stores.sqlite import AsyncSqliteStore, SqliteStore
+from features.timing import StageTimer
 from features.updates import parse_update
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -333,16 +334,19 @@ def test_the_async_store_reads_what_it_wrote(kind: str, async_where: str) -> Non
         parse_update(EMBEDDING, "u1", NOW, {"embedding": [0.25] * 16}),
     ]
 
+    timer = StageTimer()
+
     async def run() -> tuple[list[bool], list[StoredValues | None]]:
         store = async_store(kind, async_where)
         try:
-            return await store.write(updates), await store.read(every_group("u1"))
+            return await store.write(updates), await store.read(every_group("u1"), timer)
         finally:
             await store.close()
 
     applied, answers = asyncio.run(run())
     assert applied == [True] * 3
     assert answers == [{"tx_count_1h": 2}, {"recent_items": ("a",)}, {"embedding": (0.25,) * 16}]
+    assert list(timer.milliseconds()) == ["backing"]
 
 
 def test_the_async_store_refuses_rather_than_queue(kind: str, async_where: str) -> None:

@@ -204,8 +204,16 @@ class AsyncBackingStore:
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
     ) -> list[StoredValues | None]:
-        """See ``OnlineStore.read``; runs on the store's worker thread."""
-        return await self._run(self._store.read, requests, timer)
+        """See ``OnlineStore.read``; runs on the store's worker thread, timed here as ``backing``.
+
+        The timer stays on the event loop's thread: a read the deadline abandoned
+        may still finish on the worker later, and must not touch the request's
+        timer while its response is being built.
+        """
+        if timer is None:
+            return await self._run(self._store.read, requests, None)
+        with timer.stage("backing"):
+            return await self._run(self._store.read, requests, None)
 
     async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
         """See ``OnlineStore.write``; runs on the store's worker thread."""
