@@ -116,11 +116,13 @@ class Resolver:
         cache: FeatureCache[GroupResult],
         deadline_s: float = DEFAULT_DEADLINE_S,
         error_log: BurstLog | None = None,
+        loop_lag_s: float = LOOP_LAG_S,
     ) -> None:
         self._registry = registry
         self._tiers = tuple(tiers)
         self._cache = cache
         self._deadline_s = deadline_s
+        self._loop_lag_s = loop_lag_s
         self._in_flight: SingleFlight[_Fetched] = SingleFlight()
         self._error_log = error_log or BurstLog(_log)
 
@@ -250,7 +252,7 @@ class Resolver:
             except TimeoutError:
                 # Expiring late means the event loop was busy (a saturated worker), not
                 # that the store was slow: falling back is right, blaming the store is not.
-                if loop.time() - expires < LOOP_LAG_S:
+                if loop.time() - expires < self._loop_lag_s:
                     reason = f"no answer within the {self._deadline_s * 1000:g} ms deadline"
                     tier.breaker.record_failure(reason)
                     self._error_log.error(f"{tier.source} read missed the deadline; falling back")
