@@ -188,6 +188,27 @@ def test_a_frozen_server_is_a_store_timeout(own_redis: LocalRedis, kind: str) ->
     close()
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_reply_that_comes_after_a_timeout_is_never_read_as_the_next_answer(
+    own_redis: LocalRedis, kind: str
+) -> None:
+    settings = Settings(redis_url=own_redis.url)
+    writer = RedisStore(sync_client(settings))
+    writer.write([parse_update(USER_FEATURES, "u2", NOW, {"tx_count_1h": 2})])
+    writer.close()
+    read, close = make_reader(kind, settings)
+    own_redis.pause()
+    try:
+        with pytest.raises(StoreTimeout):
+            read(read_all("u1"))
+    finally:
+        own_redis.resume()
+    # The paused server answers the abandoned read when it resumes; a connection
+    # kept after the timeout would hand those replies (u1's: all None) to this read.
+    assert read(read_all("u2")) == [{"tx_count_1h": 2}, None, None]
+    close()
+
+
 def test_replies_are_parsed_by_hiredis(settings: Settings) -> None:
     client = sync_client(settings)
     connection = client.connection_pool.get_connection()
