@@ -79,20 +79,28 @@ class FeatureCache(Generic[V]):
 
 
 class SingleFlight(Generic[V]):
-    """Tracks fetches in progress so a second miss for a key waits for the first."""
+    """Tracks fetches in progress so a second miss for a key waits for the first.
+
+    A fetch gets its future only when a second caller joins it: most misses
+    have no company, and a future per key costs a microsecond each.
+    """
 
     def __init__(self) -> None:
-        self._in_flight: dict[Hashable, asyncio.Future[V]] = {}
+        self._in_flight: dict[Hashable, asyncio.Future[V] | None] = {}
 
     def join(self, key: Hashable) -> asyncio.Future[V] | None:
         """The fetch already running for ``key``, or ``None`` if the caller should fetch it."""
-        return self._in_flight.get(key)
-
-    def lead(self, key: Hashable) -> asyncio.Future[V]:
-        """Register the caller as the one fetching ``key``; it must later ``settle`` it."""
-        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        if key not in self._in_flight:
+            return None
+        future = self._in_flight[key]
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._in_flight[key] = future
         return future
+
+    def lead(self, key: Hashable) -> None:
+        """Register the caller as the one fetching ``key``; it must later ``settle`` it."""
+        self._in_flight[key] = None
 
     def settle(self, key: Hashable, value: V) -> None:
         """Hand ``value`` to everyone waiting on ``key`` and forget the fetch."""

@@ -78,7 +78,10 @@ class _Float:
         return repr(value).encode()
 
     def decode(self, raw: bytes, dim: int | None) -> float:
-        return self.normalize(float(raw), dim)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(f"{raw!r} is not finite")
+        return value
 
 
 class _StrList:

@@ -163,16 +163,16 @@ class Resolver:
         """
         timer = timer or StageTimer()
         requests = [
-            ReadRequest(validate_entity_id(entity_id), group, fields)
-            for entity_id in entity_ids
+            ReadRequest(entity_id, group, fields)
+            for entity_id in map(validate_entity_id, entity_ids)
             for group, fields in selection
         ]
+        keys = [_cache_key(request) for request in requests]
         results: list[GroupResult | None] = [None] * len(requests)
         misses: list[int] = []
         waits: list[tuple[int, Any]] = []
         with timer.stage("cache"):
-            for index, request in enumerate(requests):
-                key = _cache_key(request)
+            for index, key in enumerate(keys):
                 hit = self._cache.get(key)
                 if hit is not None:
                     results[index] = hit
@@ -184,7 +184,9 @@ class Resolver:
                     self._in_flight.lead(key)
                     misses.append(index)
         if misses:
-            fetched = await self._fetch([requests[i] for i in misses], timer)
+            fetched = await self._fetch(
+                [requests[i] for i in misses], [keys[i] for i in misses], timer
+            )
             for index, outcome in zip(misses, fetched, strict=True):
                 results[index] = outcome.result
         for index, running in waits:
@@ -204,23 +206,25 @@ class Resolver:
             for row, entity_id in enumerate(entity_ids)
         ]
 
-    async def _fetch(self, requests: list[ReadRequest], timer: StageTimer) -> list[_Fetched]:
+    async def _fetch(
+        self, requests: list[ReadRequest], keys: list[_CacheKey], timer: StageTimer
+    ) -> list[_Fetched]:
         """Ask each tier for what is missing, then stale values or defaults; settle waiters."""
         outcomes: list[_Fetched | None] = [None] * len(requests)
         try:
             pending, failed = await self._ask_tiers(requests, outcomes, timer)
             for index in pending:
-                outcomes[index] = _fallback(requests[index], self._cache, failed)
+                outcomes[index] = _fallback(requests[index], keys[index], self._cache, failed)
             done = [_known_outcome(outcome) for outcome in outcomes]
-            for request, outcome in zip(requests, done, strict=True):
+            for key, outcome in zip(keys, done, strict=True):
                 if outcome.cached is not None:
-                    self._cache.put(_cache_key(request), outcome.cached)
+                    self._cache.put(key, outcome.cached)
             return done
         finally:
             # Waiters are released even when this task is cancelled mid-read.
-            for request, maybe in zip(requests, outcomes, strict=True):
+            for request, key, maybe in zip(requests, keys, outcomes, strict=True):
                 outcome = maybe or _Fetched(_fill(request, None, Source.DEFAULT), None)
-                self._in_flight.settle(_cache_key(request), outcome)
+                self._in_flight.settle(key, outcome)
 
     async def _ask_tiers(
         self, requests: list[ReadRequest], outcomes: list[_Fetched | None], timer: StageTimer
@@ -291,10 +295,12 @@ def _from_store(request: ReadRequest, stored: StoredValues, source: Source) -> _
     return _Fetched(result, GroupResult(result.values, Source.CACHE, result.defaulted))
 
 
-def _fallback(request: ReadRequest, cache: FeatureCache[GroupResult], failed: bool) -> _Fetched:
+def _fallback(
+    request: ReadRequest, key: _CacheKey, cache: FeatureCache[GroupResult], failed: bool
+) -> _Fetched:
     """No store had it: a recent stale value if a store failed, else the defaults."""
     if failed:
-        known = cache.get_stale(_cache_key(request))
+        known = cache.get_stale(key)
         if known is not None and known[1] <= request.group.freshness.total_seconds():
             value, age_s = known
             return _Fetched(GroupResult(value.values, Source.STALE, value.defaulted, age_s), None)
@@ -310,12 +316,10 @@ def _fill(request: ReadRequest, stored: StoredValues | None, source: Source) -> 
     if stored is None:
         values = {name: by_name[name].default for name in request.fields}
         return GroupResult(MappingProxyType(values), source, request.fields)
-    values = {}
-    defaulted = []
-    for name in request.fields:
-        value = stored.get(name)
-        if value is None:
-            value = by_name[name].default
-            defaulted.append(name)
-        values[name] = value
-    return GroupResult(MappingProxyType(values), source, tuple(defaulted))
+    values = {name: stored.get(name) for name in request.fields}
+    if None not in values.values():
+        return GroupResult(MappingProxyType(values), source, ())
+    defaulted = tuple(name for name, value in values.items() if value is None)
+    for name in defaulted:
+        values[name] = by_name[name].default
+    return GroupResult(MappingProxyType(values), source, defaulted)

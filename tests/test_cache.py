@@ -54,6 +54,7 @@ def test_single_flight_hands_the_leaders_value_to_waiters() -> None:
         flights.lead("k")
         waiter = flights.join("k")
         assert waiter is not None
+        assert flights.join("k") is waiter
         flights.settle("k", 42)
         after = len(flights)
         return await waiter, after, int(flights.join("k") is None)
