@@ -5,8 +5,9 @@ the target's ordinary ``write``, a chunk at a time, at the event time it was
 held with.  Redis' write scripts skip whatever is older than what Redis
 already holds, so a value pushed since the outage is never rolled back and
 a second run changes nothing.  Groups whose event time is older than their
-TTL are not written: Redis would have dropped them, and a write would give
-them a fresh TTL.
+TTL are not written: Redis would have dropped them, a write would give them
+a fresh TTL, and the backing store no longer serves them either
+(``backing.is_live`` is the one rule for both).
 
 ``register`` adds the command line::
 
@@ -29,12 +30,18 @@ from rich.table import Table
 from features.errors import RegistryError, StoreError
 from features.registry import FRAUD_REGISTRY, FeatureGroup, Registry
 from features.settings import Settings
-from features.stores.backing import BackingStore, group_label, open_backing_store
+from features.stores.backing import (
+    BackingStore,
+    Clock,
+    epoch_ms,
+    group_label,
+    is_live,
+    open_backing_store,
+)
 from features.stores.base import FeatureUpdate, OnlineStore
 from features.stores.redis import RedisStore, sync_client
 
 __all__ = ["RewarmReport", "register", "rewarm"]
-"""The backing store ``featserve rewarm`` reads when ``--backing`` is not given."""
 
 EXIT_USAGE = 2
 EXIT_STORE = 3
@@ -61,20 +68,19 @@ def rewarm(
     groups: Iterable[FeatureGroup],
     chunk_size: int = 1000,
     on_progress: Callable[[int], None] = lambda _: None,
-    clock: Callable[[], float] = time.time,
+    clock: Clock = time.time,
 ) -> RewarmReport:
     """Write every entity group of ``groups`` held by ``source`` into ``target``.
 
     ``on_progress`` gets the number of entity groups read after each chunk;
-    ``clock`` (epoch seconds) decides which groups have expired.
+    ``clock`` (epoch seconds) decides which groups have expired (``backing.is_live``).
     """
     started = time.perf_counter()
-    now_ms = clock() * 1000
+    now_ms = epoch_ms(clock)
     read = written = stale = expired = 0
     for group in groups:
-        ttl_ms = group.ttl.total_seconds() * 1000
         for chunk in _chunks(source.scan(group), chunk_size):
-            live = [update for update in chunk if update.event_ms + ttl_ms > now_ms]
+            live = [update for update in chunk if is_live(group, update.event_ms, now_ms)]
             applied = target.write(live) if live else []
             read += len(chunk)
             expired += len(chunk) - len(live)

@@ -3,7 +3,8 @@
 DynamoDB is a moto server started in a subprocess on a free loopback port;
 every test gets a table of its own.  Reads are compared with what the Redis
 store returns for the same writes, since the resolver must not be able to
-tell the tiers apart.
+tell the tiers apart.  Stores run on a clock pinned at ``NOW``, the time
+the test data is written around, unless a test moves it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ from typing import Any
 
 import pytest
 
+from features.cache import FeatureCache
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.local_redis import free_port
-from features.registry import FRAUD_REGISTRY
+from features.registry import FRAUD_REGISTRY, FeatureGroup
+from features.resolver import GroupResult, Resolver, Source
 from features.settings import Settings
-from features.stores.backing import AsyncBackingStore, BackingStore
+from features.stores.backing import (
+    AsyncBackingStore,
+    BackingStore,
+    expires_at_ms,
+    is_live,
+    oldest_live_ms,
+    open_backing_store,
+)
 from features.stores.base import ReadRequest, StoredValues
 from features.stores.dynamodb import (
     AsyncDynamoDbStore,
@@ -35,8 +45,9 @@ from features.stores.dynamodb import (
     create_table,
     dynamodb_client,
 )
-from features.stores.redis import RedisStore, sync_client
+from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
 from features.stores.sqlite import AsyncSqliteStore, SqliteStore
+from features.tiers import backing_tier, redis_tier
 from features.timing import StageTimer
 from features.updates import parse_update
 
@@ -45,6 +56,16 @@ RECENT = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 NOW = 1764230400
 MOTO_START_TIMEOUT_S = 30.0
+
+
+class ManualClock:
+    """Epoch seconds that move only when a test sets ``now``."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(scope="session")
@@ -107,18 +128,24 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def clock() -> ManualClock:
+    """The stores' clock, at ``NOW`` until the test moves it."""
+    return ManualClock()
+
+
+@pytest.fixture
 def open_backing(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, clock: ManualClock
 ) -> Iterator[Callable[[], BackingStore]]:
-    """Opens a store of ``kind``; every store it opens shares one database or table."""
+    """Opens a store of ``kind`` on ``clock``; every store it opens shares one database or table."""
     opened: list[BackingStore] = []
 
     def open_store() -> BackingStore:
         if kind == "sqlite":
-            store: BackingStore = SqliteStore(tmp_path / "backing.sqlite3")
+            store: BackingStore = SqliteStore(tmp_path / "backing.sqlite3", clock=clock)
         else:
             table = request.getfixturevalue("dynamodb_table")
-            store = DynamoDbStore(table, dynamodb_client())
+            store = DynamoDbStore(table, dynamodb_client(), clock=clock)
         opened.append(store)
         return store
 
@@ -137,6 +164,10 @@ def redis_store(settings: Settings) -> Iterator[RedisStore]:
     store = RedisStore(sync_client(settings, for_writes=True))
     yield store
     store.close()
+
+
+def ttl_s(group: FeatureGroup) -> int:
+    return int(group.ttl.total_seconds())
 
 
 def every_group(*entity_ids: str) -> list[ReadRequest]:
@@ -260,6 +291,150 @@ def test_scan_yields_every_held_group_with_its_event_time(backing: BackingStore)
     assert list(backing.scan(RECENT)) == []
 
 
+def test_the_expiry_rule_is_event_time_plus_ttl_after_now() -> None:
+    ttl_ms = ttl_s(FEATURES) * 1000
+    now_ms = NOW * 1000
+    assert is_live(FEATURES, now_ms - ttl_ms + 1, now_ms)
+    assert not is_live(FEATURES, now_ms - ttl_ms, now_ms)
+    assert oldest_live_ms(FEATURES, now_ms) == now_ms - ttl_ms + 1
+    assert expires_at_ms(FEATURES, now_ms) == now_ms + ttl_ms
+    assert not is_live(FEATURES, now_ms, expires_at_ms(FEATURES, now_ms))
+
+
+SOME_VALUES: dict[FeatureGroup, dict[str, Any]] = {
+    FEATURES: {"tx_count_1h": 1},
+    RECENT: {"recent_items": ["a"]},
+    EMBEDDING: {"embedding": [1.0] * 16},
+}
+"""A value of each group, as written; read back as ``READ_BACK``."""
+
+READ_BACK: dict[FeatureGroup, dict[str, Any]] = {
+    FEATURES: {"tx_count_1h": 1},
+    RECENT: {"recent_items": ("a",)},
+    EMBEDDING: {"embedding": (1.0,) * 16},
+}
+
+
+@pytest.mark.parametrize("group", [FEATURES, RECENT, EMBEDDING], ids=lambda g: g.structure)
+def test_a_group_is_served_within_its_ttl_and_a_miss_from_then_on(
+    backing: BackingStore, group: FeatureGroup
+) -> None:
+    ttl_ms = ttl_s(group) * 1000
+    ages_ms = {"inside": ttl_ms - 1, "at": ttl_ms, "past": ttl_ms + 1}
+    backing.write(
+        [
+            parse_update(group, name, (NOW * 1000 - age) / 1000, SOME_VALUES[group])
+            for name, age in ages_ms.items()
+        ]
+    )
+    inside, at, past = backing.read(
+        [ReadRequest(name, group, group.feature_names) for name in ages_ms]
+    )
+    assert (inside, at, past) == (READ_BACK[group], None, None)
+    assert len(list(backing.scan(group))) == 3  # kept, only not served
+
+
+def test_each_group_expires_after_its_own_ttl(backing: BackingStore, clock: ManualClock) -> None:
+    backing.write([parse_update(group, "u1", NOW, SOME_VALUES[group]) for group in SOME_VALUES])
+    requests = every_group("u1")
+
+    def served_at(now: float) -> list[bool]:
+        clock.now = now
+        return [values is not None for values in backing.read(requests)]
+
+    assert served_at(NOW + ttl_s(FEATURES) - 1) == [True, True, True]
+    assert served_at(NOW + ttl_s(FEATURES)) == [False, True, True]
+    assert served_at(NOW + ttl_s(RECENT)) == [False, False, True]
+    assert served_at(NOW + ttl_s(EMBEDDING)) == [False, False, False]
+
+
+def test_writes_treat_an_expired_group_as_absent(backing: BackingStore, clock: ManualClock) -> None:
+    backing.write(
+        [
+            parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1, "tx_sum_1h": 2.0}),
+            parse_update(RECENT, "u1", NOW, {"recent_items": ["old"]}),
+            parse_update(FEATURES, "u2", NOW, {"tx_count_1h": 1}),
+            parse_update(EMBEDDING, "u2", NOW, {"embedding": [1.0] * 16}),
+        ]
+    )
+    clock.now = later = NOW + ttl_s(EMBEDDING)
+    # A newer update replaces an expired group whole: nothing of it is merged back to life.
+    assert backing.write(
+        [
+            parse_update(FEATURES, "u1", later, {"tx_sum_1h": 5.0}),
+            parse_update(RECENT, "u1", later, {"recent_items": ["new"]}),
+        ]
+    ) == [True, True]
+    assert backing.read(every_group("u1")[:2]) == [
+        {"tx_sum_1h": 5.0},
+        {"recent_items": ("new",)},
+    ]
+    # An older update is not skipped as older than the expired group (Redis would not skip
+    # it either); it is applied, and is expired itself.
+    older = [
+        parse_update(FEATURES, "u2", NOW - 1, {"tx_count_1h": 2}),
+        parse_update(EMBEDDING, "u2", NOW - 1, {"embedding": [2.0] * 16}),
+    ]
+    assert backing.write(older) == [True, True]
+    u2 = [ReadRequest("u2", group, group.feature_names) for group in (FEATURES, EMBEDDING)]
+    assert backing.read(u2) == [None, None]
+    clock.now = NOW
+    assert backing.read(u2) == [{"tx_count_1h": 2}, {"embedding": (2.0,) * 16}]
+
+
+def test_a_store_opened_from_its_spec_expires_groups_by_the_real_clock(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # The service's and the command line's path; hours of slack either side of the TTL.
+    if kind == "sqlite":
+        spec = f"sqlite:{tmp_path / 'backing.sqlite3'}"
+    else:
+        spec = f"dynamodb:{request.getfixturevalue('dynamodb_table')}"
+    store = open_backing_store(spec)
+    now = int(time.time())
+    store.write(
+        [
+            parse_update(FEATURES, "recent", now - 60, {"tx_count_1h": 1}),
+            parse_update(FEATURES, "old", now - ttl_s(FEATURES) - 3600, {"tx_count_1h": 2}),
+        ]
+    )
+    requests = [ReadRequest(name, FEATURES, ("tx_count_1h",)) for name in ("recent", "old")]
+    assert store.read(requests) == [{"tx_count_1h": 1}, None]
+    store.close()
+
+
+def test_the_resolver_falls_through_an_expired_backing_group_to_defaults(
+    kind: str, async_where: str, settings: Settings
+) -> None:
+    async def scenario() -> list[GroupResult]:
+        backing = async_store(kind, async_where)
+        redis_store = AsyncRedisStore(async_client(settings))
+        try:
+            await backing.write(
+                [
+                    parse_update(FEATURES, "live", NOW - 60, {"tx_count_1h": 3}),
+                    parse_update(FEATURES, "expired", NOW - ttl_s(FEATURES), {"tx_count_1h": 4}),
+                ]
+            )
+            tiers = [redis_tier(redis_store, settings), backing_tier(backing, settings)]
+            cache: FeatureCache[GroupResult] = FeatureCache(0, 0)
+            # A generous deadline: this test is about tiers, not time.
+            resolver = Resolver(FRAUD_REGISTRY, tiers, cache, 5.0)
+            resolved = await resolver.resolve(
+                ["live", "expired"], resolver.selection("user", ["features"])
+            )
+            return [entity.groups["features"] for entity in resolved]
+        finally:
+            await redis_store.close()
+            await backing.close()
+
+    live, expired = asyncio.run(scenario())
+    assert live.source is Source.BACKING
+    assert live.values["tx_count_1h"] == 3
+    assert expired.source is Source.DEFAULT
+    assert dict(expired.values) == dict(FEATURES.defaults)
+
+
 def test_a_read_of_many_keys_answers_every_request_in_order(backing: BackingStore) -> None:
     held = [f"u{i}" for i in range(0, 260, 2)]
     backing.write([parse_update(FEATURES, e, NOW, {"tx_count_1h": int(e[1:])}) for e in held])
@@ -285,7 +460,7 @@ def test_racing_sqlite_writers_lose_nothing_and_end_at_the_newest(tmp_path: Path
     start = threading.Barrier(2)
 
     def writer(offset: int) -> None:
-        store = SqliteStore(path)
+        store = SqliteStore(path, clock=ManualClock())
         start.wait()
         for i in range(offset, 40, 2):
             store.write(
@@ -301,7 +476,7 @@ def test_racing_sqlite_writers_lose_nothing_and_end_at_the_newest(tmp_path: Path
         thread.start()
     for thread in threads:
         thread.join()
-    store = SqliteStore(path)
+    store = SqliteStore(path, clock=ManualClock())
     recent, features = store.read(
         [
             ReadRequest("u1", RECENT, RECENT.feature_names),
@@ -315,8 +490,10 @@ def test_racing_sqlite_writers_lose_nothing_and_end_at_the_newest(tmp_path: Path
 
 def async_store(kind: str, where: str, max_pending: int = 64) -> AsyncBackingStore:
     if kind == "sqlite":
-        return AsyncSqliteStore(where, max_pending=max_pending)
-    return AsyncDynamoDbStore(where, dynamodb_client(), max_pending=max_pending)
+        return AsyncSqliteStore(where, max_pending=max_pending, clock=ManualClock())
+    return AsyncDynamoDbStore(
+        where, dynamodb_client(), max_pending=max_pending, clock=ManualClock()
+    )
 
 
 @pytest.fixture
@@ -463,7 +640,7 @@ def _leave_unprocessed(times: int) -> Callable[..., None]:
 def _throttled_store(table: str, times: int, read_budget_s: float) -> DynamoDbStore:
     client = dynamodb_client()
     client.meta.events.register("after-call.dynamodb.BatchGetItem", _leave_unprocessed(times))
-    return DynamoDbStore(table, client, read_budget_s=read_budget_s)
+    return DynamoDbStore(table, client, read_budget_s=read_budget_s, clock=ManualClock())
 
 
 def test_unprocessed_keys_are_asked_again(dynamodb_table: str) -> None:
@@ -483,8 +660,31 @@ def test_keys_still_unprocessed_when_the_budget_ends_are_a_store_timeout(
     store.close()
 
 
+def test_items_dynamodb_ttl_has_not_deleted_yet_are_misses(
+    dynamodb_table: str, clock: ManualClock
+) -> None:
+    client = dynamodb_client()
+    client.update_time_to_live(
+        TableName=dynamodb_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "_expires_at"},
+    )
+    described = client.describe_time_to_live(TableName=dynamodb_table)["TimeToLiveDescription"]
+    assert (described["TimeToLiveStatus"], described["AttributeName"]) == ("ENABLED", "_expires_at")
+    store = DynamoDbStore(dynamodb_table, client, clock=clock)
+    store.write([parse_update(FEATURES, "u1", NOW + 0.001, {"tx_count_1h": 1})])
+    key = {"_pk": {"S": "user:{u1}:features"}}
+    expires_at = int(client.get_item(TableName=dynamodb_table, Key=key)["Item"]["_expires_at"]["N"])
+    assert expires_at == NOW + ttl_s(FEATURES) + 1  # rounded up: never deleted while live
+    clock.now = expires_at
+    # DynamoDB deletes expired items lazily, up to about two days later: until then they are
+    # still there, and the store answers them as misses.
+    assert store.read([ReadRequest("u1", FEATURES, ("tx_count_1h",))]) == [None]
+    assert "Item" in client.get_item(TableName=dynamodb_table, Key=key)
+    store.close()
+
+
 def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
-    store = DynamoDbStore(dynamodb_table, dynamodb_client())
+    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
     store.write(
         [
             parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 3, "tx_sum_1h": 2.5}),
@@ -504,9 +704,13 @@ def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
         "_pk": {"S": "user:{u1}:features"},
         "_event_ms": ms,
         "_grp": {"S": "user:features"},
+        "_expires_at": {"N": str(NOW + 2 * 3600)},
         "tx_count_1h": {"N": "3"},
         "tx_sum_1h": {"N": "2.5"},
     }
+    for key, group in (("user:{u1}:recent_items", RECENT), ("user:{u1}:embedding", EMBEDDING)):
+        expires_at = NOW + int(group.ttl.total_seconds())
+        assert items[key]["_expires_at"] == {"N": str(expires_at)}
     members = items["user:{u1}:recent_items"]["recent_items"]["M"]
     assert {member: Decimal(score["N"]) for member, score in members.items()} == {"a": NOW}
     assert items["user:{u1}:embedding"]["embedding"] == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,8 @@ def backing_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def backing(backing_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore(backing_path)
+    """The backing store, on a clock pinned at ``NOW``, as ``rewarm`` is in these tests."""
+    store = SqliteStore(backing_path, clock=at_now)
     yield store
     store.close()
 
@@ -127,6 +129,26 @@ def test_groups_older_than_their_ttl_are_not_rewarmed(
     assert redis_client.exists("user:{old}:embedding") == 1
 
 
+def test_rewarm_writes_exactly_the_groups_the_backing_store_still_serves(
+    backing: SqliteStore, target: RedisStore
+) -> None:
+    # Event times around FEATURES' TTL: one ms inside it, at it, one ms past it.
+    ttl_ms = int(FEATURES.ttl.total_seconds() * 1000)
+    ages_ms = {"inside": ttl_ms - 1, "at": ttl_ms, "past": ttl_ms + 1}
+    backing.write(
+        [
+            parse_update(FEATURES, name, (NOW * 1000 - age) / 1000, {"tx_count_1h": 1})
+            for name, age in ages_ms.items()
+        ]
+    )
+    requests = [ReadRequest(name, FEATURES, ("tx_count_1h",)) for name in ages_ms]
+    served = backing.read(requests)
+    assert served == [{"tx_count_1h": 1}, None, None]
+    report = rewarm(backing, target, [FEATURES], clock=at_now)
+    assert (report.written, report.expired) == (1, 2)
+    assert target.read(requests) == served
+
+
 def test_only_the_named_groups_are_rewarmed(
     backing: SqliteStore, target: RedisStore, redis_client: redis.Redis
 ) -> None:
@@ -144,12 +166,15 @@ def run_cli(*argv: str) -> int:
     return code
 
 
-def test_the_command_rewarms_redis(
-    backing: SqliteStore, backing_path: Path, redis_url: str, target: RedisStore
-) -> None:
-    backing.write(held_updates(int(time.time()), users=5))
-    assert run_cli("--backing", f"sqlite:{backing_path}", "--redis-url", redis_url) == 0
-    assert target.read(every_group(5)) == backing.read(every_group(5))
+def test_the_command_rewarms_redis(backing_path: Path, redis_url: str, target: RedisStore) -> None:
+    # The command and this store run on the real clock; an hour of slack past the TTL.
+    now = int(time.time())
+    expired = parse_update(FEATURES, "gone", now - 3 * 3600, {"tx_count_1h": 1})
+    with closing(SqliteStore(backing_path)) as backing:
+        backing.write([*held_updates(now, users=5), expired])
+        assert run_cli("--backing", f"sqlite:{backing_path}", "--redis-url", redis_url) == 0
+        assert target.read(every_group(5)) == backing.read(every_group(5))
+    assert target.read([ReadRequest("gone", FEATURES, ("tx_count_1h",))]) == [None]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,18 @@ them apart, and it applies Redis' ordering rule (``apply``):
   higher score, the newest ``top_n`` are kept, the event time is the newest
   seen.
 
+A group whose event time is older than its TTL (``FeatureGroup.ttl``) has
+expired: ``is_live`` is the one rule, live iff ``event_ms + ttl_ms >
+now_ms``, with ``now_ms`` from the store's injectable clock (``time.time``
+unless a test pins it).  An expired group counts as absent, as a key Redis
+has expired does: for reads (``answer`` says ``None``, so the resolver falls
+through to stale values and defaults) and for writes (``apply`` neither
+merges into it nor skips an update as older than it).  Redis counts a key's
+TTL from the write, not the event, so it can keep a backfilled group longer.
+Stores keep expired records until a write replaces them (or DynamoDB's own
+TTL deletes them, see ``dynamodb``); ``scan`` yields them, and ``featserve
+rewarm`` skips them by the same rule.
+
 Values are held in their normalized Python form (``HeldGroup``); each store
 encodes that to its own storage form and passes what it reads back through
 ``checked_values``, which leaves out (and logs) values the registry no
@@ -26,9 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
 from features.burst_log import BurstLog
@@ -40,20 +54,29 @@ from features.timing import StageTimer
 __all__ = [
     "AsyncBackingStore",
     "BackingStore",
+    "Clock",
     "HeldGroup",
     "answer",
     "apply",
     "checked_values",
     "entity_id_of",
+    "epoch_ms",
+    "expires_at_ms",
     "group_label",
+    "is_live",
     "merge_members",
+    "oldest_live_ms",
     "open_backing_store",
+    "unexpired",
 ]
 
 _log = logging.getLogger(__name__)
 _bad_value_log = BurstLog(_log)
 
 _T = TypeVar("_T")
+
+Clock = Callable[[], float]
+"""Now, in epoch seconds: ``time.time``, or a fixed time in tests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +97,7 @@ class BackingStore(Protocol):
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
     ) -> list[StoredValues | None]:
-        """See ``OnlineStore.read``."""
+        """See ``OnlineStore.read``; an expired group reads as ``None`` (``answer``)."""
         ...
 
     def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
@@ -82,7 +105,7 @@ class BackingStore(Protocol):
         ...
 
     def scan(self, group: FeatureGroup) -> Iterator[FeatureUpdate]:
-        """Every entity group of ``group`` held, as an update at its held event time."""
+        """Every entity group of ``group`` held, expired or not, at its held event time."""
         ...
 
     def close(self) -> None:
@@ -100,9 +123,54 @@ def entity_id_of(key: str, group: FeatureGroup) -> str:
     return key[len(group.entity.name) + 2 : -(len(group.name) + 2)]
 
 
-def apply(held: HeldGroup | None, update: FeatureUpdate) -> HeldGroup | None:
-    """What to hold after ``update``, or ``None`` when it is skipped as older than ``held``."""
+def epoch_ms(clock: Clock) -> int:
+    """``clock``'s time in whole epoch milliseconds.
+
+    Rounded down, which changes no answer of ``is_live``: event times are whole
+    milliseconds too.
+    """
+    return math.floor(clock() * 1000)
+
+
+def _ttl_ms(group: FeatureGroup) -> int:
+    return group.ttl // timedelta(milliseconds=1)
+
+
+def is_live(group: FeatureGroup, event_ms: int, now_ms: int) -> bool:
+    """Whether values of ``group`` as of ``event_ms`` are within its TTL at ``now_ms``.
+
+    The backing tier's one expiry rule: live iff ``event_ms + ttl_ms > now_ms``.
+    """
+    return event_ms + _ttl_ms(group) > now_ms
+
+
+def expires_at_ms(group: FeatureGroup, event_ms: int) -> int:
+    """The first time at which ``is_live`` says values of ``group`` as of ``event_ms`` expired."""
+    return event_ms + _ttl_ms(group)
+
+
+def oldest_live_ms(group: FeatureGroup, now_ms: int) -> int:
+    """The oldest event time of ``group`` that ``is_live`` accepts at ``now_ms``.
+
+    For a store that checks liveness on the server, in a condition.
+    """
+    return now_ms - _ttl_ms(group) + 1
+
+
+def unexpired(group: FeatureGroup, held: HeldGroup | None, now_ms: int) -> HeldGroup | None:
+    """``held``, or ``None`` when it has expired: an expired group counts as absent."""
+    if held is None or not is_live(group, held.event_ms, now_ms):
+        return None
+    return held
+
+
+def apply(held: HeldGroup | None, update: FeatureUpdate, now_ms: int) -> HeldGroup | None:
+    """What to hold after ``update`` at ``now_ms``, or ``None`` when it is older than ``held``.
+
+    An expired ``held`` counts as absent: the update replaces it whole.
+    """
     group = update.group
+    held = unexpired(group, held, now_ms)
     if group.structure is Structure.SORTED_SET:
         return merge_members(held, update)
     if held is None:
@@ -129,11 +197,15 @@ def _newest_first(members: Mapping[str, float]) -> list[str]:
     return sorted(members, key=lambda member: (members[member], member), reverse=True)
 
 
-def answer(request: ReadRequest, held: HeldGroup | None) -> StoredValues | None:
-    """What the Redis store would return for ``request`` if Redis held ``held``."""
+def answer(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> StoredValues | None:
+    """What the Redis store would return for ``request`` at ``now_ms`` if Redis held ``held``.
+
+    ``None`` when ``held`` is ``None`` or has expired (``is_live``).
+    """
+    group = request.group
+    held = unexpired(group, held, now_ms)
     if held is None:
         return None
-    group = request.group
     if group.structure is Structure.HASH:
         found = {name: held.values[name] for name in request.fields if name in held.values}
         return found or None
@@ -237,6 +309,7 @@ class AsyncBackingStore:
 def open_backing_store(spec: str) -> BackingStore:
     """The store a spec names: ``sqlite:PATH`` or ``dynamodb:TABLE``; ``ValueError`` otherwise.
 
+    The store reads the real clock (``time.time``) to expire groups.
     DynamoDB's endpoint, region and credentials come from the usual AWS
     variables (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ...).  Each
     implementation is imported only when named, so SQLite users never load

@@ -5,6 +5,9 @@ Table layout: one item per entity group.
 - ``_pk`` (S), the partition key: the Redis key string, ``user:{u1}:features``.
 - ``_event_ms`` (N): the event time of the values the item holds.
 - ``_grp`` (S): ``entity:group`` (``user:features``), what ``scan`` filters on.
+- ``_expires_at`` (N): when the group's TTL runs out, ``_event_ms`` plus the
+  TTL, in epoch seconds rounded up: the attribute to give DynamoDB's own TTL
+  feature (below).
 - hash group: one N attribute per feature, named as the feature.
 - sorted-set group: one M attribute named as the feature, member -> score (N),
   trimmed to the group's ``top_n`` newest; plus ``_rev`` (N), a revision
@@ -18,6 +21,14 @@ Table layout: one item per entity group.
 Bookkeeping attributes start with ``_``, which the registry forbids in
 feature names, so no feature can collide with them.
 
+Expiry: a group older than its TTL counts as absent (``backing.is_live``,
+by ``_event_ms`` and the store's clock): reads answer it as a miss, and a
+write replaces it whole instead of merging into it.  The store deletes
+nothing.  DynamoDB's TTL, enabled on ``_expires_at``, deletes expired items,
+but lazily, in the background: an item can linger for up to about 48 hours
+after it expired (AWS now says "a few days"), and reads return it until
+then, so reads filter by event time regardless.
+
 Reads are ``BatchGetItem`` calls of at most 100 distinct keys (eventually
 consistent).  Keys DynamoDB leaves unprocessed (throttling) are asked
 again after a short, doubling backoff while the read's budget
@@ -25,13 +36,18 @@ again after a short, doubling backoff while the read's budget
 raises ``StoreTimeout`` rather than report keys as absent that were never
 looked at.
 
-Writes are one ``UpdateItem`` each.  Hash and string writes carry the
-condition ``attribute_not_exists(_pk) OR _event_ms <= :event_ms``: an older
-event fails it and is skipped (False); a hash update ``SET``s only its own
-attributes, so a partial update merges.  A sorted set needs a max per member
-and a trim, which no update expression can do, so it is read (consistent),
-merged in Python (``backing.merge_members``) and written on condition that ``_rev``
-is unchanged, retried when another writer got there first.
+Writes are conditional ``UpdateItem`` calls; a failed condition returns the
+item as it was.  A string write's condition is that the item is absent, not
+newer than the update, or expired: an older event fails it and is skipped
+(False).  A hash update ``SET``s only its own attributes, so a partial
+update merges, on condition that the item is absent, or live and not newer;
+when it fails on an expired item, a second ``UpdateItem`` replaces that
+whole, removing the features the update lacks, on condition that
+``_event_ms`` is unchanged.  A sorted set needs a max per member and a trim,
+which no update expression can do, so it is read (consistent), merged in
+Python (``backing.merge_members``; into nothing when expired) and written on
+condition that ``_rev`` is unchanged.  Both retry when another writer got
+there first.
 
 botocore's errors are translated into ``StoreError`` leaves here and
 nowhere else.
@@ -56,12 +72,18 @@ from features.keys import feature_key
 from features.registry import FeatureGroup, Structure
 from features.stores.backing import (
     AsyncBackingStore,
+    Clock,
     HeldGroup,
     answer,
     checked_values,
     entity_id_of,
+    epoch_ms,
+    expires_at_ms,
     group_label,
+    is_live,
     merge_members,
+    oldest_live_ms,
+    unexpired,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
 from features.timing import StageTimer
@@ -71,13 +93,15 @@ __all__ = ["AsyncDynamoDbStore", "DynamoDbStore", "create_table", "dynamodb_clie
 KEYS_PER_BATCH = 100
 """The most keys one ``BatchGetItem`` call may ask for."""
 
-SORTED_SET_ATTEMPTS = 8
-"""How often a sorted-set write re-reads and retries when another writer changed the item."""
+WRITE_ATTEMPTS = 8
+"""How often a sorted-set write, or a hash write replacing an expired item, retries when
+another writer changed the item."""
 
 _PK = "_pk"
 _EVENT_MS = "_event_ms"
 _GROUP = "_grp"
 _REV = "_rev"
+_EXPIRES_AT = "_expires_at"
 
 _FIRST_BACKOFF_S = 0.005
 _MAX_BACKOFF_S = 0.1
@@ -170,14 +194,25 @@ def _key(group: FeatureGroup, entity_id: str) -> str:
     return feature_key(group.entity.name, entity_id, group.name)
 
 
+def _expires_at_s(group: FeatureGroup, event_ms: int) -> int:
+    """``_expires_at``: rounded up, so DynamoDB's TTL never deletes a live item."""
+    return -(-expires_at_ms(group, event_ms) // 1000)
+
+
 class DynamoDbStore:
     """The DynamoDB store over a boto3 client (``dynamodb_client``); thread-safe."""
 
-    def __init__(self, table_name: str, client: Any, read_budget_s: float = 0.1) -> None:
-        """Use table ``table_name``; a read retries unprocessed keys for ``read_budget_s``."""
+    def __init__(
+        self, table_name: str, client: Any, read_budget_s: float = 0.1, clock: Clock = time.time
+    ) -> None:
+        """Use table ``table_name``; a read retries unprocessed keys for ``read_budget_s``.
+
+        ``clock`` says which groups have expired.
+        """
         self._table = table_name
         self._client = client
         self._read_budget_s = read_budget_s
+        self._clock = clock
 
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
@@ -195,8 +230,9 @@ class DynamoDbStore:
         items: dict[str, Mapping[str, Any]] = {}
         for start in range(0, len(distinct), KEYS_PER_BATCH):
             items.update(self._batch_get(distinct[start : start + KEYS_PER_BATCH], deadline))
+        now_ms = epoch_ms(self._clock)
         return [
-            answer(request, None if key not in items else _held(request.group, items[key]))
+            answer(request, None if key not in items else _held(request.group, items[key]), now_ms)
             for request, key in zip(requests, keys, strict=True)
         ]
 
@@ -223,50 +259,92 @@ class DynamoDbStore:
 
         True where applied; False where skipped as older than the held event.
         """
+        now_ms = epoch_ms(self._clock)
         with _translated_errors():
             return [
-                self._write_members(update)
+                self._write_members(update, now_ms)
                 if update.group.structure is Structure.SORTED_SET
-                else self._write_values(update)
+                else self._write_values(update, now_ms)
                 for update in updates
             ]
 
-    def _write_values(self, update: FeatureUpdate) -> bool:
+    def _write_values(self, update: FeatureUpdate, now_ms: int) -> bool:
         group = update.group
+        key = _key(group, update.entity_id)
         values: dict[str, Any]
         if group.structure is Structure.HASH:
             values = {name: _number(value) for name, value in update.values.items()}
         else:
             feature = group.features[0]
             values = {feature.name: feature.kind.encode(update.values[feature.name])}
-        names = {"#pk": _PK, "#e": _EVENT_MS, "#g": _GROUP}
-        bound: dict[str, Any] = {":e": update.event_ms, ":g": group_label(group)}
-        assignments = ["#e = :e", "#g = :g"]
+        names = {"#e": _EVENT_MS, "#g": _GROUP, "#x": _EXPIRES_AT}
+        bound: dict[str, Any] = {
+            ":e": update.event_ms,
+            ":g": group_label(group),
+            ":x": _expires_at_s(group, update.event_ms),
+        }
+        assignments = ["#e = :e", "#g = :g", "#x = :x"]
         for index, (name, value) in enumerate(values.items()):
             names[f"#f{index}"] = name
             bound[f":v{index}"] = value
             assignments.append(f"#f{index} = :v{index}")
-        return self._update(
-            _key(group, update.entity_id),
-            "SET " + ", ".join(assignments),
-            "attribute_not_exists(#pk) OR #e <= :e",
-            names,
-            bound,
-        )
+        expression = "SET " + ", ".join(assignments)
+        live = {":live": oldest_live_ms(group, now_ms)}
+        if group.structure is Structure.STRING:
+            # One attribute, replaced whole: an expired item needs nothing removed.
+            refused = self._update(
+                key,
+                expression,
+                "attribute_not_exists(#pk) OR #e <= :e OR #e < :live",
+                names | {"#pk": _PK},
+                bound | live,
+            )
+            return refused is None
+        lacking = [name for name in group.feature_names if name not in values]
+        removed = {f"#r{index}": name for index, name in enumerate(lacking)}
+        replacement = expression + (f" REMOVE {', '.join(removed)}" if removed else "")
+        for _ in range(WRITE_ATTEMPTS):
+            refused = self._update(
+                key,
+                expression,
+                "attribute_not_exists(#pk) OR (#e >= :live AND #e <= :e)",
+                names | {"#pk": _PK},
+                bound | live,
+            )
+            if refused is None:
+                return True
+            held_ms = int(refused[_EVENT_MS]["N"])
+            if is_live(group, held_ms, now_ms):
+                return False
+            unchanged = {":held": held_ms}
+            if (
+                self._update(key, replacement, "#e = :held", names | removed, bound | unchanged)
+                is None
+            ):
+                return True
+        raise StoreError(f"{key} changed under {WRITE_ATTEMPTS} hash writes in a row")
 
-    def _write_members(self, update: FeatureUpdate) -> bool:
+    def _write_members(self, update: FeatureUpdate, now_ms: int) -> bool:
         group = update.group
         key = _key(group, update.entity_id)
-        for _ in range(SORTED_SET_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             reply = self._client.get_item(
                 TableName=self._table, Key={_PK: {"S": key}}, ConsistentRead=True
             )
             item = reply.get("Item")
-            after = merge_members(None if item is None else _held(group, item), update)
-            names = {"#e": _EVENT_MS, "#g": _GROUP, "#m": group.features[0].name, "#rev": _REV}
+            held = None if item is None else _held(group, item)
+            after = merge_members(unexpired(group, held, now_ms), update)
+            names = {
+                "#e": _EVENT_MS,
+                "#g": _GROUP,
+                "#x": _EXPIRES_AT,
+                "#m": group.features[0].name,
+                "#rev": _REV,
+            }
             bound: dict[str, Any] = {
                 ":e": after.event_ms,
                 ":g": group_label(group),
+                ":x": _expires_at_s(group, after.event_ms),
                 ":m": {member: _number(score) for member, score in after.values.items()},
             }
             if item is None:
@@ -276,10 +354,10 @@ class DynamoDbStore:
                 condition = "#rev = :rev"
                 bound[":rev"] = int(item[_REV]["N"])
                 bound[":next"] = bound[":rev"] + 1
-            expression = "SET #e = :e, #g = :g, #m = :m, #rev = :next"
-            if self._update(key, expression, condition, names, bound):
+            expression = "SET #e = :e, #g = :g, #x = :x, #m = :m, #rev = :next"
+            if self._update(key, expression, condition, names, bound) is None:
                 return True
-        raise StoreError(f"{key} changed under {SORTED_SET_ATTEMPTS} sorted-set writes in a row")
+        raise StoreError(f"{key} changed under {WRITE_ATTEMPTS} sorted-set writes in a row")
 
     def _update(
         self,
@@ -288,8 +366,11 @@ class DynamoDbStore:
         condition: str,
         names: Mapping[str, str],
         values: Mapping[str, Any],
-    ) -> bool:
-        """One conditional ``UpdateItem``; False when the condition failed."""
+    ) -> Mapping[str, Any] | None:
+        """One conditional ``UpdateItem``: ``None`` when applied.
+
+        When the condition failed: the item as it saw it (``{}`` when there was none).
+        """
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -300,12 +381,14 @@ class DynamoDbStore:
                 ExpressionAttributeValues={
                     name: _serializer.serialize(value) for name, value in values.items()
                 },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) == "ConditionalCheckFailedException":
-                return False
+                refused: Mapping[str, Any] = exc.response.get("Item", {})
+                return refused
             raise
-        return True
+        return None
 
     def scan(self, group: FeatureGroup) -> Iterator[FeatureUpdate]:
         """Every held entity group of ``group``, a page (up to 1 MB) at a time."""
@@ -342,9 +425,10 @@ class AsyncDynamoDbStore(AsyncBackingStore):
         read_budget_s: float = 0.1,
         workers: int = 8,
         max_pending: int = 64,
+        clock: Clock = time.time,
     ) -> None:
         super().__init__(
-            partial(DynamoDbStore, table_name, client, read_budget_s),
+            partial(DynamoDbStore, table_name, client, read_budget_s, clock),
             workers=workers,
             max_pending=max_pending,
         )

@@ -16,14 +16,17 @@ The database runs in WAL mode, so reads never wait for a writer.  A
 ``write`` call is one ``BEGIN IMMEDIATE`` transaction: it takes the write
 lock first, reads the held rows, applies the ordering rule
 (``backing.apply``) and upserts, so writers in other threads or processes
-cannot interleave and an older event never replaces a newer one.  sqlite3
-errors are translated into ``StoreError`` leaves here and nowhere else.
+cannot interleave and an older event never replaces a newer one.  Rows
+are kept past their group's TTL; reads answer them as absent and writes
+replace them whole (``backing.answer``, ``backing.apply``).  sqlite3 errors
+are translated into ``StoreError`` leaves here and nowhere else.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -34,11 +37,13 @@ from features.keys import feature_key
 from features.registry import FeatureGroup
 from features.stores.backing import (
     AsyncBackingStore,
+    Clock,
     HeldGroup,
     answer,
     apply,
     checked_values,
     entity_id_of,
+    epoch_ms,
     group_label,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
@@ -97,12 +102,15 @@ def _decode(group: FeatureGroup, event_ms: int, text: str) -> HeldGroup:
 class SqliteStore:
     """The SQLite store over one connection, used from the thread that opened it."""
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, path: str | Path, busy_timeout_s: float = 5.0, clock: Clock = time.time
+    ) -> None:
         """Open (creating if needed) the database at ``path``.
 
         A write waits up to ``busy_timeout_s`` for another writer's lock, then
-        fails with ``StoreTimeout``.
+        fails with ``StoreTimeout``.  ``clock`` says which groups have expired.
         """
+        self._clock = clock
         with _translated_errors():
             self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
             try:
@@ -126,11 +134,12 @@ class SqliteStore:
         keys = [_key(request.group, request.entity_id) for request in requests]
         with _translated_errors():
             rows = self._select(keys)
+        now_ms = epoch_ms(self._clock)
         answers: list[StoredValues | None] = []
         for request, key in zip(requests, keys, strict=True):
             row = rows.get(key)
             held = None if row is None else _decode(request.group, row[1], row[2])
-            answers.append(answer(request, held))
+            answers.append(answer(request, held, now_ms))
         return answers
 
     def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
@@ -143,13 +152,14 @@ class SqliteStore:
         keys = [_key(update.group, update.entity_id) for update in updates]
         with _translated_errors(), self._transaction():
             rows = self._select(keys)
+            now_ms = epoch_ms(self._clock)
             held: dict[str, HeldGroup] = {}
             upserts: dict[str, tuple[str, str, int, str]] = {}
             applied: list[bool] = []
             for update, key in zip(updates, keys, strict=True):
                 if key not in held and key in rows:
                     held[key] = _decode(update.group, rows[key][1], rows[key][2])
-                after = apply(held.get(key), update)
+                after = apply(held.get(key), update, now_ms)
                 applied.append(after is not None)
                 if after is not None:
                     held[key] = after
@@ -209,8 +219,12 @@ class AsyncSqliteStore(AsyncBackingStore):
     """``SqliteStore`` on one dedicated worker thread that owns its one connection."""
 
     def __init__(
-        self, path: str | Path, busy_timeout_s: float = 5.0, max_pending: int = 64
+        self,
+        path: str | Path,
+        busy_timeout_s: float = 5.0,
+        max_pending: int = 64,
+        clock: Clock = time.time,
     ) -> None:
         super().__init__(
-            partial(SqliteStore, path, busy_timeout_s), workers=1, max_pending=max_pending
+            partial(SqliteStore, path, busy_timeout_s, clock), workers=1, max_pending=max_pending
         )
