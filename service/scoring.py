@@ -77,7 +77,8 @@ class Scorer:
             stored = [_merged(entity) for entity in entities]
             inputs = self._inputs(requests, stored)
         # Inputs are finite by construction (validated amounts, decoded or default features),
-        # so scikit-learn's own finiteness scan is skipped.
+        # so scikit-learn's finiteness scan is skipped when the model runs in scikit-learn
+        # (models.compiled_trees.fastest_classifier's fallback).
         with timer.stage("inference"), sklearn.config_context(assume_finite=True):
             scores = self._classifier.predict_proba(inputs)[:, 1]
         return [

@@ -30,6 +30,7 @@ from features.stores.write_through import AsyncWriteThrough
 from features.tiers import async_backing_store, backing_tier, redis_tier
 from features.timing import StageTimer
 from features.updates import parse_update
+from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
 from service import request_timeout
@@ -86,7 +87,13 @@ class FraudScorer:
             tiers.append(backing_tier(self.backing, SETTINGS))
             self.write_store = AsyncWriteThrough(self.redis_writes, self.backing)
         self.resolver = Resolver(FRAUD_REGISTRY, tiers, cache, SETTINGS.deadline_s)
-        self.scorer = Scorer(self.resolver, model.estimator, model.schema, model.threshold)
+        classifier = fastest_classifier(model.estimator)
+        self.inference = (
+            "compiled trees (models/compiled_trees.py)"
+            if isinstance(classifier, CompiledGradientBoosting)
+            else "scikit-learn predict_proba"
+        )
+        self.scorer = Scorer(self.resolver, classifier, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
         status_app.state.scorer = self
 
@@ -216,6 +223,7 @@ class FraudScorer:
         redis_up = await self.store.ping()
         return {
             "model": self.model_tag,
+            "inference": self.inference,
             "redis": "up"
             if redis_up
             else "down (serving from fallbacks: stale, backing, defaults)",
