@@ -35,7 +35,7 @@ from features.cache import FeatureCache
 from features.keys import feature_key
 from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY, USER_FEATURES
-from features.resolver import GroupResult, Resolver
+from features.resolver import CachedGroup, Resolver
 from features.settings import Settings
 from features.stores.redis import AsyncRedisStore, async_client
 from features.tiers import redis_tier
@@ -60,7 +60,7 @@ async def resolver_over(
         redis_url=redis_url, cache_ttl_s=cache_ttl_s, redis_socket_timeout_ms=deadline_s * 1000.0
     )
     store = AsyncRedisStore(async_client(settings))
-    cache: FeatureCache[GroupResult] = FeatureCache(
+    cache: FeatureCache[CachedGroup] = FeatureCache(
         settings.cache_ttl_s, settings.cache_maxsize, settings.stale_cache_maxsize
     )
     try:

@@ -38,7 +38,7 @@ from features.registry import FeatureGroup, Registry
 from features.stores.base import AsyncOnlineStore, ReadRequest, StoredValues
 from features.timing import StageTimer
 
-__all__ = ["EntityFeatures", "GroupResult", "Resolver", "Source", "Tier"]
+__all__ = ["CachedGroup", "EntityFeatures", "GroupResult", "Resolver", "Source", "Tier"]
 
 _log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ class EntityFeatures:
 
 
 _CacheKey = tuple[str, str, str, tuple[str, ...]]
+"""(entity type, entity id, group, requested fields)."""
+
+CachedGroup = tuple[tuple[Any, ...], tuple[str, ...]]
+"""What the cache keeps of a group: its values in the key's field order, and the defaulted
+names.  Tuples of numbers and strings, which the garbage collector stops tracking."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ class _Fetched:
     """What one fetch produced for one key: the caller's result and the cache's copy."""
 
     result: GroupResult
-    cached: GroupResult | None
+    cached: CachedGroup | None
 
 
 class Resolver:
@@ -113,7 +118,7 @@ class Resolver:
         self,
         registry: Registry,
         tiers: Sequence[Tier],
-        cache: FeatureCache[GroupResult],
+        cache: FeatureCache[CachedGroup],
         deadline_s: float = DEFAULT_DEADLINE_S,
         error_log: BurstLog | None = None,
         loop_lag_s: float = LOOP_LAG_S,
@@ -175,7 +180,7 @@ class Resolver:
             for index, key in enumerate(keys):
                 hit = self._cache.get(key)
                 if hit is not None:
-                    results[index] = hit
+                    results[index] = _from_cache(key, hit, Source.CACHE)
                     continue
                 running = self._in_flight.join(key)
                 if running is not None:
@@ -292,22 +297,35 @@ def _known_outcome(outcome: _Fetched | None) -> _Fetched:
 
 def _from_store(request: ReadRequest, stored: StoredValues, source: Source) -> _Fetched:
     result = _fill(request, stored, source)
-    return _Fetched(result, GroupResult(result.values, Source.CACHE, result.defaulted))
+    return _Fetched(result, _compact(result))
+
+
+def _compact(result: GroupResult) -> CachedGroup:
+    return tuple(result.values.values()), result.defaulted
+
+
+def _from_cache(
+    key: _CacheKey, cached: CachedGroup, source: Source, age_s: float | None = None
+) -> GroupResult:
+    values, defaulted = cached
+    return GroupResult(
+        MappingProxyType(dict(zip(key[3], values, strict=True))), source, defaulted, age_s
+    )
 
 
 def _fallback(
-    request: ReadRequest, key: _CacheKey, cache: FeatureCache[GroupResult], failed: bool
+    request: ReadRequest, key: _CacheKey, cache: FeatureCache[CachedGroup], failed: bool
 ) -> _Fetched:
     """No store had it: a recent stale value if a store failed, else the defaults."""
     if failed:
         known = cache.get_stale(key)
         if known is not None and known[1] <= request.group.freshness.total_seconds():
             value, age_s = known
-            return _Fetched(GroupResult(value.values, Source.STALE, value.defaulted, age_s), None)
+            return _Fetched(_from_cache(key, value, Source.STALE, age_s), None)
         return _Fetched(_fill(request, None, Source.DEFAULT), None)
     # Every store answered that it holds nothing: remember that, briefly.
     result = _fill(request, None, Source.DEFAULT)
-    return _Fetched(result, GroupResult(result.values, Source.CACHE, result.defaulted))
+    return _Fetched(result, _compact(result))
 
 
 def _fill(request: ReadRequest, stored: StoredValues | None, source: Source) -> GroupResult:

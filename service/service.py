@@ -21,7 +21,7 @@ from starlette.routing import Route
 from features.cache import FeatureCache
 from features.errors import InvalidUpdate, RegistryError, StoreError
 from features.registry import FRAUD_REGISTRY
-from features.resolver import EntityFeatures, GroupResult, Resolver
+from features.resolver import CachedGroup, EntityFeatures, Resolver
 from features.settings import Settings
 from features.stores.backing import AsyncBackingStore
 from features.stores.base import AsyncOnlineStore
@@ -75,7 +75,7 @@ class FraudScorer:
         require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
         self.model_tag = model.tag
         self.store = AsyncRedisStore(async_client(SETTINGS))
-        cache: FeatureCache[GroupResult] = FeatureCache(
+        cache: FeatureCache[CachedGroup] = FeatureCache(
             SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize, SETTINGS.stale_cache_maxsize
         )
         tiers = [redis_tier(self.store, SETTINGS)]

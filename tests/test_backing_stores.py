@@ -28,7 +28,7 @@ from features.cache import FeatureCache
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.local_redis import free_port
 from features.registry import FRAUD_REGISTRY, FeatureGroup
-from features.resolver import GroupResult, Resolver, Source
+from features.resolver import CachedGroup, GroupResult, Resolver, Source
 from features.settings import Settings
 from features.stores.backing import (
     AsyncBackingStore,
@@ -417,7 +417,7 @@ def test_the_resolver_falls_through_an_expired_backing_group_to_defaults(
                 ]
             )
             tiers = [redis_tier(redis_store, settings), backing_tier(backing, settings)]
-            cache: FeatureCache[GroupResult] = FeatureCache(0, 0)
+            cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
             # A generous deadline: this test is about tiers, not time.
             resolver = Resolver(FRAUD_REGISTRY, tiers, cache, 5.0)
             resolved = await resolver.resolve(

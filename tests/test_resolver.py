@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from features.cache import FeatureCache
 from features.errors import InvalidEntityId
 from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY
-from features.resolver import GroupResult, Resolver, Source
+from features.resolver import CachedGroup, GroupResult, Resolver, Source
 from features.settings import Settings
 from features.stores.base import FeatureUpdate
 from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
@@ -57,7 +58,7 @@ class Harness:
     def __init__(self, settings: Settings, clock: ManualClock | None = None) -> None:
         self.clock = clock or ManualClock()
         self.store = AsyncRedisStore(async_client(settings))
-        self.cache: FeatureCache[GroupResult] = FeatureCache(
+        self.cache: FeatureCache[CachedGroup] = FeatureCache(
             settings.cache_ttl_s, settings.cache_maxsize, timer=self.clock
         )
         self.log = BurstLog(logging.getLogger("test.resolver"), 10.0, timer=self.clock)
@@ -179,6 +180,34 @@ def test_a_cache_hit_keeps_values_and_says_which_were_defaulted(settings: Settin
     assert second.defaulted == first.defaulted
     with pytest.raises(TypeError):
         second.values["tx_count_1h"] = 99  # type: ignore[index]
+
+
+def test_cached_groups_are_left_out_of_garbage_collection(settings: Settings) -> None:
+    """A full collection walks every tracked object: a big cache of them is a long pause."""
+    write(
+        settings,
+        [
+            parse_update(USER_FEATURES, "u1", NOW, {"tx_count_1h": 2}),
+            parse_update(RECENT_ITEMS, "u1", NOW, {"recent_items": ["i1", "i2"]}),
+            parse_update(EMBEDDING, "u1", NOW, {"embedding": [0.5] * 16}),
+        ],
+    )
+
+    async def scenario() -> list[CachedGroup]:
+        h = Harness(settings)
+        selection = h.resolver.selection("user")
+        await h.resolver.resolve(["u1", "u2"], selection)
+        await h.store.close()
+        keys = [("user", u, g.name, fields) for u in ("u1", "u2") for g, fields in selection]
+        return [entry for entry in map(h.cache.get, keys) if entry is not None]
+
+    cached = run(scenario)
+    assert len(cached) == 6
+    # Each collection untracks the tuples whose items are all untracked, one level of
+    # nesting per pass: an entry gets these passes on its way through the generations.
+    for _ in range(3):
+        gc.collect()
+    assert [entry for entry in cached if gc.is_tracked(entry)] == []
 
 
 def test_concurrent_misses_for_one_entity_share_one_fetch(

@@ -16,7 +16,7 @@ from features.burst_log import BurstLog
 from features.cache import FeatureCache
 from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY
-from features.resolver import LOOP_LAG_S, GroupResult, Resolver, Source
+from features.resolver import LOOP_LAG_S, CachedGroup, GroupResult, Resolver, Source
 from features.settings import Settings
 from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
 from features.tiers import redis_tier
@@ -52,7 +52,7 @@ def resolver_for(
     """A resolver over ``settings``' Redis; by default any missed deadline counts against
     Redis, so a test process short of CPU still sees the breaker open."""
     store = AsyncRedisStore(async_client(settings))
-    cache: FeatureCache[GroupResult] = FeatureCache(
+    cache: FeatureCache[CachedGroup] = FeatureCache(
         settings.cache_ttl_s, settings.cache_maxsize, settings.stale_cache_maxsize, timer=clock
     )
     log = BurstLog(logging.getLogger("test.faults"), timer=clock)

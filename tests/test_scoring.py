@@ -13,7 +13,7 @@ import redis
 
 from features.cache import FeatureCache
 from features.registry import FRAUD_REGISTRY
-from features.resolver import GroupResult, Resolver
+from features.resolver import CachedGroup, Resolver
 from features.settings import Settings
 from features.stores.redis import AsyncRedisStore, async_client
 from features.tiers import redis_tier
@@ -50,7 +50,7 @@ def score(
 
     async def scenario() -> list[Any]:
         store = AsyncRedisStore(async_client(settings))
-        cache: FeatureCache[GroupResult] = FeatureCache(0, 0)
+        cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
         resolver = Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, 5.0)
         scorer = Scorer(resolver, classifier, trained.schema, trained.threshold)
         scored, _ = await scorer.score(requests, timer)
