@@ -65,6 +65,9 @@ class Feature:
     """The smallest valid value of an int or float feature; writes below it are refused."""
     maximum: float | None = None
     """The largest valid value of an int or float feature; writes above it are refused."""
+    kind: Dtype = field(init=False, repr=False, compare=False)
+    """The dtype object that parses, formats and checks this feature's values (from ``dtype``;
+    an attribute, not a property, because every value read goes through it)."""
 
     def __post_init__(self) -> None:
         _check_identifier(self.name, "feature name")
@@ -75,6 +78,7 @@ class Feature:
                 f"feature {self.name!r}: unknown dtype {self.dtype!r} "
                 f"(known: {', '.join(sorted(DTYPES))})"
             )
+        object.__setattr__(self, "kind", DTYPES[self.dtype])
         try:
             normalized = self.kind.normalize(self.default, self.dim)
         except (TypeError, ValueError) as exc:
@@ -99,11 +103,6 @@ class Feature:
         if self.maximum is not None and value > self.maximum:
             return f"{value!r} is above the maximum {self.maximum!r}"
         return None
-
-    @property
-    def kind(self) -> Dtype:
-        """The dtype object that parses, formats and checks this feature's values."""
-        return DTYPES[self.dtype]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,8 +41,8 @@ class ScoredRequest:
     entity_id: str
     score: float
     is_fraud: bool
-    sources: Mapping[str, str]
-    stale_age_s: Mapping[str, float]
+    sources: dict[str, str]
+    stale_age_s: dict[str, float]
     """For groups served stale: how old their values are."""
 
 
@@ -86,10 +85,8 @@ class Scorer:
                 entity.entity_id,
                 float(score),
                 bool(score >= self._threshold),
-                MappingProxyType({g: r.source.value for g, r in entity.groups.items()}),
-                MappingProxyType(
-                    {g: round(r.age_s, 3) for g, r in entity.groups.items() if r.age_s is not None}
-                ),
+                {g: r.source.value for g, r in entity.groups.items()},
+                {g: round(r.age_s, 3) for g, r in entity.groups.items() if r.age_s is not None},
             )
             for entity, score in zip(entities, scores, strict=True)
         ], entities

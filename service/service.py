@@ -253,10 +253,10 @@ def _result(scored: ScoredRequest) -> dict[str, Any]:
         "entity_id": scored.entity_id,
         "score": scored.score,
         "is_fraud": scored.is_fraud,
-        "sources": dict(scored.sources),
+        "sources": scored.sources,
     }
     if scored.stale_age_s:
-        result["stale_age_s"] = dict(scored.stale_age_s)
+        result["stale_age_s"] = scored.stale_age_s
     return result
 
 

@@ -126,12 +126,12 @@ def _decode(request: ReadRequest, reply: Any) -> StoredValues | None:
         _bad_value_log.error(f"Redis refused a read of {group.entity.name}:{group.name}", reply)
         return None
     if group.structure is Structure.HASH:
-        pairs = zip(request.fields, reply, strict=True)
+        by_name = group.by_name
         values: dict[str, Any] = {}
-        for name, raw in pairs:
+        for name, raw in zip(request.fields, reply, strict=True):
             if raw is None:
                 continue
-            feature = group.by_name[name]
+            feature = by_name[name]
             try:
                 values[name] = feature.kind.decode(raw, feature.dim)
             except ValueError as exc:
