@@ -181,11 +181,15 @@ class PhaseStats:
     sources: Counter[str]
     failures: tuple[str, ...] = ()
     """A few failed requests, as status and error, for the report."""
+    slowest_sent_at: float | None = None
+    """When the request with the slowest feature stage was sent (``time.monotonic``)."""
 
     @classmethod
     def of(cls, name: str, samples: Sequence[Sample]) -> PhaseStats:
         """Summarize ``samples``."""
-        features = sorted(s.features_ms for s in samples if s.features_ms is not None)
+        timed = [s for s in samples if s.features_ms is not None]
+        slowest = max(timed, key=lambda s: s.features_ms or 0.0, default=None)
+        features = sorted(s.features_ms for s in timed if s.features_ms is not None)
         totals = sorted(s.total_ms for s in samples if s.total_ms is not None)
         return cls(
             name=name,
@@ -197,6 +201,7 @@ class PhaseStats:
             total_p99_ms=_percentile(totals, 0.99),
             sources=Counter(s.source for s in samples if s.source),
             failures=tuple(f"{s.status}: {s.error}" for s in samples if s.status != 200)[:3],
+            slowest_sent_at=None if slowest is None else slowest.sent_at,
         )
 
 
