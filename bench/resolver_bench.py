@@ -38,7 +38,7 @@ from features.registry import FRAUD_REGISTRY, USER_FEATURES
 from features.resolver import CachedGroup, Resolver
 from features.settings import Settings
 from features.stores.base import ReadRequest
-from features.stores.redis import AsyncRedisStore, async_client
+from features.stores.redis import async_redis_store
 from features.tiers import redis_tier
 from service.demo import load_demo_data
 
@@ -60,7 +60,7 @@ async def resolver_over(
     settings = Settings(
         redis_url=redis_url, cache_ttl_s=cache_ttl_s, redis_socket_timeout_ms=deadline_s * 1000.0
     )
-    store = AsyncRedisStore(async_client(settings))
+    store = async_redis_store(settings)
     cache: FeatureCache[CachedGroup] = FeatureCache(
         settings.cache_ttl_s, settings.cache_maxsize, settings.stale_cache_maxsize
     )
@@ -96,7 +96,7 @@ async def measure(redis_url: str, iterations: int) -> list[Case]:
     """Every (size, path) case, ``iterations`` calls each after a short warm-up."""
     cases = []
     client = redis.asyncio.Redis.from_url(redis_url)
-    store = AsyncRedisStore(async_client(Settings(redis_url=redis_url)))
+    store = async_redis_store(Settings(redis_url=redis_url))
     try:
         async with (
             resolver_over(redis_url, cache_ttl_s=0.0) as cold,

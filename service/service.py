@@ -25,7 +25,7 @@ from features.resolver import CachedGroup, EntityFeatures, Resolver
 from features.settings import Settings
 from features.stores.backing import AsyncBackingStore
 from features.stores.base import AsyncOnlineStore
-from features.stores.redis import AsyncRedisStore, async_client
+from features.stores.redis import async_redis_store
 from features.stores.write_through import AsyncWriteThrough
 from features.tiers import async_backing_store, backing_tier, redis_tier
 from features.timing import StageTimer
@@ -74,12 +74,12 @@ class FraudScorer:
         model = load(self.model_ref.tag)
         require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
         self.model_tag = model.tag
-        self.store = AsyncRedisStore(async_client(SETTINGS))
+        self.store = async_redis_store(SETTINGS)
         cache: FeatureCache[CachedGroup] = FeatureCache(
             SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize, SETTINGS.stale_cache_maxsize
         )
         tiers = [redis_tier(self.store, SETTINGS)]
-        self.redis_writes = AsyncRedisStore(async_client(SETTINGS, for_writes=True))
+        self.redis_writes = async_redis_store(SETTINGS, for_writes=True)
         self.write_store: AsyncOnlineStore = self.redis_writes
         self.backing: AsyncBackingStore | None = None
         if SETTINGS.backing_store:

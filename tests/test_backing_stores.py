@@ -45,7 +45,7 @@ from features.stores.dynamodb import (
     create_table,
     dynamodb_client,
 )
-from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.stores.sqlite import AsyncSqliteStore, SqliteStore
 from features.tiers import backing_tier, redis_tier
 from features.timing import StageTimer
@@ -408,7 +408,7 @@ def test_the_resolver_falls_through_an_expired_backing_group_to_defaults(
 ) -> None:
     async def scenario() -> list[GroupResult]:
         backing = async_store(kind, async_where)
-        redis_store = AsyncRedisStore(async_client(settings))
+        redis_store = async_redis_store(settings)
         try:
             await backing.write(
                 [

@@ -17,7 +17,7 @@ from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import ReadRequest, StoredValues
-from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.updates import parse_update
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -48,7 +48,7 @@ def make_reader(kind: str, settings: Settings) -> tuple[Reader, Callable[[], Non
         sync_store = RedisStore(sync_client(settings))
         return sync_store.read, sync_store.close
     loop = asyncio.new_event_loop()
-    async_store = AsyncRedisStore(async_client(settings))
+    async_store = async_redis_store(settings)
 
     def read(requests: Sequence[ReadRequest]) -> list[StoredValues | None]:
         return loop.run_until_complete(async_store.read(requests))

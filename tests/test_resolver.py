@@ -19,7 +19,7 @@ from features.registry import FRAUD_REGISTRY
 from features.resolver import CachedGroup, GroupResult, Resolver, Source
 from features.settings import Settings
 from features.stores.base import FeatureUpdate
-from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.tiers import redis_tier
 from features.timing import StageTimer
 from features.updates import parse_update
@@ -57,7 +57,7 @@ class Harness:
 
     def __init__(self, settings: Settings, clock: ManualClock | None = None) -> None:
         self.clock = clock or ManualClock()
-        self.store = AsyncRedisStore(async_client(settings))
+        self.store = async_redis_store(settings)
         self.cache: FeatureCache[CachedGroup] = FeatureCache(
             settings.cache_ttl_s, settings.cache_maxsize, timer=self.clock
         )

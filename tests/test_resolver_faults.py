@@ -18,7 +18,7 @@ from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY
 from features.resolver import LOOP_LAG_S, CachedGroup, GroupResult, Resolver, Source
 from features.settings import Settings
-from features.stores.redis import AsyncRedisStore, RedisStore, async_client, sync_client
+from features.stores.redis import AsyncRedisStore, RedisStore, async_redis_store, sync_client
 from features.tiers import redis_tier
 from features.updates import parse_update
 from tests.support.tcp_proxy import TcpProxy
@@ -51,7 +51,7 @@ def resolver_for(
 ) -> tuple[Resolver, AsyncRedisStore]:
     """A resolver over ``settings``' Redis; by default any missed deadline counts against
     Redis, so a test process short of CPU still sees the breaker open."""
-    store = AsyncRedisStore(async_client(settings))
+    store = async_redis_store(settings)
     cache: FeatureCache[CachedGroup] = FeatureCache(
         settings.cache_ttl_s, settings.cache_maxsize, settings.stale_cache_maxsize, timer=clock
     )

@@ -15,7 +15,7 @@ from features.cache import FeatureCache
 from features.registry import FRAUD_REGISTRY
 from features.resolver import CachedGroup, Resolver
 from features.settings import Settings
-from features.stores.redis import AsyncRedisStore, async_client
+from features.stores.redis import async_redis_store
 from features.tiers import redis_tier
 from features.timing import StageTimer
 from models.train import TrainResult, train
@@ -49,7 +49,7 @@ def score(
     classifier = CountingClassifier(trained.estimator)
 
     async def scenario() -> list[Any]:
-        store = AsyncRedisStore(async_client(settings))
+        store = async_redis_store(settings)
         cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
         resolver = Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, 5.0)
         scorer = Scorer(resolver, classifier, trained.schema, trained.threshold)

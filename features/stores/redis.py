@@ -51,7 +51,7 @@ from features.timing import StageTimer
 __all__ = [
     "AsyncRedisStore",
     "RedisStore",
-    "async_client",
+    "async_redis_store",
     "sync_client",
 ]
 
@@ -62,10 +62,14 @@ WRITE_CHUNK_ROWS = 1000
 """Updates per pipelined write round trip."""
 
 
-def _client_options(settings: Settings, for_writes: bool) -> dict[str, Any]:
+def _timeout_s(settings: Settings, for_writes: bool) -> float:
     timeout_ms = settings.redis_write_timeout_ms if for_writes else settings.redis_socket_timeout_ms
+    return timeout_ms / 1000.0
+
+
+def _client_options(settings: Settings, socket_timeout_s: float | None) -> dict[str, Any]:
     return {
-        "socket_timeout": timeout_ms / 1000.0,
+        "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000.0,
         "retry": Retry(NoBackoff(), 0),
         "retry_on_timeout": False,
@@ -73,18 +77,36 @@ def _client_options(settings: Settings, for_writes: bool) -> dict[str, Any]:
     }
 
 
-def async_client(settings: Settings, for_writes: bool = False) -> redis.asyncio.Redis:
-    """A fail-fast asyncio client for the service; ``for_writes`` waits the write timeout."""
+def async_redis_store(settings: Settings, for_writes: bool = False) -> AsyncRedisStore:
+    """A fail-fast asyncio store for the service; ``for_writes`` waits the write timeout.
+
+    Its client has no socket timeout: the store bounds each call with one
+    ``asyncio.timeout`` instead.  With a socket timeout redis-py sends under
+    ``asyncio.wait_for``, which on Python 3.11 returns normally when the caller
+    is cancelled just as the send completes, so the resolver's deadline was lost
+    and the read waited on (seen in ``make faults``: a 25 ms feature stage with a
+    10 ms deadline after a Redis restart).
+    """
     if not settings.redis_url:
         raise StoreError("REDIS_URL is not set")
-    return redis.asyncio.Redis.from_url(settings.redis_url, **_client_options(settings, for_writes))
+    client = redis.asyncio.Redis.from_url(
+        settings.redis_url,
+        # Nothing is sent on connect (no HELLO, no CLIENT SETINFO): a connect that the
+        # deadline cancels cannot leave a reply behind for the next command to read.
+        protocol=2,
+        driver_info=None,
+        **_client_options(settings, None),
+    )
+    return AsyncRedisStore(client, _timeout_s(settings, for_writes))
 
 
 def sync_client(settings: Settings, for_writes: bool = False) -> redis.Redis:
     """A fail-fast blocking client for tools and tests; ``for_writes`` waits the write timeout."""
     if not settings.redis_url:
         raise StoreError("REDIS_URL is not set")
-    return redis.Redis.from_url(settings.redis_url, **_client_options(settings, for_writes))
+    return redis.Redis.from_url(
+        settings.redis_url, **_client_options(settings, _timeout_s(settings, for_writes))
+    )
 
 
 @contextmanager
@@ -253,15 +275,17 @@ class RedisStore:
 
 
 class AsyncRedisStore:
-    """The Redis store over an asyncio client (``async_client``), for the service."""
+    """The Redis store over an asyncio client, for the service; ``async_redis_store`` builds it.
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    Every call is bounded by ``timeout_s`` as a whole (one round trip of a read,
+    one chunk of a write, a ping).
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, timeout_s: float) -> None:
         self._client = client
         self._pool = client.connection_pool
         self._pool_size: int = self._pool.max_connections
-        self._round_trip_timeout_s: float | None = self._pool.connection_kwargs.get(
-            "socket_timeout"
-        )
+        self._timeout_s = timeout_s
         self._reads_in_flight = 0
 
     def pool_usage(self) -> float:
@@ -296,20 +320,21 @@ class AsyncRedisStore:
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
         commands = [_read_args(request) for request in requests]
         packed = b"".join([hiredis.pack_command(args) for args in commands])  # type: ignore[arg-type]
-        connection = await self._pool.get_connection()
-        try:
-            async with asyncio.timeout(self._round_trip_timeout_s):
+        async with asyncio.timeout(self._timeout_s):
+            connection = await self._pool.get_connection()
+            try:
                 await connection.send_packed_command(packed, check_health=False)
                 return [await _reply(connection) for _ in requests]
-        finally:
-            await self._pool.release(connection)
+            finally:
+                await self._pool.release(connection)
 
     async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
         """See ``RedisStore.write``."""
         applied: list[bool] = []
         with _translated_errors():
             for chunk in _chunks(updates):
-                applied += await self._write_chunk(chunk)
+                async with asyncio.timeout(self._timeout_s):
+                    applied += await self._write_chunk(chunk)
         return applied
 
     async def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> list[bool]:
@@ -328,7 +353,8 @@ class AsyncRedisStore:
         """Whether Redis answers a PING now."""
         try:
             with _translated_errors():
-                return bool(await self._client.ping())
+                async with asyncio.timeout(self._timeout_s):
+                    return bool(await self._client.ping())
         except StoreError:
             return False
 
