@@ -7,8 +7,9 @@ Linux, so comparable with other processes' times).  A process that only
 sleeps is scheduled within a few milliseconds of waking, even beside a
 busy one, so a long gap means the CPU was taken away (the virtual machine
 paused, the kernel busy), and no gap during a slow request means the CPU
-was there and the time went inside the service.  The fault drills use it
-to tell the two apart.
+was there and the time went inside the service.  ``make faults`` uses it
+with ``--watch-cpu`` to tell the two apart; off by default, since its
+wake-ups share the worker's CPU and widen the worker's tail a little.
 """
 
 from __future__ import annotations
