@@ -9,12 +9,14 @@ and reads them on one of redis-py's pooled connections, under one timeout
 for the whole round trip: for 100 entities that takes 0.4 ms where
 redis-py's asyncio ``Pipeline`` takes 1.8 ms (its pure-Python packer and a
 timeout per reply), and 46 us for one entity where ``hmget`` takes 70 us
-(``bench/resolver_bench.py`` measures both).  redis-py still owns the pool,
-connecting, the hiredis reply parser and disconnecting a connection left
-mid-reply.  The clients are built fail-fast (50 ms socket timeout, 100 ms
-connect timeout, no retries, a bounded pool that refuses rather than
-queues), since redis-py's defaults (5 s timeouts, retries) would spend a
-whole latency budget on one sick connection.  redis-py errors are
+(Redis on the same CPU; ``bench/resolver_bench.py`` measures both across
+CPUs).  redis-py still owns the pool, connecting, the hiredis reply parser
+and disconnecting a connection left mid-reply.  The stores are built
+fail-fast (50 ms per read round trip, 100 ms to connect, no retries, a
+bounded pool that refuses rather than queues), since redis-py's defaults
+(5 s timeouts, retries) would spend a whole latency budget on one sick
+connection; ``async_redis_store`` says why the asyncio one applies its
+timeout itself rather than through redis-py's socket timeout.  redis-py errors are
 translated into ``StoreError`` leaves here and nowhere else.
 """
 
