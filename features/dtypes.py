@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol
 
-__all__ = ["DTYPES", "Dtype"]
+__all__ = ["DTYPES", "INT64_MAX", "INT64_MIN", "Dtype"]
 
 
 class Dtype(Protocol):
@@ -41,26 +41,36 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The range of an ``int`` feature: the model's inputs are built from int64 columns."""
+
+
+def _within_int64(value: int) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"an integer of {len(str(abs(value)))} digits does not fit in 64 bits")
+    return value
+
+
 class _Int:
     name = "int"
 
     def normalize(self, value: Any, dim: int | None) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"expected an int, got {type(value).__name__}")
-        return value
+        return _within_int64(value)
 
     def encode(self, value: int) -> bytes:
         return b"%d" % value
 
     def decode(self, raw: bytes, dim: int | None) -> int:
         try:
-            return int(raw)
+            return _within_int64(int(raw))
         except ValueError:
             # Writers that format every number as a float ("3.0") are still read.
             as_float = float(raw)
             if not as_float.is_integer():
                 raise ValueError(f"{raw!r} is not an integer") from None
-            return int(as_float)
+            return _within_int64(int(as_float))
 
 
 class _Float:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from features.errors import StoreTimeout, StoreUnavailable
 from features.local_redis import LocalRedis
@@ -145,6 +146,51 @@ def test_invalid_values_are_left_out_not_raised(redis_client: redis.Redis, reade
     redis_client.set("user:{u1}:recent_items", b"a string where a sorted set belongs")
     answers = reader(read_all("u1"))
     assert answers == [{"is_premium": 1}, None, None]
+
+
+FULL_HASH = {
+    "tx_count_1h": ("3", 3),
+    "tx_sum_1h": ("120.5", 120.5),
+    "tx_count_24h": ("9", 9),
+    "tx_sum_24h": ("400.25", 400.25),
+    "account_age_days": ("30", 30),
+    "avg_tx_90d": ("44.0", 44.0),
+    "distinct_merchants_7d": ("4", 4),
+    "credit_score_bucket": ("2", 2),
+    "is_premium": ("1", 1),
+    "last_login_ts": ("1764230000", 1764230000),
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "stored", "expected"),
+    [
+        (None, None, None),
+        ("tx_count_1h", "3.0", 3),
+        ("tx_sum_1h", "nan", "left out"),
+        ("tx_sum_24h", "inf", "left out"),
+        ("account_age_days", "9" * 400, "left out"),
+        ("is_premium", "yes", "left out"),
+    ],
+    ids=["all well formed", "int written as float", "nan", "inf", "beyond int64", "not a number"],
+)
+def test_a_full_hash_decodes_every_field_or_leaves_out_only_the_bad_one(
+    redis_client: redis.Redis, reader: Reader, field: str | None, stored: str, expected: object
+) -> None:
+    assert set(FULL_HASH) == set(USER_FEATURES.feature_names)
+    raw: dict[FieldT, EncodableT] = {name: text for name, (text, _) in FULL_HASH.items()}
+    wanted: dict[str, object] = {name: value for name, (_, value) in FULL_HASH.items()}
+    if field is not None:
+        raw[field] = stored
+        if expected == "left out":
+            del wanted[field]
+        else:
+            wanted[field] = expected
+    redis_client.hset("user:{u1}:features", mapping=raw)
+    [values] = reader([ReadRequest("u1", USER_FEATURES, USER_FEATURES.feature_names)])
+    assert values == wanted
+    assert values is not None
+    assert [type(value) for value in values.values()] == [type(wanted[name]) for name in values]
 
 
 def test_reads_ask_only_for_the_requested_fields(redis_client: redis.Redis, reader: Reader) -> None:

@@ -57,6 +57,7 @@ def test_an_embedding_is_rounded_to_float32() -> None:
         ("features", "u1", NOW, {"tx_count_1h": 1.5}, "tx_count_1h", "expected an int"),
         ("features", "u1", NOW, {"tx_count_1h": "3"}, "tx_count_1h", "expected an int"),
         ("features", "u1", NOW, {"tx_count_1h": -1}, "tx_count_1h", "below the minimum 0"),
+        ("features", "u1", NOW, {"last_login_ts": 2**63}, "last_login_ts", "fit in 64 bits"),
         ("features", "u1", NOW, {"credit_score_bucket": 5}, "credit_score_bucket", "above"),
         ("features", "u1", NOW, {"tx_sum_1h": float("inf")}, "tx_sum_1h", "not finite"),
         ("embedding", "u1", NOW, {"embedding": [0.0] * 15}, "embedding", "expected 16 values"),
