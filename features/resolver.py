@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from features.breaker import CircuitBreaker
 from features.burst_log import BurstLog
@@ -38,7 +38,16 @@ from features.registry import FeatureGroup, Registry
 from features.stores.base import AsyncOnlineStore, ReadRequest, StoredValues
 from features.timing import StageTimer
 
-__all__ = ["CachedGroup", "EntityFeatures", "GroupResult", "Resolver", "Source", "Tier"]
+__all__ = [
+    "CachedGroup",
+    "EntityFeatures",
+    "GroupResult",
+    "ResolvedBatch",
+    "ResolvedGroup",
+    "Resolver",
+    "Source",
+    "Tier",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -91,12 +100,68 @@ class EntityFeatures:
     groups: Mapping[str, GroupResult]
 
 
-_CacheKey = tuple[str, str, str, tuple[str, ...]]
-"""(entity type, entity id, group, requested fields)."""
-
 CachedGroup = tuple[tuple[Any, ...], tuple[str, ...]]
 """What the cache keeps of a group: its values in the key's field order, and the defaulted
 names.  Tuples of numbers and strings, which the garbage collector stops tracking."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedGroup:
+    """One feature group of every entity in a batch: item ``i`` belongs to entity ``i``.
+
+    Kept as parallel tuples, not an object per entity: scoring turns ``values`` into
+    model columns with one ``zip``, and a batch of 100 builds no per-entity objects.
+    """
+
+    group: FeatureGroup
+    fields: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]
+    """Per entity: every requested feature in ``fields`` order, defaults filled in."""
+    defaulted: tuple[tuple[str, ...], ...]
+    sources: tuple[Source, ...]
+    stale_ages_s: tuple[float | None, ...]
+    """Per entity: for ``stale`` values, seconds since they were read from a store."""
+
+    def columns(self) -> dict[str, tuple[Any, ...]]:
+        """Each field's values across the batch, by name."""
+        if not self.values:
+            return dict.fromkeys(self.fields, ())
+        return dict(zip(self.fields, zip(*self.values, strict=True), strict=True))
+
+    def result(self, row: int) -> GroupResult:
+        """Entity ``row``'s values as a ``GroupResult``."""
+        values = MappingProxyType(dict(zip(self.fields, self.values[row], strict=True)))
+        return GroupResult(values, self.sources[row], self.defaulted[row], self.stale_ages_s[row])
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedBatch:
+    """What ``Resolver.resolve_batch`` found: every selected group of every entity."""
+
+    entity_ids: tuple[str, ...]
+    groups: tuple[ResolvedGroup, ...]
+
+    def entities(self) -> list[EntityFeatures]:
+        """The same values, one ``EntityFeatures`` per entity."""
+        return [
+            EntityFeatures(
+                entity_id,
+                MappingProxyType({group.group.name: group.result(row) for group in self.groups}),
+            )
+            for row, entity_id in enumerate(self.entity_ids)
+        ]
+
+
+_CacheKey = tuple[str, str, str, tuple[str, ...]]
+"""(entity type, entity id, group, requested fields)."""
+
+_Slot = tuple[tuple[Any, ...], tuple[str, ...], Source, float | None]
+"""One (entity, group) while resolving: values, defaulted names, source, stale age."""
+
+_Fetched = tuple[_Slot, bool]
+"""What one fetch produced for one key, and whether the cache should keep it."""
+
+_FROM_CACHE = (Source.CACHE, None)
 
 
 @dataclass(frozen=True)
@@ -108,14 +173,6 @@ class Tier:
     breaker: CircuitBreaker
     saturated: Callable[[], bool] = lambda: False
     """True when the store should be spared (its pool over 80 % in use): trips the breaker."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Fetched:
-    """What one fetch produced for one key: the caller's result and the cache's copy."""
-
-    result: GroupResult
-    cached: CachedGroup | None
 
 
 class Resolver:
@@ -136,7 +193,7 @@ class Resolver:
         self._deadline_s = deadline_s
         self._slack_s = min(TIMER_SLACK_S, deadline_s * SLACK_SHARE)
         self._loop_lag_s = loop_lag_s
-        self._in_flight: SingleFlight[_Fetched] = SingleFlight()
+        self._in_flight: SingleFlight[_Slot] = SingleFlight()
         self._error_log = error_log or BurstLog(_log)
 
     @property
@@ -168,7 +225,16 @@ class Resolver:
         selection: Sequence[tuple[FeatureGroup, tuple[str, ...]]],
         timer: StageTimer | None = None,
     ) -> list[EntityFeatures]:
-        """Features of each entity, in the order of ``entity_ids``.
+        """Features of each entity, in the order of ``entity_ids``; see ``resolve_batch``."""
+        return (await self.resolve_batch(entity_ids, selection, timer)).entities()
+
+    async def resolve_batch(
+        self,
+        entity_ids: Sequence[str],
+        selection: Sequence[tuple[FeatureGroup, tuple[str, ...]]],
+        timer: StageTimer | None = None,
+    ) -> ResolvedBatch:
+        """Features of each entity, group by group, in the order of ``entity_ids``.
 
         ``selection`` comes from ``selection()``; build it once and reuse it.
         Ids are validated first (``InvalidEntityId``); store errors are
@@ -181,14 +247,14 @@ class Resolver:
             for group, fields in selection
         ]
         keys = [_cache_key(request) for request in requests]
-        results: list[GroupResult | None] = [None] * len(requests)
+        slots: list[_Slot | None] = [None] * len(requests)
         misses: list[int] = []
-        waits: list[tuple[int, Any]] = []
+        waits: list[tuple[int, asyncio.Future[_Slot]]] = []
         with timer.stage("cache"):
             for index, key in enumerate(keys):
                 hit = self._cache.get(key)
                 if hit is not None:
-                    results[index] = _from_cache(key, hit, Source.CACHE)
+                    slots[index] = hit + _FROM_CACHE
                     continue
                 running = self._in_flight.join(key)
                 if running is not None:
@@ -200,44 +266,43 @@ class Resolver:
             fetched = await self._fetch(
                 [requests[i] for i in misses], [keys[i] for i in misses], timer
             )
-            for index, outcome in zip(misses, fetched, strict=True):
-                results[index] = outcome.result
+            for index, slot in zip(misses, fetched, strict=True):
+                slots[index] = slot
         for index, running in waits:
             # Shielded: a cancelled waiter must not cancel the fetch others share.
-            results[index] = (await asyncio.shield(running)).result
+            slots[index] = await asyncio.shield(running)
+        if None in slots:  # every index is filled by a hit, a fetch or a wait
+            raise AssertionError("unresolved feature group")
         width = len(selection)
-        return [
-            EntityFeatures(
-                entity_id,
-                MappingProxyType(
-                    {
-                        group.name: _known(results[row * width + column])
-                        for column, (group, _) in enumerate(selection)
-                    }
-                ),
-            )
-            for row, entity_id in enumerate(entity_ids)
-        ]
+        return ResolvedBatch(
+            tuple(entity_ids),
+            tuple(
+                _resolved_group(group, fields, cast(list[_Slot], slots[column::width]))
+                for column, (group, fields) in enumerate(selection)
+            ),
+        )
 
     async def _fetch(
         self, requests: list[ReadRequest], keys: list[_CacheKey], timer: StageTimer
-    ) -> list[_Fetched]:
+    ) -> list[_Slot]:
         """Ask each tier for what is missing, then stale values or defaults; settle waiters."""
         outcomes: list[_Fetched | None] = [None] * len(requests)
         try:
             pending, failed = await self._ask_tiers(requests, outcomes, timer)
             for index in pending:
                 outcomes[index] = _fallback(requests[index], keys[index], self._cache, failed)
-            done = [_known_outcome(outcome) for outcome in outcomes]
-            for key, outcome in zip(keys, done, strict=True):
-                if outcome.cached is not None:
-                    self._cache.put(key, outcome.cached)
-            return done
+            if None in outcomes:  # every request gets a tier's answer or a fallback
+                raise AssertionError("unresolved feature group")
+            done = cast(list[_Fetched], outcomes)
+            for key, (slot, keep) in zip(keys, done, strict=True):
+                if keep:
+                    self._cache.put(key, slot[:2])
+            return [slot for slot, _ in done]
         finally:
             # Waiters are released even when this task is cancelled mid-read.
             for request, key, maybe in zip(requests, keys, outcomes, strict=True):
-                outcome = maybe or _Fetched(_fill(request, None, Source.DEFAULT), None)
-                self._in_flight.settle(key, outcome)
+                slot = _defaults(request) if maybe is None else maybe[0]
+                self._in_flight.settle(key, slot)
 
     async def _ask_tiers(
         self, requests: list[ReadRequest], outcomes: list[_Fetched | None], timer: StageTimer
@@ -286,39 +351,24 @@ class Resolver:
         return pending, failed
 
 
+def _resolved_group(
+    group: FeatureGroup, fields: tuple[str, ...], slots: list[_Slot]
+) -> ResolvedGroup:
+    """The group's slots, one per entity, turned into parallel tuples."""
+    values, defaulted, sources, ages = tuple(zip(*slots, strict=True)) or ((), (), (), ())
+    return ResolvedGroup(group, fields, values, defaulted, sources, ages)
+
+
 def _cache_key(request: ReadRequest) -> _CacheKey:
     group = request.group
     return (group.entity.name, request.entity_id, group.name, request.fields)
 
 
-def _known(result: GroupResult | None) -> GroupResult:
-    if result is None:  # every index is filled by a hit, a fetch or a wait
-        raise AssertionError("unresolved feature group")
-    return result
-
-
-def _known_outcome(outcome: _Fetched | None) -> _Fetched:
-    if outcome is None:  # every request gets a tier's answer or a fallback
-        raise AssertionError("unresolved feature group")
-    return outcome
-
-
-def _from_store(request: ReadRequest, stored: StoredValues, source: Source) -> _Fetched:
-    result = _fill(request, stored, source)
-    return _Fetched(result, _compact(result))
-
-
-def _compact(result: GroupResult) -> CachedGroup:
-    return tuple(result.values.values()), result.defaulted
-
-
-def _from_cache(
-    key: _CacheKey, cached: CachedGroup, source: Source, age_s: float | None = None
-) -> GroupResult:
-    values, defaulted = cached
-    return GroupResult(
-        MappingProxyType(dict(zip(key[3], values, strict=True))), source, defaulted, age_s
-    )
+def _defaults(request: ReadRequest) -> _Slot:
+    """Every requested field at its training default."""
+    by_name = request.group.by_name
+    values = tuple(by_name[name].default for name in request.fields)
+    return values, request.fields, Source.DEFAULT, None
 
 
 def _fallback(
@@ -328,24 +378,23 @@ def _fallback(
     if failed:
         known = cache.get_stale(key)
         if known is not None and known[1] <= request.group.freshness.total_seconds():
-            value, age_s = known
-            return _Fetched(_from_cache(key, value, Source.STALE, age_s), None)
-        return _Fetched(_fill(request, None, Source.DEFAULT), None)
+            (values, defaulted), age_s = known
+            return (values, defaulted, Source.STALE, age_s), False
+        return _defaults(request), False
     # Every store answered that it holds nothing: remember that, briefly.
-    result = _fill(request, None, Source.DEFAULT)
-    return _Fetched(result, _compact(result))
+    return _defaults(request), True
 
 
-def _fill(request: ReadRequest, stored: StoredValues | None, source: Source) -> GroupResult:
+def _from_store(request: ReadRequest, stored: StoredValues, source: Source) -> _Fetched:
     """Every requested field: the stored value where valid, else the training default."""
+    fields = request.fields
+    values = tuple(map(stored.get, fields))
+    if None not in values:
+        return (values, (), source, None), True
     by_name = request.group.by_name
-    if stored is None:
-        values = {name: by_name[name].default for name in request.fields}
-        return GroupResult(MappingProxyType(values), source, request.fields)
-    values = {name: stored.get(name) for name in request.fields}
-    if None not in values.values():
-        return GroupResult(MappingProxyType(values), source, ())
-    defaulted = tuple(name for name, value in values.items() if value is None)
-    for name in defaulted:
-        values[name] = by_name[name].default
-    return GroupResult(MappingProxyType(values), source, defaulted)
+    defaulted = tuple(name for name, value in zip(fields, values, strict=True) if value is None)
+    filled = tuple(
+        by_name[name].default if value is None else value
+        for name, value in zip(fields, values, strict=True)
+    )
+    return (filled, defaulted, source, None), True

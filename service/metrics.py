@@ -8,11 +8,11 @@ across workers.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Histogram
 
-from features.resolver import EntityFeatures, Source
+from features.resolver import ResolvedBatch, Source
 
 __all__ = ["observe_request"]
 
@@ -41,15 +41,11 @@ CACHE_LOOKUPS = Counter(
 )
 
 
-def observe_request(
-    endpoint: str, timing_ms: Mapping[str, float], entities: Iterable[EntityFeatures]
-) -> None:
+def observe_request(endpoint: str, timing_ms: Mapping[str, float], resolved: ResolvedBatch) -> None:
     """Record one request's stage times and the source of every group it resolved."""
     for stage, milliseconds in timing_ms.items():
         STAGE_SECONDS.labels(endpoint, stage).observe(milliseconds / 1000.0)
-    tally: collections.Counter[tuple[str, Source]] = collections.Counter(
-        (group, result.source) for entity in entities for group, result in entity.groups.items()
-    )
-    for (group, source), count in tally.items():
-        FEATURE_SOURCES.labels(group, source.value).inc(count)
-        CACHE_LOOKUPS.labels("hit" if source is Source.CACHE else "miss").inc(count)
+    for group in resolved.groups:
+        for source, count in collections.Counter(group.sources).items():
+            FEATURE_SOURCES.labels(group.group.name, source.value).inc(count)
+            CACHE_LOOKUPS.labels("hit" if source is Source.CACHE else "miss").inc(count)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import sklearn
 
-from features.resolver import EntityFeatures, Resolver
+from features.resolver import ResolvedBatch, ResolvedGroup, Resolver
 from features.timing import StageTimer
 from models.schema import ModelSchema, build_matrix, build_row
 
@@ -57,7 +57,6 @@ class Scorer:
         self._schema = schema
         self._threshold = threshold
         self._selection = resolver.selection(schema.entity_type, schema.groups)
-        self._stored_names = tuple(spec.name for spec in schema.inputs if spec.source == "stored")
 
     @property
     def threshold(self) -> float:
@@ -66,38 +65,46 @@ class Scorer:
 
     async def score(
         self, requests: Sequence[ScoreRequest], timer: StageTimer
-    ) -> tuple[list[ScoredRequest], list[EntityFeatures]]:
+    ) -> tuple[list[ScoredRequest], ResolvedBatch]:
         """Score every request; also return the resolved features, for metrics."""
         with timer.stage("features"):
-            entities = await self._resolver.resolve(
+            resolved = await self._resolver.resolve_batch(
                 [request.entity_id for request in requests], self._selection, timer
             )
         with timer.stage("derive"):
-            stored = [_merged(entity) for entity in entities]
-            inputs = self._inputs(requests, stored)
+            inputs = self._inputs(requests, resolved)
         # Inputs are finite by construction (validated amounts, decoded or default features),
         # so scikit-learn's finiteness scan is skipped when the model runs in scikit-learn
         # (models.compiled_trees.fastest_classifier's fallback).
         with timer.stage("inference"), sklearn.config_context(assume_finite=True):
-            scores = self._classifier.predict_proba(inputs)[:, 1]
+            scores = self._classifier.predict_proba(inputs)[:, 1].tolist()
+        threshold = self._threshold
+        groups = resolved.groups
+        sources = [
+            {group.group.name: source.value for group, source in zip(groups, row, strict=True)}
+            for row in zip(*(group.sources for group in groups), strict=True)
+        ]
         return [
             ScoredRequest(
-                entity.entity_id,
-                float(score),
-                bool(score >= self._threshold),
-                {g: r.source.value for g, r in entity.groups.items()},
-                {g: round(r.age_s, 3) for g, r in entity.groups.items() if r.age_s is not None},
+                request.entity_id, score, score >= threshold, row_sources, _stale_ages(groups, row)
             )
-            for entity, score in zip(entities, scores, strict=True)
-        ], entities
+            for row, (request, score, row_sources) in enumerate(
+                zip(requests, scores, sources, strict=True)
+            )
+        ], resolved
 
     def _inputs(
-        self, requests: Sequence[ScoreRequest], stored: list[Mapping[str, Any]]
+        self, requests: Sequence[ScoreRequest], resolved: ResolvedBatch
     ) -> npt.NDArray[np.float64]:
         if len(requests) == 1:
             request = requests[0]
-            return build_row(self._schema, stored[0], request.amount, request.timestamp)
-        columns = {name: [row[name] for row in stored] for name in self._stored_names}
+            stored: dict[str, Any] = {}
+            for group in resolved.groups:
+                stored.update(zip(group.fields, group.values[0], strict=True))
+            return build_row(self._schema, stored, request.amount, request.timestamp)
+        columns: dict[str, tuple[Any, ...]] = {}
+        for group in resolved.groups:
+            columns.update(group.columns())
         return build_matrix(
             self._schema,
             columns,
@@ -106,12 +113,10 @@ class Scorer:
         )
 
 
-def _merged(entity: EntityFeatures) -> Mapping[str, Any]:
-    """One mapping of every stored value of an entity, across its groups."""
-    groups = list(entity.groups.values())
-    if len(groups) == 1:
-        return groups[0].values
-    merged: dict[str, Any] = {}
-    for group in groups:
-        merged.update(group.values)
-    return merged
+def _stale_ages(groups: Sequence[ResolvedGroup], row: int) -> dict[str, float]:
+    """For the groups of entity ``row`` served stale: their age in seconds."""
+    return {
+        group.group.name: round(age_s, 3)
+        for group in groups
+        if (age_s := group.stale_ages_s[row]) is not None
+    }

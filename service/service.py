@@ -21,7 +21,7 @@ from starlette.routing import Route
 from features.cache import FeatureCache
 from features.errors import InvalidUpdate, RegistryError, StoreError
 from features.registry import FRAUD_REGISTRY
-from features.resolver import CachedGroup, EntityFeatures, Resolver
+from features.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.settings import Settings
 from features.stores.backing import AsyncBackingStore
 from features.stores.base import AsyncOnlineStore
@@ -37,6 +37,7 @@ from service import request_timeout
 from service.errors import ClientErrorMiddleware
 from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
+from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import ScoredRequest, Scorer, ScoreRequest
 
 __all__ = ["SETTINGS", "FraudScorer"]
@@ -122,21 +123,21 @@ class FraudScorer:
         amount: Amount,
         ctx: bentoml.Context,
         timestamp: Timestamp | None = None,
-    ) -> dict[str, Any]:
+    ) -> ScoreResponse:
         """Score one transaction."""
         timer = StageTimer()
         with timer.stage("total"):
             request = ScoreRequest(entity_id, amount, _now() if timestamp is None else timestamp)
-            [scored], entities = await self.scorer.score([request], timer)
+            [scored], resolved = await self.scorer.score([request], timer)
         body = {**_result(scored), "threshold": self.scorer.threshold}
-        return self._timed(ctx, timer, "score", entities, body)
+        return ScoreResponse.model_validate(self._timed(ctx, timer, "score", resolved, body))
 
     @bentoml.api
     async def score_batch(
         self,
         requests: Annotated[list[ScoreInput], Field(min_length=1, max_length=SETTINGS.batch_max)],
         ctx: bentoml.Context,
-    ) -> dict[str, Any]:
+    ) -> BatchScoreResponse:
         """Score many transactions with one Redis round trip and one model call."""
         timer = StageTimer()
         with timer.stage("total"):
@@ -145,10 +146,12 @@ class FraudScorer:
                 ScoreRequest(r.entity_id, r.amount, now if r.timestamp is None else r.timestamp)
                 for r in requests
             ]
-            scored, entities = await self.scorer.score(batch, timer)
+            scored, resolved = await self.scorer.score(batch, timer)
         results = [_result(s) for s in scored]
         body = {"threshold": self.scorer.threshold, "results": results}
-        return self._timed(ctx, timer, "score_batch", entities, body)
+        return BatchScoreResponse.model_validate(
+            self._timed(ctx, timer, "score_batch", resolved, body)
+        )
 
     @bentoml.api
     async def features(
@@ -167,9 +170,9 @@ class FraudScorer:
             ctx.response.status_code = 400
             return {"error": f"groups: {exc}"}
         with timer.stage("total"):
-            entities = await self.resolver.resolve(entity_ids, selection, timer)
-        body = {"entities": [_describe(entity) for entity in entities]}
-        return self._timed(ctx, timer, "features", entities, body)
+            resolved = await self.resolver.resolve_batch(entity_ids, selection, timer)
+        body = {"entities": [_describe(entity) for entity in resolved.entities()]}
+        return self._timed(ctx, timer, "features", resolved, body)
 
     @bentoml.api
     async def push(
@@ -210,12 +213,12 @@ class FraudScorer:
         ctx: bentoml.Context,
         timer: StageTimer,
         endpoint: str,
-        entities: list[EntityFeatures],
+        resolved: ResolvedBatch,
         body: dict[str, Any],
     ) -> dict[str, Any]:
         timing_ms = timer.milliseconds()
         ctx.response.headers["Server-Timing"] = timer.server_timing()
-        observe_request(endpoint, timing_ms, entities)
+        observe_request(endpoint, timing_ms, resolved)
         return {**body, "timing_ms": timing_ms}
 
     async def status(self) -> dict[str, Any]:

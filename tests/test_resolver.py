@@ -102,6 +102,49 @@ def test_full_partial_and_missing_entities(settings: Settings) -> None:
     assert all(type(partial_r.values[f.name]) is type(f.default) for f in USER_FEATURES.features)
 
 
+def test_a_batch_holds_each_group_as_columns_in_entity_order(settings: Settings) -> None:
+    vector = tuple(i / 4 for i in range(16))
+    write(
+        settings,
+        [
+            parse_update(USER_FEATURES, "a", NOW, {"tx_count_1h": 4, "avg_tx_90d": 12.5}),
+            parse_update(EMBEDDING, "b", NOW, {"embedding": vector}),
+        ],
+    )
+
+    async def scenario() -> tuple[Any, Any]:
+        h = Harness(settings)
+        selection = h.resolver.selection("user", ["features", "embedding"])
+        batch = await h.resolver.resolve_batch(["a", "b", "c"], selection)
+        empty = await h.resolver.resolve_batch([], selection)
+        await h.store.close()
+        return batch, empty
+
+    batch, empty = run(scenario)
+    features, embedding = batch.groups
+    assert batch.entity_ids == ("a", "b", "c")
+    assert features.sources == (Source.REDIS, Source.DEFAULT, Source.DEFAULT)
+    assert embedding.sources == (Source.DEFAULT, Source.REDIS, Source.DEFAULT)
+    assert features.columns()["tx_count_1h"] == (
+        4,
+        DEFAULTS["tx_count_1h"],
+        DEFAULTS["tx_count_1h"],
+    )
+    assert features.columns()["avg_tx_90d"] == (
+        12.5,
+        DEFAULTS["avg_tx_90d"],
+        DEFAULTS["avg_tx_90d"],
+    )
+    assert features.defaulted[0] == tuple(
+        name for name in USER_FEATURES.feature_names if name not in ("tx_count_1h", "avg_tx_90d")
+    )
+    assert embedding.columns()["embedding"][1] == vector
+    assert embedding.stale_ages_s == (None, None, None)
+    assert [group.values for group in empty.groups] == [(), ()]
+    assert empty.groups[0].columns() == dict.fromkeys(USER_FEATURES.feature_names, ())
+    assert empty.groups[1].columns() == {"embedding": ()}
+
+
 @pytest.mark.parametrize("entities", [1, 10, 100])
 @pytest.mark.parametrize("groups", [1, 3])
 def test_any_number_of_entities_and_groups_is_one_round_trip(
