@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, NotRequired, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import sklearn
+from pydantic import Field
+from typing_extensions import TypedDict
 
 from features.resolver import ResolvedBatch, ResolvedGroup, Resolver
 from features.timing import StageTimer
 from models.schema import ModelSchema, build_matrix, build_row
 
-__all__ = ["Classifier", "ScoreRequest", "ScoredRequest", "Scorer"]
+__all__ = ["Classifier", "ScoreRequest", "ScoreResult", "Scorer"]
 
 
 class Classifier(Protocol):
@@ -34,16 +36,29 @@ class ScoreRequest:
     timestamp: int
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredRequest:
-    """The model's answer for one transaction, and where its features came from."""
+Score = Annotated[float, Field(description="Probability of fraud, 0 to 1.")]
+IsFraud = Annotated[bool, Field(description="True when the score is at or above the threshold.")]
+Sources = Annotated[
+    dict[str, str], Field(description="Per feature group: cache, redis, backing, stale or default.")
+]
+StaleAges = Annotated[
+    dict[str, float],
+    Field(description="Only when some group was served stale: how old its values are, seconds."),
+]
+
+
+class ScoreResult(TypedDict):
+    """The model's answer for one transaction, and where its features came from.
+
+    A plain dict, as the HTTP API answers it: a batch of 100 builds no other object
+    per result (``service.responses`` declares it in the response schema).
+    """
 
     entity_id: str
-    score: float
-    is_fraud: bool
-    sources: dict[str, str]
-    stale_age_s: dict[str, float]
-    """For groups served stale: how old their values are."""
+    score: Score
+    is_fraud: IsFraud
+    sources: Sources
+    stale_age_s: NotRequired[StaleAges]
 
 
 class Scorer:
@@ -65,7 +80,7 @@ class Scorer:
 
     async def score(
         self, requests: Sequence[ScoreRequest], timer: StageTimer
-    ) -> tuple[list[ScoredRequest], ResolvedBatch]:
+    ) -> tuple[list[ScoreResult], ResolvedBatch]:
         """Score every request; also return the resolved features, for metrics."""
         with timer.stage("features"):
             resolved = await self._resolver.resolve_batch(
@@ -84,14 +99,19 @@ class Scorer:
             {group.group.name: source.value for group, source in zip(groups, row, strict=True)}
             for row in zip(*(group.sources for group in groups), strict=True)
         ]
-        return [
-            ScoredRequest(
-                request.entity_id, score, score >= threshold, row_sources, _stale_ages(groups, row)
-            )
-            for row, (request, score, row_sources) in enumerate(
-                zip(requests, scores, sources, strict=True)
-            )
-        ], resolved
+        results: list[ScoreResult] = [
+            {
+                "entity_id": request.entity_id,
+                "score": score,
+                "is_fraud": score >= threshold,
+                "sources": row_sources,
+            }
+            for request, score, row_sources in zip(requests, scores, sources, strict=True)
+        ]
+        for group in groups:
+            if group.stale_ages_s.count(None) < len(group.stale_ages_s):
+                _add_stale_ages(results, group)
+        return results, resolved
 
     def _inputs(
         self, requests: Sequence[ScoreRequest], resolved: ResolvedBatch
@@ -113,10 +133,8 @@ class Scorer:
         )
 
 
-def _stale_ages(groups: Sequence[ResolvedGroup], row: int) -> dict[str, float]:
-    """For the groups of entity ``row`` served stale: their age in seconds."""
-    return {
-        group.group.name: round(age_s, 3)
-        for group in groups
-        if (age_s := group.stale_ages_s[row]) is not None
-    }
+def _add_stale_ages(results: list[ScoreResult], group: ResolvedGroup) -> None:
+    """Record, for each result whose ``group`` was served stale, how old its values are."""
+    for result, age_s in zip(results, group.stale_ages_s, strict=True):
+        if age_s is not None:
+            result.setdefault("stale_age_s", {})[group.group.name] = round(age_s, 3)

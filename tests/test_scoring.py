@@ -72,6 +72,6 @@ def test_a_batch_is_one_round_trip_and_one_model_call(
     assert redis_client.info("commandstats")["cmdstat_hmget"]["calls"] == 20
     assert list(timing) == ["cache", "redis", "decode", "features", "derive", "inference"]
     singles = [score(settings, trained, [request])[0][0] for request in requests]
-    assert [s.score for s in singles] == [b.score for b in batch]
-    assert all(b.is_fraud == (b.score >= trained.threshold) for b in batch)
-    assert {b.sources["features"] for b in batch} == {"redis"}
+    assert [s["score"] for s in singles] == [b["score"] for b in batch]
+    assert all(b["is_fraud"] == (b["score"] >= trained.threshold) for b in batch)
+    assert {b["sources"]["features"] for b in batch} == {"redis"}
