@@ -2,7 +2,7 @@
 
 Usage: ``python -m bench.http_bench [--quick]`` (starts Redis, trains a small model, serves)
 
-Servers, each a fresh ``bentoml serve`` on a free 127.0.0.1 port:
+Servers, each a ``bentoml serve`` on a free 127.0.0.1 port, all started at once:
 
 - echo: ``bench/echo_service.py`` with the timeout fix and ``gc.freeze()``,
   answering each body with itself: the floor of the HTTP stack;
@@ -13,7 +13,9 @@ Servers, each a fresh ``bentoml serve`` on a free 127.0.0.1 port:
 Each is driven by ``bench.load`` (closed loop, keep-alive) with ``/score``
 bodies and ``/score_batch`` bodies of 10 and 100 entities (the echo gets
 the same bodies wrapped in ``{"payload": ...}``), at 1 and 16 connections.
-``--quick`` keeps 1 worker, batches of 100 and 3 s runs.  With 1 worker the
+Each case runs for 10 s in ``ROUNDS`` interleaved rounds (every server in
+turn, then the next round), pooled into one result.  ``--quick`` keeps 1
+worker, batches of 100 and one round of 3 s.  With 1 worker the
 server is pinned to CPU 0 and this process (the load generator) and Redis to
 CPU 1; 2 workers get both CPUs, shared with the load generator.
 
@@ -29,12 +31,14 @@ import asyncio
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 
 import httpx
 
-from bench.load import CpuSnapshot, Target, WindowStats, run_load
+from bench.load import CpuSnapshot, LoadResult, Target, WindowStats, run_load
 from bench.report import Section, markdown_table, ratio
 from bench.resolver_bench import demo_redis
 from bench.servers import base_env, serve
@@ -52,6 +56,11 @@ FEATSERVE_ENV = {"FEATSERVE_CACHE_TTL_S": "0", "FEATSERVE_FEATURE_DEADLINE_MS": 
 fraud profile's 10 ms, a worker queueing 16 connections answers nearly all from fallbacks)."""
 SOURCES_METRIC = "featserve_feature_groups_total{"
 
+ROUNDS = 3
+"""Each case runs in this many rounds, every server in turn, and the rounds are pooled: a burst
+of noise from the host (steal on this VM reached 22 % of a CPU in some minutes) then lands on
+every server alike instead of on whichever one was being measured."""
+
 
 @dataclass(frozen=True)
 class ServerSpec:
@@ -61,6 +70,11 @@ class ServerSpec:
     target: str
     workers: int
     env: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        """A name unique among the configurations, e.g. ``featserve-2``."""
+        return f"{self.name}-{self.workers}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,8 @@ class HttpRun:
     """Percent of one CPU the server used during the run."""
     other_cpu: float
     """Percent of one CPU used by processes outside this benchmark: noise."""
+    steal: float
+    """Percent of one CPU the hypervisor gave to other guests during the run: noise."""
     sources: Counter[str] | None
     """featserve only: feature groups resolved during the run (warm-up included), by source."""
 
@@ -147,26 +163,35 @@ def feature_sources(port: int) -> Counter[str]:
 
 
 def _load(
-    spec: ServerSpec,
+    name: str,
     pid: int,
     port: int,
     path: str,
     payloads: Sequence[bytes],
     connections: int,
     duration_s: float,
-) -> tuple[WindowStats, dict[str, float], Counter[str] | None]:
-    featserve = spec.name == "featserve"
+) -> _Part:
+    featserve = name == "featserve"
     sources_before = feature_sources(port) if featserve else None
     before = CpuSnapshot.take(pid)
     result = asyncio.run(
         run_load(Target("127.0.0.1", port, path, payloads), connections, duration_s, warmup_s=1.0)
     )
     cpu = CpuSnapshot.take(pid).shares_since(before)
-    sources = None
+    sources: Counter[str] = Counter()
     if sources_before is not None:
         sources = feature_sources(port)
         sources.subtract(sources_before)
-    return result.window(0.0, duration_s), cpu, sources
+    return _Part(result, cpu, sources)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One round of one case: what the load generator saw, CPU shares, featserve's sources."""
+
+    result: LoadResult
+    cpu: dict[str, float]
+    sources: Counter[str]
 
 
 def _cpus_of(spec: ServerSpec, split: tuple[int, int] | None) -> str | None:
@@ -176,6 +201,24 @@ def _cpus_of(spec: ServerSpec, split: tuple[int, int] | None) -> str | None:
     return f"{split[0]}" if spec.workers == 1 else f"{split[0]},{split[1]}"
 
 
+def _own_home(shared: Path, home: Path) -> Path:
+    """A BentoML home of its own for one server, sharing ``shared``'s model store.
+
+    BentoML empties ``$BENTOML_HOME/prometheus_multiproc_dir`` whenever a server starts, so
+    servers that run at once need a home each, or each start wipes the others' metrics.
+    """
+    home.mkdir(parents=True)
+    (home / "models").symlink_to(shared / "models", target_is_directory=True)
+    return home
+
+
+def _request(spec: ServerSpec, entities: int) -> tuple[str, list[bytes]]:
+    """The path and bodies for one server and body size."""
+    if spec.name == "echo":
+        return "/echo", _echo_bodies(entities)
+    return ("/score" if entities == 0 else "/score_batch"), bodies(entities)
+
+
 def measure(
     bentoml_home: Path,
     redis_url: str,
@@ -183,41 +226,74 @@ def measure(
     quick: bool,
     log_dir: Path,
 ) -> tuple[list[HttpRun], list[StageRun]]:
-    """Serve each configuration in turn and load it; also sample featserve's stages."""
+    """Serve every configuration at once, load them in interleaved rounds; sample stages."""
     sizes = (0, 100) if quick else (0, 1, 10, 100)
-    duration_s = 3.0 if quick else 10.0
-    runs: list[HttpRun] = []
+    rounds = 1 if quick else ROUNDS
+    round_s = (3.0 if quick else 10.0) / rounds
+    specs = servers(bentoml_home, redis_url, quick)
+    cases = [(entities, connections) for entities in sizes for connections in (1, 16)]
+    parts: dict[tuple[int, int, int], list[_Part]] = {}
     stage_runs: list[StageRun] = []
-    for spec in servers(bentoml_home, redis_url, quick):
-        with serve(spec.target, spec.env, _cpus_of(spec, split), log_dir) as (pid, port):
-            for entities in sizes:
-                if spec.name == "echo":
-                    path, payloads = "/echo", _echo_bodies(entities)
-                else:
-                    path = "/score" if entities == 0 else "/score_batch"
-                    payloads = bodies(entities)
-                for connections in (1, 16):
-                    stats, cpu, sources = _load(
-                        spec, pid, port, path, payloads, connections, duration_s
-                    )
-                    runs.append(
-                        HttpRun(
-                            spec.name,
-                            spec.workers,
-                            entities,
-                            connections,
-                            stats,
-                            cpu["server"],
-                            cpu["other processes"],
-                            sources,
-                        )
-                    )
-                if spec.name == "featserve" and spec.workers == 1:
-                    plan = LoadPlan(duration_s=duration_s, concurrency=1, warmup_s=0.5)
-                    endpoint = Endpoint("127.0.0.1", port, path)
-                    samples = asyncio.run(drive(endpoint, payloads, plan))
+    with ExitStack() as stack:
+        served = [
+            stack.enter_context(
+                serve(
+                    spec.target,
+                    spec.env | {"BENTOML_HOME": str(_own_home(bentoml_home, log_dir / spec.key))},
+                    _cpus_of(spec, split),
+                    log_dir,
+                )
+            )
+            for spec in specs
+        ]
+        for round_index in range(rounds):
+            for entities, connections in cases:
+                # Each round starts with another server, so none is always first after a switch.
+                for offset in range(len(specs)):
+                    index = (round_index + offset) % len(specs)
+                    spec, (pid, port) = specs[index], served[index]
+                    path, payloads = _request(spec, entities)
+                    part = _load(spec.name, pid, port, path, payloads, connections, round_s)
+                    parts.setdefault((index, entities, connections), []).append(part)
+        for spec, (_, port) in zip(specs, served, strict=True):
+            if spec.name == "featserve" and spec.workers == 1:
+                for entities in sizes:
+                    path, payloads = _request(spec, entities)
+                    plan = LoadPlan(duration_s=rounds * round_s, concurrency=1, warmup_s=0.5)
+                    samples = asyncio.run(drive(Endpoint("127.0.0.1", port, path), payloads, plan))
                     stage_runs.append(StageRun(entities, samples))
+    runs = [
+        _merged(specs[index], entities, connections, case_parts)
+        for (index, entities, connections), case_parts in parts.items()
+    ]
+    runs.sort(key=lambda run: (_position(specs, run), run.entities, run.connections))
     return runs, stage_runs
+
+
+def _position(specs: Sequence[ServerSpec], run: HttpRun) -> int:
+    """Where ``run``'s server comes in ``specs``, to print the table in serving order."""
+    return next(
+        i for i, spec in enumerate(specs) if (spec.name, spec.workers) == (run.server, run.workers)
+    )
+
+
+def _merged(spec: ServerSpec, entities: int, connections: int, parts: Sequence[_Part]) -> HttpRun:
+    """One case's rounds as one run: requests pooled, CPU shares averaged, sources summed."""
+    whole = LoadResult.joined([part.result for part in parts])
+    sources: Counter[str] = Counter()
+    for part in parts:
+        sources.update(part.sources)
+    return HttpRun(
+        spec.name,
+        spec.workers,
+        entities,
+        connections,
+        whole.window(0.0, whole.duration_s),
+        mean(part.cpu["server"] for part in parts),
+        mean(part.cpu["other processes"] for part in parts),
+        mean(part.cpu["steal"] for part in parts),
+        sources if spec.name == "featserve" else None,
+    )
 
 
 def _find(runs: Sequence[HttpRun], server: str, entities: int, connections: int) -> HttpRun | None:
@@ -239,7 +315,7 @@ def section(
             [
                 r.server, str(r.workers), r.endpoint, str(r.connections), f"{s.rps:,.0f}",
                 f"{s.p50_ms:.2f}", f"{s.p90_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.max_ms:.1f}",
-                str(s.errors), f"{r.server_cpu:.0f}", r.redis_share(),
+                str(s.errors), f"{r.server_cpu:.0f}", f"{r.steal:.0f}", r.redis_share(),
                 "-" if echo is None else f"{s.p99_ms - echo.stats.p99_ms:+.2f}",
                 "-" if echo is None else ratio(s.rps, echo.stats.rps),
             ]
@@ -247,7 +323,7 @@ def section(
     table = markdown_table(
         [
             "server", "workers", "endpoint", "connections", "req/s", "p50 ms", "p90 ms",
-            "p99 ms", "max ms", "errors", "server CPU %", "from Redis", "p99 - echo ms",
+            "p99 ms", "max ms", "errors", "server CPU %", "steal %", "from Redis", "p99 - echo ms",
             "req/s / echo",
         ],
         rows,
@@ -262,9 +338,12 @@ def section(
         "(`FEATSERVE_FEATURE_DEADLINE_MS=1000`), so every request reads Redis and the "
         "throughput is that of the whole path; the echo gets the "
         'same bodies wrapped in `{"payload": ...}`; the naive service reads the same hashes '
-        f"with one `HGETALL` per entity. Core split: {split_text} `p99 - echo` and "
-        "`req/s / echo` compare with the echo at the same body and connections (the echo runs "
-        "one worker).",
+        f"with one `HGETALL` per entity. Core split: {split_text} Every server is up at once, "
+        f"and each case runs in {ROUNDS} rounds (every server in turn, then the next round; "
+        "one round with `--quick`) pooled into one result, so that a burst of noise from the "
+        "host falls on every server alike. `p99 - echo` and `req/s / echo` compare with the "
+        "echo at the same body and connections (the echo runs one worker); `steal %` is the "
+        "share of a CPU the hypervisor gave to other guests during the case.",
         [table, targets],
         notes=[
             "`from Redis` is the share of feature groups featserve read from Redis during the "
@@ -275,7 +354,8 @@ def section(
             "from Redis (all stale or defaults, which is cheaper work). At one connection the "
             "deadline never fires either way.",
             "Noise: processes outside the benchmark used at most "
-            f"{max(r.other_cpu for r in runs):.0f} % of one CPU during any run.",
+            f"{max(r.other_cpu for r in runs):.0f} % of one CPU during any case, and the "
+            f"hypervisor took up to {max(r.steal for r in runs):.0f} % (steal).",
         ],
     )
     stage_tables = []

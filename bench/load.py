@@ -123,6 +123,19 @@ class LoadResult:
             rss_peak_bytes=max(rss) if rss else None,
         )
 
+    @classmethod
+    def joined(cls, parts: Sequence[LoadResult]) -> LoadResult:
+        """Several runs as one, back to back: each part's times shift by the durations before it."""
+        whole = cls(sum(part.duration_s for part in parts))
+        offset = 0.0
+        for part in parts:
+            whole.send_s.extend(sent + offset for sent in part.send_s)
+            whole.latency_s.extend(part.latency_s)
+            whole.status.extend(part.status)
+            whole.rss.extend((at + offset, value) for at, value in part.rss)
+            offset += part.duration_s
+        return whole
+
     def windows(self, length_s: float) -> list[WindowStats]:
         """Consecutive windows of ``length_s`` covering the run."""
         count = max(1, round(self.duration_s / length_s))
