@@ -42,10 +42,11 @@ from bench.load import CpuSnapshot, LoadResult, Target, WindowStats, run_load
 from bench.report import Section, markdown_table, ratio
 from bench.resolver_bench import demo_redis
 from bench.servers import base_env, serve
-from bench.sustained import pin_cpus, train_model
+from bench.sustained import pin_cpus
 from features.budgets import PROFILES
 from service import sla
 from service.loadgen import Endpoint, LoadPlan, Sample, drive
+from tests.support.served import train_small_model
 
 __all__ = ["HttpRun", "ServerSpec", "StageRun", "bodies", "measure", "section"]
 
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="featserve-bench-") as tmp,
         demo_redis(USERS) as redis_server,
     ):
-        train_model(Path(tmp) / "bentoml")
+        train_small_model(Path(tmp) / "bentoml")
         runs, stage_runs = measure(
             Path(tmp) / "bentoml", redis_server.url, split, args.quick, Path(tmp)
         )

@@ -38,8 +38,9 @@ from pathlib import Path
 
 from bench import http_bench, memory, pipelining, plots, resolver_bench
 from bench.report import Section, machine_lines
-from bench.sustained import ROOT, pin_cpus, train_model
+from bench.sustained import ROOT, pin_cpus
 from service import sla
+from tests.support.served import train_small_model
 
 __all__ = ["main"]
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("pipelining ...", flush=True)
                 sections.append(pipelining.run("127.0.0.1", redis_server.port, args.quick))
             print("HTTP ...", flush=True)
-            train_model(Path(tmp) / "bentoml")
+            train_small_model(Path(tmp) / "bentoml")
             http_runs, stage_runs = http_bench.measure(
                 Path(tmp) / "bentoml", redis_server.url, split, args.quick, Path(tmp)
             )

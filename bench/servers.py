@@ -20,9 +20,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.sustained import READY_TIMEOUT_S, ROOT, stop_server
+from bench.sustained import READY_TIMEOUT_S, ROOT
 from features.local_redis import free_port
 from service.demo import wait_until_ready
+from tests.support.served import stop
 
 __all__ = ["base_env", "serve"]
 
@@ -61,4 +62,4 @@ def serve(
             raise RuntimeError(f"{target}: {exc}\n{log_path.read_text()}") from None
         yield process.pid, port
     finally:
-        stop_server(process)
+        stop(process)

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
-import psutil
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -51,6 +50,7 @@ from rich.table import Table
 from bench.load import CpuSnapshot, LoadResult, Target, WindowStats, run_load, worker_rss
 from features.local_redis import LocalRedis, free_port
 from service.demo import load_demo_data, wait_until_ready
+from tests.support.served import stop, train_small_model
 
 __all__ = ["main"]
 
@@ -107,17 +107,6 @@ def pin_cpus() -> CpuSplit:
         return CpuSplit(None, None)
     os.sched_setaffinity(0, {cpus[1]})
     return CpuSplit(cpus[0], cpus[1])
-
-
-def train_model(bentoml_home: Path) -> None:
-    """Train the small fraud model into ``bentoml_home``, in a subprocess."""
-    subprocess.run(
-        [sys.executable, "-m", "models.train", "--n-users", "2000", "--n-transactions", "6000"],
-        cwd=ROOT,
-        env={**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"},
-        check=True,
-        capture_output=True,
-    )
 
 
 def load_features(redis_url: str, table_dir: Path) -> None:
@@ -191,31 +180,12 @@ def start_server(
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", process, READY_TIMEOUT_S)
     except RuntimeError as exc:
-        stop_server(process)
+        stop(process)
         raise RuntimeError(f"{scenario.name}: {exc}\n{log_path.read_text()}") from None
     except BaseException:  # Ctrl-C or SIGTERM while waiting: still stop the server.
-        stop_server(process)
+        stop(process)
         raise
     return process, port
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    """Stop ``bentoml serve``, then kill any of its workers that outlived it."""
-    try:
-        workers = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        workers = []
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    for worker in workers:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            worker.kill()
-    psutil.wait_procs(workers, timeout=10)
 
 
 def run_scenario(
@@ -231,7 +201,7 @@ def run_scenario(
         result = asyncio.run(run_load(target, connections, duration_s, rss_of=process.pid))
         cpu_shares = CpuSnapshot.take(process.pid).shares_since(before)
     finally:
-        stop_server(process)
+        stop(process)
     return Outcome(scenario, idle_rss, cpu_shares, result)
 
 
@@ -339,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="featserve-bench-") as tmp, LocalRedis() as redis:
             workdir = Path(tmp)
             console.print("Training the model and writing demo features ...")
-            train_model(workdir / "bentoml")
+            train_small_model(workdir / "bentoml")
             load_features(redis.url, workdir / "demo")
             outcomes = []
             for scenario in scenarios(workdir / "bentoml", redis.url):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import psutil
 
 from features.local_redis import LocalRedis, free_port
 from service.demo import wait_until_ready
@@ -72,7 +75,11 @@ def start_service(
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop a served process and wait for it."""
+    """Stop ``bentoml serve`` and wait for it, then kill any of its workers that outlived it."""
+    try:
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
     if process.poll() is None:
         process.terminate()
         try:
@@ -80,3 +87,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+    psutil.wait_procs(workers, timeout=10)
