@@ -263,19 +263,12 @@ def measure(
                     plan = LoadPlan(duration_s=rounds * round_s, concurrency=1, warmup_s=0.5)
                     samples = asyncio.run(drive(Endpoint("127.0.0.1", port, path), payloads, plan))
                     stage_runs.append(StageRun(entities, samples))
+    # Sorted keys list the servers in serving order, then body sizes, then connections.
     runs = [
-        _merged(specs[index], entities, connections, case_parts)
-        for (index, entities, connections), case_parts in parts.items()
+        _merged(specs[index], entities, connections, parts[index, entities, connections])
+        for index, entities, connections in sorted(parts)
     ]
-    runs.sort(key=lambda run: (_position(specs, run), run.entities, run.connections))
     return runs, stage_runs
-
-
-def _position(specs: Sequence[ServerSpec], run: HttpRun) -> int:
-    """Where ``run``'s server comes in ``specs``, to print the table in serving order."""
-    return next(
-        i for i, spec in enumerate(specs) if (spec.name, spec.workers) == (run.server, run.workers)
-    )
 
 
 def _merged(spec: ServerSpec, entities: int, connections: int, parts: Sequence[_Part]) -> HttpRun:
