@@ -47,8 +47,15 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    """Default settings pointed at ``redis_url``."""
-    return Settings(redis_url=redis_url)
+    """Settings pointed at ``redis_url``, with Redis timeouts of 5 s instead of 50-100 ms.
+
+    The fail-fast defaults turn a machine that stalls for a moment (CI's shared vCPUs stall
+    for tens of milliseconds at times) into a ``StoreTimeout``; tests about time build their
+    own ``Settings``.
+    """
+    return Settings(
+        redis_url=redis_url, redis_socket_timeout_ms=5000.0, redis_connect_timeout_ms=5000.0
+    )
 
 
 @pytest.fixture
