@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -213,9 +214,10 @@ def _own_home(shared: Path, home: Path) -> Path:
     return home
 
 
-def _request(spec: ServerSpec, entities: int) -> tuple[str, list[bytes]]:
-    """The path and bodies for one server and body size."""
-    if spec.name == "echo":
+@functools.cache
+def _request(server: str, entities: int) -> tuple[str, list[bytes]]:
+    """The path and bodies for one server and body size (built once, reused by every round)."""
+    if server == "echo":
         return "/echo", _echo_bodies(entities)
     return ("/score" if entities == 0 else "/score_batch"), bodies(entities)
 
@@ -253,13 +255,13 @@ def measure(
                 for offset in range(len(specs)):
                     index = (round_index + offset) % len(specs)
                     spec, (pid, port) = specs[index], served[index]
-                    path, payloads = _request(spec, entities)
+                    path, payloads = _request(spec.name, entities)
                     part = _load(spec.name, pid, port, path, payloads, connections, round_s)
                     parts.setdefault((index, entities, connections), []).append(part)
         for spec, (_, port) in zip(specs, served, strict=True):
             if spec.name == "featserve" and spec.workers == 1:
                 for entities in sizes:
-                    path, payloads = _request(spec, entities)
+                    path, payloads = _request(spec.name, entities)
                     plan = LoadPlan(duration_s=rounds * round_s, concurrency=1, warmup_s=0.5)
                     samples = asyncio.run(drive(Endpoint("127.0.0.1", port, path), payloads, plan))
                     stage_runs.append(StageRun(entities, samples))
