@@ -28,7 +28,7 @@ test: lint
 # Embedded Redis (unless REDIS_URL is set), demo data, a model if the store has none,
 # then `bentoml serve` on 127.0.0.1:3000.
 serve: $(STAMP)
-	$(BIN)/python -m service.demo
+	$(BIN)/python -m service.cli.demo
 
 # Train the fraud model and save it to the BentoML model store.
 train: $(STAMP)

@@ -2,7 +2,7 @@
 
 Usage: ``BENCH_PATCH_TIMEOUT=1 BENCH_GC_FREEZE=1 bentoml serve bench.echo_service:Echo``
 
-``BENCH_PATCH_TIMEOUT=1`` installs ``service.request_timeout`` (the product
+``BENCH_PATCH_TIMEOUT=1`` installs ``service.middleware.request_timeout`` (the product
 service always does); unset, BentoML runs as shipped, with its leaky
 request-timeout middleware.  ``BENCH_GC_FREEZE=1`` freezes the start-up
 objects out of the garbage collector's sight, as the product service does.
@@ -17,7 +17,7 @@ from typing import Any
 
 import bentoml
 
-from service import request_timeout
+from service.middleware import request_timeout
 
 __all__ = ["Echo"]
 

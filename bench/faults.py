@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.stall_watch import STALL_S, Stall, StallWatch, overlapping
-from tests.support.fault_drill import DrillResult, PhaseStats, run_drill
-from tests.support.fault_rig import FAULTS, open_rig
-from tests.support.served import ROOT, train_small_model
+from service.harness.fault_drill import DrillResult, PhaseStats, run_drill
+from service.harness.fault_rig import FAULTS, open_rig
+from service.harness.served import ROOT, train_small_model
 
 DOC = ROOT / "docs" / "reliability.md"
 

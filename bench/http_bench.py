@@ -45,9 +45,9 @@ from bench.resolver_bench import demo_redis
 from bench.servers import base_env, serve
 from bench.sustained import pin_cpus
 from features.budgets import PROFILES
-from service import sla
-from service.loadgen import Endpoint, LoadPlan, Sample, drive
-from tests.support.served import train_small_model
+from service.cli import sla
+from service.harness.load import Endpoint, LoadPlan, Sample, drive
+from service.harness.served import train_small_model
 
 __all__ = ["HttpRun", "ServerSpec", "StageRun", "bodies", "measure", "section"]
 
@@ -374,7 +374,7 @@ def section(
         )
     stages = Section(
         "Per-stage latency from Server-Timing (featserve, 1 worker, 1 connection)",
-        "Driven by `service.loadgen` (what `featserve sla` uses), reading every response's "
+        "Driven by `service.harness.load` (what `featserve sla` uses), reading every response's "
         "`Server-Timing` header; `client` is the latency the load generator saw end to end. "
         "Stages nest: `features` holds `cache`, `redis` and `decode`; `total` holds `features`, "
         "`derive` and `inference`; what `client` adds over `total` is HTTP, JSON, BentoML and "

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from service.loadgen import encode_request, exchange
+from service.harness.load import encode_request, exchange
 
 __all__ = ["CpuSnapshot", "LoadResult", "Target", "WindowStats", "run_load", "worker_rss"]
 

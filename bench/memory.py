@@ -2,7 +2,7 @@
 
 Usage: ``python -m bench.memory [--quick]`` (starts its own Redis with demo data)
 
-After ``service.demo.load_demo_data``, ``MEMORY USAGE key SAMPLES 0`` is
+After ``service.cli.demo.load_demo_data``, ``MEMORY USAGE key SAMPLES 0`` is
 read for a sample of keys of each group of ``FRAUD_REGISTRY``; the mean
 per group and per entity (all groups) is scaled by the sizing rule of
 MISSION.md: bytes x active entities x 1.3, here for 10 M users, plus the
@@ -98,8 +98,9 @@ def section(sizes: list[GroupSize], n_users: int) -> Section:
     return Section(
         "Memory: bytes per entity and sizing",
         f"`MEMORY USAGE key SAMPLES 0` of sampled keys after loading the demo data of "
-        f"{n_users:,} users with `service.demo.load_demo_data` (the key, its hash or sorted set "
-        "or string, and the TTL). MISSION.md's rule: bytes per entity x active entities x 1.3.",
+        f"{n_users:,} users with `service.cli.demo.load_demo_data` (the key, its hash or "
+        "sorted set or string, and the TTL). MISSION.md's rule: bytes per entity x active "
+        "entities x 1.3.",
         [table],
         notes=[
             f"For 10 M users with every group: {total:.0f} B x 10 M x 1.3 = "

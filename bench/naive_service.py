@@ -25,8 +25,8 @@ from features.keys import feature_key
 from features.registry import FRAUD_REGISTRY
 from models.schema import build_row
 from models.train import load
-from service import request_timeout
 from service.inputs import Amount, EntityId, ScoreInput, Timestamp
+from service.middleware import request_timeout
 
 __all__ = ["NaiveScorer"]
 

@@ -27,7 +27,7 @@ import uvloop
 from bench.report import Section, Stats, markdown_table, time_async, time_sync
 from bench.resolver_bench import demo_redis, resolver_over
 from features.keys import feature_key
-from tests.support.tcp_proxy import TcpProxy
+from service.harness.tcp_proxy import TcpProxy
 
 __all__ = ["Setting", "measure", "run"]
 
@@ -169,7 +169,7 @@ def section(settings: list[Setting]) -> Section:
         "100 entities, one `HGETALL` each of the `user:features` hash, with the blocking "
         "redis-py client (hiredis parser); the resolver reads the same 100 hashes with `HMGET` "
         "in one pipeline through the asyncio client. Milliseconds per 100-entity fetch; "
-        "speedups are sequential p50 / pipelined p50. The proxy is `tests/support/tcp_proxy.py`, "
+        "speedups are sequential p50 / pipelined p50. The proxy is `service/harness/tcp_proxy.py`, "
         "a Python asyncio proxy in a thread of the benchmark process.",
         [table, published, detail],
         notes=[

@@ -7,7 +7,7 @@ reads), each awaited back to back on one uvloop event loop:
 
 - floor: one ``HMGET`` with the asyncio client (1 entity), and one
   ``pipeline(transaction=False)`` of N ``HMGET`` (any N);
-- resolver, cache miss: ``features.resolver.Resolver`` built as the
+- resolver, cache miss: ``features.serving.resolver.Resolver`` built as the
   service builds it, with the in-process cache off (every call reads Redis);
 - resolver, cache hit: the cache on and warm (no Redis at all).
 
@@ -31,16 +31,16 @@ import redis.asyncio
 import uvloop
 
 from bench.report import Section, Stats, markdown_table, ratio, time_async
-from features.cache import FeatureCache
 from features.keys import feature_key
-from features.local_redis import LocalRedis
 from features.registry import FRAUD_REGISTRY, USER_FEATURES
-from features.resolver import CachedGroup, Resolver
+from features.serving.cache import FeatureCache
+from features.serving.resolver import CachedGroup, Resolver
+from features.serving.tiers import redis_tier
 from features.settings import Settings
 from features.stores.base import ReadRequest
 from features.stores.redis import async_redis_store
-from features.tiers import redis_tier
-from service.demo import load_demo_data
+from service.cli.demo import load_demo_data
+from service.harness.local_redis import LocalRedis
 
 __all__ = ["Case", "collect", "demo_redis", "measure", "resolver_over", "section"]
 

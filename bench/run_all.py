@@ -39,8 +39,8 @@ from pathlib import Path
 from bench import http_bench, memory, pipelining, plots, resolver_bench
 from bench.report import Section, machine_lines
 from bench.sustained import ROOT, pin_cpus
-from service import sla
-from tests.support.served import train_small_model
+from service.cli import sla
+from service.harness.served import train_small_model
 
 __all__ = ["main"]
 

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.sustained import READY_TIMEOUT_S, ROOT
-from features.local_redis import free_port
-from service.demo import wait_until_ready
-from tests.support.served import stop
+from service.cli.demo import wait_until_ready
+from service.harness.local_redis import free_port
+from service.harness.served import stop
 
 __all__ = ["base_env", "serve"]
 

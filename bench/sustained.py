@@ -8,7 +8,7 @@ Runs three scenarios one after another, each against a freshly started
 
 - A: the echo service, BentoML as shipped (its request-timeout middleware
   leaves one live 60 s timer per request);
-- B: the echo service with ``service.request_timeout`` installed and
+- B: the echo service with ``service.middleware.request_timeout`` installed and
   ``gc.freeze()`` at start-up, as the product does;
 - C: the real ``FraudScorer`` over an embedded Redis holding the demo
   features (``make serve``'s, materialized from tables written to a temporary
@@ -48,9 +48,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.load import CpuSnapshot, LoadResult, Target, WindowStats, run_load, worker_rss
-from features.local_redis import LocalRedis, free_port
-from service.demo import load_demo_data, wait_until_ready
-from tests.support.served import stop, train_small_model
+from service.cli.demo import load_demo_data, wait_until_ready
+from service.harness.local_redis import LocalRedis, free_port
+from service.harness.served import stop, train_small_model
 
 __all__ = ["main"]
 

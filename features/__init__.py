@@ -1,6 +1,5 @@
 """featserve's feature layer: registry, keys, stores, cache, resolver and derived features."""
 
-from features.cache import FeatureCache
 from features.errors import (
     FeatureServeError,
     InvalidEntityId,
@@ -11,7 +10,8 @@ from features.errors import (
 )
 from features.keys import feature_key, validate_entity_id
 from features.registry import FRAUD_REGISTRY, Entity, Feature, FeatureGroup, Registry, Structure
-from features.resolver import EntityFeatures, GroupResult, Resolver, Source
+from features.serving.cache import FeatureCache
+from features.serving.resolver import EntityFeatures, GroupResult, Resolver, Source
 from features.settings import Settings
 from features.timing import StageTimer
 

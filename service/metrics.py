@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from prometheus_client import Counter, Histogram
 
-from features.resolver import ResolvedBatch, Source
+from features.serving.resolver import ResolvedBatch, Source
 
 __all__ = ["observe_request"]
 

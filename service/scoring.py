@@ -12,7 +12,7 @@ import sklearn
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from features.resolver import ResolvedBatch, ResolvedGroup, Resolver
+from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver
 from features.timing import StageTimer
 from models.schema import ModelSchema, build_matrix, build_row
 

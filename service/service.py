@@ -18,25 +18,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from features.cache import FeatureCache
 from features.errors import InvalidUpdate, RegistryError, StoreError
+from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
+from features.serving.cache import FeatureCache
+from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
+from features.serving.tiers import async_backing_store, backing_tier, redis_tier
 from features.settings import Settings
 from features.stores.backing import AsyncBackingStore
 from features.stores.base import AsyncOnlineStore
 from features.stores.redis import async_redis_store
 from features.stores.write_through import AsyncWriteThrough
-from features.tiers import async_backing_store, backing_tier, redis_tier
 from features.timing import StageTimer
-from features.updates import parse_update
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
-from service import request_timeout
-from service.errors import ClientErrorMiddleware
 from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
+from service.middleware import request_timeout
+from service.middleware.client_errors import ClientErrorMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
 

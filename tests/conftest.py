@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from features.local_redis import LocalRedis
 from features.settings import Settings
+from service.harness.local_redis import LocalRedis
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 

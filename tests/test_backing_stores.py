@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from features.cache import FeatureCache
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
-from features.local_redis import free_port
+from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY, FeatureGroup
-from features.resolver import CachedGroup, GroupResult, Resolver, Source
+from features.serving.cache import FeatureCache
+from features.serving.resolver import CachedGroup, GroupResult, Resolver, Source
+from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
 from features.stores.backing import (
     AsyncBackingStore,
@@ -47,9 +48,8 @@ from features.stores.dynamodb import (
 )
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.stores.sqlite import AsyncSqliteStore, SqliteStore
-from features.tiers import backing_tier, redis_tier
 from features.timing import StageTimer
-from features.updates import parse_update
+from service.harness.local_redis import free_port
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")

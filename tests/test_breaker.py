@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from features.breaker import BreakerState, CircuitBreaker
+from features.serving.breaker import BreakerState, CircuitBreaker
 
 
 class ManualClock:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from features.cache import FeatureCache, SingleFlight
+from features.serving.cache import FeatureCache, SingleFlight
 
 
 class ManualClock:

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from features.materialize import materialize
+from features.ingest.materialize import materialize
+from features.ingest.tables import open_table
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.redis import RedisStore, sync_client
-from features.tables import open_table
 from models.demo_tables import write_demo_tables
 from service.cli import main
 from tests.support.redis_state import redis_state

@@ -14,12 +14,12 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from features.errors import StoreTimeout, StoreUnavailable
-from features.local_redis import LocalRedis
+from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import ReadRequest, StoredValues
 from features.stores.redis import RedisStore, async_redis_store, sync_client
-from features.updates import parse_update
+from service.harness.local_redis import LocalRedis
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT_ITEMS = FRAUD_REGISTRY.group("user", "recent_items")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from bentoml._internal.server.http import traffic
 
-from service.request_timeout import CancellingTimeoutMiddleware, install
+from service.middleware.request_timeout import CancellingTimeoutMiddleware, install
 
 ORIGINAL = traffic.TimeoutMiddleware
 

@@ -12,18 +12,18 @@ import pytest
 import redis
 
 from features.burst_log import BurstLog
-from features.cache import FeatureCache
 from features.errors import InvalidEntityId
-from features.local_redis import LocalRedis
+from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.resolver import CachedGroup, GroupResult, Resolver, Source
+from features.serving.cache import FeatureCache
+from features.serving.resolver import CachedGroup, GroupResult, Resolver, Source
+from features.serving.tiers import redis_tier
 from features.settings import Settings
 from features.stores.base import FeatureUpdate
 from features.stores.redis import RedisStore, async_redis_store, sync_client
-from features.tiers import redis_tier
 from features.timing import StageTimer
-from features.updates import parse_update
-from tests.support.tcp_proxy import TcpProxy
+from service.harness.local_redis import LocalRedis
+from service.harness.tcp_proxy import TcpProxy
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT_ITEMS = FRAUD_REGISTRY.group("user", "recent_items")

@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 import redis
 
-from features.breaker import BreakerState
 from features.burst_log import BurstLog
-from features.cache import FeatureCache
-from features.local_redis import LocalRedis
+from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.resolver import LOOP_LAG_S, CachedGroup, GroupResult, Resolver, Source
+from features.serving.breaker import BreakerState
+from features.serving.cache import FeatureCache
+from features.serving.resolver import LOOP_LAG_S, CachedGroup, GroupResult, Resolver, Source
+from features.serving.tiers import redis_tier
 from features.settings import Settings
 from features.stores.redis import AsyncRedisStore, RedisStore, async_redis_store, sync_client
-from features.tiers import redis_tier
-from features.updates import parse_update
-from tests.support.tcp_proxy import TcpProxy
+from service.harness.local_redis import LocalRedis
+from service.harness.tcp_proxy import TcpProxy
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 SELECTION = ((FEATURES, FEATURES.feature_names),)

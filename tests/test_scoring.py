@@ -11,15 +11,15 @@ import numpy.typing as npt
 import pytest
 import redis
 
-from features.cache import FeatureCache
 from features.registry import FRAUD_REGISTRY
-from features.resolver import CachedGroup, Resolver
+from features.serving.cache import FeatureCache
+from features.serving.resolver import CachedGroup, Resolver
+from features.serving.tiers import redis_tier
 from features.settings import Settings
 from features.stores.redis import async_redis_store
-from features.tiers import redis_tier
 from features.timing import StageTimer
 from models.train import TrainResult, train
-from service.demo import load_demo_data
+from service.cli.demo import load_demo_data
 from service.scoring import Scorer, ScoreRequest
 
 NOON = 1764417600

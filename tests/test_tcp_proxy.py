@@ -15,9 +15,9 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from features.local_redis import LocalRedis
-from tests.support.tcp_proxy import TcpProxy
-from tests.support.waiting import wait_until
+from service.harness.local_redis import LocalRedis
+from service.harness.tcp_proxy import TcpProxy
+from service.harness.waiting import wait_until
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 PONG = b"+PONG\r\n"

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from features.errors import InvalidUpdate
+from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.updates import parse_update
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")

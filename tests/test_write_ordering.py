@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import ReadRequest
 from features.stores.redis import RedisStore, sync_client
-from features.updates import parse_update
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")

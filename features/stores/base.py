@@ -72,7 +72,7 @@ class ReadRequest:
 class FeatureUpdate:
     """A validated write of one entity's group as of an event time.
 
-    Build it with ``features.updates.parse_update``.  For a hash group
+    Build it with ``features.ingest.updates.parse_update``.  For a hash group
     ``values`` maps feature names to values; for a sorted-set group it maps
     members to their scores (the event time in seconds); for a string group
     it maps the feature name to the vector.

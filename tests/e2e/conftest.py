@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from features.local_redis import LocalRedis
-from service.demo import load_demo_data
-from tests.support.served import ROOT, start_service, stop, train_small_model
+from service.cli.demo import load_demo_data
+from service.harness.local_redis import LocalRedis
+from service.harness.served import ROOT, start_service, stop, train_small_model
 
 __all__ = ["ROOT", "RunningService", "start_service", "stop"]
 

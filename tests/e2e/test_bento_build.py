@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from features.local_redis import LocalRedis
+from service.harness.local_redis import LocalRedis
 from tests.e2e.conftest import ROOT, start_service, stop
 
 

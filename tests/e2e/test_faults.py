@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fault_drill import run_drill
-from tests.support.fault_rig import BREAKS_REQUESTS, FAULTS, Rig, open_rig
+from service.harness.fault_drill import run_drill
+from service.harness.fault_rig import BREAKS_REQUESTS, FAULTS, Rig, open_rig
 
 DEADLINE_MS = 10.0
 OVERRUN_MS = 2.0

@@ -11,8 +11,8 @@ import redis
 
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
+from service.harness.waiting import wait_until
 from tests.e2e.conftest import RunningService
-from tests.support.waiting import wait_until
 
 SATURDAY_NOON = 1764417600  # 2025-11-29 12:00 UTC
 FEATURE_DEFAULTS = dict(FRAUD_REGISTRY.group("user", "features").defaults)

@@ -8,8 +8,8 @@ from typing import Any
 
 import redis
 
-from features.local_redis import LocalRedis
 from service.cli import main
+from service.harness.local_redis import LocalRedis
 from tests.e2e.conftest import RunningService
 
 NOW = 1764230400

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from features.local_redis import LocalRedis
-from service import sla
-from service.demo import load_demo_data
-from service.loadgen import parse_server_timing
+from service.cli import sla
+from service.cli.demo import load_demo_data
+from service.harness.load import parse_server_timing
+from service.harness.local_redis import LocalRedis
 from tests.e2e.conftest import start_service, stop
 
 USERS = 200

@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features.budgets import PROFILES, LatencyBudget
-from service.loadgen import MAX_DURATION_S, Endpoint, LoadPlan, Sample, drive
+from service.harness.load import MAX_DURATION_S, Endpoint, LoadPlan, Sample, drive
 
 __all__ = ["Check", "Verdict", "entity_ids", "evaluate", "register", "request_bodies", "run"]
 

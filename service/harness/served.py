@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from features.local_redis import LocalRedis, free_port
-from service.demo import wait_until_ready
+from service.cli.demo import wait_until_ready
+from service.harness.local_redis import LocalRedis, free_port
 
 __all__ = ["ROOT", "start_service", "stop", "train_small_model"]
 

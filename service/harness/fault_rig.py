@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.local_redis import LocalRedis
-from service.demo import load_demo_data
-from tests.support.fault_drill import Fault, LoadDriver
-from tests.support.served import start_service, stop
-from tests.support.tcp_proxy import TcpProxy
-from tests.support.waiting import wait_until
+from service.cli.demo import load_demo_data
+from service.harness.fault_drill import Fault, LoadDriver
+from service.harness.local_redis import LocalRedis
+from service.harness.served import start_service, stop
+from service.harness.tcp_proxy import TcpProxy
+from service.harness.waiting import wait_until
 
 __all__ = ["BREAKS_REQUESTS", "FAULTS", "Rig", "open_rig"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from features.breaker import CircuitBreaker
-from features.resolver import Source, Tier
+from features.serving.breaker import CircuitBreaker
+from features.serving.resolver import Source, Tier
 from features.settings import Settings
 from features.stores.backing import AsyncBackingStore, open_backing_store
 from features.stores.base import AsyncOnlineStore

@@ -80,7 +80,7 @@ def install() -> None:
     """Make BentoML build its stack with ``CancellingTimeoutMiddleware``; idempotent."""
     if bentoml.__version__ != PATCHED_BENTOML_VERSION:
         raise RuntimeError(
-            f"service.request_timeout patches BentoML {PATCHED_BENTOML_VERSION}, "
+            f"service.middleware.request_timeout patches BentoML {PATCHED_BENTOML_VERSION}, "
             f"found {bentoml.__version__}: check whether the timer leak is fixed there"
         )
     traffic.TimeoutMiddleware = CancellingTimeoutMiddleware  # type: ignore[misc,assignment]

@@ -1,6 +1,6 @@
 """Materialization: an offline table into the online store, validated, ordered, chunked.
 
-Each chunk of rows is checked against the registry (``features.updates``),
+Each chunk of rows is checked against the registry (``features.ingest.updates``),
 reduced to the newest row per entity (for a sorted-set group: every row's
 member, each scored by its own event time), and written in pipelined
 round trips whose server-side scripts skip anything older than what Redis
@@ -24,10 +24,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from features.errors import InvalidUpdate
+from features.ingest.tables import OfflineTable, TableError
+from features.ingest.updates import parse_update
 from features.registry import Feature, FeatureGroup, Structure
 from features.stores.base import FeatureUpdate, OnlineStore
-from features.tables import OfflineTable, TableError
-from features.updates import parse_update
 
 __all__ = ["MaterializeReport", "Rejected", "materialize", "table_columns"]
 

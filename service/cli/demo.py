@@ -1,6 +1,6 @@
 """``make serve``: the service on a fresh machine, with demo data and a trained model.
 
-``python -m service.demo`` uses ``REDIS_URL`` when it is set, and otherwise
+``python -m service.cli.demo`` uses ``REDIS_URL`` when it is set, and otherwise
 starts an embedded Redis on 127.0.0.1 (port 6379 when free).  It writes
 demo tables for users ``u000000`` to ``u009999`` and loads them with
 ``featserve materialize``, trains and saves the
@@ -23,10 +23,10 @@ from pathlib import Path
 import bentoml
 import httpx
 
-from features.local_redis import LocalRedis, free_port
 from features.settings import Settings
 from models.demo_tables import write_demo_tables
 from service import cli
+from service.harness.local_redis import LocalRedis, free_port
 
 __all__ = ["load_demo_data", "main", "wait_until_ready"]
 

@@ -22,18 +22,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features import rewarm
 from features.errors import RegistryError, StoreError
-from features.materialize import MaterializeReport, Rejected, materialize
+from features.ingest import rewarm
+from features.ingest.materialize import MaterializeReport, Rejected, materialize
+from features.ingest.tables import TableError, open_table
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
 from features.stores.backing import open_backing_store
 from features.stores.base import OnlineStore
 from features.stores.redis import RedisStore, sync_client
 from features.stores.write_through import WriteThrough
-from features.tables import TableError, open_table
 from models.demo_tables import write_demo_tables
-from service import sla
+from service.cli import sla
 
 __all__ = ["main"]
 

@@ -1,0 +1,1 @@
+"""The write path: validating updates, reading tables, materializing them, rewarming Redis."""

@@ -1,0 +1,1 @@
+"""The read path inside the service: resolver, cache, circuit breakers and the tiers they guard."""

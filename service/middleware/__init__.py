@@ -1,0 +1,1 @@
+"""ASGI middleware the service adds to (or swaps into) BentoML's stack."""
