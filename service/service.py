@@ -23,10 +23,11 @@ from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
-from features.serving.tiers import async_backing_store, backing_tier, redis_tier
+from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
 from features.stores.backing import AsyncBackingStore
 from features.stores.base import AsyncOnlineStore
+from features.stores.factory import async_backing_store
 from features.stores.redis import async_redis_store
 from features.stores.write_through import AsyncWriteThrough
 from features.timing import StageTimer

@@ -37,17 +37,16 @@ from features.stores.backing import (
     expires_at_ms,
     is_live,
     oldest_live_ms,
-    open_backing_store,
 )
 from features.stores.base import ReadRequest, StoredValues
 from features.stores.dynamodb import (
-    AsyncDynamoDbStore,
     DynamoDbStore,
     create_table,
     dynamodb_client,
 )
+from features.stores.factory import async_backing_store, open_backing_store
 from features.stores.redis import RedisStore, async_redis_store, sync_client
-from features.stores.sqlite import AsyncSqliteStore, SqliteStore
+from features.stores.sqlite import SqliteStore
 from features.timing import StageTimer
 from service.harness.local_redis import free_port
 
@@ -489,11 +488,7 @@ def test_racing_sqlite_writers_lose_nothing_and_end_at_the_newest(tmp_path: Path
 
 
 def async_store(kind: str, where: str, max_pending: int = 64) -> AsyncBackingStore:
-    if kind == "sqlite":
-        return AsyncSqliteStore(where, max_pending=max_pending, clock=ManualClock())
-    return AsyncDynamoDbStore(
-        where, dynamodb_client(), max_pending=max_pending, clock=ManualClock()
-    )
+    return async_backing_store(f"{kind}:{where}", clock=ManualClock(), max_pending=max_pending)
 
 
 @pytest.fixture
@@ -555,7 +550,7 @@ def test_a_locked_sqlite_write_waits_off_the_event_loop(tmp_path: Path) -> None:
         holder.execute("COMMIT")
 
     async def run() -> list[bool]:
-        store = AsyncSqliteStore(path, busy_timeout_s=5.0)
+        store = async_backing_store(f"sqlite:{path}")
         try:
             write = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
             applied, _ = await asyncio.gather(write, release())

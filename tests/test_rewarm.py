@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from features.ingest.rewarm import RewarmReport, register, rewarm
+from features.ingest.rewarm import RewarmReport, rewarm
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import FeatureUpdate, ReadRequest
 from features.stores.redis import RedisStore, sync_client
 from features.stores.sqlite import SqliteStore
+from service.cli.rewarm import register
 from tests.support.redis_state import redis_state
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")

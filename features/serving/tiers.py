@@ -8,11 +8,10 @@ from collections.abc import Callable
 from features.serving.breaker import CircuitBreaker
 from features.serving.resolver import Source, Tier
 from features.settings import Settings
-from features.stores.backing import AsyncBackingStore, open_backing_store
 from features.stores.base import AsyncOnlineStore
 from features.stores.redis import AsyncRedisStore
 
-__all__ = ["async_backing_store", "backing_tier", "redis_tier"]
+__all__ = ["backing_tier", "redis_tier"]
 
 
 def redis_tier(
@@ -30,13 +29,3 @@ def backing_tier(
     """The persistent store behind its own breaker."""
     breaker = CircuitBreaker("backing", settings.breaker_failures, settings.breaker_reset_s, clock)
     return Tier(Source.BACKING, store, breaker)
-
-
-def async_backing_store(spec: str) -> AsyncBackingStore:
-    """The backing store ``spec`` names, run on worker threads for the event loop.
-
-    SQLite gets one thread, which owns this process's one connection;
-    DynamoDB gets eight, since each call waits on the network.
-    """
-    workers = 8 if spec.startswith("dynamodb:") else 1
-    return AsyncBackingStore(lambda: open_backing_store(spec), workers=workers)

@@ -66,7 +66,6 @@ __all__ = [
     "is_live",
     "merge_members",
     "oldest_live_ms",
-    "open_backing_store",
     "unexpired",
 ]
 
@@ -304,24 +303,3 @@ class AsyncBackingStore:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
         finally:
             self._pending -= 1
-
-
-def open_backing_store(spec: str) -> BackingStore:
-    """The store a spec names: ``sqlite:PATH`` or ``dynamodb:TABLE``; ``ValueError`` otherwise.
-
-    The store reads the real clock (``time.time``) to expire groups.
-    DynamoDB's endpoint, region and credentials come from the usual AWS
-    variables (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ...).  Each
-    implementation is imported only when named, so SQLite users never load
-    boto3.
-    """
-    kind, _, where = spec.partition(":")
-    if kind == "sqlite" and where:
-        from features.stores.sqlite import SqliteStore
-
-        return SqliteStore(where)
-    if kind == "dynamodb" and where:
-        from features.stores.dynamodb import DynamoDbStore, dynamodb_client
-
-        return DynamoDbStore(where, dynamodb_client())
-    raise ValueError(f"backing store {spec!r}: expected sqlite:PATH or dynamodb:TABLE")

@@ -59,7 +59,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 import boto3
@@ -71,7 +70,6 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import FeatureGroup, Structure
 from features.stores.backing import (
-    AsyncBackingStore,
     Clock,
     HeldGroup,
     answer,
@@ -88,7 +86,7 @@ from features.stores.backing import (
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
 from features.timing import StageTimer
 
-__all__ = ["AsyncDynamoDbStore", "DynamoDbStore", "create_table", "dynamodb_client"]
+__all__ = ["DynamoDbStore", "create_table", "dynamodb_client"]
 
 KEYS_PER_BATCH = 100
 """The most keys one ``BatchGetItem`` call may ask for."""
@@ -413,22 +411,3 @@ class DynamoDbStore:
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()
-
-
-class AsyncDynamoDbStore(AsyncBackingStore):
-    """``DynamoDbStore`` on ``workers`` threads of its own (boto3 clients are thread-safe)."""
-
-    def __init__(
-        self,
-        table_name: str,
-        client: Any,
-        read_budget_s: float = 0.1,
-        workers: int = 8,
-        max_pending: int = 64,
-        clock: Clock = time.time,
-    ) -> None:
-        super().__init__(
-            partial(DynamoDbStore, table_name, client, read_budget_s, clock),
-            workers=workers,
-            max_pending=max_pending,
-        )

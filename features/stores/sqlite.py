@@ -29,14 +29,12 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import FeatureGroup
 from features.stores.backing import (
-    AsyncBackingStore,
     Clock,
     HeldGroup,
     answer,
@@ -49,7 +47,7 @@ from features.stores.backing import (
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
 from features.timing import StageTimer
 
-__all__ = ["AsyncSqliteStore", "SqliteStore"]
+__all__ = ["SqliteStore"]
 
 KEYS_PER_QUERY = 500
 """Keys per ``IN (...)`` lookup, well under SQLite's bound-parameter limit."""
@@ -213,18 +211,3 @@ class SqliteStore:
 
 def _key(group: FeatureGroup, entity_id: str) -> str:
     return feature_key(group.entity.name, entity_id, group.name)
-
-
-class AsyncSqliteStore(AsyncBackingStore):
-    """``SqliteStore`` on one dedicated worker thread that owns its one connection."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        busy_timeout_s: float = 5.0,
-        max_pending: int = 64,
-        clock: Clock = time.time,
-    ) -> None:
-        super().__init__(
-            partial(SqliteStore, path, busy_timeout_s, clock), workers=1, max_pending=max_pending
-        )

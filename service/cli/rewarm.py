@@ -1,0 +1,128 @@
+"""``featserve rewarm``: refill Redis from the backing store (``features.ingest.rewarm``).
+
+featserve rewarm [--backing sqlite:PATH | dynamodb:TABLE] [--group user:features ...]
+                 [--chunk-size 1000] [--redis-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from features.errors import RegistryError, StoreError
+from features.ingest.rewarm import RewarmReport, rewarm
+from features.registry import FRAUD_REGISTRY, FeatureGroup, Registry
+from features.settings import Settings
+from features.stores.backing import group_label
+from features.stores.factory import open_backing_store
+from features.stores.redis import RedisStore, sync_client
+
+__all__ = ["register"]
+
+EXIT_USAGE = 2
+EXIT_STORE = 3
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``featserve rewarm`` to a ``featserve`` subcommand parser."""
+    parser = commands.add_parser(
+        "rewarm",
+        help="refill Redis from the persistent backing store",
+        description="Write every entity group the backing store holds into Redis, in chunks; "
+        "anything older than what Redis holds is skipped, so re-running is safe. "
+        "REDIS_URL says where Redis is; for DynamoDB, AWS_ENDPOINT_URL and AWS_DEFAULT_REGION.",
+    )
+    parser.add_argument(
+        "--backing",
+        help="sqlite:PATH or dynamodb:TABLE (default: $FEATSERVE_BACKING_STORE)",
+    )
+    parser.add_argument(
+        "--group",
+        action="append",
+        dest="groups",
+        metavar="ENTITY:GROUP",
+        help="a group to rewarm, repeatable (default: every group)",
+    )
+    parser.add_argument("--chunk-size", type=int, default=1000, help="entity groups per write")
+    parser.add_argument("--redis-url", help="default: $REDIS_URL")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    settings = Settings()
+    if args.redis_url:
+        settings = settings.model_copy(update={"redis_url": args.redis_url})
+    try:
+        groups = _groups(FRAUD_REGISTRY, args.groups)
+        if not settings.redis_url:
+            raise ValueError("REDIS_URL is not set")
+        if args.chunk_size < 1:
+            raise ValueError(f"--chunk-size {args.chunk_size}: must be at least 1")
+        spec = args.backing or settings.backing_store
+        if not spec:
+            raise ValueError("no backing store: pass --backing or set FEATSERVE_BACKING_STORE")
+        source = open_backing_store(spec)
+    except (RegistryError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    except StoreError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return EXIT_STORE
+    target = RedisStore(sync_client(settings, for_writes=True))
+    try:
+        with _progress(console) as progress:
+            task = progress.add_task(f"{spec} -> Redis", total=None)
+            report = rewarm(
+                source,
+                target,
+                groups,
+                chunk_size=args.chunk_size,
+                on_progress=lambda count: progress.advance(task, count),
+            )
+    except StoreError as exc:
+        console.print(f"[red]error:[/] {exc}\nRe-running is safe: older writes never win.")
+        return EXIT_STORE
+    finally:
+        target.close()
+        source.close()
+    _print_summary(console, report, groups)
+    return 0
+
+
+def _groups(registry: Registry, names: Sequence[str] | None) -> list[FeatureGroup]:
+    if not names:
+        return [g for entity in registry.entities for g in registry.groups_of(entity.name)]
+    groups = []
+    for name in names:
+        entity, _, group = name.partition(":")
+        if not group:
+            raise RegistryError(f"--group {name!r}: expected ENTITY:GROUP, e.g. user:features")
+        groups.append(registry.group(entity, group))
+    return groups
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} entity groups"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _print_summary(console: Console, report: RewarmReport, groups: Sequence[FeatureGroup]) -> None:
+    table = Table(title="rewarm", show_header=False)
+    table.add_row("groups", ", ".join(group_label(group) for group in groups))
+    table.add_row("entity groups read", f"{report.read:,}")
+    table.add_row("entity groups written", f"{report.written:,}")
+    table.add_row("skipped: Redis held newer", f"{report.stale:,}")
+    table.add_row("skipped: older than the TTL", f"{report.expired:,}")
+    table.add_row("elapsed", f"{report.elapsed_s:.2f} s")
+    console.print(table)
