@@ -1,0 +1,21 @@
+"""Importing the definitions stays cheap: no store client, no table library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("redis", "hiredis", "pyarrow", "boto3")
+
+
+@pytest.mark.parametrize(
+    "modules", ["features.registry", "features.derive", "features.settings", "models.schema"]
+)
+def test_definitions_load_no_store_client(modules: str) -> None:
+    probe = f"import sys, {modules}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == ""
