@@ -67,7 +67,7 @@ class NaiveScorer:
             for feature in group.features:
                 held = raw.get(feature.name.encode())
                 values[feature.name] = (
-                    feature.default if held is None else feature.kind.decode(held, feature.dim)
+                    feature.default if held is None else feature.dtype.decode(held, feature.dim)
                 )
         return values
 

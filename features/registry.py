@@ -56,7 +56,8 @@ class Feature:
     """One named value with a dtype and the default the model was trained with."""
 
     name: str
-    dtype: str
+    type_name: str
+    """The declared type: a key of ``features.dtypes.DTYPES`` (``int``, ``float``, ...)."""
     default: Any
     description: str = ""
     dim: int | None = None
@@ -65,29 +66,29 @@ class Feature:
     """The smallest valid value of an int or float feature; writes below it are refused."""
     maximum: float | None = None
     """The largest valid value of an int or float feature; writes above it are refused."""
-    kind: Dtype = field(init=False, repr=False, compare=False)
-    """The dtype object that parses, formats and checks this feature's values (from ``dtype``;
-    an attribute, not a property, because every value read goes through it)."""
+    dtype: Dtype = field(init=False, repr=False, compare=False)
+    """The type object that parses, formats and checks this feature's values (from
+    ``type_name``; an attribute, not a property, because every value read goes through it)."""
 
     def __post_init__(self) -> None:
         _check_identifier(self.name, "feature name")
         if self.name.startswith("_"):
             raise RegistryError(f"feature {self.name!r}: names starting with '_' are reserved")
-        if self.dtype not in DTYPES:
+        if self.type_name not in DTYPES:
             raise RegistryError(
-                f"feature {self.name!r}: unknown dtype {self.dtype!r} "
+                f"feature {self.name!r}: unknown dtype {self.type_name!r} "
                 f"(known: {', '.join(sorted(DTYPES))})"
             )
-        object.__setattr__(self, "kind", DTYPES[self.dtype])
+        object.__setattr__(self, "dtype", DTYPES[self.type_name])
         try:
-            normalized = self.kind.normalize(self.default, self.dim)
+            normalized = self.dtype.normalize(self.default, self.dim)
         except (TypeError, ValueError) as exc:
             raise RegistryError(
                 f"feature {self.name!r}: default {self.default!r} is not a valid "
-                f"{self.dtype}: {exc}"
+                f"{self.type_name}: {exc}"
             ) from None
         object.__setattr__(self, "default", normalized)
-        if (self.minimum is not None or self.maximum is not None) and self.dtype not in (
+        if (self.minimum is not None or self.maximum is not None) and self.type_name not in (
             "int",
             "float",
         ):
@@ -137,14 +138,14 @@ class FeatureGroup:
     def _check_structure(self, where: str) -> None:
         scalar = {"int", "float"}
         if self.structure is Structure.HASH:
-            wrong = [f.name for f in self.features if f.dtype not in scalar]
+            wrong = [f.name for f in self.features if f.type_name not in scalar]
             if wrong:
                 raise RegistryError(f"{where}: a hash holds int or float features, not {wrong}")
             return
         if len(self.features) != 1:
             raise RegistryError(f"{where}: a {self.structure} group holds exactly one feature")
         expected = "str_list" if self.structure is Structure.SORTED_SET else "float32_vector"
-        if self.features[0].dtype != expected:
+        if self.features[0].type_name != expected:
             raise RegistryError(f"{where}: a {self.structure} group's feature must be {expected}")
         if self.structure is Structure.SORTED_SET and (self.top_n is None or self.top_n < 1):
             raise RegistryError(f"{where}: a sorted_set group needs top_n >= 1")

@@ -200,7 +200,7 @@ def _draw_profiles(rng: np.random.Generator, n: int, now: int) -> dict[str, Colu
     }
     dtypes = {"int": np.int64, "float": np.float64}
     return {
-        feature.name: columns[feature.name].astype(dtypes[feature.dtype])
+        feature.name: columns[feature.name].astype(dtypes[feature.type_name])
         for feature in _GROUP.features
     }
 

@@ -190,7 +190,7 @@ def fraud_schema(registry: Registry = FRAUD_REGISTRY) -> ModelSchema:
     """The fraud model's schema: ``user:features`` in declaration order, amount, derived."""
     group = registry.group("user", "features")
     stored = tuple(
-        InputSpec(feature.name, "stored", cast(InputDtype, feature.dtype), feature.default)
+        InputSpec(feature.name, "stored", cast(InputDtype, feature.type_name), feature.default)
         for feature in group.features
     )
     request = tuple(InputSpec(name, "request", "float") for name in REQUEST_INPUTS)

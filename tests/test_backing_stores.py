@@ -709,5 +709,5 @@ def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
     members = items["user:{u1}:recent_items"]["recent_items"]["M"]
     assert {member: Decimal(score["N"]) for member, score in members.items()} == {"a": NOW}
     assert items["user:{u1}:embedding"]["embedding"] == {
-        "B": EMBEDDING.features[0].kind.encode((1.0,) * 16)
+        "B": EMBEDDING.features[0].dtype.encode((1.0,) * 16)
     }

@@ -41,7 +41,7 @@ def test_users_have_every_feature_of_the_group_with_its_dtype(users) -> None:
     for feature in GROUP.features:
         column = users.columns[feature.name]
         assert column.shape == (2000,)
-        assert column.dtype == (np.int64 if feature.dtype == "int" else np.float64)
+        assert column.dtype == (np.int64 if feature.type_name == "int" else np.float64)
 
 
 def test_user_features_are_plausible(users) -> None:
@@ -66,7 +66,7 @@ def test_record_gives_python_values_of_the_declared_dtype(users) -> None:
 
     assert list(record) == list(GROUP.feature_names)
     for feature in GROUP.features:
-        assert type(record[feature.name]) is (int if feature.dtype == "int" else float)
+        assert type(record[feature.name]) is (int if feature.type_name == "int" else float)
         assert record[feature.name] == users.columns[feature.name][17]
 
 

@@ -57,7 +57,7 @@ def test_demo_tables_land_with_values_and_ttls(
         row = source.slice(7, 1).to_pylist()[0]
         stored = redis_client.hgetall("user:{u000007}:features")
         for name in FEATURES.feature_names:
-            assert stored[name.encode()] == FEATURES.by_name[name].kind.encode(row[name])
+            assert stored[name.encode()] == FEATURES.by_name[name].dtype.encode(row[name])
 
 
 def test_the_newest_row_per_entity_wins_whatever_the_order_and_chunking(

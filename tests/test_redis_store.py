@@ -232,7 +232,7 @@ def test_a_large_batch_decodes_like_one_entity_at_a_time(
             "last_login_ts": str(1764230000 + number),
         }
         values: dict[str, object] = {
-            f.name: int(texts[f.name]) if f.dtype == "int" else float(texts[f.name])
+            f.name: int(texts[f.name]) if f.type_name == "int" else float(texts[f.name])
             for f in USER_FEATURES.features
         }
         if entity == odd_one and field is not None:
@@ -247,7 +247,7 @@ def test_a_large_batch_decodes_like_one_entity_at_a_time(
     answers = reader([ReadRequest(entity, USER_FEATURES, fields) for entity in entities])
     assert dict(zip(entities, answers, strict=True)) == wanted
     types = {name: type(value) for name, value in (answers[0] or {}).items()}
-    assert types == {f.name: int if f.dtype == "int" else float for f in USER_FEATURES.features}
+    assert types == {f.name: int if f.type_name == "int" else float for f in USER_FEATURES.features}
     if field is not None and expected != "left out":
         assert type((answers[17] or {})[field]) is type(expected)
 

@@ -31,7 +31,7 @@ def test_shipped_fraud_group_matches_the_mission_table() -> None:
         "is_premium": 0,
         "last_login_ts": 0,
     }
-    assert [f.dtype for f in group.features].count("int") == 7
+    assert [f.type_name for f in group.features].count("int") == 7
 
 
 @pytest.mark.parametrize(

@@ -165,19 +165,19 @@ def _cell(feature: Feature, value: Any, from_csv: bool) -> Any:
         return None
     if from_csv:
         return _text_cell(feature, value)
-    if feature.dtype == "int" and isinstance(value, float) and value.is_integer():
+    if feature.type_name == "int" and isinstance(value, float) and value.is_integer():
         return int(value)  # Parquet writers often store int columns with nulls as floats.
     return value
 
 
 def _text_cell(feature: Feature, text: str) -> Any:
     try:
-        if feature.dtype == "float32_vector":
+        if feature.type_name == "float32_vector":
             return json.loads(text)
-        if feature.dtype in ("int", "float"):
-            return feature.kind.decode(text.encode(), feature.dim)
+        if feature.type_name in ("int", "float"):
+            return feature.dtype.decode(text.encode(), feature.dim)
     except ValueError as exc:
         raise InvalidUpdate(
-            feature.name, f"{text!r} is not a valid {feature.dtype}: {exc}"
+            feature.name, f"{text!r} is not a valid {feature.type_name}: {exc}"
         ) from None
     return text

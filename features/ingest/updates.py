@@ -70,7 +70,7 @@ def parse_update(
     if group.structure is Structure.SORTED_SET:
         return FeatureUpdate(entity_id, group, when, _members(feature.name, value, when))
     try:
-        vector = feature.kind.normalize(value, feature.dim)
+        vector = feature.dtype.normalize(value, feature.dim)
     except (TypeError, ValueError) as exc:
         raise InvalidUpdate(feature.name, str(exc)) from None
     return FeatureUpdate(entity_id, group, when, {feature.name: vector})
@@ -83,7 +83,7 @@ def _hash_values(group: FeatureGroup, values: Mapping[str, Any]) -> dict[str, An
             continue
         feature = group.by_name[name]
         try:
-            normalized = feature.kind.normalize(value, feature.dim)
+            normalized = feature.dtype.normalize(value, feature.dim)
         except (TypeError, ValueError) as exc:
             raise InvalidUpdate(name, f"{value!r}: {exc}") from None
         problem = feature.out_of_range(normalized)

@@ -231,11 +231,11 @@ def checked_values(group: FeatureGroup, stored: Mapping[str, Any]) -> dict[str, 
             continue
         try:
             if isinstance(raw, bytes):
-                values[name] = feature.kind.decode(raw, feature.dim)
+                values[name] = feature.dtype.decode(raw, feature.dim)
             elif group.structure is Structure.HASH:
-                values[name] = feature.kind.decode(str(raw).encode(), feature.dim)
+                values[name] = feature.dtype.decode(str(raw).encode(), feature.dim)
             else:
-                values[name] = feature.kind.normalize([float(item) for item in raw], feature.dim)
+                values[name] = feature.dtype.normalize([float(item) for item in raw], feature.dim)
         except (TypeError, ValueError) as exc:
             _bad_value_log.error(f"ignoring a stored {group_label(group)}.{name} value", exc)
     return values

@@ -274,7 +274,7 @@ class DynamoDbStore:
             values = {name: _number(value) for name, value in update.values.items()}
         else:
             feature = group.features[0]
-            values = {feature.name: feature.kind.encode(update.values[feature.name])}
+            values = {feature.name: feature.dtype.encode(update.values[feature.name])}
         names = {"#e": _EVENT_MS, "#g": _GROUP, "#x": _EXPIRES_AT}
         bound: dict[str, Any] = {
             ":e": update.event_ms,

@@ -56,7 +56,7 @@ def decode_hash_columns(
     if not np.isfinite(matrix).all():
         return None
     columns: list[list[Any]] = matrix.T.tolist()
-    int_indexes = [i for i, name in enumerate(fields) if group.by_name[name].dtype == "int"]
+    int_indexes = [i for i, name in enumerate(fields) if group.by_name[name].type_name == "int"]
     if int_indexes:
         ints = matrix[:, int_indexes]
         if np.abs(ints).max() >= _EXACT_INT_LIMIT or (ints != np.trunc(ints)).any():

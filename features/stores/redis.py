@@ -160,7 +160,7 @@ def _decode(request: ReadRequest, reply: Any) -> StoredValues | None:
             if raw is not None:
                 feature = by_name[name]
                 try:
-                    value = feature.kind.decode(raw, feature.dim)
+                    value = feature.dtype.decode(raw, feature.dim)
                 except ValueError as exc:
                     _bad_value_log.error(f"ignoring a stored {group.name}.{name} value", exc)
             values.append(value)
@@ -171,7 +171,7 @@ def _decode(request: ReadRequest, reply: Any) -> StoredValues | None:
         return None
     feature = group.features[0]
     try:
-        return {feature.name: feature.kind.decode(reply, feature.dim)}
+        return {feature.name: feature.dtype.decode(reply, feature.dim)}
     except ValueError as exc:
         _bad_value_log.error(f"ignoring a stored {group.name} value", exc)
         return None
@@ -233,7 +233,7 @@ def _queue_write(pipe: Any, update: FeatureUpdate) -> None:
     if group.structure is Structure.HASH:
         args: list[Any] = [update.event_ms, ttl_ms]
         for name, value in update.values.items():
-            args += (name, group.by_name[name].kind.encode(value))
+            args += (name, group.by_name[name].dtype.encode(value))
         pipe.evalsha(HASH_WRITE.sha, 1, key, *args)
     elif group.structure is Structure.SORTED_SET:
         args = [ttl_ms, group.top_n or 1]
@@ -242,7 +242,7 @@ def _queue_write(pipe: Any, update: FeatureUpdate) -> None:
         pipe.evalsha(SORTED_SET_WRITE.sha, 1, key, *args)
     else:
         feature = group.features[0]
-        blob = feature.kind.encode(update.values[feature.name])
+        blob = feature.dtype.encode(update.values[feature.name])
         event_key = f"{key}:{EVENT_MS_FIELD}"
         pipe.evalsha(STRING_WRITE.sha, 2, key, event_key, update.event_ms, ttl_ms, blob)
 
