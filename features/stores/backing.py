@@ -4,7 +4,7 @@ A backing store (tier 3 of the read path) keeps one record per entity group,
 keyed by the Redis key string (``features.keys.feature_key``): the event
 time of the values and the values themselves.  It answers ``read`` exactly
 as the Redis store does for the same writes, so the resolver cannot tell
-them apart, and it applies Redis' ordering rule (``apply``):
+them apart, and it applies Redis' ordering rule (``held_after_write``):
 
 - hash: an update older than the held event is skipped; an equal one is
   re-applied; fields the update lacks keep their held values.
@@ -17,8 +17,8 @@ A group whose event time is older than its TTL (``FeatureGroup.ttl``) has
 expired: ``is_live`` is the one rule, live iff ``event_ms + ttl_ms >
 now_ms``, with ``now_ms`` from the store's injectable clock (``time.time``
 unless a test pins it).  An expired group counts as absent, as a key Redis
-has expired does: for reads (``answer`` says ``None``, so the resolver falls
-through to stale values and defaults) and for writes (``apply`` neither
+has expired does: for reads (``read_held`` says ``None``, so the resolver falls
+through to stale values and defaults) and for writes (``held_after_write`` neither
 merges into it nor skips an update as older than it).  Redis counts a key's
 TTL from the write, not the event, so it can keep a backfilled group longer.
 Stores keep expired records until a write replaces them (or DynamoDB's own
@@ -56,16 +56,16 @@ __all__ = [
     "BackingStore",
     "Clock",
     "HeldGroup",
-    "answer",
-    "apply",
     "checked_values",
     "entity_id_of",
     "epoch_ms",
     "expires_at_ms",
     "group_label",
+    "held_after_write",
     "is_live",
     "merge_members",
     "oldest_live_ms",
+    "read_held",
     "unexpired",
 ]
 
@@ -96,11 +96,11 @@ class BackingStore(Protocol):
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
     ) -> list[StoredValues | None]:
-        """See ``OnlineStore.read``; an expired group reads as ``None`` (``answer``)."""
+        """See ``OnlineStore.read``; an expired group reads as ``None`` (``read_held``)."""
         ...
 
     def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """See ``OnlineStore.write``; ``apply`` is the ordering rule."""
+        """See ``OnlineStore.write``; ``held_after_write`` is the ordering rule."""
         ...
 
     def scan(self, group: FeatureGroup) -> Iterator[FeatureUpdate]:
@@ -163,7 +163,9 @@ def unexpired(group: FeatureGroup, held: HeldGroup | None, now_ms: int) -> HeldG
     return held
 
 
-def apply(held: HeldGroup | None, update: FeatureUpdate, now_ms: int) -> HeldGroup | None:
+def held_after_write(
+    held: HeldGroup | None, update: FeatureUpdate, now_ms: int
+) -> HeldGroup | None:
     """What to hold after ``update`` at ``now_ms``, or ``None`` when it is older than ``held``.
 
     An expired ``held`` counts as absent: the update replaces it whole.
@@ -196,7 +198,7 @@ def _newest_first(members: Mapping[str, float]) -> list[str]:
     return sorted(members, key=lambda member: (members[member], member), reverse=True)
 
 
-def answer(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> StoredValues | None:
+def read_held(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> StoredValues | None:
     """What the Redis store would return for ``request`` at ``now_ms`` if Redis held ``held``.
 
     ``None`` when ``held`` is ``None`` or has expired (``is_live``).

@@ -72,7 +72,6 @@ from features.registry import FeatureGroup, Structure
 from features.stores.backing import (
     Clock,
     HeldGroup,
-    answer,
     checked_values,
     entity_id_of,
     epoch_ms,
@@ -81,6 +80,7 @@ from features.stores.backing import (
     is_live,
     merge_members,
     oldest_live_ms,
+    read_held,
     unexpired,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
@@ -230,7 +230,9 @@ class DynamoDbStore:
             items.update(self._batch_get(distinct[start : start + KEYS_PER_BATCH], deadline))
         now_ms = epoch_ms(self._clock)
         return [
-            answer(request, None if key not in items else _held(request.group, items[key]), now_ms)
+            read_held(
+                request, None if key not in items else _held(request.group, items[key]), now_ms
+            )
             for request, key in zip(requests, keys, strict=True)
         ]
 

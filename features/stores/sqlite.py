@@ -15,10 +15,10 @@ sorted set, ``{feature: [float, ...]}`` for a string group.
 The database runs in WAL mode, so reads never wait for a writer.  A
 ``write`` call is one ``BEGIN IMMEDIATE`` transaction: it takes the write
 lock first, reads the held rows, applies the ordering rule
-(``backing.apply``) and upserts, so writers in other threads or processes
+(``backing.held_after_write``) and upserts, so writers in other threads or processes
 cannot interleave and an older event never replaces a newer one.  Rows
 are kept past their group's TTL; reads answer them as absent and writes
-replace them whole (``backing.answer``, ``backing.apply``).  sqlite3 errors
+replace them whole (``backing.read_held``, ``backing.held_after_write``).  sqlite3 errors
 are translated into ``StoreError`` leaves here and nowhere else.
 """
 
@@ -37,12 +37,12 @@ from features.registry import FeatureGroup
 from features.stores.backing import (
     Clock,
     HeldGroup,
-    answer,
-    apply,
     checked_values,
     entity_id_of,
     epoch_ms,
     group_label,
+    held_after_write,
+    read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
 from features.timing import StageTimer
@@ -137,7 +137,7 @@ class SqliteStore:
         for request, key in zip(requests, keys, strict=True):
             row = rows.get(key)
             held = None if row is None else _decode(request.group, row[1], row[2])
-            answers.append(answer(request, held, now_ms))
+            answers.append(read_held(request, held, now_ms))
         return answers
 
     def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
@@ -157,7 +157,7 @@ class SqliteStore:
             for update, key in zip(updates, keys, strict=True):
                 if key not in held and key in rows:
                     held[key] = _decode(update.group, rows[key][1], rows[key][2])
-                after = apply(held.get(key), update, now_ms)
+                after = held_after_write(held.get(key), update, now_ms)
                 applied.append(after is not None)
                 if after is not None:
                     held[key] = after
