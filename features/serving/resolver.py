@@ -35,7 +35,13 @@ from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Registry
 from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache, SingleFlight
-from features.stores.base import AsyncOnlineStore, ReadRequest, StoredRow, StoredValues
+from features.stores.base import (
+    AsyncOnlineStore,
+    ReadFailed,
+    ReadRequest,
+    StoredRow,
+    StoredValues,
+)
 from features.timing import StageTimer
 
 __all__ = [
@@ -288,9 +294,11 @@ class Resolver:
         """Ask each tier for what is missing, then stale values or defaults; settle waiters."""
         outcomes: list[_Fetched | None] = [None] * len(requests)
         try:
-            pending, failed = await self._ask_tiers(requests, outcomes, timer)
+            pending, failed, failed_requests = await self._ask_tiers(requests, outcomes, timer)
             for index in pending:
-                outcomes[index] = _fallback(requests[index], keys[index], self._cache, failed)
+                outcomes[index] = _fallback(
+                    requests[index], keys[index], self._cache, failed or index in failed_requests
+                )
             if None in outcomes:  # every request gets a tier's answer or a fallback
                 raise AssertionError("unresolved feature group")
             done = cast(list[_Fetched], outcomes)
@@ -306,12 +314,14 @@ class Resolver:
 
     async def _ask_tiers(
         self, requests: list[ReadRequest], outcomes: list[_Fetched | None], timer: StageTimer
-    ) -> tuple[list[int], bool]:
-        """Fill ``outcomes`` from the stores; return what is missing and whether a store failed."""
+    ) -> tuple[list[int], bool, set[int]]:
+        """Fill ``outcomes`` from the stores; return what is missing, whether a store failed,
+        and which requests a store answered with ``ReadFailed``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline_s
         pending = list(range(len(requests)))
         failed = False
+        failed_requests: set[int] = set()
         for tier in self._tiers:
             if not pending:
                 break
@@ -340,15 +350,20 @@ class Resolver:
                     self._error_log.error(f"{tier.source} read missed the deadline; falling back")
                 failed = True
                 continue
+            # The store answered, even if some of its servers did not (``ReadFailed``): those
+            # servers are the store's to skip, and the others stay in use.
             tier.breaker.record_success()
             still_missing = []
             for index, values in zip(pending, stored, strict=True):
                 if values is None:
                     still_missing.append(index)
+                elif isinstance(values, ReadFailed):
+                    still_missing.append(index)
+                    failed_requests.add(index)
                 else:
                     outcomes[index] = _from_store(requests[index], values, tier.source)
             pending = still_missing
-        return pending, failed
+        return pending, failed, failed_requests
 
 
 def _resolved_group(

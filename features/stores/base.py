@@ -2,6 +2,11 @@
 
 A store answers reads for many (entity, group) pairs at once and writes
 rows with their TTL; the resolver never knows which store it talks to.
+
+A read answers every request or raises ``StoreError`` for all of them, with
+one exception: a store spread over several servers (Redis Cluster) answers
+the requests of the servers that answered and puts a ``ReadFailed`` in place
+of each request whose server failed, so that only those entities fall back.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ __all__ = [
     "AsyncOnlineStore",
     "FeatureUpdate",
     "OnlineStore",
+    "ReadAnswer",
+    "ReadFailed",
     "ReadRequest",
     "StoredRow",
     "StoredValues",
@@ -69,6 +76,24 @@ class ReadRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadFailed:
+    """In a read's answer, in place of one request's values: its server could not be read.
+
+    The request neither found nor missed anything; the caller falls back for it as for a
+    store that failed.  Other requests of the same read were answered.
+    """
+
+    reason: str
+    """Why, as a degraded-answer reason: ``store_error`` (the server failed or refused),
+    ``deadline`` (it did not answer in time), ``breaker_open`` (it failed recently and was
+    not asked)."""
+
+
+ReadAnswer = StoredValues | ReadFailed | None
+"""One request's answer: its values, ``ReadFailed``, or ``None`` when nothing is stored."""
+
+
+@dataclass(frozen=True, slots=True)
 class FeatureUpdate:
     """A validated write of one entity's group as of an event time.
 
@@ -94,7 +119,8 @@ class OnlineStore(Protocol):
         """Values for each request: a list of the same length and order as ``requests``.
 
         ``None`` means the entity has nothing stored for that group.  Raises
-        ``StoreError`` when the store cannot answer at all.
+        ``StoreError`` when the store cannot answer at all.  (Blocking stores
+        never answer ``ReadFailed``.)
         """
         ...
 
@@ -113,8 +139,9 @@ class AsyncOnlineStore(Protocol):
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
-        """See ``OnlineStore.read``."""
+    ) -> Sequence[ReadAnswer]:
+        """See ``OnlineStore.read``; a store spread over several servers may also answer
+        ``ReadFailed`` for the requests of a server that failed (see the module docstring)."""
         ...
 
     async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:

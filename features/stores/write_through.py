@@ -15,6 +15,7 @@ from features.stores.base import (
     AsyncOnlineStore,
     FeatureUpdate,
     OnlineStore,
+    ReadAnswer,
     ReadRequest,
     StoredValues,
 )
@@ -51,7 +52,7 @@ class AsyncWriteThrough:
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
+    ) -> Sequence[ReadAnswer]:
         """The online store's answer."""
         return await self._online.read(requests, timer)
 
