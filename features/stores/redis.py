@@ -227,6 +227,7 @@ async def _reply(connection: Any) -> Any:
 
 
 def _queue_write(pipe: Any, update: FeatureUpdate) -> None:
+    # EVALSHA through execute_command: a blocking cluster pipeline refuses ``pipe.evalsha``.
     group = update.group
     key = feature_key(group.entity.name, update.entity_id, group.name)
     ttl_ms = int(group.ttl.total_seconds() * 1000)
@@ -234,17 +235,19 @@ def _queue_write(pipe: Any, update: FeatureUpdate) -> None:
         args: list[Any] = [update.event_ms, ttl_ms]
         for name, value in update.values.items():
             args += (name, group.by_name[name].dtype.encode(value))
-        pipe.evalsha(HASH_WRITE.sha, 1, key, *args)
+        pipe.execute_command("EVALSHA", HASH_WRITE.sha, 1, key, *args)
     elif group.structure is Structure.SORTED_SET:
         args = [ttl_ms, group.top_n or 1]
         for member, score in update.values.items():
             args += (score, member)
-        pipe.evalsha(SORTED_SET_WRITE.sha, 1, key, *args)
+        pipe.execute_command("EVALSHA", SORTED_SET_WRITE.sha, 1, key, *args)
     else:
         feature = group.features[0]
         blob = feature.dtype.encode(update.values[feature.name])
         event_key = f"{key}:{EVENT_MS_FIELD}"
-        pipe.evalsha(STRING_WRITE.sha, 2, key, event_key, update.event_ms, ttl_ms, blob)
+        pipe.execute_command(
+            "EVALSHA", STRING_WRITE.sha, 2, key, event_key, update.event_ms, ttl_ms, blob
+        )
 
 
 def _applied(replies: Sequence[Any]) -> list[bool] | None:
@@ -263,9 +266,10 @@ def _chunks(updates: Sequence[FeatureUpdate]) -> Iterator[Sequence[FeatureUpdate
 
 
 class RedisStore:
-    """The Redis store over a blocking client (``sync_client``)."""
+    """The Redis store over a blocking client (``sync_client``, or a cluster's or a sentinel's
+    from ``factory.open_redis_client``: pipelines and ``SCRIPT LOAD`` work alike on each)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
         self._client = client
 
     def read(
