@@ -27,8 +27,8 @@ from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
 from features.stores.backing import AsyncBackingStore
 from features.stores.base import AsyncOnlineStore
-from features.stores.factory import async_backing_store
-from features.stores.redis import async_redis_store
+from features.stores.factory import async_backing_store, async_online_store
+from features.stores.redis_cluster import AsyncRedisClusterStore
 from features.stores.write_through import AsyncWriteThrough
 from features.timing import StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
@@ -68,20 +68,20 @@ class FraudScorer:
     model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
-        if not SETTINGS.redis_url:
+        if SETTINGS.redis_missing:
             raise RuntimeError(
-                "REDIS_URL is not set: point it at the online store, "
+                f"{SETTINGS.redis_missing}: point it at the online store, "
                 "or run `make serve` for an embedded Redis with demo data"
             )
         model = load(self.model_ref.tag)
         require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
         self.model_tag = model.tag
-        self.store = async_redis_store(SETTINGS)
+        self.store = async_online_store(SETTINGS)
         cache: FeatureCache[CachedGroup] = FeatureCache(
             SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize, SETTINGS.stale_cache_maxsize
         )
         tiers = [redis_tier(self.store, SETTINGS)]
-        self.redis_writes = async_redis_store(SETTINGS, for_writes=True)
+        self.redis_writes = async_online_store(SETTINGS, for_writes=True)
         self.write_store: AsyncOnlineStore = self.redis_writes
         self.backing: AsyncBackingStore | None = None
         if SETTINGS.backing_store:
@@ -224,12 +224,25 @@ class FraudScorer:
     async def status(self) -> dict[str, Any]:
         """What a person wants to know: the model, whether Redis answers, the breakers."""
         redis_up = await self.store.ping()
+        cluster = isinstance(self.store, AsyncRedisClusterStore)
+        nodes = {}
+        if isinstance(self.store, AsyncRedisClusterStore):
+            nodes = {
+                "redis_nodes": {
+                    name: {"state": breaker.state.value, "reason": breaker.reason}
+                    for name, breaker in self.store.node_breakers().items()
+                }
+            }
         return {
             "model": self.model_tag,
             "inference": self.inference,
+            "redis_mode": SETTINGS.redis_mode,
             "redis": "up"
             if redis_up
+            else "not every primary answers (their entities are served from fallbacks)"
+            if cluster
             else "down (serving from fallbacks: stale, backing, defaults)",
+            **nodes,
             "breakers": {
                 tier.source.value: {
                     "state": tier.breaker.state.value,

@@ -16,14 +16,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from features.settings import Settings
 from models.demo_tables import write_demo_tables
 from service.cli import materialize, rewarm, sla
 
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; the exit code says how it went."""
+def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    """Run one subcommand; the exit code says how it went.
+
+    ``settings`` stands in for the environment's (``Settings()``), for callers that run
+    the command line in-process against a Redis of their own.
+    """
     parser = argparse.ArgumentParser(prog="featserve", description="featserve command line")
     commands = parser.add_subparsers(dest="command", required=True)
     materialize.register(commands)
@@ -31,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sla.register(commands)
     _add_demo_data(commands)
     args = parser.parse_args(argv)
+    args.settings = settings
     code: int = args.run(args)
     return code
 

@@ -22,8 +22,7 @@ from features.ingest.tables import TableError, open_table
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
 from features.stores.base import OnlineStore
-from features.stores.factory import open_backing_store
-from features.stores.redis import RedisStore, sync_client
+from features.stores.factory import open_backing_store, open_online_store
 from features.stores.write_through import WriteThrough
 
 __all__ = ["register"]
@@ -39,7 +38,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "materialize",
         help="write an offline table (Parquet or CSV) into Redis",
         description="Validate every row, keep the newest per entity, write values and TTL "
-        "in pipelined chunks; older events never replace newer ones. REDIS_URL says where.",
+        "in pipelined chunks; older events never replace newer ones. REDIS_URL says where "
+        "(and FEATSERVE_REDIS_MODE how: standalone, cluster or sentinel).",
     )
     parser.add_argument("table", type=Path, help="a .parquet or .csv file")
     parser.add_argument("--group", default="user:features", help="ENTITY:GROUP (user:features)")
@@ -59,7 +59,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="also write to this backing store first: sqlite:PATH or dynamodb:TABLE "
         "(default: $FEATSERVE_BACKING_STORE; none when unset)",
     )
-    parser.set_defaults(run=_run_materialize)
+    parser.set_defaults(run=_run_materialize, settings=None)
 
 
 def _run_materialize(args: argparse.Namespace) -> int:
@@ -70,14 +70,18 @@ def _run_materialize(args: argparse.Namespace) -> int:
     except (RegistryError, TableError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return EXIT_USAGE
-    settings = Settings()
+    settings = args.settings or Settings()
     if args.redis_url:
         settings = settings.model_copy(update={"redis_url": args.redis_url})
-    if not settings.redis_url:
-        console.print("[red]error:[/] REDIS_URL is not set")
+    if settings.redis_missing:
+        console.print(f"[red]error:[/] {settings.redis_missing}")
         return EXIT_USAGE
     rejects_path = args.rejects or args.table.with_name(args.table.name + ".rejects.csv")
-    redis_store = RedisStore(sync_client(settings, for_writes=True))
+    try:
+        redis_store = open_online_store(settings, for_writes=True)
+    except StoreError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return EXIT_STORE
     backing_spec = args.backing or settings.backing_store
     try:
         backing = open_backing_store(backing_spec) if backing_spec else None
