@@ -74,13 +74,13 @@ def async_online_store(settings: Settings, for_writes: bool = False) -> AsyncRed
             breaker_reset_s=settings.breaker_reset_s,
         )
     if settings.redis_mode == "sentinel":
-        from features.stores.redis_sentinel import async_sentinel_client
+        from features.stores.redis_sentinel import async_sentinel_store
 
-        options = _client_options(settings, None)
-        sentinel_managed = async_sentinel_client(
-            settings, {**options, "protocol": 2, "driver_info": None}, for_reads=not for_writes
+        # As async_redis_store builds its client: nothing sent on connect, no socket timeout.
+        options = {**_client_options(settings, None), "protocol": 2, "driver_info": None}
+        return async_sentinel_store(
+            settings, options, _timeout_s(settings, for_writes), for_reads=not for_writes
         )
-        return AsyncRedisStore(sentinel_managed, _timeout_s(settings, for_writes))
     return async_redis_store(settings, for_writes)
 
 

@@ -196,7 +196,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 await self._nodes.move_slot(reply)
                 moved.append(index)
             elif isinstance(reply, AskError):
-                node = self._nodes.get_node(host=reply.host, port=reply.port)
+                host, port = self._nodes.remap_host_port(reply.host, reply.port)
+                node = self._nodes.get_node(host=host, port=port)
                 if node is None:
                     replies[index] = ReadFailed("store_error")
                 else:
@@ -427,11 +428,18 @@ def _text(value: bytes | str) -> str:
 
 
 def async_cluster_client(
-    url: str, pool_size: int, connect_timeout_s: float, read_from_replicas: bool
+    url: str,
+    pool_size: int,
+    connect_timeout_s: float,
+    read_from_replicas: bool,
+    address_remap: Callable[[tuple[str, int]], tuple[str, int]] | None = None,
 ) -> RedisCluster:
     """An asyncio cluster client built as the standalone one is: no socket timeout (the store
     bounds each round trip itself), no retries, nothing sent on connect but ``READONLY`` for
-    replica reads; it starts even when a shard is down (``require_full_coverage=False``)."""
+    replica reads; it starts even when a shard is down (``require_full_coverage=False``).
+
+    ``address_remap`` maps the addresses the nodes announce to where they are reachable
+    (a NAT, or the tests' proxies)."""
     return RedisCluster.from_url(
         url,
         protocol=2,
@@ -444,6 +452,7 @@ def async_cluster_client(
         load_balancing_strategy=(
             LoadBalancingStrategy.ROUND_ROBIN_REPLICAS if read_from_replicas else None
         ),
+        address_remap=address_remap,
     )
 
 

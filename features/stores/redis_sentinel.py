@@ -20,8 +20,9 @@ import redis.asyncio.sentinel
 import redis.sentinel
 
 from features.settings import Settings
+from features.stores.redis import AsyncRedisStore
 
-__all__ = ["async_sentinel_client", "sentinel_client"]
+__all__ = ["AsyncSentinelStore", "async_sentinel_store", "sentinel_client"]
 
 
 def _connection_options(settings: Settings) -> dict[str, Any]:
@@ -41,11 +42,32 @@ def _sentinel_options(settings: Settings) -> dict[str, Any]:
     return {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
 
 
-def async_sentinel_client(
-    settings: Settings, options: dict[str, Any], for_reads: bool
-) -> redis.asyncio.Redis:
-    """An asyncio client whose pool connects where the sentinels say: to the primary, or with
-    ``for_reads`` and ``read_from_replicas`` to a replica (the primary when none is up)."""
+class AsyncSentinelStore(AsyncRedisStore):
+    """The standalone asyncio store over a sentinel-directed pool; closing it also closes the
+    connections to the sentinels."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        timeout_s: float,
+        sentinel: redis.asyncio.sentinel.Sentinel,
+    ) -> None:
+        super().__init__(client, timeout_s)
+        self._sentinel = sentinel
+
+    async def close(self) -> None:
+        """Close the connections to Redis and to the sentinels."""
+        await super().close()
+        for sentinel in self._sentinel.sentinels:
+            await sentinel.aclose()
+
+
+def async_sentinel_store(
+    settings: Settings, options: dict[str, Any], timeout_s: float, for_reads: bool
+) -> AsyncSentinelStore:
+    """The asyncio store over a pool that connects where the sentinels say: to the primary,
+    or with ``for_reads`` and ``read_from_replicas`` to a replica (the primary when none is
+    up).  ``options`` are the connections' (timeouts, pool size, retries)."""
     sentinel = redis.asyncio.sentinel.Sentinel(
         settings.sentinel_addresses,
         sentinel_kwargs=_sentinel_options(settings),
@@ -53,8 +75,10 @@ def async_sentinel_client(
     )
     name = settings.sentinel_master or ""
     if for_reads and settings.read_from_replicas:
-        return sentinel.slave_for(name, **options)
-    return sentinel.master_for(name, **options)
+        client = sentinel.slave_for(name, **options)
+    else:
+        client = sentinel.master_for(name, **options)
+    return AsyncSentinelStore(client, timeout_s, sentinel)
 
 
 def sentinel_client(settings: Settings, options: dict[str, Any]) -> redis.Redis:

@@ -104,9 +104,7 @@ class LocalCluster:
                 )
         _wait(lambda: all(_known_nodes(n) == len(self.nodes) for n in self.nodes))
         for index, node in enumerate(self.nodes[self._primaries :]):
-            primary = first_primaries[index % self._primaries]
-            with _client(primary) as client:
-                primary_id = client.execute_command("CLUSTER MYID").decode()
+            primary_id = self.node_id(first_primaries[index % self._primaries])
             with _client(node) as client:
                 client.execute_command("CLUSTER REPLICATE", primary_id)
 
@@ -171,6 +169,17 @@ class LocalCluster:
 
     def _by_port(self, port: int) -> LocalRedis:
         return next(node for node in self.nodes if node.port == port)
+
+    def node_id(self, node: LocalRedis) -> str:
+        """The cluster's id of ``node``."""
+        with _client(node) as client:
+            return str(client.execute_command("CLUSTER MYID").decode())
+
+    def flush(self) -> None:
+        """Empty every primary (their replicas follow)."""
+        for primary in self.primaries():
+            with _client(primary) as client:
+                client.flushall()
 
     def close(self) -> None:
         """Stop every node and remove their working directories."""
