@@ -7,6 +7,7 @@ nodes through ``address_remap``), commands by each node's ``INFO commandstats``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +28,7 @@ from features.stores.factory import async_online_store, open_online_store
 from features.stores.redis_cluster import AsyncRedisClusterStore, async_cluster_client
 from features.stores.redis_scripts import SCRIPTS
 from features.stores.sqlite import SqliteStore
+from service import cli
 from service.cli.demo import load_demo_data
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
@@ -431,3 +433,15 @@ def test_materialize_and_rewarm_write_into_the_cluster(
         assert [dict(a) if a else None for a in answers] == [{"tx_count_1h": 5}] * 60
     finally:
         store.close()
+
+
+def test_capacity_measures_entities_on_the_cluster(
+    cluster: LocalCluster, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_users(settings, USERS)
+    argv = ["capacity", "--entities", "100", "--peak-rps", "10", "--latency-ms", "1",
+            "--measure", "--samples", "20", "--json"]  # fmt: skip
+    assert cli.main(argv, settings) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["entity_bytes_source"] == "measured: MEMORY USAGE of 20 entities"
+    assert printed["inputs"]["entity_bytes"] > 0

@@ -6,6 +6,7 @@ featserve rewarm [--backing sqlite:PATH | dynamodb:TABLE] [--group user:features
 featserve sla --url URL [--profile fraud] [--total-ms N --features-ms N]
               [--rate R | --concurrency C] [--duration S] [--entities N|FIRST..LAST] [--plot FILE]
 featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
+featserve capacity --entities N --peak-rps R --latency-ms L [--measure | --bytes-per-entity B]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from features.settings import Settings
 from models.demo_tables import write_demo_tables
-from service.cli import materialize, rewarm, sla
+from service.cli import capacity, materialize, rewarm, sla
 
 __all__ = ["main"]
 
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     materialize.register(commands)
     rewarm.register(commands)
     sla.register(commands)
+    capacity.register(commands)
     _add_demo_data(commands)
     args = parser.parse_args(argv)
     args.settings = settings
