@@ -194,6 +194,30 @@ def test_one_entity_is_one_round_trip_to_its_node_only(
     assert {port: p.round_trips for port, p in proxies.items() if p.round_trips} == {home: 1}
 
 
+def test_the_store_starts_even_when_every_read_is_cut_short(
+    cluster: LocalCluster, settings: Settings, proxies: dict[int, TcpProxy]
+) -> None:
+    """Loading the slot map takes two round trips; each read is given time for one."""
+    write_users(settings, USERS[:1])
+    for proxy in proxies.values():
+        proxy.set_latency(0.010)
+
+    async def scenario() -> list[Any]:
+        store = proxied_store(settings, proxies)
+        try:
+            for _ in range(100):
+                try:
+                    async with asyncio.timeout(0.015):
+                        return await store.read(every_group(USERS[:1]))
+                except TimeoutError:
+                    continue
+            return []
+        finally:
+            await store.close()
+
+    assert as_dicts(run(scenario)) == expected(USERS[:1])
+
+
 @pytest.mark.parametrize(
     ("fault", "reason"), [("refused", "store_error"), ("blackhole", "deadline")]
 )

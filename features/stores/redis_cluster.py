@@ -132,6 +132,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         self._refresh: asyncio.Task[None] | None = None
         self._refreshed_at = -REFRESH_INTERVAL_S
         self._ready = False
+        self._starting: asyncio.Task[RedisCluster] | None = None
         self._error_log = BurstLog(_log)
 
     @property
@@ -172,15 +173,29 @@ class AsyncRedisClusterStore(AsyncRedisStore):
 
     async def _round_trips(self, requests: Sequence[ReadRequest]) -> list[Any]:
         """Every request's reply, or ``ReadFailed`` where its node failed."""
-        if not self._ready:
-            with _translated_errors():
-                await self._cluster.initialize()
-            self._ready = True
+        await self._ensure_ready()
         replies: list[Any] = [None] * len(requests)
         batches = self._batches(requests, range(len(requests)), replies, replicas_allowed=True)
         on_primaries = await self._send(batches, requests, replies, asking=False)
         await self._retry_once(requests, replies, on_primaries)
         return replies
+
+    async def _ensure_ready(self) -> None:
+        """Load the slot map (and redis-py's command table) once, in a task of its own.
+
+        It takes longer than a short deadline allows (``COMMAND`` is a large reply), and
+        redis-py drops a half-done start: were it cancelled with each request, the store
+        would never start.  Shielded, it completes while those first requests fall back.
+        """
+        if self._ready:
+            return
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.get_running_loop().create_task(self._cluster.initialize())
+            # A start nobody waits for any more must not log "exception never retrieved".
+            self._starting.add_done_callback(_retrieve)
+        with _translated_errors():
+            await asyncio.shield(self._starting)
+        self._ready = True
 
     async def _retry_once(
         self, requests: Sequence[ReadRequest], replies: list[Any], on_primaries: list[int]
@@ -392,9 +407,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         try:
             with _translated_errors():
                 async with asyncio.timeout(self._timeout_s):
-                    if not self._ready:
-                        await self._cluster.initialize()
-                        self._ready = True
+                    await self._ensure_ready()
                     primaries = self._nodes.get_nodes_by_server_type(PRIMARY)
                     answers = await asyncio.gather(
                         *(node.execute_command("PING") for node in primaries)
@@ -405,9 +418,15 @@ class AsyncRedisClusterStore(AsyncRedisStore):
 
     async def close(self) -> None:
         """Close every node's connections."""
-        if self._refresh is not None:
-            self._refresh.cancel()
+        for task in (self._refresh, self._starting):
+            if task is not None:
+                task.cancel()
         await self._cluster.aclose()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _differs(ranges: list[Any], slots_cache: dict[int, list[ClusterNode]]) -> bool:
@@ -456,10 +475,19 @@ def async_cluster_client(
     )
 
 
+class _ClosingRedisCluster(SyncRedisCluster):
+    """redis-py's blocking ``RedisCluster.close()`` leaves every node's pool connected (the
+    nodes' clients do not own their pools): this one disconnects them too."""
+
+    def close(self) -> None:
+        self.disconnect_connection_pools()
+        super().close()
+
+
 def cluster_client(url: str, socket_timeout_s: float, connect_timeout_s: float) -> SyncRedisCluster:
     """A blocking cluster client for tools: fail-fast timeouts and no retries, as the
     standalone one; it starts even when a shard is down."""
-    return SyncRedisCluster.from_url(
+    return _ClosingRedisCluster.from_url(
         url,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=connect_timeout_s,

@@ -112,6 +112,12 @@ class LocalSentinels:
             _, port = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
         return next(server for server in self.servers if server.port == int(port))
 
+    def restart_as_replica(self, server: LocalRedis) -> None:
+        """Start a stopped server again as a replica of the current primary, and settle."""
+        server.extra_args = (*REPLICA_OPTIONS, "--replicaof", "127.0.0.1", str(self.primary().port))
+        server.start()
+        self.wait_until_settled()
+
     def wait_until_settled(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
         """Wait until every sentinel names the same primary, which answers as one, knows every
         running replica in sync, and knows the other sentinels."""
