@@ -90,6 +90,10 @@ REFRESH_INTERVAL_S = 0.5
 REFRESH_TIMEOUT_S = 2.0
 """How long one background refresh of the slot map may take."""
 
+LOOP_LAG_S = 0.002
+"""A node timeout that fires later than this was held up by a busy event loop, not by the
+node (the resolver's rule for its own deadline)."""
+
 _ASKING = hiredis.pack_command(("ASKING",))
 
 _Batches = dict[ClusterNode, list[int]]
@@ -143,7 +147,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
     # allows a store spread over several servers (features.stores.base).
     async def read(  # type: ignore[override]
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[ReadAnswer]:
+    ) -> Sequence[ReadAnswer]:
         """Values for each request, in order: one round trip per node, all nodes at once.
 
         A request whose node failed is answered ``ReadFailed``; ``StoreError`` only
@@ -162,7 +166,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             self._reads_in_flight -= 1
         answered = [i for i, reply in enumerate(replies) if not isinstance(reply, ReadFailed)]
         if len(answered) == len(requests):
-            return list(_decode_all(requests, replies, timer))
+            return _decode_all(requests, replies, timer)
         answers: list[ReadAnswer] = list(replies)
         decoded = _decode_all(
             [requests[i] for i in answered], [replies[i] for i in answered], timer
@@ -314,12 +318,19 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         except MaxConnectionsError:
             # Our pool is exhausted, not the node: no breaker failure.
             return ReadFailed("store_error")
+        loop = asyncio.get_running_loop()
+        expires = loop.time() + self._node_timeout_s
         try:
-            async with asyncio.timeout(self._node_timeout_s):
+            async with asyncio.timeout_at(expires):
                 await node.disconnect_if_needed(connection)
                 await connection.send_packed_command(b"".join(commands), check_health=False)
                 replies = [await _reply(connection) for _ in commands]
         except TimeoutError:
+            if loop.time() - expires >= LOOP_LAG_S:
+                # The timer fired late: the event loop was busy (a stalled or saturated
+                # worker), which says nothing about the node.  Its breaker is left alone,
+                # or one stall would open every node's breaker at once.
+                return ReadFailed("deadline")
             return self._node_failed(node, breaker, "deadline", "no answer in time")
         except (RedisError, OSError, RuntimeError) as exc:
             return self._node_failed(node, breaker, "store_error", str(exc))
