@@ -100,6 +100,12 @@ class FraudScorer:
         status_app.state.scorer = self
 
     @bentoml.on_startup
+    async def open_store(self) -> None:
+        """Reach Redis before the first request: a cluster store loads its slot map, which
+        takes longer than a feature deadline (the first requests would fall back)."""
+        await self.store.ping()
+
+    @bentoml.on_startup
     def freeze_startup_objects(self) -> None:
         """Move everything built so far out of the garbage collector's sight."""
         gc.collect()

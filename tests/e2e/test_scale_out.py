@@ -117,6 +117,25 @@ def test_a_batch_over_every_primary_is_read_from_the_cluster(
     assert (status["redis_mode"], status["redis"]) == ("cluster", "up")
 
 
+def test_a_push_lands_on_the_node_of_each_entity(cluster: tuple[LocalCluster, str]) -> None:
+    nodes, url = cluster
+    users = [
+        IDS[0],
+        *(u for u in IDS if nodes.primary_for(key_of(u)) != nodes.primary_for(key_of(IDS[0]))),
+    ][:2]
+    updates = [
+        {"entity_id": user, "event_timestamp": 4_000_000_000, "values": {"tx_count_1h": 77}}
+        for user in users
+    ]
+    with httpx.Client(base_url=url, timeout=10.0) as client:
+        pushed = client.post("/push", json={"updates": updates})
+        read = client.post("/features", json={"entity_ids": users, "groups": ["features"]})
+    assert pushed.status_code == 200, pushed.text
+    assert pushed.json() == {"written": 2, "stale": []}
+    groups = [entity["groups"]["features"] for entity in read.json()["entities"]]
+    assert [(g["source"], g["values"]["tx_count_1h"]) for g in groups] == [("redis", 77)] * 2
+
+
 def check_failover(result: FailoverResult) -> None:
     assert result.refused == [], result.refused[:3]
     assert result.promoted_after_s is not None, result
