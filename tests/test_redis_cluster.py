@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -144,7 +144,7 @@ def reset_stats(cluster: LocalCluster) -> None:
             client.config_resetstat()
 
 
-def as_dicts(answers: list[Any]) -> list[Any]:
+def as_dicts(answers: Sequence[Any]) -> list[Any]:
     return [dict(a) if a is not None and not isinstance(a, ReadFailed) else a for a in answers]
 
 
@@ -155,7 +155,7 @@ def test_a_read_of_100_entities_sends_one_round_trip_to_each_primary(
     shards = Counter(shard_of(cluster, user).port for user in USERS)
     assert len(shards) == 3
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> Sequence[Any]:
         store = proxied_store(settings, proxies)
         try:
             await store.read(every_group(USERS[:1]))  # the slot map and one connection
@@ -179,7 +179,7 @@ def test_one_entity_is_one_round_trip_to_its_node_only(
 ) -> None:
     write_users(settings, USERS[:1])
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> Sequence[Any]:
         store = proxied_store(settings, proxies)
         try:
             await store.read(every_group(USERS[:1]))
@@ -202,7 +202,7 @@ def test_the_store_starts_even_when_every_read_is_cut_short(
     for proxy in proxies.values():
         proxy.set_latency(0.010)
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> Sequence[Any]:
         store = proxied_store(settings, proxies)
         try:
             for _ in range(100):
@@ -232,7 +232,7 @@ def test_a_node_that_fails_costs_only_its_own_entities(
     down = shard_of(cluster, USERS[0])
     proxy = proxies[down.port]
 
-    async def scenario() -> tuple[list[Any], float]:
+    async def scenario() -> tuple[Sequence[Any], float]:
         store = proxied_store(settings, proxies, node_timeout_s=0.2)
         try:
             await store.read(every_group(USERS))
@@ -265,7 +265,7 @@ def test_a_failing_node_is_skipped_once_its_breaker_opens(
     write_users(settings, USERS[:1])
     proxy = proxies[shard_of(cluster, USERS[0]).port]
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> Sequence[Any]:
         store = proxied_store(settings, proxies, breaker_failures=3)
         try:
             await store.read(every_group(USERS[:1]))
@@ -348,7 +348,7 @@ def test_replica_reads_go_to_replicas_with_readonly(
         with closing(redis.Redis(port=primary.port)) as client:
             assert client.execute_command("WAIT", 1, 5000) == 1
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> Sequence[Any]:
         store = proxied_store(settings, proxies, read_from_replicas=True)
         try:
             reset_stats(cluster)
@@ -371,7 +371,7 @@ def test_a_replica_that_fails_is_replaced_by_its_primary(
     replica = cluster.replicas_of(shard_of(cluster, USERS[0]))[0]
     proxy = proxies[replica.port]
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> Sequence[Any]:
         store = proxied_store(settings, proxies, read_from_replicas=True)
         proxy.refuse(True)
         try:
