@@ -26,7 +26,9 @@ __all__ = ["MASTER_NAME", "LocalSentinel", "LocalSentinels"]
 MASTER_NAME = "featserve"
 """The name the sentinels monitor the primary under (``FEATSERVE_SENTINEL_MASTER``)."""
 
-SETTLE_TIMEOUT_S = 30.0
+SETTLE_TIMEOUT_S = 60.0
+"""Long enough for a primary that the sentinels took for down on a busy machine to come back
+as a replica (Sentinel converts it after about 20 s)."""
 REPLICA_OPTIONS = (
     # Replicas sync at once, instead of the 5 s a diskless sync waits for company.
     "--repl-diskless-sync-delay", "0",
@@ -124,8 +126,31 @@ class LocalSentinels:
         deadline = time.monotonic() + timeout_s
         while not self._settled():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the sentinels did not settle within {timeout_s:g} s")
+                raise RuntimeError(
+                    f"the sentinels did not settle within {timeout_s:g} s: {self._views()}"
+                )
             time.sleep(0.05)
+
+    def _views(self) -> list[object]:
+        """What each sentinel says of the primary and its replicas, for an error message."""
+        views: list[object] = []
+        for sentinel in self.sentinels:
+            try:
+                with _client(sentinel) as client:
+                    master = client.execute_command("SENTINEL MASTER", MASTER_NAME)
+                    known = client.execute_command("SENTINEL REPLICAS", MASTER_NAME)
+                views.append(
+                    {
+                        "primary": (master["port"], master["flags"]),
+                        "other sentinels": master["num-other-sentinels"],
+                        "replicas": [
+                            (r["port"], r["flags"], r["master-link-status"]) for r in known
+                        ],
+                    }
+                )
+            except redis.exceptions.RedisError as exc:
+                views.append(repr(exc))
+        return views
 
     def _settled(self) -> bool:
         try:
