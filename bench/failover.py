@@ -222,16 +222,18 @@ was first answered from Redis.
 
 **Reading it.** On the cluster only the lost primary's entities fall back (to the
 worker's last values, `stale`, or the training defaults); the others keep coming from
-Redis. The cluster promotes the replica about 3 s after the kill (2 s node timeout, then
-the replica's election); the store, whose breaker for the dead node probes it every
+Redis. The cluster promotes the replica 3 to 4 s after the kill (2 s node timeout, the
+failure report agreed by a majority, then the replica's election after a random
+0.5-1 s); the store, whose breaker for the dead node probes it every
 second and which reloads the slot map in the background at most every 0.5 s, reads the
 promoted node from then on. Behind Sentinel every entity lives on the one primary, so
 every request falls back until the sentinels have switched (1 s down-after, then the
 failover), and the next connection the pool opens reaches the new primary. Answers from
-`stale` outside the failover (before the kill, and for the other shards) are this
-machine's: with a 10 ms deadline, a worker and nine Redis processes on 2 shared CPUs miss
-it now and then, the cluster (6 nodes gossiping 10 times a second) more than one server;
-compare them with the "before" column of the same drill.
+`stale` outside a failover (before the kill, or for the other shards) come from this
+machine, not the topology: with a 10 ms deadline, the worker and nine Redis processes on 2
+CPUs shared with other work miss it now and then (on a busy afternoon up to a fifth of
+the cluster's answers, as many before a kill as after it); compare them with the "before"
+column of the same drill.
 {END}
 """
 
