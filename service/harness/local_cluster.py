@@ -132,7 +132,7 @@ class LocalCluster:
         # in CLUSTER SLOTS once its primary's pings have told the others its offset).
         return all(
             sum(int(end) - int(start) + 1 for start, end, *_ in view) == SLOTS
-            and len({int(r[1]) for *_, replicas in map(_split, view) for r in replicas}) == in_sync
+            and len({int(r[1]) for _, replicas in map(_split, view) for r in replicas}) == in_sync
             for view in views
         )
 
