@@ -34,6 +34,7 @@ from rich.table import Table
 
 from features.budgets import PROFILES, LatencyBudget
 from service.harness.load import MAX_DURATION_S, Endpoint, LoadPlan, Sample, drive
+from service.harness.stats import percentile
 
 __all__ = ["Check", "Verdict", "entity_ids", "evaluate", "register", "request_bodies", "run"]
 
@@ -124,19 +125,13 @@ class Verdict:
         return self.requests > 0 and self.failed == 0 and all(c.holds for c in self.checks)
 
 
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return math.nan
-    return ordered[max(1, math.ceil(q / 100.0 * len(ordered))) - 1]
-
-
 def _stats(name: str, values_ms: list[float]) -> StageStats:
     ordered = sorted(values_ms)
     return StageStats(
         name,
         len(ordered),
-        _percentile(ordered, 50.0),
-        _percentile(ordered, 99.0),
+        percentile(ordered, 50.0),
+        percentile(ordered, 99.0),
         ordered[-1] if ordered else math.nan,
     )
 
