@@ -17,12 +17,13 @@ import timeit
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+from opentelemetry.util.types import AttributeValue
 
 from features.timing import StageTimer
 from service.tracing import StageSpans
 
 STAGES = ("total", "features", "cache", "redis", "decode", "derive", "inference")
-ATTRIBUTES = {"featserve.entities": 1, "featserve.groups": ["features"]}
+ATTRIBUTES: dict[str, AttributeValue] = {"featserve.entities": 1, "featserve.groups": ["features"]}
 
 
 def one_request(spans: StageSpans | None) -> None:
