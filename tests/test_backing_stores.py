@@ -38,7 +38,7 @@ from features.stores.backing import (
     is_live,
     oldest_live_ms,
 )
-from features.stores.base import ReadRequest, StoredValues
+from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
 from features.stores.dynamodb import (
     DynamoDbStore,
     create_table,
@@ -53,7 +53,8 @@ from service.harness.local_redis import free_port
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 MOTO_START_TIMEOUT_S = 30.0
 
 
@@ -177,6 +178,11 @@ def every_group(*entity_ids: str) -> list[ReadRequest]:
     ]
 
 
+def applied(outcomes: Sequence[WriteOutcome]) -> list[bool]:
+    """Which updates landed at all."""
+    return [outcome.applied for outcome in outcomes]
+
+
 def exact(answers: Sequence[StoredValues | None]) -> list[Any]:
     """Answers with every value's type, so 3 and 3.0 differ."""
     return [
@@ -240,20 +246,20 @@ def test_older_writes_are_skipped_equal_and_newer_applied(
     backing: BackingStore, group: Any, first: dict[str, Any], second: dict[str, Any]
 ) -> None:
     request = [ReadRequest("u1", group, group.feature_names)]
-    assert backing.write([parse_update(group, "u1", NOW, first)]) == [True]
+    assert applied(backing.write([parse_update(group, "u1", NOW, first)])) == [True]
     expected = backing.read(request)
-    assert backing.write([parse_update(group, "u1", NOW - 1, second)]) == [False]
+    assert applied(backing.write([parse_update(group, "u1", NOW - 1, second)])) == [False]
     assert backing.read(request) == expected
-    assert backing.write([parse_update(group, "u1", NOW, second)]) == [True]
+    assert applied(backing.write([parse_update(group, "u1", NOW, second)])) == [True]
     replaced = backing.read(request)
     assert replaced != expected
-    assert backing.write([parse_update(group, "u1", NOW + 1, first)]) == [True]
+    assert applied(backing.write([parse_update(group, "u1", NOW + 1, first)])) == [True]
     assert backing.read(request) == expected
     in_one_call = [
         parse_update(group, "u2", NOW, second),
         parse_update(group, "u2", NOW - 1, first),
     ]
-    assert backing.write(in_one_call) == [True, False]
+    assert applied(backing.write(in_one_call)) == [True, False]
     assert backing.read([ReadRequest("u2", group, group.feature_names)]) == replaced
 
 
@@ -265,7 +271,8 @@ def test_sorted_sets_merge_members_and_keep_the_newest(backing: BackingStore) ->
         parse_update(RECENT, "u1", NOW - 1000, {"recent_items": ["old", "n9"]}),
         parse_update(RECENT, "u1", NOW + 20, {"recent_items": ["n0"]}),
     ]
-    assert backing.write(replay) == [True, True]
+    # The replayed members are held at higher scores or pushed out: nothing of it lands.
+    assert backing.write(replay) == [WriteOutcome(), WriteOutcome(frozenset({"n0"}))]
     [values] = backing.read([ReadRequest("u1", RECENT, RECENT.feature_names)])
     assert values == {"recent_items": ("n0", *(f"n{i}" for i in range(9, 0, -1)))}
     [scanned] = list(backing.scan(RECENT))
@@ -363,7 +370,7 @@ def test_writes_treat_an_expired_group_as_absent(backing: BackingStore, clock: M
             parse_update(FEATURES, "u1", later, {"tx_sum_1h": 5.0}),
             parse_update(RECENT, "u1", later, {"recent_items": ["new"]}),
         ]
-    ) == [True, True]
+    ) == [WriteOutcome(frozenset({"tx_sum_1h"})), WriteOutcome(frozenset({"new"}))]
     assert backing.read(every_group("u1")[:2]) == [
         {"tx_sum_1h": 5.0},
         {"recent_items": ("new",)},
@@ -374,7 +381,7 @@ def test_writes_treat_an_expired_group_as_absent(backing: BackingStore, clock: M
         parse_update(FEATURES, "u2", NOW - 1, {"tx_count_1h": 2}),
         parse_update(EMBEDDING, "u2", NOW - 1, {"embedding": [2.0] * 16}),
     ]
-    assert backing.write(older) == [True, True]
+    assert applied(backing.write(older)) == [True, True]
     u2 = [ReadRequest("u2", group, group.feature_names) for group in (FEATURES, EMBEDDING)]
     assert backing.read(u2) == [None, None]
     clock.now = NOW
@@ -448,7 +455,7 @@ def test_writes_from_two_stores_on_one_database_never_regress(
 ) -> None:
     first, second = open_backing(), open_backing()
     first.write([parse_update(FEATURES, "u1", NOW + 10, {"tx_count_1h": 10})])
-    assert second.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 0})]) == [False]
+    assert second.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 0})]) == [WriteOutcome()]
     assert first.read([ReadRequest("u1", FEATURES, ("tx_count_1h",))]) == [{"tx_count_1h": 10}]
 
 
@@ -508,15 +515,15 @@ def test_the_async_store_reads_what_it_wrote(kind: str, async_where: str) -> Non
 
     timer = StageTimer()
 
-    async def run() -> tuple[list[bool], list[StoredValues | None]]:
+    async def run() -> tuple[list[WriteOutcome], list[StoredValues | None]]:
         store = async_store(kind, async_where)
         try:
             return await store.write(updates), await store.read(every_group("u1"), timer)
         finally:
             await store.close()
 
-    applied, answers = asyncio.run(run())
-    assert applied == [True] * 3
+    outcomes, answers = asyncio.run(run())
+    assert applied(outcomes) == [True] * 3
     assert answers == [{"tx_count_1h": 2}, {"recent_items": ("a",)}, {"embedding": (0.25,) * 16}]
     assert list(timer.milliseconds()) == ["backing"]
 
@@ -549,20 +556,20 @@ def test_a_locked_sqlite_write_waits_off_the_event_loop(tmp_path: Path) -> None:
     async def release() -> None:
         holder.execute("COMMIT")
 
-    async def run() -> list[bool]:
+    async def run() -> list[WriteOutcome]:
         store = async_backing_store(f"sqlite:{path}")
         try:
             write = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
-            applied, _ = await asyncio.gather(write, release())
-            return applied
+            outcomes, _ = await asyncio.gather(write, release())
+            return outcomes
         finally:
             await store.close()
 
     try:
-        applied = asyncio.run(run())
+        outcomes = asyncio.run(run())
     finally:
         holder.close()
-    assert applied == [True]
+    assert applied(outcomes) == [True]
 
 
 def test_a_sqlite_write_that_stays_locked_is_a_store_timeout(tmp_path: Path) -> None:
@@ -638,18 +645,28 @@ def _throttled_store(table: str, times: int, read_budget_s: float) -> DynamoDbSt
     return DynamoDbStore(table, client, read_budget_s=read_budget_s, clock=ManualClock())
 
 
+def _held_in(table: str, *updates: FeatureUpdate) -> None:
+    store = DynamoDbStore(table, dynamodb_client(), clock=ManualClock())
+    store.write(updates)
+    store.close()
+
+
 def test_unprocessed_keys_are_asked_again(dynamodb_table: str) -> None:
+    _held_in(dynamodb_table, parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1}))
     store = _throttled_store(dynamodb_table, times=2, read_budget_s=30.0)
-    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
     assert store.read(every_group("u1")) == [{"tx_count_1h": 1}, None, None]
+    # A write reads what it merges into the same way.
+    store = _throttled_store(dynamodb_table, times=2, read_budget_s=30.0)
+    store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 2.0})])
+    assert store.read(every_group("u1"))[0] == {"tx_count_1h": 1, "tx_sum_1h": 2.0}
     store.close()
 
 
 def test_keys_still_unprocessed_when_the_budget_ends_are_a_store_timeout(
     dynamodb_table: str,
 ) -> None:
+    _held_in(dynamodb_table, parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1}))
     store = _throttled_store(dynamodb_table, times=sys.maxsize, read_budget_s=0.05)
-    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
     with pytest.raises(StoreTimeout):
         store.read(every_group("u1"))
     store.close()
@@ -700,6 +717,7 @@ def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
         "_event_ms": ms,
         "_grp": {"S": "user:features"},
         "_expires_at": {"N": str(NOW + 2 * 3600)},
+        "_rev": {"N": "1"},
         "tx_count_1h": {"N": "3"},
         "tx_sum_1h": {"N": "2.5"},
     }
