@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY, FeatureGroup
+from features.registry import FRAUD_REGISTRY, Feature, FeatureGroup, Structure
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, GroupResult, Resolver, Source
 from features.serving.tiers import backing_tier, redis_tier
@@ -41,21 +41,21 @@ from features.stores.backing import (
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
 from features.stores.dynamodb import (
     DynamoDbStore,
-    create_table,
     dynamodb_client,
 )
 from features.stores.factory import async_backing_store, open_backing_store
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.stores.sqlite import SqliteStore
+from features.stores.write_through import WriteThrough
 from features.timing import StageTimer
 from service.harness.local_redis import free_port
+from tests.support.moto_server import aws_env
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
-MOTO_START_TIMEOUT_S = 30.0
 
 
 class ManualClock:
@@ -66,59 +66,6 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """A moto server (DynamoDB and the rest of AWS, in memory) on a free loopback port."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + MOTO_START_TIMEOUT_S
-        while not _answers(f"{url}/moto-api/"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on {url}")
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _aws_env(monkeypatch: pytest.MonkeyPatch, endpoint_url: str) -> None:
-    """Dummy credentials and ``endpoint_url``, as a deployment would set them."""
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint_url)
-
-
-@pytest.fixture
-def dynamodb_table(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new, empty table on the moto server; the AWS variables point at it."""
-    _aws_env(monkeypatch, moto_url)
-    name = f"features-{uuid.uuid4().hex}"
-    client = dynamodb_client()
-    create_table(client, name)
-    client.close()
-    return name
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -607,7 +554,7 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_dynamodb_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    _aws_env(monkeypatch, f"http://127.0.0.1:{free_port()}")
+    aws_env(monkeypatch, f"http://127.0.0.1:{free_port()}")
     store = DynamoDbStore("features", dynamodb_client())
     with pytest.raises(StoreUnavailable):
         store.read(every_group("u1"))
@@ -729,3 +676,134 @@ def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
     assert items["user:{u1}:embedding"]["embedding"] == {
         "B": EMBEDDING.features[0].dtype.encode((1.0,) * 16)
     }
+
+
+def test_a_record_sqlite_cannot_decode_refuses_writes_to_its_key_only(tmp_path: Path) -> None:
+    path = tmp_path / "backing.sqlite3"
+    store = SqliteStore(path, clock=ManualClock())
+    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE feature_groups SET event_ms = 'soon' WHERE key = 'user:{u1}:features'")
+    first, second = store.write(
+        [
+            parse_update(FEATURES, "u1", NOW + 1, {"tx_count_1h": 2}),
+            parse_update(FEATURES, "u2", NOW + 1, {"tx_count_1h": 3}),
+        ]
+    )
+    assert first.refused is not None and "unreadable record at user:{u1}:features" in first.refused
+    assert second == WriteOutcome(frozenset({"tx_count_1h"}))
+    # Read as absent (and logged), as Redis' undecodable values are.
+    assert store.read([ReadRequest(u, FEATURES, ("tx_count_1h",)) for u in ("u1", "u2")]) == [
+        None,
+        {"tx_count_1h": 3},
+    ]
+    assert [update.entity_id for update in store.scan(FEATURES)] == ["u2"]
+    store.close()
+
+
+def test_sqlite_commits_every_write_to_disk() -> None:
+    store = SqliteStore(":memory:")
+    # 2 is FULL: a write that returned survives a power loss, not only a crash.
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)
+    store.close()
+
+
+def test_a_database_made_before_per_value_times_gets_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "backing.sqlite3"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "CREATE TABLE feature_groups (key TEXT PRIMARY KEY, grp TEXT NOT NULL, "
+            "event_ms INTEGER NOT NULL, vals TEXT NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO feature_groups VALUES "
+            f"('user:{{u1}}:features', 'user:features', {NOW * 1000}, '{{\"tx_count_1h\": 4}}');"
+        )
+    store = SqliteStore(path, clock=ManualClock())
+    store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 2.0})])
+    [update] = list(store.scan(FEATURES))
+    assert update.values == {"tx_count_1h": 4, "tx_sum_1h": 2.0}
+    assert (update.ms_of("tx_count_1h"), update.event_ms) == (NOW * 1000, (NOW + 1) * 1000)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"), [(1e200, "outside DynamoDB's numbers"), (1e-140, "outside DynamoDB's")]
+)
+def test_numbers_dynamodb_cannot_hold_refuse_their_update_only(
+    dynamodb_table: str, value: float, problem: str
+) -> None:
+    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    refused, written = store.write(
+        [
+            parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1, "tx_sum_1h": value}),
+            parse_update(FEATURES, "u2", NOW, {"tx_sum_1h": 2.5}),
+        ]
+    )
+    assert refused.refused is not None and problem in refused.refused
+    assert "tx_sum_1h" in refused.refused
+    assert written == WriteOutcome(frozenset({"tx_sum_1h"}))
+    assert store.read([ReadRequest(u, FEATURES, ("tx_sum_1h",)) for u in ("u1", "u2")]) == [
+        None,
+        {"tx_sum_1h": 2.5},
+    ]
+    store.close()
+
+
+def test_an_item_dynamodb_refuses_as_too_large_refuses_its_update_only(
+    dynamodb_table: str,
+) -> None:
+    # A group whose items can outgrow DynamoDB's 400 KB: 2,000 members of 256 characters.
+    wide = FeatureGroup(
+        "wide",
+        FEATURES.entity,
+        Structure.SORTED_SET,
+        timedelta(hours=1),
+        (Feature("wide", "str_list", (), dim=2000),),
+        top_n=2000,
+    )
+    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    members = [f"{i:04d}" + "m" * 252 for i in range(2000)]
+    refused, written = store.write(
+        [
+            parse_update(wide, "u1", NOW, {"wide": members}),
+            parse_update(wide, "u2", NOW, {"wide": members[:10]}),
+        ]
+    )
+    assert refused.refused is not None and "DynamoDB refused the item" in refused.refused
+    assert written.landed == frozenset(members[:10])
+    store.close()
+
+
+def test_an_item_dynamodb_cannot_decode_refuses_writes_to_its_key(dynamodb_table: str) -> None:
+    client = dynamodb_client()
+    client.put_item(
+        TableName=dynamodb_table,
+        Item={
+            "_pk": {"S": "user:{u1}:features"},
+            "_event_ms": {"S": "soon"},
+            "tx_count_1h": {"N": "1"},
+        },
+    )
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    [outcome] = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 2})])
+    assert (
+        outcome.refused is not None and "unreadable item at user:{u1}:features" in outcome.refused
+    )
+    assert store.read([ReadRequest("u1", FEATURES, ("tx_count_1h",))]) == [None]
+    store.close()
+
+
+def test_an_update_the_backing_store_refuses_never_reaches_redis(
+    dynamodb_table: str, redis_store: RedisStore, redis_client: redis.Redis
+) -> None:
+    backing = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    through = WriteThrough(redis_store, backing)
+    refused, written = through.write(
+        [
+            parse_update(FEATURES, "u1", NOW, {"tx_sum_1h": 1e200}),
+            parse_update(FEATURES, "u2", NOW, {"tx_sum_1h": 2.5}),
+        ]
+    )
+    assert refused.refused is not None and "DynamoDB cannot hold" in refused.refused
+    assert written == WriteOutcome(frozenset({"tx_sum_1h"}))
+    assert redis_client.keys() == [b"user:{u2}:features"]
+    backing.close()

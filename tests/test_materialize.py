@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import random
+import sqlite3
 import time
+from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +19,13 @@ import redis
 
 from features.ingest.materialize import Materialization, materialize
 from features.ingest.tables import open_table
+from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
+from features.stores.base import ReadRequest
 from features.stores.redis import RedisStore, sync_client
+from features.stores.sqlite import SqliteStore
+from features.stores.write_through import WriteThrough
 from models.demo_tables import write_demo_tables
 from service.cli import main
 from service.harness.local_redis import LocalRedis
@@ -409,3 +417,104 @@ def test_keys_redis_cannot_merge_into_are_rejects_and_the_other_rows_land(
     assert "BADEVENTTIME user:{badtime}:features holds _event_ms = soon" in refused["3"]["problem"]
     assert redis_client.hget("user:{ok2}:features", "tx_count_1h") == b"7"
     assert redis_client.get("user:{string}:features") == b"not a hash"
+
+
+def test_every_row_is_accounted_for_whatever_goes_wrong_with_it(
+    tmp_path: Path,
+    settings: Settings,
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A generated table with every fault class, shuffled, in chunks of 7 rows."""
+    now = int(time.time())
+    backing_path = tmp_path / "backing.sqlite3"
+    held_redis = RedisStore(sync_client(settings, for_writes=True))
+    held_backing = SqliteStore(backing_path)
+    held = WriteThrough(held_redis, held_backing)
+    units: list[list[tuple[str, bytes]]] = []  # rows that must stay in order, with their fate
+
+    def unit(*rows: tuple[str, str]) -> None:
+        units.append([(fate, line.encode()) for fate, line in rows])
+
+    for i in range(40):
+        unit(("written", f"w{i},{now - 60 - i},{i},"))
+    for i in range(15):  # the newer row first: the older is superseded, in the chunk or after
+        unit(("written", f"s{i},{now - 10},1,"), ("skipped", f"s{i},{now - 20},2,"))
+    for i in range(10):  # different fields of one entity: both land
+        unit(("written", f"m{i},{now - 20},1,"), ("written", f"m{i},{now - 10},,2.5"))
+    for i in range(10):  # the stores hold a newer value
+        held.write([parse_update(FEATURES, f"h{i}", now - 5, {"tx_count_1h": 9})])
+        unit(("skipped", f"h{i},{now - 30},1,"))
+    for i in range(10):
+        unit(("expired", f"x{i},{now - 3 * 3600},1,"))
+    for i in range(5):
+        unit(("event_timestamp", f"f{i},{now + 86400},1,"))
+        unit(("entity_id", f"bad id{i},{now},1,"))
+        unit(("tx_count_1h", f"t{i},{now},lots,"))
+        unit(("tx_count_1h", f"n{i},{now},-1,"))
+        unit(("values", f"z{i},{now},,"))
+        unit(("row", f"r{i},{now},1,2,3"))
+    for i in range(3):
+        units.append([("entity_id", b"\xffu%d,%d,1," % (i, now))])
+        redis_client.set(f"user:{{wrongtype{i}}}:features", "a string")
+        unit(("store", f"wrongtype{i},{now},1,"))
+        redis_client.hset(f"user:{{badtime{i}}}:features", "_event_ms", "soon")
+        unit(("store", f"badtime{i},{now},1,"))
+        held.write([parse_update(FEATURES, f"unreadable{i}", now - 5, {"tx_count_1h": 9})])
+        unit(("store", f"unreadable{i},{now},1,"))
+    held_redis.close()
+    held_backing.close()
+    with closing(sqlite3.connect(backing_path)) as db, db:
+        db.execute("UPDATE feature_groups SET vals = 'not json' WHERE key LIKE '%unreadable%'")
+    random.Random(13).shuffle(units)
+    rows = [row for rows in units for row in rows]
+    table = tmp_path / "faults.csv"
+    table.write_bytes(
+        b"entity_id,event_timestamp,tx_count_1h,tx_sum_1h\n"
+        + b"".join(line + b"\n" for _, line in rows)
+    )
+    rejects = tmp_path / "rejects.csv"
+    code, summary = run_json(
+        capsys,
+        table,
+        settings.redis_url or "",
+        "--backing",
+        f"sqlite:{backing_path}",
+        "--chunk-rows",
+        "7",
+        "--rejects",
+        str(rejects),
+    )
+    fates = Counter(fate for fate, _ in rows)
+    assert code == 1
+    assert summary["rows"] == len(rows) == accounted(summary) == 152
+    assert (summary["written"], summary["skipped_older"], summary["expired"]) == (75, 25, 10)
+    assert summary["rejected_by_field"] == {
+        fate: n for fate, n in fates.items() if fate not in ("written", "skipped", "expired")
+    }
+    assert {int(row): r["field"] for row, r in rejects_of(rejects).items()} == {
+        number: fate
+        for number, (fate, _) in enumerate(rows, start=1)
+        if fate not in ("written", "skipped", "expired")
+    }
+    with closing(SqliteStore(backing_path)) as backing:
+        for store in (RedisStore(sync_client(settings)), backing):
+            found = store.read(
+                [
+                    *(ReadRequest(f"w{i}", FEATURES, ("tx_count_1h",)) for i in range(40)),
+                    *(ReadRequest(f"s{i}", FEATURES, ("tx_count_1h",)) for i in range(15)),
+                    *(
+                        ReadRequest(f"m{i}", FEATURES, ("tx_count_1h", "tx_sum_1h"))
+                        for i in range(10)
+                    ),
+                    *(ReadRequest(f"h{i}", FEATURES, ("tx_count_1h",)) for i in range(10)),
+                    *(ReadRequest(f"x{i}", FEATURES, ("tx_count_1h",)) for i in range(10)),
+                ]
+            )
+            assert found == [
+                *({"tx_count_1h": i} for i in range(40)),
+                *[{"tx_count_1h": 1}] * 15,
+                *[{"tx_count_1h": 1, "tx_sum_1h": 2.5}] * 10,
+                *[{"tx_count_1h": 9}] * 10,
+                *[None] * 10,
+            ]

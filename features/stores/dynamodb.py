@@ -225,9 +225,16 @@ class _OutOfRange(ValueError):
     """A value DynamoDB cannot hold."""
 
 
+_SMALLEST = Decimal("1e-130")
+"""The smallest magnitude of a DynamoDB number but zero (boto3 lets smaller ones through)."""
+
+
 def _attribute(name: str, value: Any) -> Mapping[str, Any]:
     """``value`` serialized for DynamoDB; ``_OutOfRange`` names ``name`` when it cannot be."""
+    numbers = value.values() if isinstance(value, Mapping) else [value]
     try:
+        if any(number and abs(number) < _SMALLEST for number in numbers):
+            raise decimal.Underflow
         return _serializer.serialize(value)
     except decimal.DecimalException:
         raise _OutOfRange(
