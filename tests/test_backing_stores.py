@@ -807,3 +807,44 @@ def test_an_update_the_backing_store_refuses_never_reaches_redis(
     assert written == WriteOutcome(frozenset({"tx_sum_1h"}))
     assert redis_client.keys() == [b"user:{u2}:features"]
     backing.close()
+
+
+def test_a_dynamodb_write_that_lost_a_race_merges_again(dynamodb_table: str) -> None:
+    # Another writer changes the item between this store's read and its put, once.
+    client = dynamodb_client()
+    rival = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    raced: list[bool] = []
+
+    def write_first(**_: Any) -> None:
+        if not raced:
+            raced.append(True)
+            rival.write([parse_update(FEATURES, "u1", NOW + 5, {"tx_sum_1h": 7.5})])
+
+    client.meta.events.register("before-call.dynamodb.PutItem", write_first)
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    [outcome] = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 2})])
+    assert raced and outcome == WriteOutcome(frozenset({"tx_count_1h"}))
+    [values] = store.read([ReadRequest("u1", FEATURES, ("tx_count_1h", "tx_sum_1h"))])
+    assert values == {"tx_count_1h": 2, "tx_sum_1h": 7.5}
+    [held] = list(store.scan(FEATURES))
+    assert (held.event_ms, held.ms_of("tx_count_1h")) == ((NOW + 5) * 1000, NOW * 1000)
+    store.close()
+    rival.close()
+
+
+def test_a_dynamodb_item_written_before_revisions_is_merged_into(dynamodb_table: str) -> None:
+    client = dynamodb_client()
+    client.put_item(
+        TableName=dynamodb_table,
+        Item={
+            "_pk": {"S": "user:{u1}:features"},
+            "_event_ms": {"N": str(NOW * 1000)},
+            "_grp": {"S": "user:features"},
+            "tx_count_1h": {"N": "4"},
+        },
+    )
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 1.5})])
+    [values] = store.read([ReadRequest("u1", FEATURES, ("tx_count_1h", "tx_sum_1h"))])
+    assert values == {"tx_count_1h": 4, "tx_sum_1h": 1.5}
+    store.close()

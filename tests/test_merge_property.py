@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +141,8 @@ def test_hash_fields_end_at_their_newest_values(
         request = ReadRequest(prefix + entity, FEATURES, FIELDS)
         assert backing.read([request]) == [expected]
         assert redis_store.read([request]) == [expected]
-        held = redis_client.hget(f"user:{{{prefix}{entity}}}:features", EVENT_MS_FIELD)
-        assert held == b"%d" % event_ms
+        key = f"user:{{{prefix}{entity}}}:features"
+        assert redis_client.hget(key, EVENT_MS_FIELD) == b"%d" % event_ms
         [update] = [u for u in backing.scan(FEATURES) if u.entity_id == prefix + entity]
         assert update.event_ms == event_ms
         assert {name: update.ms_of(name) for name in fields} == {
@@ -173,10 +173,9 @@ def test_sorted_sets_end_at_their_newest_members(
     store = WriteThrough(redis_store, backing)
     load(tmp_path, columns, "recent_items", store, chunk, cut)
     top_n = RECENT.top_n or 1
-    newest_first: Callable[[str], tuple[int, str]]
     for entity, members in scores.items():
-        newest_first = lambda m, members=members: (members[m], m)  # noqa: E731
-        expected = tuple(sorted(members, key=newest_first, reverse=True)[:top_n])
+        by_score = sorted(((at, member) for member, at in members.items()), reverse=True)
+        expected = tuple(member for _, member in by_score[:top_n])
         request = ReadRequest(prefix + entity, RECENT, RECENT.feature_names)
         assert redis_store.read([request]) == [{"recent_items": expected}]
         assert backing.read([request]) == [{"recent_items": expected}]

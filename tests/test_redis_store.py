@@ -19,7 +19,14 @@ from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import ReadRequest, StoredValues, WriteOutcome
-from features.stores.redis import RedisStore, async_redis_store, sync_client
+from features.stores.redis import (
+    WRITE_CHUNK_BYTES,
+    RedisStore,
+    _chunks,
+    _script_call,
+    async_redis_store,
+    sync_client,
+)
 from service.harness.local_redis import LocalRedis
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -354,3 +361,21 @@ def test_replies_are_parsed_by_hiredis(settings: Settings) -> None:
     finally:
         client.connection_pool.release(connection)
         client.close()
+
+
+def test_a_write_is_cut_into_round_trips_by_bytes_as_well_as_by_updates(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    # 1,000 sorted-set updates of 10 long members: about 2.6 MB, more than one round trip holds.
+    updates = [
+        parse_update(
+            RECENT_ITEMS, f"u{i}", NOW, {"recent_items": [f"{j}" * 256 for j in range(10)]}
+        )
+        for i in range(1000)
+    ]
+    chunks = list(_chunks([_script_call(update) for update in updates]))
+    assert len(chunks) > 2
+    assert all(sum(c.size_bytes for c in chunk) <= WRITE_CHUNK_BYTES for chunk in chunks)
+    assert sum(len(chunk) for chunk in chunks) == 1000
+    assert all(outcome.applied for outcome in store.write(updates))
+    assert redis_client.zcard("user:{u999}:recent_items") == 10

@@ -233,3 +233,15 @@ def test_the_command_refuses_bad_arguments(
 def test_the_command_reports_a_backing_store_it_cannot_open(tmp_path: Path, redis_url: str) -> None:
     where = f"sqlite:{tmp_path / 'missing' / 'backing.sqlite3'}"
     assert run_cli("--backing", where, "--redis-url", redis_url) == 3
+
+
+def test_a_group_redis_cannot_take_is_counted_and_the_rest_rewarmed(
+    backing_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    now = int(time.time())
+    with closing(SqliteStore(backing_path)) as backing:
+        backing.write(held_updates(now, users=3))
+    redis_client.set("user:{u1}:features", "a string")
+    assert run_cli("--backing", f"sqlite:{backing_path}", "--redis-url", redis_url) == 1
+    assert redis_client.get("user:{u1}:features") == b"a string"
+    assert redis_client.hget("user:{u2}:features", "tx_count_1h") == b"2"

@@ -16,6 +16,7 @@ from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import ReadRequest, WriteOutcome
 from features.stores.redis import RedisStore, sync_client
+from features.stores.redis_scripts import HASH_WRITE
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")
@@ -162,6 +163,8 @@ def test_writes_survive_a_flushed_script_cache(
     redis_client.script_flush()
     assert store.write([parse_update(FEATURES, "u2", NOW, {"tx_count_1h": 2})]) == [LANDED]
     assert redis_client.hget("user:{u2}:features", "tx_count_1h") == b"2"
+    # Sent again with EVAL, which cached the script on the node that lacked it.
+    assert redis_client.script_exists(HASH_WRITE.sha) == [True]
 
 
 def test_a_chunk_sends_its_script_calls_and_nothing_else(
