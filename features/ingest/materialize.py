@@ -185,6 +185,7 @@ class Materialization:
         on_progress: Callable[[int], None] = lambda _: None,
     ) -> None:
         self._columns = table_columns(table, group, entity_column, timestamp_column)
+        self._features = [(name, group.by_name[name]) for name in self._columns[2:]]
         self._table = table
         self._group = group
         self._store = store
@@ -270,12 +271,18 @@ class Materialization:
 
     def _parse(self, record: Mapping[str, Any], now_ms: int) -> FeatureUpdate:
         """The row as a validated update; ``InvalidUpdate`` names the column and the problem."""
-        entity_column, timestamp_column, *features = self._columns
+        entity_column, timestamp_column, *_ = self._columns
         from_csv = self._table.kind == "csv"
-        values = {
-            name: _cell(self._group.by_name[name], _text(name, record[name]), from_csv)
-            for name in features
-        }
+        values: dict[str, Any] = {}
+        for name, feature in self._features:
+            value = record[name]
+            if value is None:
+                pass
+            elif from_csv:
+                value = _text_cell(feature, _text(name, value))
+            elif feature.type_name == "int" and isinstance(value, float) and value.is_integer():
+                value = int(value)  # Parquet writers often store int columns with nulls as floats.
+            values[name] = value
         return parse_update(
             self._group,
             _text(entity_column, record[entity_column]),
@@ -298,7 +305,8 @@ def materialize(
 
 
 def _text(column: str, value: Any) -> Any:
-    """A CSV cell (bytes) as text; other values as they are."""
+    """A CSV cell that is not UTF-8 text (pyarrow hands it over as bytes) as text, or a reject;
+    other values as they are."""
     if not isinstance(value, bytes):
         return value
     try:
@@ -325,17 +333,6 @@ def _event_seconds(value: Any, from_csv: bool) -> Any:
             raise InvalidUpdate(
                 "event_timestamp", f"{value!r} is neither epoch seconds nor ISO 8601"
             ) from None
-    return value
-
-
-def _cell(feature: Feature, value: Any, from_csv: bool) -> Any:
-    """A table cell as the Python value ``parse_update`` checks."""
-    if value is None:
-        return None
-    if from_csv:
-        return _text_cell(feature, value)
-    if feature.type_name == "int" and isinstance(value, float) and value.is_integer():
-        return int(value)  # Parquet writers often store int columns with nulls as floats.
     return value
 
 

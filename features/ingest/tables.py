@@ -4,12 +4,13 @@ Only the columns asked for are read, chunk by chunk, so a table larger than
 memory streams through.  Every data row comes out numbered (1-based, the
 header not counted), so each can be accounted for:
 
-- CSV cells are read as bytes and converted per value by the caller, so a
-  bad cell (not UTF-8, not a number) rejects its row instead of failing the
-  file.  A line with the wrong number of cells is handed over as a
-  ``MalformedRow`` (pyarrow's ``invalid_row_handler``), not raised.  Blank
-  lines are rows too (of empty cells), so row ``n`` is line ``n + 1`` of the
-  file unless a quoted value spans lines.
+- CSV cells are read as text (as bytes in a column that holds text that is
+  not UTF-8) and converted per value by the caller, so a bad cell (not
+  UTF-8, not a number) rejects its row instead of failing the file.  A line
+  with the wrong number of cells is handed over as a ``MalformedRow``
+  (pyarrow's ``invalid_row_handler``), not raised.  Blank lines are rows
+  too (of empty cells), so row ``n`` is line ``n + 1`` of the file unless a
+  quoted value spans lines.
 - Parquet columns keep their types, except timestamps, which come out as
   epoch seconds (naive ones read as UTC), so no date beyond Python's range
   can fail a chunk.
@@ -117,7 +118,8 @@ class OfflineTable:
             raise TableError(f"{self.path}: cannot be read: {exc}") from exc
         next_row = 1
         for batch in _readable(reader, self.path):
-            numbered, met, next_row = _number_rows(batch.to_pylist(), pending, next_row)
+            records = _as_text(batch).to_pylist()
+            numbered, met, next_row = _number_rows(records, pending, next_row)
             pending = [row for row in pending if row not in met]
             yield from _split(numbered, met, chunk_rows)
         if pending:
@@ -193,6 +195,18 @@ def _split(
         yield TableChunk(rows, taken)
     if left:
         yield TableChunk((), left)
+
+
+def _as_text(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with each column that is all UTF-8 as strings; the others stay bytes, so one bad
+    cell rejects its row only."""
+    columns = []
+    for column in batch.columns:
+        try:
+            columns.append(column.cast(pa.string()))
+        except pa.ArrowInvalid:
+            columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def _epoch_seconds(batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -66,6 +66,7 @@ __all__ = [
     "HeldGroup",
     "Merged",
     "UnreadableRecord",
+    "as_held",
     "as_update",
     "checked_values",
     "entity_id_of",
@@ -113,6 +114,11 @@ def held_group(values: Mapping[str, Any], times: Mapping[str, int]) -> HeldGroup
     newest = max(times.values())
     older = {name: at for name, at in times.items() if at != newest}
     return HeldGroup(newest, dict(values), MappingProxyType(older))
+
+
+def as_held(update: FeatureUpdate) -> HeldGroup:
+    """What a store holds after ``update`` when it held nothing of its group."""
+    return HeldGroup(update.event_ms, dict(update.values), update.value_ms)
 
 
 def as_update(entity_id: str, group: FeatureGroup, held: HeldGroup) -> FeatureUpdate:
@@ -224,12 +230,14 @@ def held_after_write(held: HeldGroup | None, update: FeatureUpdate, now_ms: int)
     held = unexpired(group, held, now_ms)
     if group.structure is Structure.SORTED_SET:
         return _merge_members(held, update)
+    if held is None:
+        return Merged(as_held(update), frozenset(update.values))
     if group.structure is Structure.STRING:
-        if held is not None and held.event_ms > update.event_ms:
+        if held.event_ms > update.event_ms:
             return Merged(None, frozenset())
-        return Merged(HeldGroup(update.event_ms, dict(update.values)), frozenset(update.values))
-    values = dict(held.values) if held else {}
-    times = {name: held.ms_of(name) for name in values} if held else {}
+        return Merged(as_held(update), frozenset(update.values))
+    values = dict(held.values)
+    times = {name: held.ms_of(name) for name in values}
     landed = set()
     for name, value in update.values.items():
         at = update.ms_of(name)

@@ -256,10 +256,8 @@ class _ScriptCall:
     keys: tuple[str, ...]
     args: tuple[bytes | str | int, ...]
     names: tuple[str, ...]
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(len(arg) if isinstance(arg, bytes | str) else 20 for arg in self.args)
+    size_bytes: int
+    """About how many bytes the call's arguments take on the wire."""
 
 
 def _script_call(update: FeatureUpdate) -> _ScriptCall:
@@ -267,22 +265,35 @@ def _script_call(update: FeatureUpdate) -> _ScriptCall:
     group = update.group
     key = feature_key(group.entity.name, update.entity_id, group.name)
     ttl_ms = group.ttl // timedelta(milliseconds=1)
+    # Sizes count an int as 20 bytes, its longest.
+    args: list[bytes | str | int]
     if group.structure is Structure.HASH:
-        args: list[bytes | str | int] = [ttl_ms]
+        args = [ttl_ms, update.event_ms, len(update.value_ms)]
+        size = len(key) + 60
+        for name, at in update.value_ms.items():
+            args += (name, at)
+            size += len(name) + 20
+        by_name = group.by_name
         for name, value in update.values.items():
-            args += (name, update.ms_of(name), _bytes(group.by_name[name].dtype.encode(value)))
-        return _ScriptCall(HASH_WRITE, (key,), tuple(args), tuple(update.values))
+            encoded = _bytes(by_name[name].dtype.encode(value))
+            args += (name, encoded)
+            size += len(name) + len(encoded)
+        return _ScriptCall(HASH_WRITE, (key,), tuple(args), tuple(update.values), size)
     if group.structure is Structure.SORTED_SET:
         kept = newest_members(update.values, group.top_n or 1)
         args = [ttl_ms, group.top_n or 1]
+        size = len(key) + 40
         for member in kept:
-            args += (repr(float(update.values[member])), member)
-        return _ScriptCall(SORTED_SET_WRITE, (key,), tuple(args), tuple(kept))
+            score = repr(float(update.values[member]))
+            args += (score, member)
+            size += len(score) + len(member)
+        return _ScriptCall(SORTED_SET_WRITE, (key,), tuple(args), tuple(kept), size)
     feature = group.features[0]
     blob = _bytes(feature.dtype.encode(update.values[feature.name]))
     event_key = f"{key}:{EVENT_MS_FIELD}"
     args = [update.event_ms, update.event_ms + ttl_ms, blob]
-    return _ScriptCall(STRING_WRITE, (key, event_key), tuple(args), (feature.name,))
+    size = len(key) + len(event_key) + 40 + len(blob)
+    return _ScriptCall(STRING_WRITE, (key, event_key), tuple(args), (feature.name,), size)
 
 
 def _bytes(encoded: bytes | Sequence[bytes]) -> bytes:
@@ -300,9 +311,10 @@ def _outcome(call: _ScriptCall, reply: Any) -> WriteOutcome:
         raise reply
     if isinstance(reply, Exception):
         raise reply
-    flags = reply if isinstance(reply, list) else [reply]
+    # One character per name: "1" landed, "0" a newer value was held.
+    landed = reply.decode() if isinstance(reply, bytes) else str(reply)
     return WriteOutcome(
-        frozenset(name for name, flag in zip(call.names, flags, strict=True) if flag == 1)
+        frozenset(name for name, flag in zip(call.names, landed, strict=True) if flag == "1")
     )
 
 

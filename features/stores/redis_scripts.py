@@ -24,12 +24,13 @@ kept, so no mark is needed.
 the group's TTL (hash: the newest field; sorted set: the newest member), so
 a value 1.5 h old in a 2 h group has 0.5 h left.
 
-Every script answers what landed (one flag per field or member; 1 or 0 for a
-blob), and refuses data it cannot merge with an error reply whose first word
-is in ``DATA_ERRORS``: a key of another type, or a held event time that is
-not a number.  Scripts are sent with ``EVALSHA`` by the SHA-1 computed here;
-a node that answers ``NOSCRIPT`` gets the same call as ``EVAL`` (which
-caches the script on that node).
+Every script answers what landed, as a string of one character per field or
+member (``1`` landed, ``0`` a newer value held), and refuses data it cannot
+merge with an error reply whose first word is in ``DATA_ERRORS``: a key of
+another type, or a held event time that is not a number.  Scripts are sent
+with ``EVALSHA`` by the SHA-1 computed here; a node that answers
+``NOSCRIPT`` gets the same call as ``EVAL``, which caches the script on
+that node.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ local function wrong_type(key, expected)
     return 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a ' .. expected
   end
 end
+-- A read of key that a key of another type refuses; the TYPE lookup only then.
+local function read(command, key, expected, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply['err'] then
+    return nil, wrong_type(key, expected) or reply['err']
+  end
+  return reply
+end
 local function event_time(text)
   local number = tonumber(text)
   if number == nil or number ~= number or number == math.huge or number == -math.huge then
@@ -100,13 +109,14 @@ end
 HASH_WRITE = Script(
     _COMMON
     + f"""
--- KEYS[1]: the hash.  ARGV[1]: the group's TTL ms; then field, event ms, value triples.
--- Returns one flag per triple: 1 where the value landed, 0 where a newer one is held.
+-- KEYS[1]: the hash.  ARGV[1]: the group's TTL ms, ARGV[2]: the update's event ms, ARGV[3]: n;
+-- then n field, event ms pairs for the values at another time; then field, value pairs.
+-- Returns one character per field, value pair: 1 where the value landed, 0 where a newer
+-- one is held.
 local key = KEYS[1]
-local problem = wrong_type(key, 'hash')
+local held, problem = read('HGETALL', key, 'hash')
 if problem then return redis.error_reply(problem) end
 local MARK, PREFIX = '{EVENT_MS_FIELD}', '{FIELD_EVENT_MS_PREFIX}'
-local held = redis.call('HGETALL', key)
 local group_ms, own, present, names = 0, {{}}, {{}}, {{}}
 for i = 1, #held, 2 do
   local name, value = held[i], held[i + 1]
@@ -119,39 +129,43 @@ for i = 1, #held, 2 do
     names[#names + 1] = name
   end
 end
+local update_ms, at_of = tonumber(ARGV[2]), {{}}
+local first = 4 + 2 * tonumber(ARGV[3])
+for i = 4, first - 1, 2 do at_of[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local flags, landed, values = {{}}, {{}}, {{}}
 local newest = group_ms
-for i = 2, #ARGV, 3 do
-  local name, at = ARGV[i], tonumber(ARGV[i + 1])
-  local held_at = -1
+for i = first, #ARGV, 2 do
+  local name = ARGV[i]
+  local at, held_at = at_of[name] or update_ms, -1
   if present[name] then held_at = own[name] or group_ms end
   if at >= held_at then
-    flags[#flags + 1] = 1
+    flags[#flags + 1] = '1'
     if not present[name] then names[#names + 1] = name end
     landed[name] = at
     values[#values + 1] = name
-    values[#values + 1] = ARGV[i + 2]
+    values[#values + 1] = ARGV[i + 1]
     if at > newest then newest = at end
   else
-    flags[#flags + 1] = 0
+    flags[#flags + 1] = '0'
   end
 end
-if #values == 0 then return flags end
-local times, cleared = {{MARK, ms(newest)}}, {{}}
+if #values == 0 then return table.concat(flags) end
+values[#values + 1] = MARK
+values[#values + 1] = ms(newest)
+local cleared = {{}}
 for _, name in ipairs(names) do
   local at = landed[name] or own[name] or group_ms
   if at ~= newest then
-    times[#times + 1] = PREFIX .. name
-    times[#times + 1] = ms(at)
+    values[#values + 1] = PREFIX .. name
+    values[#values + 1] = ms(at)
   elseif own[name] then
     cleared[#cleared + 1] = PREFIX .. name
   end
 end
 in_slices('HSET', key, values)
-in_slices('HSET', key, times)
 in_slices('HDEL', key, cleared)
 redis.call('PEXPIREAT', key, ms(newest + tonumber(ARGV[1])))
-return flags
+return table.concat(flags)
 """
 )
 
@@ -159,20 +173,19 @@ STRING_WRITE = Script(
     _COMMON
     + """
 -- KEYS[1]: the blob, KEYS[2]: its event-time key.  ARGV: event ms, expiry ms, the blob.
--- Returns 1 when written, 0 when a newer event is held.
-for _, key in ipairs(KEYS) do
-  local problem = wrong_type(key, 'string')
-  if problem then return redis.error_reply(problem) end
-end
-local held = redis.call('GET', KEYS[2])
+-- Returns '1' when written, '0' when a newer event is held.
+local problem = wrong_type(KEYS[1], 'string')
+if problem then return redis.error_reply(problem) end
+local held, problem = read('GET', KEYS[2], 'string')
+if problem then return redis.error_reply(problem) end
 if held then
   local held_at = event_time(held)
   if held_at == nil then return redis.error_reply(bad_time(KEYS[2], 'its value', held)) end
-  if held_at > tonumber(ARGV[1]) then return 0 end
+  if held_at > tonumber(ARGV[1]) then return '0' end
 end
 redis.call('SET', KEYS[1], ARGV[3], 'PXAT', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[2])
-return 1
+return '1'
 """
 )
 
@@ -181,8 +194,8 @@ SORTED_SET_WRITE = Script(
     + """
 -- KEYS[1]: the sorted set.  ARGV[1]: the group's TTL ms, ARGV[2]: members to keep, then
 -- score, member pairs (no more than are kept: the caller trims).
--- Returns one flag per member: 1 where it is held at its score after the write, 0 where a
--- higher score is held for it or newer members pushed it out.
+-- Returns one character per member: 1 where it is held at its score after the write, 0 where
+-- a higher score is held for it or newer members pushed it out.
 local key = KEYS[1]
 local problem = wrong_type(key, 'zset')
 if problem then return redis.error_reply(problem) end
@@ -206,12 +219,12 @@ for first = 1, #members, 200 do
   for i = first, last do
     local score = scores[i - first + 1]
     if score and tonumber(score) == tonumber(ARGV[2 * i + 1]) then
-      flags[#flags + 1] = 1
+      flags[#flags + 1] = '1'
     else
-      flags[#flags + 1] = 0
+      flags[#flags + 1] = '0'
     end
   end
 end
-return flags
+return table.concat(flags)
 """
 )
