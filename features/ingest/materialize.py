@@ -238,29 +238,30 @@ class Materialization:
                 expired += 1
                 continue
             entity = merging.setdefault(update.entity_id, _Merging())
-            merged = held_after_write(entity.held, update, now_ms)
-            if merged.after is not None:
-                entity.held = merged.after
-                entity.row_of.update(dict.fromkeys(merged.landed, row))
-        entities = [(entity_id, m) for entity_id, m in merging.items() if m.held is not None]
-        outcomes = self._store.write(
-            [as_update(entity_id, group, m.held) for entity_id, m in entities if m.held]
-        )
+            merged_row = held_after_write(entity.held, update, now_ms)
+            if merged_row.after is not None:
+                entity.held = merged_row.after
+                entity.row_of.update(dict.fromkeys(merged_row.landed, row))
+        merged = [(e, m.held, m.row_of) for e, m in merging.items() if m.held is not None]
+        outcomes = self._store.write([as_update(e, group, held) for e, held, _ in merged])
         written: set[int] = set()
-        for (_, entity), outcome in zip(entities, outcomes, strict=True):
-            assert entity.held is not None
+        groups_written = 0
+        for (_, held, row_of), outcome in zip(merged, outcomes, strict=True):
             # A value pushed out of a sorted set by newer members in this chunk has no row.
-            row_of = {n: row for n, row in entity.row_of.items() if n in entity.held.values}
+            from_rows = {row for name, row in row_of.items() if name in held.values}
             if outcome.refused is not None:
-                for row in sorted(set(row_of.values())):
+                for row in sorted(from_rows):
                     rejects.append(Rejected(row, STORE_FIELD, outcome.refused, records[row]))
                 continue
-            self.report.entity_groups_written += outcome.applied
+            groups_written += outcome.applied
             written.update(row for name, row in row_of.items() if name in outcome.landed)
-        self._account(chunk.size, len(written), expired, rejects)
+        self._account(chunk.size, len(written), expired, rejects, groups_written)
 
-    def _account(self, rows: int, written: int, expired: int, rejects: list[Rejected]) -> None:
+    def _account(
+        self, rows: int, written: int, expired: int, rejects: list[Rejected], groups: int
+    ) -> None:
         report = self.report
+        report.entity_groups_written += groups
         for rejected in sorted(rejects, key=lambda r: r.row):
             report.rejected_by_field[rejected.field] += 1
             self._on_reject(rejected)
