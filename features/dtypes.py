@@ -79,7 +79,10 @@ class _Float:
     def normalize(self, value: Any, dim: int | None) -> float:
         if not _is_number(value):
             raise TypeError(f"expected a number, got {type(value).__name__}")
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:
+            raise ValueError(f"an integer of {value.bit_length()} bits is too large") from None
         if not math.isfinite(result):
             raise ValueError(f"{value!r} is not finite")
         return result
@@ -123,10 +126,13 @@ class _Float32Vector:
             raise TypeError(f"expected a sequence of {dim} numbers, got {type(value).__name__}")
         if len(value) != dim:
             raise ValueError(f"expected {dim} values, got {len(value)}")
-        if not all(_is_number(item) and math.isfinite(item) for item in value):
-            raise ValueError("every value must be a finite number")
-        # Round through float32 so a value reads back exactly as it was normalized.
-        return struct.unpack(f"<{dim}f", struct.pack(f"<{dim}f", *value))
+        try:
+            if not all(_is_number(item) and math.isfinite(item) for item in value):
+                raise ValueError("every value must be a finite number")
+            # Round through float32 so a value reads back exactly as it was normalized.
+            return struct.unpack(f"<{dim}f", struct.pack(f"<{dim}f", *value))
+        except OverflowError:
+            raise ValueError("every value must fit in a float32 (up to about 3.4e38)") from None
 
     def encode(self, value: tuple[float, ...]) -> bytes:
         return struct.pack(f"<{len(value)}f", *value)

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     model_tag: str = "fraud_model:latest"
     """The BentoML model the service loads."""
 
+    max_clock_skew_s: float = Field(default=300.0, ge=0)
+    """How far past now an event time may lie (producers' clocks drift); later ones are refused.
+
+    A value dated ahead would outrank every real write after it until its time came."""
+
     batch_max: int = Field(default=256, ge=1)
     """The most items one ``/score_batch``, ``/features`` or ``/push`` call may carry."""
 

@@ -20,14 +20,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from features.errors import InvalidUpdate, RegistryError, StoreError
+from features.errors import (
+    InvalidUpdate,
+    RegistryError,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
-from features.stores.backing import AsyncBackingStore
+from features.stores.backing import AsyncBackingStore, epoch_ms, is_live
 from features.stores.base import AsyncOnlineStore
 from features.stores.factory import async_backing_store
 from features.stores.redis import async_redis_store
@@ -188,33 +194,66 @@ class FraudScorer:
         updates: Annotated[list[PushUpdate], Field(min_length=1, max_length=SETTINGS.batch_max)],
         ctx: bentoml.Context,
     ) -> dict[str, Any]:
-        """Write feature updates from a streaming producer: all valid, or none written."""
+        """Write feature updates from a streaming producer: all valid, or none written.
+
+        Updates already past their group's TTL are not written (``expired``); an
+        update a store refuses for its data is a 422 naming it, the others written.
+        """
+        now_ms = epoch_ms(time.time)
         parsed, refused = [], []
         for index, update in enumerate(updates):
             try:
                 group = FRAUD_REGISTRY.group("user", update.group)
                 parsed.append(
-                    parse_update(group, update.entity_id, update.event_timestamp, update.values)
+                    parse_update(
+                        group,
+                        update.entity_id,
+                        update.event_timestamp,
+                        update.values,
+                        now_ms=now_ms,
+                        max_skew_ms=round(SETTINGS.max_clock_skew_s * 1000),
+                    )
                 )
-            except (InvalidUpdate, RegistryError) as exc:
-                refused.append({"index": index, "entity_id": update.entity_id, "error": str(exc)})
+            except InvalidUpdate as exc:
+                refused.append(_refusal(index, update.entity_id, exc.field, str(exc)))
+            except RegistryError as exc:
+                refused.append(_refusal(index, update.entity_id, "group", f"group: {exc}"))
         if refused:
             ctx.response.status_code = 422
             return {
                 "error": f"{len(refused)} of {len(updates)} updates refused; nothing was written",
                 "refused": refused,
             }
+        live = [i for i, u in enumerate(parsed) if is_live(u.group, u.event_ms, now_ms)]
         try:
-            applied = await self.write_store.write(parsed)
+            outcomes = await self.write_store.write([parsed[i] for i in live]) if live else []
+        except (StoreUnavailable, StoreTimeout) as exc:
+            ctx.response.status_code = 503
+            return {"error": f"{exc}; retrying is safe: older values never replace newer ones"}
         except StoreError as exc:
             ctx.response.status_code = 503
-            return {"error": f"{exc}; retrying is safe: older writes never replace newer ones"}
+            return {"error": f"the store failed: {exc}"}
         for written in parsed:
             self.resolver.forget(written.entity_id, written.group)
-        return {
-            "written": sum(applied),
-            "stale": [index for index, done in enumerate(applied) if not done],
+        by_index = dict(zip(live, outcomes, strict=True))
+        body: dict[str, Any] = {
+            "written": sum(outcome.applied for outcome in outcomes),
+            "stale": [i for i, o in by_index.items() if not o.applied and o.refused is None],
+            "expired": [i for i in range(len(parsed)) if i not in by_index],
         }
+        refused = [
+            _refusal(i, parsed[i].entity_id, "store", o.refused)
+            for i, o in by_index.items()
+            if o.refused is not None
+        ]
+        if refused:
+            ctx.response.status_code = 422
+            body["error"] = (
+                f"{len(refused)} of {len(updates)} updates refused by a store for their data "
+                "(retrying cannot help); the others were written"
+            )
+            body["refused"] = refused
+        return body
 
     def _timed(
         self,
@@ -273,6 +312,10 @@ def _span_attributes(resolved: ResolvedBatch) -> dict[str, AttributeValue]:
         "featserve.groups": [group.group.name for group in resolved.groups],
         "featserve.sources": [f"{source}={count}" for source, count in sorted(sources.items())],
     }
+
+
+def _refusal(index: int, entity_id: str, field: str, error: str) -> dict[str, Any]:
+    return {"index": index, "entity_id": entity_id, "field": field, "error": error}
 
 
 def _describe(entity: EntityFeatures) -> dict[str, Any]:

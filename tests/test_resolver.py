@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -31,7 +32,8 @@ EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 DEFAULTS = dict(USER_FEATURES.defaults)
 
 T = TypeVar("T")
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 
 
 class ManualClock:

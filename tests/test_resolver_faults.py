@@ -25,7 +25,8 @@ from service.harness.tcp_proxy import TcpProxy
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 SELECTION = ((FEATURES, FEATURES.feature_names),)
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 
 
 class ManualClock:

@@ -6,8 +6,10 @@ rows with their TTL; the resolver never knows which store it talks to.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from features.registry import FeatureGroup
@@ -20,6 +22,8 @@ __all__ = [
     "ReadRequest",
     "StoredRow",
     "StoredValues",
+    "WriteOutcome",
+    "newest_members",
 ]
 
 StoredValues = Mapping[str, Any]
@@ -76,13 +80,53 @@ class FeatureUpdate:
     ``values`` maps feature names to values; for a sorted-set group it maps
     members to their scores (the event time in seconds); for a string group
     it maps the feature name to the vector.
+
+    Values of one update may carry different event times: rows merged field by
+    field (``materialize``), or a group read back from a backing store.
+    ``event_ms`` is the newest; ``value_ms`` holds the event time of each hash
+    value whose time differs from it (``ms_of`` reads either).
     """
 
     entity_id: str
     group: FeatureGroup
     event_ms: int
-    """When the values were true, epoch milliseconds; older writes never replace newer ones."""
+    """When the values were true, epoch milliseconds (the newest, when they differ)."""
     values: Mapping[str, Any]
+    value_ms: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Hash groups: the event time of each value older than ``event_ms``; others are at it."""
+
+    def ms_of(self, name: str) -> int:
+        """The event time of the value ``name`` (a hash field; for other groups ``event_ms``)."""
+        return self.value_ms.get(name, self.event_ms)
+
+
+def newest_members(members: Mapping[str, float], top_n: int) -> list[str]:
+    """The ``top_n`` members with the highest scores, highest first; ties by member, descending,
+    as ``ZREVRANGE`` orders them."""
+    return heapq.nlargest(top_n, members, key=lambda member: (members[member], member))
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What became of one update in one store.
+
+    ``landed`` names what the store now holds from the update: hash fields,
+    sorted-set members, the string group's feature.  A name is left out when the
+    store held something newer for it (or, for a member, kept newer members
+    instead).  Nothing landed and ``refused`` unset: the update was stale as a
+    whole.  ``refused`` is set when the store cannot take this update whatever
+    the retries (a key of another type, a value out of the store's range, an
+    oversize item): a data error, reported with the update, not raised.
+    """
+
+    landed: frozenset[str] = frozenset()
+    refused: str | None = None
+    """Why the store refused the update; ``None`` when it took it (or found it stale)."""
+
+    @property
+    def applied(self) -> bool:
+        """Whether anything of the update landed."""
+        return bool(self.landed)
 
 
 class OnlineStore(Protocol):
@@ -98,18 +142,21 @@ class OnlineStore(Protocol):
         """
         ...
 
-    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """Write each update with its group's TTL unless the store holds a newer event.
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
+        """Write each update, value by value, with TTL counted from the event time.
 
-        Returns a list of the same length and order as ``updates``: True where
-        applied, False where skipped because the store held a newer event.
-        Raises ``StoreError`` on failure; updates written before it stay written.
+        A value lands unless the store holds a newer event for it (an equal one is
+        written again).  Returns a list of the same length and order as
+        ``updates``; a data error refuses its own update only (``WriteOutcome``).
+        Raises ``StoreError`` when the store cannot be written at all (unreachable,
+        timed out, failing over); updates written before it stay written, and
+        writing them again is safe.
         """
         ...
 
 
 class AsyncOnlineStore(Protocol):
-    """A store for the service's event loop; the same contract as ``OnlineStore.read``."""
+    """A store for the service's event loop; the same contract as ``OnlineStore``."""
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
@@ -117,6 +164,6 @@ class AsyncOnlineStore(Protocol):
         """See ``OnlineStore.read``."""
         ...
 
-    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
         """See ``OnlineStore.write``."""
         ...

@@ -29,6 +29,8 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import hiredis
@@ -42,14 +44,22 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import Structure
 from features.settings import Settings
-from features.stores.base import FeatureUpdate, ReadRequest, StoredRow, StoredValues
+from features.stores.base import (
+    FeatureUpdate,
+    ReadRequest,
+    StoredRow,
+    StoredValues,
+    WriteOutcome,
+    newest_members,
+)
 from features.stores.hash_columns import MIN_REPLIES, decode_hash_columns
 from features.stores.redis_scripts import (
+    DATA_ERRORS,
     EVENT_MS_FIELD,
     HASH_WRITE,
-    SCRIPTS,
     SORTED_SET_WRITE,
     STRING_WRITE,
+    Script,
 )
 from features.timing import StageTimer
 
@@ -64,7 +74,13 @@ _log = logging.getLogger(__name__)
 _bad_value_log = BurstLog(_log)
 
 WRITE_CHUNK_ROWS = 1000
-"""Updates per pipelined write round trip."""
+"""Most updates per pipelined write round trip."""
+
+WRITE_CHUNK_BYTES = 1 << 20
+"""Most argument bytes per pipelined write round trip, whatever the number of updates."""
+
+_TRANSIENT_REPLIES = ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "LOADING")
+"""First words of error replies that say "not now" (a failover, a busy or loading server)."""
 
 
 def _timeout_s(settings: Settings, for_writes: bool) -> float:
@@ -123,6 +139,12 @@ def _translated_errors() -> Iterator[None]:
         raise StoreTimeout(f"Redis did not answer in time: {exc}") from exc
     except redis.exceptions.ConnectionError as exc:
         raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+    except (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError) as exc:
+        raise StoreUnavailable(f"Redis cannot take writes now: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES:
+            raise StoreUnavailable(f"Redis cannot answer now: {exc}") from exc
+        raise StoreError(f"Redis failed: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise StoreError(f"Redis failed: {exc}") from exc
     except TimeoutError as exc:
@@ -226,40 +248,101 @@ async def _reply(connection: Any) -> Any:
         return exc
 
 
-def _queue_write(pipe: Any, update: FeatureUpdate) -> None:
+@dataclass(frozen=True, slots=True)
+class _ScriptCall:
+    """One update as a write script call, and the names its flags answer for, in order."""
+
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple[bytes | str | int, ...]
+    names: tuple[str, ...]
+    size_bytes: int
+    """About how many bytes the call's arguments take on the wire."""
+
+
+def _script_call(update: FeatureUpdate) -> _ScriptCall:
+    """The write script call for ``update``: its arguments are bounded by the group's shape."""
     group = update.group
     key = feature_key(group.entity.name, update.entity_id, group.name)
-    ttl_ms = int(group.ttl.total_seconds() * 1000)
+    ttl_ms = group.ttl // timedelta(milliseconds=1)
+    # Sizes count an int as 20 bytes, its longest.
+    args: list[bytes | str | int]
     if group.structure is Structure.HASH:
-        args: list[Any] = [update.event_ms, ttl_ms]
+        args = [ttl_ms, update.event_ms, len(update.value_ms)]
+        size = len(key) + 60
+        for name, at in update.value_ms.items():
+            args += (name, at)
+            size += len(name) + 20
+        by_name = group.by_name
         for name, value in update.values.items():
-            args += (name, group.by_name[name].dtype.encode(value))
-        pipe.evalsha(HASH_WRITE.sha, 1, key, *args)
-    elif group.structure is Structure.SORTED_SET:
+            encoded = _bytes(by_name[name].dtype.encode(value))
+            args += (name, encoded)
+            size += len(name) + len(encoded)
+        return _ScriptCall(HASH_WRITE, (key,), tuple(args), tuple(update.values), size)
+    if group.structure is Structure.SORTED_SET:
+        kept = newest_members(update.values, group.top_n or 1)
         args = [ttl_ms, group.top_n or 1]
-        for member, score in update.values.items():
+        size = len(key) + 40
+        for member in kept:
+            score = repr(float(update.values[member]))
             args += (score, member)
-        pipe.evalsha(SORTED_SET_WRITE.sha, 1, key, *args)
-    else:
-        feature = group.features[0]
-        blob = feature.dtype.encode(update.values[feature.name])
-        event_key = f"{key}:{EVENT_MS_FIELD}"
-        pipe.evalsha(STRING_WRITE.sha, 2, key, event_key, update.event_ms, ttl_ms, blob)
+            size += len(score) + len(member)
+        return _ScriptCall(SORTED_SET_WRITE, (key,), tuple(args), tuple(kept), size)
+    feature = group.features[0]
+    blob = _bytes(feature.dtype.encode(update.values[feature.name]))
+    event_key = f"{key}:{EVENT_MS_FIELD}"
+    args = [update.event_ms, update.event_ms + ttl_ms, blob]
+    size = len(key) + len(event_key) + 40 + len(blob)
+    return _ScriptCall(STRING_WRITE, (key, event_key), tuple(args), (feature.name,), size)
 
 
-def _applied(replies: Sequence[Any]) -> list[bool] | None:
-    """Which writes were applied (not stale); ``None`` when Redis lacks the scripts."""
-    if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
-        return None
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return [reply == 1 for reply in replies]
+def _bytes(encoded: bytes | Sequence[bytes]) -> bytes:
+    if not isinstance(encoded, bytes):
+        raise TypeError("a hash or string group's value encodes to bytes")
+    return encoded
 
 
-def _chunks(updates: Sequence[FeatureUpdate]) -> Iterator[Sequence[FeatureUpdate]]:
-    for start in range(0, len(updates), WRITE_CHUNK_ROWS):
-        yield updates[start : start + WRITE_CHUNK_ROWS]
+def _outcome(call: _ScriptCall, reply: Any) -> WriteOutcome:
+    """What one script reply says landed; a data error refuses the update, anything else raises."""
+    if isinstance(reply, redis.exceptions.ResponseError):
+        message = str(reply)
+        if message.split(" ", 1)[0] in DATA_ERRORS:
+            return WriteOutcome(refused=f"Redis refused the write: {message}")
+        raise reply
+    if isinstance(reply, Exception):
+        raise reply
+    # One character per name: "1" landed, "0" a newer value was held.
+    landed = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return WriteOutcome(
+        frozenset(name for name, flag in zip(call.names, landed, strict=True) if flag == "1")
+    )
+
+
+def _missing_script(reply: Any) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError)
+
+
+def _chunks(calls: Sequence[_ScriptCall]) -> Iterator[Sequence[_ScriptCall]]:
+    """Calls in chunks of at most ``WRITE_CHUNK_ROWS`` calls and about ``WRITE_CHUNK_BYTES``."""
+    start = size = 0
+    for index, call in enumerate(calls):
+        if index > start and (
+            index - start >= WRITE_CHUNK_ROWS or size + call.size_bytes > WRITE_CHUNK_BYTES
+        ):
+            yield calls[start:index]
+            start = index
+            size = 0
+        size += call.size_bytes
+    if start < len(calls):
+        yield calls[start:]
+
+
+def _queue(pipe: Any, calls: Sequence[_ScriptCall], by_sha: bool) -> None:
+    for call in calls:
+        if by_sha:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        else:
+            pipe.eval(call.script.source, len(call.keys), *call.keys, *call.args)
 
 
 class RedisStore:
@@ -284,29 +367,29 @@ class RedisStore:
                     replies = pipe.execute(raise_on_error=False)
         return _decode_all(requests, replies, timer)
 
-    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """Write values, TTL and event time together, one round trip per ``WRITE_CHUNK_ROWS``.
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
+        """See ``OnlineStore.write``; one round trip per chunk of updates (``_chunks``).
 
-        True where applied; False where Redis held a newer event for the entity
-        group, so the server skipped the update.
+        Sorted-set members beyond the group's ``top_n`` newest are dropped before
+        they are sent.
         """
-        applied: list[bool] = []
+        outcomes: list[WriteOutcome] = []
+        calls = [_script_call(update) for update in updates]
         with _translated_errors():
-            for chunk in _chunks(updates):
-                applied += self._write_chunk(chunk)
-        return applied
+            for chunk in _chunks(calls):
+                replies = self._execute(chunk, by_sha=True)
+                missing = [i for i, reply in enumerate(replies) if _missing_script(reply)]
+                if missing:
+                    again = self._execute([chunk[i] for i in missing], by_sha=False)
+                    for index, reply in zip(missing, again, strict=True):
+                        replies[index] = reply
+                outcomes += [_outcome(c, r) for c, r in zip(chunk, replies, strict=True)]
+        return outcomes
 
-    def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> list[bool]:
-        for _ in range(2):
-            with self._client.pipeline(transaction=False) as pipe:
-                for update in chunk:
-                    _queue_write(pipe, update)
-                outcome = _applied(pipe.execute(raise_on_error=False))
-            if outcome is not None:
-                return outcome
-            for script in SCRIPTS:
-                self._client.script_load(script.source)
-        raise StoreError("Redis does not keep the write scripts loaded")
+    def _execute(self, calls: Sequence[_ScriptCall], by_sha: bool) -> list[Any]:
+        with self._client.pipeline(transaction=False) as pipe:
+            _queue(pipe, calls, by_sha)
+            return list(pipe.execute(raise_on_error=False))
 
     def close(self) -> None:
         """Close the client's connections."""
@@ -367,26 +450,26 @@ class AsyncRedisStore:
             finally:
                 await self._pool.release(connection)
 
-    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """See ``RedisStore.write``."""
-        applied: list[bool] = []
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
+        """See ``RedisStore.write``; each chunk is bounded by the write timeout."""
+        outcomes: list[WriteOutcome] = []
+        calls = [_script_call(update) for update in updates]
         with _translated_errors():
-            for chunk in _chunks(updates):
+            for chunk in _chunks(calls):
                 async with asyncio.timeout(self._timeout_s):
-                    applied += await self._write_chunk(chunk)
-        return applied
+                    replies = await self._execute(chunk, by_sha=True)
+                    missing = [i for i, reply in enumerate(replies) if _missing_script(reply)]
+                    if missing:
+                        again = await self._execute([chunk[i] for i in missing], by_sha=False)
+                        for index, reply in zip(missing, again, strict=True):
+                            replies[index] = reply
+                outcomes += [_outcome(c, r) for c, r in zip(chunk, replies, strict=True)]
+        return outcomes
 
-    async def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> list[bool]:
-        for _ in range(2):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for update in chunk:
-                    _queue_write(pipe, update)
-                outcome = _applied(await pipe.execute(raise_on_error=False))
-            if outcome is not None:
-                return outcome
-            for script in SCRIPTS:
-                await self._client.script_load(script.source)
-        raise StoreError("Redis does not keep the write scripts loaded")
+    async def _execute(self, calls: Sequence[_ScriptCall], by_sha: bool) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            _queue(pipe, calls, by_sha)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def ping(self) -> bool:
         """Whether Redis answers a PING now."""

@@ -2,6 +2,9 @@
 
 featserve rewarm [--backing sqlite:PATH | dynamodb:TABLE] [--group user:features ...]
                  [--chunk-size 1000] [--redis-url URL]
+
+Exit codes: 0 done, 1 Redis refused some groups for their data (a key of another
+type), 2 a bad invocation, 3 a store failed (re-running is safe).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from features.stores.redis import RedisStore, sync_client
 
 __all__ = ["register"]
 
+EXIT_REJECTS = 1
 EXIT_USAGE = 2
 EXIT_STORE = 3
 
@@ -91,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         target.close()
         source.close()
     _print_summary(console, report, groups)
-    return 0
+    return EXIT_REJECTS if report.rejected else 0
 
 
 def _groups(registry: Registry, names: Sequence[str] | None) -> list[FeatureGroup]:
@@ -124,5 +128,6 @@ def _print_summary(console: Console, report: RewarmReport, groups: Sequence[Feat
     table.add_row("entity groups written", f"{report.written:,}")
     table.add_row("skipped: Redis held newer", f"{report.stale:,}")
     table.add_row("skipped: older than the TTL", f"{report.expired:,}")
+    table.add_row("rejected by Redis for their data", f"{report.rejected:,}")
     table.add_row("elapsed", f"{report.elapsed_s:.2f} s")
     console.print(table)
