@@ -38,7 +38,7 @@ from features.stores.backing import (
     is_live,
     oldest_live_ms,
 )
-from features.stores.base import ReadRequest, StoredValues
+from features.stores.base import FailedRead, ReadAnswer, ReadRequest, StoredValues
 from features.stores.dynamodb import (
     DynamoDbStore,
     create_table,
@@ -177,10 +177,12 @@ def every_group(*entity_ids: str) -> list[ReadRequest]:
     ]
 
 
-def exact(answers: Sequence[StoredValues | None]) -> list[Any]:
+def exact(answers: Sequence[ReadAnswer]) -> list[Any]:
     """Answers with every value's type, so 3 and 3.0 differ."""
     return [
-        None if values is None else [(name, type(v), v) for name, v in values.items()]
+        values
+        if values is None or isinstance(values, FailedRead)
+        else [(name, type(v), v) for name, v in values.items()]
         for values in answers
     ]
 
