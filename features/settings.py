@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     When every connection is busy a read fails at once (served from defaults)
     instead of queueing behind the others."""
 
+    redis_warm_connections: int | None = Field(default=None, ge=0)
+    """Connections each worker opens at start-up, before any request, so that no request's
+    deadline pays for a connect; unset: ``max_in_flight``, or the pool size when that is 0
+    (never more than the pool size)."""
+
     profile: ProfileName = "fraud"
     """The use case whose feature budget sets the default deadline (see ``features.budgets``)."""
 
@@ -84,8 +89,19 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     """BentoML worker processes."""
 
+    max_in_flight: int = Field(default=16, ge=0)
+    """Requests one worker serves at once (``/score``, ``/score_batch``, ``/features``,
+    ``/push``); more are refused at once with 503 and ``Retry-After``; 0: no bound."""
+
     access_log: bool = False
     """Whether BentoML writes an access-log line per request (costs about 25 % throughput)."""
+
+    @property
+    def warm_connections(self) -> int:
+        """How many Redis connections a worker opens at start-up."""
+        if self.redis_warm_connections is not None:
+            return min(self.redis_warm_connections, self.redis_pool_size)
+        return min(self.max_in_flight or self.redis_pool_size, self.redis_pool_size)
 
     @property
     def deadline_s(self) -> float:

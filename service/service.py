@@ -21,6 +21,7 @@ from starlette.routing import Route
 from features.errors import InvalidUpdate, RegistryError, StoreError
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
+from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.serving.tiers import backing_tier, redis_tier
@@ -37,6 +38,7 @@ from models.train import load
 from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
 from service.middleware import request_timeout
+from service.middleware.admission import AdmissionMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
@@ -98,6 +100,12 @@ class FraudScorer:
         self.scorer = Scorer(self.resolver, classifier, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
         status_app.state.scorer = self
+
+    @bentoml.on_startup
+    async def connect_to_redis(self) -> None:
+        """Open the worker's Redis connections before its first request, so that no request's
+        deadline pays for connecting (each connect within the connect timeout)."""
+        await self.store.warm(SETTINGS.warm_connections)
 
     @bentoml.on_startup
     def freeze_startup_objects(self) -> None:
@@ -222,26 +230,33 @@ class FraudScorer:
         return {**body, "timing_ms": timing_ms}
 
     async def status(self) -> dict[str, Any]:
-        """What a person wants to know: the model, whether Redis answers, the breakers."""
+        """What a person wants to know: the model, whether Redis answers reads, the breakers."""
         redis_up = await self.store.ping()
+        redis_breaker = self.resolver.tiers[0].breaker
+        if not redis_up:
+            redis = "down (serving from fallbacks: stale, backing, defaults)"
+        elif redis_breaker.failing:
+            redis = f"failing reads: {redis_breaker.last_failure} (serving from fallbacks)"
+        else:
+            redis = "up"
         return {
             "model": self.model_tag,
             "inference": self.inference,
-            "redis": "up"
-            if redis_up
-            else "down (serving from fallbacks: stale, backing, defaults)",
+            "redis": redis,
             "breakers": {
-                tier.source.value: {
-                    "state": tier.breaker.state.value,
-                    "reason": tier.breaker.reason,
-                }
-                for tier in self.resolver.tiers
+                tier.source.value: _breaker_status(tier.breaker) for tier in self.resolver.tiers
             },
             "feature_deadline_ms": SETTINGS.deadline_s * 1000,
             "cache_ttl_s": SETTINGS.cache_ttl_s,
+            "max_in_flight": SETTINGS.max_in_flight,
         }
 
 
+FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
+    AdmissionMiddleware,
+    limit=SETTINGS.max_in_flight,
+    paths={api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
+)
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
 # BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
@@ -255,7 +270,7 @@ def _now() -> int:
 
 
 def _describe(entity: EntityFeatures) -> dict[str, Any]:
-    return {
+    described: dict[str, Any] = {
         "entity_id": entity.entity_id,
         "groups": {
             name: {
@@ -267,4 +282,22 @@ def _describe(entity: EntityFeatures) -> dict[str, Any]:
             }
             for name, result in entity.groups.items()
         },
+    }
+    degraded = {
+        name: result.degraded.value
+        for name, result in entity.groups.items()
+        if result.degraded is not None
+    }
+    if degraded:
+        described["degraded"] = degraded
+    return described
+
+
+def _breaker_status(breaker: CircuitBreaker) -> dict[str, Any]:
+    age_s = breaker.last_failure_age_s
+    return {
+        "state": breaker.state.value,
+        "reason": breaker.reason,
+        "last_failure": breaker.last_failure,
+        "last_failure_age_s": None if age_s is None else round(age_s, 3),
     }
