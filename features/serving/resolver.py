@@ -23,7 +23,7 @@ Fields a store lacked are filled from the defaults and listed in
 one deadline (``deadline_s``, less ``TIMER_SLACK_S``) that starts when the
 resolver sends its first store read, after the cache lookups; it bounds how
 long the resolver waits for replies, and a reply that has reached the worker
-by then is used however late the worker gets to it (``deadline.ReplyDeadline``).
+by then is used however late the worker gets to it (``features.deadline``).
 A store error never escapes ``resolve``; it is logged once per burst, with
 the error.  Stage times go into the caller's ``StageTimer``: ``cache``, then
 whatever the stores record (``redis``, ``decode``, ...).
@@ -40,12 +40,12 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from features.burst_log import BurstLog
+from features.deadline import ReplyDeadline
 from features.errors import StoreError
 from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Registry
 from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache, SingleFlight
-from features.serving.deadline import ReplyDeadline
 from features.stores.base import (
     AsyncOnlineStore,
     FailedRead,

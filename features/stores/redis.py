@@ -45,6 +45,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from features.burst_log import BurstLog
+from features.deadline import ReplyDeadline
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import Structure
@@ -98,8 +99,10 @@ def _client_options(settings: Settings, socket_timeout_s: float | None) -> dict[
 def async_redis_store(settings: Settings, for_writes: bool = False) -> AsyncRedisStore:
     """A fail-fast asyncio store for the service; ``for_writes`` waits the write timeout.
 
-    Its client has no socket timeout: the store bounds each call with one
-    ``asyncio.timeout`` instead.  With a socket timeout redis-py sends under
+    Its client has no socket timeout: the store bounds each call itself, a read
+    with a ``features.deadline.ReplyDeadline`` (which never discards a reply that
+    has arrived, however busy the worker), writes and pings with
+    ``asyncio.timeout``.  With a socket timeout redis-py sends under
     ``asyncio.wait_for``, which on Python 3.11 returns normally when the caller
     is cancelled just as the send completes, so the resolver's deadline was lost
     and the read waited on (seen in ``make faults``: a 25 ms feature stage with a
@@ -417,18 +420,18 @@ class AsyncRedisStore:
         commands = [_read_args(request) for request in requests]
         packed = b"".join([hiredis.pack_command(args) for args in commands])  # type: ignore[arg-type]
         replies: list[Any] = []
-        async with asyncio.timeout(self._timeout_s) as bound:
+        bound = ReplyDeadline(asyncio.get_running_loop().time() + self._timeout_s)
+        async with bound:
             connection = await self._acquire()
             try:
                 await connection.send_packed_command(packed, check_health=False)
                 for _ in requests:
                     replies.append(await _reply(connection))
             except asyncio.CancelledError:
-                until = bound.when()
-                if bound.expired() or until is None or not connection.is_connected:
+                if bound.expired() or not connection.is_connected:
                     await self._drop(connection)
                 else:
-                    self._drain_later(connection, len(requests) - len(replies), until)
+                    self._drain_later(connection, len(requests) - len(replies), bound.when)
                 raise
             except BaseException:
                 await self._drop(connection)
@@ -463,7 +466,7 @@ class AsyncRedisStore:
     async def _drain(self, connection: Any, replies: int, until: float) -> None:
         """Read and discard the ``replies`` still due on ``connection``, then pool it."""
         try:
-            async with asyncio.timeout_at(until):
+            async with ReplyDeadline(until):
                 for _ in range(replies):
                     await _reply(connection)
         except asyncio.CancelledError:

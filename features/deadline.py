@@ -1,4 +1,4 @@
-"""The feature deadline: it bounds waiting for a store, never the worker's own queueing.
+"""Deadlines on waiting for a store that bound the wait, never the worker's own queueing.
 
 ``ReplyDeadline(when)`` is ``asyncio.timeout_at(when)`` with one difference.
 When ``when`` passes, the read is not cancelled at once: the event loop first
@@ -6,7 +6,8 @@ takes in what has already reached this process's sockets and runs what those
 bytes wake, and only a read still waiting after that is cancelled (raising
 ``TimeoutError``, as ``asyncio.timeout`` does).  So a reply that arrived in
 time is used, however late a busy worker got round to it; only a store that
-has not answered is abandoned.
+has not answered is abandoned.  The resolver's feature deadline and the Redis
+store's socket timeout are both of this kind.
 
 How: ``asyncio.timeout`` cancels the task as soon as its timer fires, and a
 task whose reply has already woken it (its step queued on a busy loop) is
@@ -56,6 +57,11 @@ class ReplyDeadline:
             self._handle.cancel()
             self._handle = None
         await self._timeout.__aexit__(exc_type, exc, traceback)
+
+    @property
+    def when(self) -> float:
+        """The deadline, in event-loop time."""
+        return self._when
 
     def expired(self) -> bool:
         """Whether the deadline passed with the block still waiting."""
