@@ -11,7 +11,8 @@ features of 10,000 users serves every scenario:
 3. pipelining (``bench.pipelining``): the published table, through ``TcpProxy``;
 4. HTTP end to end (``bench.http_bench``) against the echo and the naive
    service, with the per-stage ``Server-Timing`` breakdown;
-5. sustained load (``bench.sustained``, in a subprocess: 60 s runs, 15 s
+5. the bound on requests in flight (``bench.admission_bench``);
+6. sustained load (``bench.sustained``, in a subprocess: 60 s runs, 15 s
    with ``--quick``).
 
 CPUs (with two or more and ``taskset``): Redis and this process stay on
@@ -36,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench import http_bench, memory, pipelining, plots, resolver_bench
+from bench import admission_bench, http_bench, memory, pipelining, plots, resolver_bench
 from bench.report import Section, machine_lines
 from bench.sustained import ROOT, pin_cpus
 from service.cli import sla
@@ -178,7 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             http_runs, stage_runs = http_bench.measure(
                 Path(tmp) / "bentoml", redis_server.url, split, args.quick, Path(tmp)
             )
+            print("requests in flight ...", flush=True)
+            limit_runs = admission_bench.measure(
+                Path(tmp) / "bentoml", redis_server.url, cpus.server, args.quick, Path(tmp)
+            )
         sections.extend(http_bench.section(http_runs, stage_runs, cpus.describe() + "."))
+        sections.append(admission_bench.section(limit_runs, cpus.describe() + "."))
         print("sustained ...", flush=True)
         sections.append(sustained(args.quick, every_cpu))
     except KeyboardInterrupt:

@@ -37,8 +37,7 @@ from models.schema import fraud_schema, require_same_schema
 from models.train import load
 from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
-from service.middleware import request_timeout
-from service.middleware.admission import AdmissionMiddleware
+from service.middleware import admission, request_timeout
 from service.middleware.client_errors import ClientErrorMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
@@ -74,6 +73,15 @@ class FraudScorer:
             raise RuntimeError(
                 "REDIS_URL is not set: point it at the online store, "
                 "or run `make serve` for an embedded Redis with demo data"
+            )
+        reads_allowed = SETTINGS.redis_pool_size * SETTINGS.breaker_pool_usage
+        if SETTINGS.max_in_flight > reads_allowed:
+            raise RuntimeError(
+                f"FEATSERVE_MAX_IN_FLIGHT={SETTINGS.max_in_flight} admits more requests than "
+                f"the Redis breaker lets read at once ({reads_allowed:g}: "
+                "FEATSERVE_REDIS_POOL_SIZE x FEATSERVE_BREAKER_POOL_USAGE), which would answer "
+                "the excess from fallbacks instead of refusing it: lower the first or raise "
+                "the pool"
             )
         model = load(self.model_ref.tag)
         require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
@@ -252,10 +260,9 @@ class FraudScorer:
         }
 
 
-FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
-    AdmissionMiddleware,
-    limit=SETTINGS.max_in_flight,
-    paths={api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
+admission.install(
+    SETTINGS.max_in_flight,
+    {api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
 )
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
