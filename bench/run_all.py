@@ -2,8 +2,8 @@
 
 Usage: ``python -m bench.run_all [--quick] [--doc docs/benchmarks.md] [--img docs/img]``
 
-``make bench`` runs it in full (about 13 minutes); ``--quick`` in under
-about 3 minutes (fewer cases, shorter runs).  One Redis with the demo
+``make bench`` runs it in full (about 15 minutes); ``--quick`` in under
+about 4 minutes (fewer cases, shorter runs).  One Redis with the demo
 features of 10,000 users serves every scenario:
 
 1. memory (``bench.memory``): bytes per entity and the 10 M-user sizing;
@@ -148,7 +148,7 @@ def write_doc(doc: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run everything, write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer cases, shorter runs (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer cases, shorter runs (~4 min)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--img", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args(argv)
