@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     """Where the online store is; unset means ``make serve`` starts an embedded one."""
 
     redis_socket_timeout_ms: float = Field(default=50.0, gt=0)
-    """How long one Redis round trip may take before the read fails over to defaults."""
+    """How long one Redis read round trip may wait for its reply before it fails (a reply that
+    has arrived is always used), and how long the reply of a read abandoned at the feature
+    deadline is drained before its connection is closed."""
 
     redis_connect_timeout_ms: float = Field(default=100.0, gt=0)
     """How long opening a Redis connection may take."""
@@ -55,8 +57,9 @@ class Settings(BaseSettings):
     """The use case whose feature budget sets the default deadline (see ``features.budgets``)."""
 
     feature_deadline_ms: float | None = Field(default=None, gt=0)
-    """How long feature retrieval may take before answering with what it has; unset: the
-    profile's feature budget (fraud 10, recommendation 20, search 30, ads 3,
+    """How long feature retrieval waits for the stores (from its first read, replies that
+    have arrived always used) before answering with what it has; unset: the profile's
+    feature budget (fraud 10, recommendation 20, search 30, ads 3,
     personalization 40)."""
 
     breaker_failures: int = Field(default=5, ge=1)
