@@ -132,7 +132,9 @@ class HttpRun:
         if not self.sources or not total:
             return "-"
         return ", ".join(
-            f"{source} {count / total:.0%}" for source, count in self.sources.most_common() if count
+            f"{source} {_share(count / total)}"
+            for source, count in self.sources.most_common()
+            if count
         )
 
     @property
@@ -499,6 +501,11 @@ def _targets(runs: Sequence[HttpRun]) -> list[list[str]]:
             ]
         )
     return rows  # fmt: skip
+
+
+def _share(fraction: float) -> str:
+    """``"61 %"``, or with a decimal below 1 %, so a rare fallback does not read as none."""
+    return f"{fraction:.0%}" if fraction >= 0.01 else f"{fraction:.1%}"
 
 
 def _yes(holds: bool) -> str:
