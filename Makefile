@@ -34,7 +34,7 @@ serve: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m models.train
 
-# Every benchmark (~13 min); rewrites the generated end of docs/benchmarks.md and docs/img/*.png.
+# Every benchmark (~15 min); rewrites the generated end of docs/benchmarks.md and docs/img/*.png.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 

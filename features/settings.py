@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     """Where the online store is; unset means ``make serve`` starts an embedded one."""
 
     redis_socket_timeout_ms: float = Field(default=50.0, gt=0)
-    """How long one Redis round trip may take before the read fails over to defaults."""
+    """How long one Redis read round trip may wait for its reply before it fails (a reply that
+    has arrived is always used), and how long the reply of a read abandoned at the feature
+    deadline is drained before its connection is closed."""
 
     redis_connect_timeout_ms: float = Field(default=100.0, gt=0)
     """How long opening a Redis connection may take."""
@@ -46,12 +48,18 @@ class Settings(BaseSettings):
     When every connection is busy a read fails at once (served from defaults)
     instead of queueing behind the others."""
 
+    redis_warm_connections: int | None = Field(default=None, ge=0)
+    """Connections each worker opens at start-up, before any request, so that no request's
+    deadline pays for a connect; unset: ``max_in_flight``, or the pool size when that is 0
+    (never more than the pool size)."""
+
     profile: ProfileName = "fraud"
     """The use case whose feature budget sets the default deadline (see ``features.budgets``)."""
 
     feature_deadline_ms: float | None = Field(default=None, gt=0)
-    """How long feature retrieval may take before answering with what it has; unset: the
-    profile's feature budget (fraud 10, recommendation 20, search 30, ads 3,
+    """How long feature retrieval waits for the stores (from its first read, replies that
+    have arrived always used) before answering with what it has; unset: the profile's
+    feature budget (fraud 10, recommendation 20, search 30, ads 3,
     personalization 40)."""
 
     breaker_failures: int = Field(default=5, ge=1)
@@ -97,8 +105,19 @@ class Settings(BaseSettings):
     trace_sample_rate: float = Field(default=0.0, ge=0, le=1)
     """Share of requests traced when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; 0 turns traces off."""
 
+    max_in_flight: int = Field(default=16, ge=0)
+    """Requests one worker serves at once (``/score``, ``/score_batch``, ``/features``,
+    ``/push``); more are refused at once with 503 and ``Retry-After``; 0: no bound."""
+
     access_log: bool = False
     """Whether BentoML writes an access-log line per request (costs about 25 % throughput)."""
+
+    @property
+    def warm_connections(self) -> int:
+        """How many Redis connections a worker opens at start-up."""
+        if self.redis_warm_connections is not None:
+            return min(self.redis_warm_connections, self.redis_pool_size)
+        return min(self.max_in_flight or self.redis_pool_size, self.redis_pool_size)
 
     @property
     def deadline_s(self) -> float:

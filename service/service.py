@@ -29,6 +29,7 @@ from features.errors import (
 )
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
+from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.serving.tiers import backing_tier, redis_tier
@@ -44,7 +45,7 @@ from models.schema import fraud_schema, require_same_schema
 from models.train import load
 from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
-from service.middleware import request_timeout
+from service.middleware import admission, request_timeout
 from service.middleware.client_errors import ClientErrorMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
@@ -86,6 +87,15 @@ class FraudScorer:
                 "REDIS_URL is not set: point it at the online store, "
                 "or run `make serve` for an embedded Redis with demo data"
             )
+        reads_allowed = SETTINGS.redis_pool_size * SETTINGS.breaker_pool_usage
+        if SETTINGS.max_in_flight > reads_allowed:
+            raise RuntimeError(
+                f"FEATSERVE_MAX_IN_FLIGHT={SETTINGS.max_in_flight} admits more requests than "
+                f"the Redis breaker lets read at once ({reads_allowed:g}: "
+                "FEATSERVE_REDIS_POOL_SIZE x FEATSERVE_BREAKER_POOL_USAGE), which would answer "
+                "the excess from fallbacks instead of refusing it: lower the first or raise "
+                "the pool"
+            )
         model = load(self.model_ref.tag)
         require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
         self.model_tag = model.tag
@@ -112,6 +122,12 @@ class FraudScorer:
         self.all_groups = self.resolver.selection("user")
         self.spans = StageSpans.from_bentoml()
         status_app.state.scorer = self
+
+    @bentoml.on_startup
+    async def connect_to_redis(self) -> None:
+        """Open the worker's Redis connections before its first request, so that no request's
+        deadline pays for connecting (each connect within the connect timeout)."""
+        await self.store.warm(SETTINGS.warm_connections)
 
     @bentoml.on_startup
     def freeze_startup_objects(self) -> None:
@@ -270,26 +286,32 @@ class FraudScorer:
         return {**body, "timing_ms": timing_ms}
 
     async def status(self) -> dict[str, Any]:
-        """What a person wants to know: the model, whether Redis answers, the breakers."""
+        """What a person wants to know: the model, whether Redis answers reads, the breakers."""
         redis_up = await self.store.ping()
+        redis_breaker = self.resolver.tiers[0].breaker
+        if not redis_up:
+            redis = "down (serving from fallbacks: stale, backing, defaults)"
+        elif redis_breaker.failing:
+            redis = f"failing reads: {redis_breaker.last_failure} (serving from fallbacks)"
+        else:
+            redis = "up"
         return {
             "model": self.model_tag,
             "inference": self.inference,
-            "redis": "up"
-            if redis_up
-            else "down (serving from fallbacks: stale, backing, defaults)",
+            "redis": redis,
             "breakers": {
-                tier.source.value: {
-                    "state": tier.breaker.state.value,
-                    "reason": tier.breaker.reason,
-                }
-                for tier in self.resolver.tiers
+                tier.source.value: _breaker_status(tier.breaker) for tier in self.resolver.tiers
             },
             "feature_deadline_ms": SETTINGS.deadline_s * 1000,
             "cache_ttl_s": SETTINGS.cache_ttl_s,
+            "max_in_flight": SETTINGS.max_in_flight,
         }
 
 
+admission.install(
+    SETTINGS.max_in_flight,
+    {api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
+)
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
 # BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
@@ -319,7 +341,7 @@ def _refusal(index: int, entity_id: str, field: str, error: str) -> dict[str, An
 
 
 def _describe(entity: EntityFeatures) -> dict[str, Any]:
-    return {
+    described: dict[str, Any] = {
         "entity_id": entity.entity_id,
         "groups": {
             name: {
@@ -331,4 +353,22 @@ def _describe(entity: EntityFeatures) -> dict[str, Any]:
             }
             for name, result in entity.groups.items()
         },
+    }
+    degraded = {
+        name: result.degraded.value
+        for name, result in entity.groups.items()
+        if result.degraded is not None
+    }
+    if degraded:
+        described["degraded"] = degraded
+    return described
+
+
+def _breaker_status(breaker: CircuitBreaker) -> dict[str, Any]:
+    age_s = breaker.last_failure_age_s
+    return {
+        "state": breaker.state.value,
+        "reason": breaker.reason,
+        "last_failure": breaker.last_failure,
+        "last_failure_age_s": None if age_s is None else round(age_s, 3),
     }

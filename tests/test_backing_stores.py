@@ -38,7 +38,14 @@ from features.stores.backing import (
     is_live,
     oldest_live_ms,
 )
-from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
+from features.stores.base import (
+    FailedRead,
+    FeatureUpdate,
+    ReadAnswer,
+    ReadRequest,
+    StoredValues,
+    WriteOutcome,
+)
 from features.stores.dynamodb import (
     DynamoDbStore,
     dynamodb_client,
@@ -130,10 +137,12 @@ def applied(outcomes: Sequence[WriteOutcome]) -> list[bool]:
     return [outcome.applied for outcome in outcomes]
 
 
-def exact(answers: Sequence[StoredValues | None]) -> list[Any]:
+def exact(answers: Sequence[ReadAnswer]) -> list[Any]:
     """Answers with every value's type, so 3 and 3.0 differ."""
     return [
-        None if values is None else [(name, type(v), v) for name, v in values.items()]
+        values
+        if values is None or isinstance(values, FailedRead)
+        else [(name, type(v), v) for name, v in values.items()]
         for values in answers
     ]
 

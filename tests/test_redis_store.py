@@ -9,6 +9,7 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import pytest
 import redis
@@ -18,7 +19,7 @@ from features.errors import StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
-from features.stores.base import ReadRequest, StoredValues, WriteOutcome
+from features.stores.base import FailedRead, ReadAnswer, ReadRequest, StoredValues, WriteOutcome
 from features.stores.redis import (
     WRITE_CHUNK_BYTES,
     RedisStore,
@@ -36,7 +37,13 @@ EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
 
-Reader = Callable[[Sequence[ReadRequest]], list[StoredValues | None]]
+Reader = Callable[[Sequence[ReadRequest]], list[ReadAnswer]]
+
+
+def values_of(answer: ReadAnswer) -> StoredValues:
+    """An answer that must hold values (or nothing), as a mapping."""
+    assert not isinstance(answer, FailedRead), answer
+    return answer or {}
 
 
 def read_all(entity_id: str) -> list[ReadRequest]:
@@ -60,7 +67,7 @@ def make_reader(kind: str, settings: Settings) -> tuple[Reader, Callable[[], Non
     loop = asyncio.new_event_loop()
     async_store = async_redis_store(settings)
 
-    def read(requests: Sequence[ReadRequest]) -> list[StoredValues | None]:
+    def read(requests: Sequence[ReadRequest]) -> list[ReadAnswer]:
         return loop.run_until_complete(async_store.read(requests))
 
     def close() -> None:
@@ -182,9 +189,35 @@ def test_values_written_by_any_client_are_cast_to_declared_types(
 def test_invalid_values_are_left_out_not_raised(redis_client: redis.Redis, reader: Reader) -> None:
     redis_client.hset("user:{u1}:features", mapping={"tx_count_1h": "lots", "is_premium": "1"})
     redis_client.set("user:{u1}:embedding", b"short")
-    redis_client.set("user:{u1}:recent_items", b"a string where a sorted set belongs")
     answers = reader(read_all("u1"))
     assert answers == [{"is_premium": 1}, None, None]
+
+
+def test_a_key_of_the_wrong_type_is_a_failed_read_not_nothing(
+    redis_client: redis.Redis, reader: Reader
+) -> None:
+    redis_client.set("user:{u1}:recent_items", b"a string where a sorted set belongs")
+    redis_client.hset("user:{u1}:features", "tx_count_1h", "3")
+    features, recent, embedding = reader(read_all("u1"))
+    assert (features, embedding) == ({"tx_count_1h": 3}, None)
+    assert isinstance(recent, FailedRead)
+    assert recent.error.startswith("WRONGTYPE ")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_keys_an_acl_refuses_are_failed_reads_naming_noperm(
+    own_redis: LocalRedis, kind: str
+) -> None:
+    read, close = make_reader(kind, Settings(redis_url=own_redis.url))
+    with redis.Redis(port=own_redis.port) as admin:
+        admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "~other:*")
+        try:
+            answers = read(read_all("u1"))
+        finally:
+            admin.execute_command("ACL", "SETUSER", "default", "allkeys")
+    close()
+    assert [type(answer) for answer in answers] == [FailedRead] * 3
+    assert all(cast(FailedRead, answer).error.startswith("NOPERM ") for answer in answers)
 
 
 FULL_HASH = {
@@ -285,10 +318,10 @@ def test_a_large_batch_decodes_like_one_entity_at_a_time(
     fields = USER_FEATURES.feature_names
     answers = reader([ReadRequest(entity, USER_FEATURES, fields) for entity in entities])
     assert dict(zip(entities, answers, strict=True)) == wanted
-    types = {name: type(value) for name, value in (answers[0] or {}).items()}
+    types = {name: type(value) for name, value in values_of(answers[0]).items()}
     assert types == {f.name: int if f.type_name == "int" else float for f in USER_FEATURES.features}
     if field is not None and expected != "left out":
-        assert type((answers[17] or {})[field]) is type(expected)
+        assert type(values_of(answers[17])[field]) is type(expected)
 
 
 def test_reads_ask_only_for_the_requested_fields(redis_client: redis.Redis, reader: Reader) -> None:

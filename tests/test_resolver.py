@@ -17,7 +17,7 @@ from features.errors import InvalidEntityId
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, GroupResult, Resolver, Source
+from features.serving.resolver import CachedGroup, Degraded, GroupResult, Resolver, Source
 from features.serving.tiers import redis_tier
 from features.settings import Settings
 from features.stores.base import FeatureUpdate
@@ -289,7 +289,7 @@ def test_the_same_entity_twice_in_one_call_is_fetched_once(
     assert first.groups == second.groups
 
 
-def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
+def test_a_killed_redis_gives_cache_and_unavailable_never_an_exception(
     own_redis: LocalRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(redis_url=own_redis.url)
@@ -315,7 +315,8 @@ def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
     for answer in answers:
         assert answer["hot"].source is Source.CACHE
         assert answer["hot"].values["tx_count_1h"] == 5
-        assert answer["cold"].source is Source.DEFAULT
+        assert answer["cold"].source is Source.UNAVAILABLE
+        assert answer["cold"].degraded is Degraded.STORE_ERROR
         assert dict(answer["cold"].values) == DEFAULTS
     assert len(caplog.records) == 1
     assert "redis read failed" in caplog.records[0].getMessage()

@@ -17,8 +17,10 @@ from features.timing import StageTimer
 
 __all__ = [
     "AsyncOnlineStore",
+    "FailedRead",
     "FeatureUpdate",
     "OnlineStore",
+    "ReadAnswer",
     "ReadRequest",
     "StoredRow",
     "StoredValues",
@@ -61,6 +63,21 @@ class StoredRow(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"StoredRow({dict(self)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRead:
+    """The store answered one request of a read with an error, e.g. Redis' ``WRONGTYPE``.
+
+    Not "nothing stored": the store could not say what it holds for that key.
+    """
+
+    error: str
+    """The store's own words, e.g. ``NOPERM No permissions to access a key``."""
+
+
+ReadAnswer = StoredValues | FailedRead | None
+"""One request's answer: its values, a ``FailedRead``, or ``None`` (nothing stored)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +151,12 @@ class OnlineStore(Protocol):
 
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
-        """Values for each request: a list of the same length and order as ``requests``.
+    ) -> Sequence[ReadAnswer]:
+        """Values for each request: a sequence of the same length and order as ``requests``.
 
-        ``None`` means the entity has nothing stored for that group.  Raises
-        ``StoreError`` when the store cannot answer at all.
+        ``None`` means the entity has nothing stored for that group; a
+        ``FailedRead`` that the store answered that one request with an error.
+        Raises ``StoreError`` when the store cannot answer at all.
         """
         ...
 
@@ -160,7 +178,7 @@ class AsyncOnlineStore(Protocol):
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
+    ) -> Sequence[ReadAnswer]:
         """See ``OnlineStore.read``."""
         ...
 

@@ -20,6 +20,13 @@ bounded pool that refuses rather than queues), since redis-py's defaults
 connection; ``async_redis_store`` says why the asyncio one applies its
 timeout itself rather than through redis-py's socket timeout.  redis-py errors are
 translated into ``StoreError`` leaves here and nowhere else.
+
+An error reply to one command (``WRONGTYPE``, ``NOPERM``, ``LOADING``, ``MOVED``,
+``BUSY``, ``OOM``, ...) is that request's answer, a ``FailedRead`` naming the
+error: never "nothing stored".  Connections are kept: the service opens some
+at start-up (``AsyncRedisStore.warm``), and a read whose caller stops waiting
+(the resolver's deadline) leaves its connection to a background task that reads
+the rest of the replies, within the socket timeout, and returns it to the pool.
 """
 
 from __future__ import annotations
@@ -40,15 +47,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from features.burst_log import BurstLog
+from features.deadline import ReplyDeadline
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import Structure
 from features.settings import Settings
 from features.stores.base import (
+    FailedRead,
     FeatureUpdate,
+    ReadAnswer,
     ReadRequest,
     StoredRow,
-    StoredValues,
     WriteOutcome,
     newest_members,
 )
@@ -101,8 +110,10 @@ def _client_options(settings: Settings, socket_timeout_s: float | None) -> dict[
 def async_redis_store(settings: Settings, for_writes: bool = False) -> AsyncRedisStore:
     """A fail-fast asyncio store for the service; ``for_writes`` waits the write timeout.
 
-    Its client has no socket timeout: the store bounds each call with one
-    ``asyncio.timeout`` instead.  With a socket timeout redis-py sends under
+    Its client has no socket timeout: the store bounds each call itself, a read
+    with a ``features.deadline.ReplyDeadline`` (which never discards a reply that
+    has arrived, however busy the worker), writes and pings with
+    ``asyncio.timeout``.  With a socket timeout redis-py sends under
     ``asyncio.wait_for``, which on Python 3.11 returns normally when the caller
     is cancelled just as the send completes, so the resolver's deadline was lost
     and the read waited on (seen in ``make faults``: a 25 ms feature stage with a
@@ -168,12 +179,17 @@ def _read_args(request: ReadRequest) -> tuple[str | int, ...]:
     return ("GET", key)
 
 
-def _decode(request: ReadRequest, reply: Any) -> StoredValues | None:
+def _error_text(error: Exception) -> str:
+    """An error reply as Redis said it: redis-py keeps the code (``NOPERM``) apart."""
+    code = getattr(error, "status_code", None)
+    return f"{code} {error}" if code else str(error)
+
+
+def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
     """The valid values in one reply; invalid ones are logged and left out."""
     group = request.group
     if isinstance(reply, Exception):
-        _bad_value_log.error(f"Redis refused a read of {group.entity.name}:{group.name}", reply)
-        return None
+        return FailedRead(_error_text(reply))
     if group.structure is Structure.HASH:
         by_name = group.by_name
         values: list[Any] = []
@@ -201,19 +217,17 @@ def _decode(request: ReadRequest, reply: Any) -> StoredValues | None:
 
 def _decode_all(
     requests: Sequence[ReadRequest], replies: Sequence[Any], timer: StageTimer | None
-) -> list[StoredValues | None]:
+) -> list[ReadAnswer]:
     if timer is None:
         return _decode_replies(requests, replies)
     with timer.stage("decode"):
         return _decode_replies(requests, replies)
 
 
-def _decode_replies(
-    requests: Sequence[ReadRequest], replies: Sequence[Any]
-) -> list[StoredValues | None]:
+def _decode_replies(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[ReadAnswer]:
     """Complete hash replies of one (group, fields) in bulk when there are enough of them
     (``hash_columns``); everything else, and any bulk that declines, value by value."""
-    decoded: list[StoredValues | None] = [None] * len(requests)
+    decoded: list[ReadAnswer] = [None] * len(requests)
     # By identity: a resolver's requests share one (group, fields) pair of objects per group,
     # alive for this call; equal pairs that are distinct objects are decoded apart, as well.
     complete_hashes: dict[tuple[int, int], list[int]] = {}
@@ -239,12 +253,25 @@ def _decode_replies(
     return decoded
 
 
+_ERROR_REPLIES = (
+    redis.exceptions.ResponseError,
+    # Error replies that redis-py raises as connection errors (LOADING, NOAUTH, WRONGPASS);
+    # they were read whole, so the connection is still in step.
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.AuthenticationError,
+)
+
+
 async def _reply(connection: Any) -> Any:
-    """The next reply on ``connection``; an error reply is returned, not raised."""
+    """The next reply on ``connection``; an error reply is returned, not raised.
+
+    The connection is never closed here, whatever happens: ``AsyncRedisStore``
+    decides whether to keep, drain or drop it.
+    """
     try:
         # math.inf: no timeout per reply; _round_trip bounds the whole round trip.
-        return await connection.read_response(timeout=math.inf)
-    except redis.exceptions.ResponseError as exc:
+        return await connection.read_response(timeout=math.inf, disconnect_on_error=False)
+    except _ERROR_REPLIES as exc:
         return exc
 
 
@@ -353,7 +380,7 @@ class RedisStore:
 
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
+    ) -> list[ReadAnswer]:
         """Values for each request, in order, from one pipelined round trip."""
         if not requests:
             return []
@@ -408,47 +435,128 @@ class AsyncRedisStore:
         self._pool = client.connection_pool
         self._pool_size: int = self._pool.max_connections
         self._timeout_s = timeout_s
-        self._reads_in_flight = 0
+        self._held = 0
+        self._drains: set[asyncio.Task[None]] = set()
 
     def pool_usage(self) -> float:
-        """The share of the connection pool that reads hold right now (0 to 1)."""
-        return self._reads_in_flight / self._pool_size
+        """The share of the connection pool that reads hold right now (0 to 1).
+
+        A connection counts from the moment a read asks for it until it is back
+        in the pool, its reply drained if the read was abandoned.
+        """
+        return self._held / self._pool_size
+
+    async def warm(self, count: int) -> int:
+        """Open up to ``count`` connections now and keep them in the pool; how many are open.
+
+        Each connect is bounded by the connect timeout.  Meant for start-up, so
+        that no request's deadline pays for connecting: with Redis 5 ms away a
+        connect costs one more round trip than the read itself.
+        """
+        wanted = min(count, self._pool_size)
+        opened = await asyncio.gather(
+            *(self._pool.get_connection() for _ in range(wanted)), return_exceptions=True
+        )
+        failures = [outcome for outcome in opened if isinstance(outcome, BaseException)]
+        for connection in opened:
+            if not isinstance(connection, BaseException):
+                await self._pool.release(connection)
+        if failures:
+            _log.warning(
+                "opened %d of %d Redis connections at start-up; the rest open on first use: %s",
+                wanted - len(failures),
+                wanted,
+                failures[0],
+            )
+        return wanted - len(failures)
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
+    ) -> list[ReadAnswer]:
         """Values for each request, in order, from one pipelined round trip."""
         if not requests:
             return []
-        self._reads_in_flight += 1
-        try:
-            with _translated_errors():
-                if timer is None:
+        with _translated_errors():
+            if timer is None:
+                replies = await self._round_trip(requests)
+            else:
+                with timer.stage("redis"):
                     replies = await self._round_trip(requests)
-                else:
-                    with timer.stage("redis"):
-                        replies = await self._round_trip(requests)
-        finally:
-            self._reads_in_flight -= 1
         return _decode_all(requests, replies, timer)
 
     async def _round_trip(self, requests: Sequence[ReadRequest]) -> list[Any]:
         """Send every command in one write and read the replies, in order.
 
-        A reply that is an error (say, a key of the wrong type) is returned in
-        its place.  Any other failure, the timeout and cancellation included,
-        makes redis-py drop the connection, so no later read sees a stale reply.
+        An error reply (say, a key of the wrong type) is returned in its place.
+        When the caller is cancelled mid-read (its deadline passed), the
+        connection goes to a background task that reads the rest of the replies
+        within this call's timeout and then returns it to the pool.  Any other
+        failure, this call's own timeout included, drops the connection, so no
+        later read sees a stale reply.
         """
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
         commands = [_read_args(request) for request in requests]
         packed = b"".join([hiredis.pack_command(args) for args in commands])  # type: ignore[arg-type]
-        async with asyncio.timeout(self._timeout_s):
-            connection = await self._pool.get_connection()
+        replies: list[Any] = []
+        bound = ReplyDeadline(asyncio.get_running_loop().time() + self._timeout_s)
+        async with bound:
+            connection = await self._acquire()
             try:
                 await connection.send_packed_command(packed, check_health=False)
-                return [await _reply(connection) for _ in requests]
-            finally:
-                await self._pool.release(connection)
+                for _ in requests:
+                    replies.append(await _reply(connection))
+            except asyncio.CancelledError:
+                if bound.expired() or not connection.is_connected:
+                    await self._drop(connection)
+                else:
+                    self._drain_later(connection, len(requests) - len(replies), bound.when)
+                raise
+            except BaseException:
+                await self._drop(connection)
+                raise
+            await self._release(connection)
+        return replies
+
+    async def _acquire(self) -> Any:
+        self._held += 1
+        try:
+            return await self._pool.get_connection()
+        except BaseException:
+            self._held -= 1
+            raise
+
+    async def _release(self, connection: Any) -> None:
+        self._held -= 1
+        await self._pool.release(connection)
+
+    async def _drop(self, connection: Any) -> None:
+        """Close ``connection`` (its replies are out of step) and hand it back to the pool."""
+        try:
+            await connection.disconnect(nowait=True)
+        finally:
+            await self._release(connection)
+
+    def _drain_later(self, connection: Any, replies: int, until: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(connection, replies, until))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain(self, connection: Any, replies: int, until: float) -> None:
+        """Read and discard the ``replies`` still due on ``connection``, then pool it."""
+        try:
+            async with ReplyDeadline(until):
+                for _ in range(replies):
+                    await _reply(connection)
+        except asyncio.CancelledError:
+            await self._drop(connection)
+            raise
+        except Exception as exc:
+            # Redis slower than the socket timeout, or gone: the resolver has already
+            # logged that the read missed its deadline.
+            _log.debug("dropping a Redis connection whose abandoned reply did not come: %r", exc)
+            await self._drop(connection)
+        else:
+            await self._release(connection)
 
     async def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
         """See ``RedisStore.write``; each chunk is bounded by the write timeout."""
@@ -481,5 +589,8 @@ class AsyncRedisStore:
             return False
 
     async def close(self) -> None:
-        """Close the client's connections."""
+        """Stop draining abandoned replies and close the client's connections."""
+        for task in list(self._drains):
+            task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
         await self._client.aclose()

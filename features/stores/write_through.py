@@ -18,8 +18,8 @@ from features.stores.base import (
     AsyncOnlineStore,
     FeatureUpdate,
     OnlineStore,
+    ReadAnswer,
     ReadRequest,
-    StoredValues,
     WriteOutcome,
 )
 from features.timing import StageTimer
@@ -52,7 +52,7 @@ class WriteThrough:
 
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
+    ) -> Sequence[ReadAnswer]:
         """The online store's answer."""
         return self._online.read(requests, timer)
 
@@ -71,7 +71,7 @@ class AsyncWriteThrough:
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
+    ) -> Sequence[ReadAnswer]:
         """The online store's answer."""
         return await self._online.read(requests, timer)
 
