@@ -19,6 +19,7 @@ from rich.table import Table
 from features.errors import RegistryError, StoreError
 from features.ingest.materialize import MaterializeReport, Rejected, materialize
 from features.ingest.tables import TableError, open_table
+from features.redaction import redact
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
 from features.stores.base import OnlineStore
@@ -53,7 +54,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--allow-rejects", action="store_true", help="exit 0 even when rows were refused"
     )
-    parser.add_argument("--redis-url", help="default: $REDIS_URL")
+    parser.add_argument(
+        "--redis-url",
+        help="default: $REDIS_URL. Prefer the variable: a password in this flag shows in `ps` "
+        "to every user of the machine",
+    )
     parser.add_argument(
         "--backing",
         help="also write to this backing store first: sqlite:PATH or dynamodb:TABLE "
@@ -68,7 +73,7 @@ def _run_materialize(args: argparse.Namespace) -> int:
         group = _group(args.group)
         table = open_table(args.table, args.format)
     except (RegistryError, TableError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
     settings = Settings()
     if args.redis_url:
@@ -82,7 +87,7 @@ def _run_materialize(args: argparse.Namespace) -> int:
     try:
         backing = open_backing_store(backing_spec) if backing_spec else None
     except (ValueError, StoreError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         redis_store.close()
         return EXIT_USAGE
     store: OnlineStore = WriteThrough(redis_store, backing) if backing else redis_store
@@ -103,10 +108,12 @@ def _run_materialize(args: argparse.Namespace) -> int:
                 on_progress=lambda rows: progress.advance(task, rows),
             )
     except TableError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
     except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}\nRe-running is safe: older writes never win.")
+        console.print(
+            f"[red]error:[/] {redact(str(exc))}\nRe-running is safe: older writes never win."
+        )
         return EXIT_STORE
     finally:
         redis_store.close()

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features.budgets import PROFILES, LatencyBudget
+from features.redaction import redact
 from service.harness.load import MAX_DURATION_S, Endpoint, LoadPlan, Sample, drive
 
 __all__ = ["Check", "Verdict", "entity_ids", "evaluate", "register", "request_bodies", "run"]
@@ -262,12 +263,13 @@ def run(args: argparse.Namespace) -> int:
             warmup_s=args.warmup,
         )
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
     budget = budget_of(args)
     pace = f"{args.rate:g} requests/s" if args.rate else "closed loop"
     console.print(
-        f"Driving {args.url} for {args.duration:g} s: {args.concurrency} connections, {pace}; "
+        f"Driving {redact(args.url)} for {args.duration:g} s: "
+        f"{args.concurrency} connections, {pace}; "
         f"budget p99 total {budget.total_ms:g} ms, features {budget.features_ms:g} ms"
     )
     bodies = request_bodies(ids, args.batch)
@@ -276,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     render(console, verdict, budget)
     if args.plot is not None:
         try:
-            plot(samples, budget, args.plot, f"featserve sla {args.url}")
+            plot(samples, budget, args.plot, f"featserve sla {redact(args.url)}")
             console.print(f"Plot saved to {args.plot}")
         except ImportError:
             console.print(
