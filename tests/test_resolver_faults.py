@@ -205,3 +205,27 @@ def test_a_deadline_missed_because_the_loop_was_busy_does_not_blame_redis(
     result, state = asyncio.run(scenario())
     assert result.source is Source.DEFAULT
     assert state is BreakerState.CLOSED
+
+
+def test_breaker_reasons_are_categories_without_hosts_or_ports(
+    proxy: TcpProxy, own_redis: LocalRedis
+) -> None:
+    settings = Settings(redis_url=proxy.redis_url, breaker_failures=1, cache_ttl_s=0)
+    clock = ManualClock()
+
+    async def scenario() -> list[str]:
+        resolver, store = resolver_for(settings, clock, deadline_s=0.05)
+        breaker = resolver.tiers[0].breaker
+        reasons = []
+        proxy.blackhole(True)
+        await source_of(resolver, "u1")
+        reasons.append(breaker.reason)
+        proxy.blackhole(False)
+        own_redis.kill()
+        clock.now += 5.0
+        await source_of(resolver, "u1")
+        reasons.append(breaker.reason)
+        await store.close()
+        return reasons
+
+    assert asyncio.run(scenario()) == ["deadline", "unreachable"]

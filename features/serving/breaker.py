@@ -48,7 +48,8 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._probe_started: float | None = None
         self.reason = ""
-        """Why the breaker last opened, for people reading the status page."""
+        """Why the breaker last opened, a short category (``timeout``, ``deadline``, ...) that
+        the status page shows to anyone: never a host, a port or a store's error text."""
 
     @property
     def state(self) -> BreakerState:

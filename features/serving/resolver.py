@@ -316,7 +316,7 @@ class Resolver:
             if not pending:
                 break
             if tier.saturated():
-                tier.breaker.trip("connection pool over 80 % in use")
+                tier.breaker.trip("pool_saturated")
             remaining = deadline - loop.time() - self._slack_s
             if remaining <= 0 or not tier.breaker.allow():
                 failed = True
@@ -327,7 +327,7 @@ class Resolver:
                 async with asyncio.timeout_at(expires):
                     stored = await tier.store.read(batch, timer)
             except StoreError as exc:
-                tier.breaker.record_failure(str(exc))
+                tier.breaker.record_failure(exc.reason)
                 self._error_log.error(f"{tier.source} read failed; falling back", exc)
                 failed = True
                 continue
@@ -335,8 +335,7 @@ class Resolver:
                 # Expiring late means the event loop was busy (a saturated worker), not
                 # that the store was slow: falling back is right, blaming the store is not.
                 if loop.time() - expires < self._loop_lag_s:
-                    reason = f"no answer within the {self._deadline_s * 1000:g} ms deadline"
-                    tier.breaker.record_failure(reason)
+                    tier.breaker.record_failure("deadline")
                     self._error_log.error(f"{tier.source} read missed the deadline; falling back")
                 failed = True
                 continue
