@@ -6,9 +6,25 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
+from features.errors import RegistryError
 from features.keys import ENTITY_ID_PATTERN, validate_entity_id
+from features.registry import FRAUD_REGISTRY
 
-__all__ = ["Amount", "EntityId", "PushUpdate", "ScoreInput", "Timestamp"]
+__all__ = ["Amount", "EntityId", "GroupNames", "PushUpdate", "ScoreInput", "Timestamp"]
+
+_USER_GROUPS = tuple(group.name for group in FRAUD_REGISTRY.groups_of("user"))
+
+
+def _known_groups(names: list[str]) -> list[str]:
+    """``names`` without repeats, in order; ``ValueError`` naming the first unknown group."""
+    unique = list(dict.fromkeys(names))
+    for name in unique:
+        try:
+            FRAUD_REGISTRY.group("user", name)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+    return unique
+
 
 EntityId = Annotated[
     str,
@@ -20,6 +36,19 @@ EntityId = Annotated[
     ),
 ]
 """An entity id; a bad one is refused with the reason ``validate_entity_id`` gives."""
+GroupNames = Annotated[
+    list[str],
+    # Bounded by the number of groups: a longer list repeats a name or names an unknown one,
+    # and refusing it costs nothing, where resolving each repeat cost the event loop dearly.
+    Field(
+        min_length=1,
+        max_length=len(_USER_GROUPS),
+        description="Feature groups of the user entity; repeats are dropped.",
+        json_schema_extra={"items": {"type": "string", "enum": list(_USER_GROUPS)}},
+    ),
+    AfterValidator(_known_groups),
+]
+"""Feature groups to resolve: known names of the user entity, each once."""
 Amount = Annotated[
     float,
     Field(
