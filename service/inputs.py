@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from features.errors import RegistryError
+from features.ingest.updates import MAX_EVENT_TIMESTAMP
 from features.keys import ENTITY_ID_PATTERN, validate_entity_id
 from features.registry import FRAUD_REGISTRY
 
@@ -67,6 +68,29 @@ Timestamp = Annotated[
 ]
 
 
+def _feature_values_schema() -> dict[str, Any]:
+    """The JSON schema of a push's ``values``: every user feature by name, with its type."""
+    properties: dict[str, Any] = {}
+    for group in FRAUD_REGISTRY.groups_of("user"):
+        for feature in group.features:
+            properties[feature.name] = _value_schema(feature.type_name, feature.dim)
+            if feature.minimum is not None:
+                properties[feature.name]["minimum"] = feature.minimum
+            if feature.maximum is not None:
+                properties[feature.name]["maximum"] = feature.maximum
+    return {"properties": properties, "additionalProperties": False, "minProperties": 1}
+
+
+def _value_schema(type_name: str, dim: int | None) -> dict[str, Any]:
+    if type_name == "int":
+        return {"type": "integer"}
+    if type_name == "float":
+        return {"type": "number"}
+    if type_name == "float32_vector":
+        return {"type": "array", "items": {"type": "number"}, "minItems": dim, "maxItems": dim}
+    return {"type": "array", "items": {"type": "string"}, "maxItems": dim}
+
+
 class ScoreInput(BaseModel):
     """One transaction to score."""
 
@@ -82,14 +106,26 @@ class PushUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    entity_id: str = Field(examples=["u000123"])
-    group: str = Field(default="features", description="A feature group of the user entity.")
+    # Checked by parse_update (a refusal names the update's index); the schema says the rules.
+    entity_id: str = Field(
+        examples=["u000123"],
+        json_schema_extra={"pattern": ENTITY_ID_PATTERN, "minLength": 1, "maxLength": 128},
+    )
+    group: str = Field(
+        default="features",
+        description="A feature group of the user entity.",
+        json_schema_extra={"enum": list(_USER_GROUPS)},
+    )
     event_timestamp: StrictInt | StrictFloat = Field(
         description="When the values became true, epoch seconds; older than stored is skipped.",
         examples=[1764230400],
+        json_schema_extra={"minimum": 0, "maximum": MAX_EVENT_TIMESTAMP},
     )
     values: dict[str, Any] = Field(
         description="Feature values by name; for recent_items a list of item ids; "
         "for embedding a list of 16 numbers.",
         examples=[{"tx_count_1h": 3, "tx_sum_1h": 120.5}],
+        # What a push may carry, published so clients (and the fuzz test) see every feature;
+        # parse_update checks a value against its group.
+        json_schema_extra=_feature_values_schema(),
     )
