@@ -31,7 +31,8 @@ EntityId = Annotated[
     str,
     AfterValidator(validate_entity_id),
     Field(
-        description="1-128 characters without whitespace, control characters or braces.",
+        description="1-128 printable Unicode characters in normal form NFC, without "
+        "whitespace or braces (no control or invisible format characters).",
         examples=["u000123"],
         json_schema_extra={"pattern": ENTITY_ID_PATTERN},
     ),
