@@ -13,8 +13,10 @@ compares, at p99, the latency the client saw with the total budget and the
 ``features.budgets``; ``--total-ms`` and ``--features-ms`` override).  The
 exit code is 0 when both hold and every answer was 2xx, 1 on any breach,
 non-2xx answer, failed request or missing ``features`` timing, 2 on bad
-arguments.  The run stops by itself after ``--duration`` seconds (at most
-600) or ``--max-requests`` requests.
+arguments.  When the environment holds ``FEATSERVE_READ_TOKEN`` (or else
+``FEATSERVE_WRITE_TOKEN``), every request carries it as a bearer token.
+The run stops by itself after ``--duration`` seconds (at most 600) or
+``--max-requests`` requests.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import re
 from collections.abc import Sequence
@@ -252,7 +255,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``featserve sla`` with parsed arguments; return the exit code."""
     console = Console()
     try:
-        endpoint = Endpoint.parse(args.url)
+        # A read token when the deployment has one (FEATSERVE_READ_TOKEN, else the write token).
+        token = os.environ.get("FEATSERVE_READ_TOKEN") or os.environ.get("FEATSERVE_WRITE_TOKEN")
+        endpoint = Endpoint.parse(args.url, token or None)
         ids = entity_ids(args.entities)
         plan = LoadPlan(
             duration_s=args.duration,
