@@ -357,7 +357,7 @@ def section(
     stage_tables = []
     budget = PROFILES["fraud"]
     for stage_run in stage_runs:
-        verdict = sla.evaluate(stage_run.samples, budget, 1.0)
+        verdict = sla.evaluate({"": stage_run.samples}, sla.Limits(budget), 1.0)
         label = "/score" if stage_run.entities == 0 else f"/score_batch x{stage_run.entities}"
         stage_tables.append(
             f"**{label}**, {verdict.requests} requests at 1 connection, fraud budget "

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from service.harness.load import encode_request, exchange
+from service.harness.stats import percentile
 
 __all__ = ["CpuSnapshot", "LoadResult", "Target", "WindowStats", "run_load", "worker_rss"]
 
@@ -114,10 +115,10 @@ class LoadResult:
             end_s=end_s,
             requests=len(picked),
             errors=sum(1 for i in picked if self.status[i] != 200),
-            p50_ms=_percentile(latencies, 50.0),
-            p90_ms=_percentile(latencies, 90.0),
-            p99_ms=_percentile(latencies, 99.0),
-            p999_ms=_percentile(latencies, 99.9),
+            p50_ms=percentile(latencies, 50.0),
+            p90_ms=percentile(latencies, 90.0),
+            p99_ms=percentile(latencies, 99.0),
+            p999_ms=percentile(latencies, 99.9),
             max_ms=latencies[-1] if latencies else math.nan,
             rps=len(picked) / (end_s - start_s),
             rss_peak_bytes=max(rss) if rss else None,
@@ -140,14 +141,6 @@ class LoadResult:
         """Consecutive windows of ``length_s`` covering the run."""
         count = max(1, round(self.duration_s / length_s))
         return [self.window(i * length_s, (i + 1) * length_s) for i in range(count)]
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of already sorted values (NaN when empty)."""
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def worker_rss(server_pid: int) -> int:

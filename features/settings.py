@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     """BentoML worker processes."""
 
+    otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    """Where traces go (OTLP over HTTP), OpenTelemetry's standard variable; unset: no traces."""
+
+    trace_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of requests traced when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; 0 turns traces off."""
+
     access_log: bool = False
     """Whether BentoML writes an access-log line per request (costs about 25 % throughput)."""
 

@@ -7,12 +7,14 @@ the environment once, at import (see ``features.settings.Settings``).
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import time
 from typing import Annotated, Any
 
 import bentoml
+from opentelemetry.util.types import AttributeValue
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -44,6 +46,7 @@ from service.middleware.client_errors import ClientErrorMiddleware
 from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
+from service.tracing import StageSpans, tracing_config
 
 __all__ = ["SETTINGS", "FraudScorer"]
 
@@ -64,10 +67,14 @@ async def _status(request: Request) -> JSONResponse:
 status_app = Starlette(routes=[Route("/status", _status, methods=["GET"])])
 
 
+_TRACING = tracing_config(SETTINGS)
+
+
 @bentoml.asgi_app(status_app, path="/ops")
 @bentoml.service(
     workers=SETTINGS.workers,
     logging={"access": {"enabled": SETTINGS.access_log}},
+    **({} if _TRACING is None else {"tracing": _TRACING}),
 )
 class FraudScorer:
     """Scores card transactions for fraud with features from Redis."""
@@ -104,6 +111,7 @@ class FraudScorer:
         )
         self.scorer = Scorer(self.resolver, classifier, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
+        self.spans = StageSpans.from_bentoml()
         status_app.state.scorer = self
 
     @bentoml.on_startup
@@ -231,6 +239,7 @@ class FraudScorer:
         timing_ms = timer.milliseconds()
         ctx.response.headers["Server-Timing"] = timer.server_timing()
         observe_request(endpoint, timing_ms, resolved)
+        self.spans.record(timer, lambda: _span_attributes(resolved))
         return {**body, "timing_ms": timing_ms}
 
     async def status(self) -> dict[str, Any]:
@@ -273,6 +282,18 @@ for _api in FraudScorer.apis.values():  # type: ignore[attr-defined]
 
 def _now() -> int:
     return int(time.time())
+
+
+def _span_attributes(resolved: ResolvedBatch) -> dict[str, AttributeValue]:
+    """What the ``features`` span of a sampled request says about its resolution."""
+    sources: collections.Counter[str] = collections.Counter()
+    for group in resolved.groups:
+        sources.update(source.value for source in group.sources)
+    return {
+        "featserve.entities": len(resolved.entity_ids),
+        "featserve.groups": [group.group.name for group in resolved.groups],
+        "featserve.sources": [f"{source}={count}" for source, count in sorted(sources.items())],
+    }
 
 
 def _describe(entity: EntityFeatures) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """Shared fixtures: real Redis servers on free loopback ports, and clients for them.
 
+Every ``FEATSERVE_*`` and ``OTEL_*`` variable of the caller's environment is dropped
+when the tests start, so the settings a test builds are the ones it states.
+
 ``redis_url`` points at ``REDIS_URL`` when it is set (its database is
 flushed before each test: give the tests a scratch database) and otherwise
 at a server this session starts.  Tests that kill or pause Redis ask for
@@ -18,6 +21,10 @@ from features.settings import Settings
 from service.harness.local_redis import LocalRedis
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+# Tests state the settings they need: a shell's FEATSERVE_CACHE_TTL_S=0 or OTEL_* must not change
+# what Settings() builds here, nor reach the services the tests serve. REDIS_URL stays (above).
+for _name in [name for name in os.environ if name.startswith(("FEATSERVE_", "OTEL_"))]:
+    del os.environ[_name]
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ falls behind shows as latency instead of silently lowering the rate
 
 The run is bounded three ways: no request starts after ``duration_s``, each
 has ``timeout_s``, and at most ``max_requests`` are sent.  Every response's
-``Server-Timing`` header is parsed into stage durations.  ``exchange`` is
+``Server-Timing`` header is parsed into stage durations, and its body into
+the sources of its features (``answers.answer_mix``).  ``exchange`` is
 the one HTTP client routine; ``bench.load`` uses it too.
 """
 
@@ -29,6 +30,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from service.harness.answers import AnswerMix, answer_mix
 
 __all__ = [
     "Endpoint",
@@ -190,6 +193,10 @@ class Sample:
     """0 when no HTTP answer came (connection error, timeout, unreadable framing)."""
     stages_ms: dict[str, float]
     """The response's ``Server-Timing`` durations."""
+    retry_after: bool = False
+    """Whether the response carried ``Retry-After`` (shed load, when the status is 503 or 429)."""
+    mix: AnswerMix | None = None
+    """Where the answers' features came from, when the body held featserve answers."""
 
 
 @dataclass
@@ -265,19 +272,24 @@ async def _connection(
                 response = None
             latency = time.perf_counter() - due
             if due >= schedule.start:
-                samples.append(
-                    Sample(
-                        due - schedule.start,
-                        latency,
-                        0 if response is None else response.status,
-                        {}
-                        if response is None
-                        else parse_server_timing(response.headers.get("server-timing", "")),
-                    )
-                )
+                samples.append(_sample(due - schedule.start, latency, response))
             if (response is None or not response.keep_alive) and streams is not None:
                 streams[1].close()
                 streams = None
     finally:
         if streams is not None:
             streams[1].close()
+
+
+def _sample(due_s: float, latency_s: float, response: Response | None) -> Sample:
+    if response is None:
+        return Sample(due_s, latency_s, 0, {})
+    headers = response.headers
+    return Sample(
+        due_s,
+        latency_s,
+        response.status,
+        parse_server_timing(headers.get("server-timing", "")),
+        retry_after="retry-after" in headers,
+        mix=answer_mix(response.body) if 200 <= response.status < 300 else None,
+    )

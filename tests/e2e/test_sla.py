@@ -6,6 +6,7 @@ The deployment requires a read token, which ``featserve sla`` takes from the env
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,15 +54,24 @@ def read_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEATSERVE_READ_TOKEN", READ_TOKEN)
 
 
-def test_generous_budget_passes_and_plots(score_url: str, tmp_path: Path) -> None:
+def test_generous_budget_passes_with_real_answers_and_plots(
+    score_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     plot = tmp_path / "sla.png"
     argv = [
         "--url", score_url, "--total-ms", "5000", "--features-ms", "5000",
         "--rate", "50", "--duration", "2", "--warmup", "0.5",
-        "--entities", f"u000000..u{USERS - 1:06d}", "--plot", str(plot),
+        "--entities", f"u000000..u{USERS - 1:06d}", "--plot", str(plot), "--json",
     ]  # fmt: skip
     assert featserve_sla(argv) == 0
     assert plot.stat().st_size > 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["met"] is True
+    assert verdict["statuses"] == {"200": verdict["requests"]}
+    # Every demo user is in Redis: each answer's one group came from Redis or the cache.
+    assert verdict["answers"] == verdict["requests"] > 0
+    assert sum(verdict["sources"].get(s, 0) for s in ("redis", "cache")) == verdict["answers"]
+    assert verdict["degraded"] == 0
 
 
 def test_impossible_budget_exits_non_zero(score_url: str) -> None:
