@@ -29,8 +29,6 @@ class Settings(BaseSettings):
         use_attribute_docstrings=True,
         # Some values are secrets (tokens, a password in REDIS_URL): errors name the field only.
         hide_input_in_errors=True,
-        # model_tag is ours; pydantic-settings before 2.7 reserved every model_ name.
-        protected_namespaces=("settings_",),
     )
 
     redis_url: str | None = Field(
