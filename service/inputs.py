@@ -8,7 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, 
 
 from features.errors import RegistryError
 from features.ingest.updates import MAX_EVENT_TIMESTAMP
-from features.keys import ENTITY_ID_PATTERN, validate_entity_id
+from features.keys import ENTITY_ID_MAX_LENGTH, ENTITY_ID_PATTERN, validate_entity_id
 from features.registry import FRAUD_REGISTRY
 
 __all__ = ["Amount", "EntityId", "GroupNames", "PushUpdate", "ScoreInput", "Timestamp"]
@@ -87,9 +87,10 @@ def _value_schema(type_name: str, dim: int | None) -> dict[str, Any]:
         return {"type": "integer"}
     if type_name == "float":
         return {"type": "number"}
-    if type_name == "float32_vector":
+    if type_name == "float32_vector" and dim is not None:
         return {"type": "array", "items": {"type": "number"}, "minItems": dim, "maxItems": dim}
-    return {"type": "array", "items": {"type": "string"}, "maxItems": dim}
+    # A sorted-set group takes any number of items (it keeps the newest top_n).
+    return {"type": "array", "items": {"type": "string"}}
 
 
 class ScoreInput(BaseModel):
@@ -110,7 +111,11 @@ class PushUpdate(BaseModel):
     # Checked by parse_update (a refusal names the update's index); the schema says the rules.
     entity_id: str = Field(
         examples=["u000123"],
-        json_schema_extra={"pattern": ENTITY_ID_PATTERN, "minLength": 1, "maxLength": 128},
+        json_schema_extra={
+            "pattern": ENTITY_ID_PATTERN,
+            "minLength": 1,
+            "maxLength": ENTITY_ID_MAX_LENGTH,
+        },
     )
     group: str = Field(
         default="features",
