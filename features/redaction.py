@@ -50,7 +50,12 @@ def install_log_redaction() -> None:
 
     def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A message that does not format is the handler's to report (logging.raiseExceptions),
+            # never an error at the call site.
+            return record
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None

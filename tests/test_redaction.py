@@ -45,3 +45,10 @@ def test_every_log_record_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
     assert "hunter22" not in caplog.text
     assert f"redis://app:{MASK}@cache:6379" in caplog.text
     assert f"rediss://app:{MASK}@cache:6380" in caplog.text
+
+
+def test_a_message_that_does_not_format_is_left_to_the_handler() -> None:
+    install_log_redaction()
+    make_record = logging.getLogRecordFactory()
+    record = make_record("tests", logging.INFO, __file__, 1, "%d requests", ("many",), None)
+    assert (record.msg, record.args) == ("%d requests", ("many",))
