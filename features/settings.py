@@ -7,12 +7,15 @@ feature budget on a loopback or same-zone Redis.  Variables are prefixed
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.budgets import PROFILES, ProfileName
 
-__all__ = ["Settings"]
+__all__ = ["MIN_TOKEN_LENGTH", "Settings"]
+
+MIN_TOKEN_LENGTH = 16
+"""The shortest bearer token accepted: a short one can be guessed."""
 
 
 class Settings(BaseSettings):
@@ -24,10 +27,15 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         use_attribute_docstrings=True,
+        # Some values are secrets (tokens, a password in REDIS_URL): errors name the field only.
+        hide_input_in_errors=True,
     )
 
     redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "FEATSERVE_REDIS_URL")
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "FEATSERVE_REDIS_URL"),
+        # It may hold a password: keep it out of every repr that reaches a log.
+        repr=False,
     )
     """Where the online store is; unset means ``make serve`` starts an embedded one."""
 
@@ -94,6 +102,15 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=256, ge=1)
     """The most items one ``/score_batch``, ``/features`` or ``/push`` call may carry."""
 
+    write_token: SecretStr | None = None
+    """The bearer token ``POST /push`` and ``/ops/*`` require; unset: ``/push`` is refused (403)."""
+
+    read_token: SecretStr | None = None
+    """A bearer token the read endpoints require (the write token also works); unset: open."""
+
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    """The largest request body accepted; a larger one is refused with 413 before it is read."""
+
     workers: int = Field(default=1, ge=1)
     """BentoML worker processes."""
 
@@ -111,6 +128,18 @@ class Settings(BaseSettings):
 
     access_log: bool = False
     """Whether BentoML writes an access-log line per request (costs about 25 % throughput)."""
+
+    @field_validator("write_token", "read_token", mode="after")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or not token.get_secret_value():
+            return None
+        if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"a token needs at least {MIN_TOKEN_LENGTH} characters, e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return token
 
     @property
     def warm_connections(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import logging
 import time
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ from features.errors import (
     StoreUnavailable,
 )
 from features.ingest.updates import parse_update
+from features.redaction import install_log_redaction
 from features.registry import FRAUD_REGISTRY
 from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
@@ -43,10 +45,12 @@ from features.timing import StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
-from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
+from service.inputs import Amount, EntityId, GroupNames, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
 from service.middleware import admission, request_timeout
+from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
+from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
 from service.tracing import StageSpans, tracing_config
@@ -56,7 +60,10 @@ __all__ = ["SETTINGS", "FraudScorer"]
 SETTINGS = Settings()
 """This process's configuration, read from the environment once."""
 
+_log = logging.getLogger(__name__)
+
 request_timeout.install()
+install_log_redaction()
 
 
 async def _status(request: Request) -> JSONResponse:
@@ -188,7 +195,7 @@ class FraudScorer:
         self,
         entity_ids: Annotated[list[EntityId], Field(min_length=1, max_length=SETTINGS.batch_max)],
         ctx: bentoml.Context,
-        groups: list[str] | None = None,
+        groups: GroupNames | None = None,
     ) -> dict[str, Any]:
         """Each entity's resolved values with their source, for debugging."""
         timer = StageTimer()
@@ -247,8 +254,13 @@ class FraudScorer:
             ctx.response.status_code = 503
             return {"error": f"{exc}; retrying is safe: older values never replace newer ones"}
         except StoreError as exc:
+            # The store's own words (hosts, script hashes) go to the log, not to the client.
+            _log.error("POST /push: a store failed to take %d updates: %s", len(parsed), exc)
             ctx.response.status_code = 503
-            return {"error": f"the store failed: {exc}"}
+            return {
+                "error": "a feature store failed to take the write (details in the server log); "
+                "retrying is safe: older writes never replace newer ones"
+            }
         for written in parsed:
             self.resolver.forget(written.entity_id, written.group)
         by_index = dict(zip(live, outcomes, strict=True))
@@ -311,6 +323,15 @@ class FraudScorer:
 admission.install(
     SETTINGS.max_in_flight,
     {api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
+)
+# Outermost first: a request without its token is refused before its body is read.
+FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
+    BearerTokenMiddleware,
+    write_token=SETTINGS.write_token.get_secret_value() if SETTINGS.write_token else None,
+    read_token=SETTINGS.read_token.get_secret_value() if SETTINGS.read_token else None,
+)
+FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
+    RequestBodyMiddleware, max_bytes=SETTINGS.max_body_bytes
 )
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 

@@ -19,10 +19,10 @@ real write after it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from features.dtypes import shown_value
 from features.errors import InvalidEntityId, InvalidUpdate
 from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Structure
@@ -45,10 +45,13 @@ def event_ms(event_timestamp: Any, now_ms: int | None = None, max_skew_ms: int =
         raise InvalidUpdate(
             "event_timestamp", f"expected epoch seconds, got {type(event_timestamp).__name__}"
         )
-    if not math.isfinite(event_timestamp) or not 0 <= event_timestamp <= MAX_EVENT_TIMESTAMP:
+    # No math.isfinite, which raises OverflowError for an int too large for a float:
+    # NaN and the infinities fail the range check anyway.
+    if not 0 <= event_timestamp <= MAX_EVENT_TIMESTAMP:
         raise InvalidUpdate(
             "event_timestamp",
-            f"{event_timestamp!r} is not epoch seconds between 0 and {MAX_EVENT_TIMESTAMP}",
+            f"{shown_value(event_timestamp)} is not epoch seconds "
+            f"between 0 and {MAX_EVENT_TIMESTAMP}",
         )
     when = round(event_timestamp * 1000)
     if now_ms is not None and when > now_ms + max_skew_ms:
@@ -109,7 +112,7 @@ def _hash_values(group: FeatureGroup, values: Mapping[str, Any]) -> dict[str, An
         try:
             normalized = feature.dtype.normalize(value, feature.dim)
         except (TypeError, ValueError) as exc:
-            raise InvalidUpdate(name, f"{value!r}: {exc}") from None
+            raise InvalidUpdate(name, f"{shown_value(value)}: {exc}") from None
         problem = feature.out_of_range(normalized)
         if problem:
             raise InvalidUpdate(name, problem)
@@ -128,6 +131,7 @@ def _members(name: str, items: Any, when: int) -> dict[str, float]:
     for item in items:
         if not isinstance(item, str) or not item or len(item) > _MAX_MEMBER_LENGTH:
             raise InvalidUpdate(
-                name, f"item {item!r} is not a string of 1-{_MAX_MEMBER_LENGTH} characters"
+                name,
+                f"item {shown_value(item)} is not a string of 1-{_MAX_MEMBER_LENGTH} characters",
             )
     return dict.fromkeys(items, when / 1000)

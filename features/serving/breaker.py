@@ -67,7 +67,8 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._probe_started: float | None = None
         self.reason = ""
-        """Why the breaker last opened, for people reading the status page."""
+        """Why the breaker last opened, a short category (``timeout``, ``deadline``, ...) that
+        the status page shows to anyone: never a host, a port or a store's error text."""
         self.last_failure = ""
         """The last failure any call reported, whatever the state."""
         self.last_failure_at: float | None = None

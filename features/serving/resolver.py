@@ -386,7 +386,7 @@ class Resolver:
     ) -> _TierAnswer:
         """One tier's answers to ``batch`` within ``deadline``; failures go to its breaker."""
         if tier.saturated():
-            tier.breaker.trip("connection pool over 80 % in use")
+            tier.breaker.trip("pool_saturated")
         if asyncio.get_running_loop().time() >= deadline:
             return _TierAnswer(None, Degraded.DEADLINE)
         permit = tier.breaker.allow()
@@ -396,18 +396,22 @@ class Resolver:
             async with ReplyDeadline(deadline):
                 answers = await tier.store.read(batch, timer)
         except StoreError as exc:
-            tier.breaker.record_failure(permit, str(exc))
+            tier.breaker.record_failure(permit, exc.reason)
             self._error_log.error(f"{tier.source} read failed; falling back", exc)
             return _TierAnswer(None, Degraded.STORE_ERROR)
         except TimeoutError:
-            reason = f"no reply within the {self._deadline_s * 1000:g} ms feature deadline"
-            tier.breaker.record_failure(permit, reason)
-            self._error_log.error(f"{tier.source} read got {reason}; falling back")
+            tier.breaker.record_failure(permit, "deadline")
+            self._error_log.error(
+                f"{tier.source} read got no reply within the {self._deadline_s * 1000:g} ms "
+                "feature deadline; falling back"
+            )
             return _TierAnswer(None, Degraded.DEADLINE)
         refused = [answer for answer in answers if type(answer) is FailedRead]
         if refused:
             error = refused[0].error
-            tier.breaker.record_failure(permit, f"error reply: {error}")
+            # The reply's error code (NOPERM, WRONGTYPE, ...) says what is wrong without
+            # the rest of its text, which may name keys: the status page shows the reason.
+            tier.breaker.record_failure(permit, f"error_reply {error.split(' ', 1)[0]}")
             self._error_log.error(
                 f"{tier.source} answered {len(refused)} of {len(batch)} keys with an error "
                 f"reply; falling back for those: {error}"

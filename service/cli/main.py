@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from features.redaction import install_log_redaction
 from models.demo_tables import write_demo_tables
 from service.cli import materialize, rewarm, sla
 
@@ -24,6 +25,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; the exit code says how it went."""
+    install_log_redaction()
     parser = argparse.ArgumentParser(prog="featserve", description="featserve command line")
     commands = parser.add_subparsers(dest="command", required=True)
     materialize.register(commands)

@@ -30,6 +30,7 @@ from features.ingest.materialize import (
     table_columns,
 )
 from features.ingest.tables import TableError, open_table
+from features.redaction import redact
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
 from features.stores.base import OnlineStore
@@ -70,7 +71,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--json", action="store_true", help="print the summary as JSON on stdout when done"
     )
-    parser.add_argument("--redis-url", help="default: $REDIS_URL")
+    parser.add_argument(
+        "--redis-url",
+        help="default: $REDIS_URL. Prefer the variable: a password in this flag shows in `ps` "
+        "to every user of the machine",
+    )
     parser.add_argument(
         "--backing",
         help="also write to this backing store first: sqlite:PATH or dynamodb:TABLE "
@@ -86,7 +91,7 @@ def _run_materialize(args: argparse.Namespace) -> int:
         table = open_table(args.table, args.format)
         table_columns(table, group, args.entity_column, args.timestamp_column)
     except (RegistryError, TableError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
     settings = Settings()
     if args.redis_url:
@@ -100,7 +105,7 @@ def _run_materialize(args: argparse.Namespace) -> int:
     try:
         backing = open_backing_store(backing_spec) if backing_spec else None
     except (ValueError, StoreError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         redis_store.close()
         return EXIT_USAGE
     store: OnlineStore = WriteThrough(redis_store, backing) if backing else redis_store
@@ -215,7 +220,7 @@ def _print_summary(console: Console, report: MaterializeReport, rejects_path: Pa
     stopped = report.stopped
     if stopped is not None:
         console.print(
-            f"[red]stopped before row {stopped.before_row:,}:[/] {stopped.error}\n"
+            f"[red]stopped before row {stopped.before_row:,}:[/] {redact(stopped.error)}\n"
             f"Rows from {stopped.before_row:,} on were not accounted for. "
             + (
                 "Re-running is safe: older values never replace newer ones."

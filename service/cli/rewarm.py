@@ -18,6 +18,7 @@ from rich.table import Table
 
 from features.errors import RegistryError, StoreError
 from features.ingest.rewarm import RewarmReport, rewarm
+from features.redaction import redact
 from features.registry import FRAUD_REGISTRY, FeatureGroup, Registry
 from features.settings import Settings
 from features.stores.backing import group_label
@@ -52,7 +53,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="a group to rewarm, repeatable (default: every group)",
     )
     parser.add_argument("--chunk-size", type=int, default=1000, help="entity groups per write")
-    parser.add_argument("--redis-url", help="default: $REDIS_URL")
+    parser.add_argument(
+        "--redis-url",
+        help="default: $REDIS_URL. Prefer the variable: a password in this flag shows in `ps` "
+        "to every user of the machine",
+    )
     parser.set_defaults(run=_run)
 
 
@@ -72,10 +77,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("no backing store: pass --backing or set FEATSERVE_BACKING_STORE")
         source = open_backing_store(spec)
     except (RegistryError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
     except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_STORE
     target = RedisStore(sync_client(settings, for_writes=True))
     try:
@@ -89,7 +94,9 @@ def _run(args: argparse.Namespace) -> int:
                 on_progress=lambda count: progress.advance(task, count),
             )
     except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}\nRe-running is safe: older writes never win.")
+        console.print(
+            f"[red]error:[/] {redact(str(exc))}\nRe-running is safe: older writes never win."
+        )
         return EXIT_STORE
     finally:
         target.close()

@@ -19,8 +19,10 @@ however fast they were, and so is more than ``--max-shed`` % of requests
 refused on purpose (503 or 429 with ``Retry-After``).  Any other non-2xx
 answer or failed request is a breach.  The exit code is 0 when everything
 holds, 1 on any breach, 2 on bad arguments; ``--json`` prints the verdict
-as one object.  The run stops by itself after ``--duration`` seconds (at
-most 600) or ``--max-requests`` requests.
+as one object.  When the environment holds ``FEATSERVE_READ_TOKEN`` (or
+else ``FEATSERVE_WRITE_TOKEN``), every request carries it as a bearer token.
+The run stops by itself after ``--duration`` seconds (at most 600) or
+``--max-requests`` requests.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import re
 from collections import Counter
@@ -42,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features.budgets import PROFILES, LatencyBudget
+from features.redaction import redact
 from service.harness.load import MAX_DURATION_S, Endpoint, LoadPlan, Sample, drive
 from service.harness.stats import percentiles
 
@@ -453,9 +457,14 @@ def bodies_for(url: str, ids: Sequence[str], batch: int) -> list[bytes]:
 
 
 async def drive_all(
-    urls: Sequence[str], ids: Sequence[str], batch: int, plan: LoadPlan
+    urls: Sequence[str],
+    ids: Sequence[str],
+    batch: int,
+    plan: LoadPlan,
+    token: str | None = None,
 ) -> dict[str, list[Sample]]:
-    """Drive every URL at once, the plan's connections and rate shared out evenly."""
+    """Drive every URL at once, the plan's connections and rate shared out evenly; ``token``
+    goes with every request as a bearer token."""
     share = len(urls)
     per_url = replace(
         plan,
@@ -465,7 +474,7 @@ async def drive_all(
     )
     runs = await asyncio.gather(
         *(
-            drive(Endpoint.parse(url), bodies_for(url, ids, batch), per_url, seed=index)
+            drive(Endpoint.parse(url, token), bodies_for(url, ids, batch), per_url, seed=index)
             for index, url in enumerate(urls)
         )
     )
@@ -488,17 +497,19 @@ def run(args: argparse.Namespace) -> int:
             warmup_s=args.warmup,
         )
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
     limits = Limits(budget_of(args), args.max_degraded, args.max_shed)
     pace = f"{args.rate:g} requests/s" if args.rate else "closed loop"
     console.print(
-        f"Driving {', '.join(args.urls)} for {args.duration:g} s: {args.concurrency} "
+        f"Driving {redact(', '.join(args.urls))} for {args.duration:g} s: {args.concurrency} "
         f"connections, {pace}; budget p99 total {limits.budget.total_ms:g} ms, features "
         f"{limits.budget.features_ms:g} ms; at most {args.max_degraded:g} % degraded answers, "
         f"{args.max_shed:g} % shed requests"
     )
-    by_url = asyncio.run(drive_all(args.urls, ids, args.batch, plan))
+    # A read token when the deployment has one (FEATSERVE_READ_TOKEN, else the write token).
+    token = os.environ.get("FEATSERVE_READ_TOKEN") or os.environ.get("FEATSERVE_WRITE_TOKEN")
+    by_url = asyncio.run(drive_all(args.urls, ids, args.batch, plan, token or None))
     verdict = evaluate(by_url, limits, args.duration)
     render(console, verdict, limits.budget)
     if args.json:

@@ -56,15 +56,17 @@ MAX_WARMUP_S = 60.0
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where requests go: ``POST path`` on ``host:port``, over TLS when ``tls``."""
+    """Where requests go: ``POST path`` on ``host:port``, over TLS when ``tls``, with
+    ``Authorization: Bearer <token>`` when ``token`` is set."""
 
     host: str
     port: int
     path: str
     tls: bool = False
+    token: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> Endpoint:
+    def parse(cls, url: str, token: str | None = None) -> Endpoint:
         """``http://host:port/path`` or ``https://...``; ``ValueError`` for anything else."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -73,13 +75,14 @@ class Endpoint:
         path = parts.path or "/"
         if parts.query:
             path += f"?{parts.query}"
-        return cls(parts.hostname, parts.port or (443 if tls else 80), path, tls)
+        return cls(parts.hostname, parts.port or (443 if tls else 80), path, tls, token)
 
 
-def encode_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    """One complete keep-alive ``POST`` with a JSON body."""
+def encode_request(host: str, port: int, path: str, body: bytes, token: str | None = None) -> bytes:
+    """One complete keep-alive ``POST`` with a JSON body (and a bearer token, if given)."""
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{authorization}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -225,7 +228,10 @@ async def drive(
     """Drive ``endpoint`` with ``plan``; each request's body is picked at random from ``bodies``."""
     if not bodies:
         raise ValueError("no request bodies")
-    requests = [encode_request(endpoint.host, endpoint.port, endpoint.path, b) for b in bodies]
+    requests = [
+        encode_request(endpoint.host, endpoint.port, endpoint.path, body, endpoint.token)
+        for body in bodies
+    ]
     start = time.perf_counter() + plan.warmup_s
     schedule = _Schedule(plan, start, start + plan.duration_s)
     samples: list[Sample] = []

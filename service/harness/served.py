@@ -38,14 +38,16 @@ def start_service(
     target: str = "service.service:FraudScorer",
     cwd: str | Path = ROOT,
     cpus: str | None = None,
+    python: str | Path = sys.executable,
     **env_overrides: str,
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """Serve ``target`` (a service path or a Bento tag) against ``redis_server``, once ready.
+    """Serve ``target`` (a service path, a Bento tag or folder) against ``redis_server``.
 
     The service's environment is this process's without ``FEATSERVE_*``, ``OTEL_*`` and
     ``REDIS_URL``, plus ``env_overrides``.
 
-    ``cpus`` pins the server and its workers with ``taskset`` (e.g. ``"0"``).
+    Returns once ``/readyz`` answers.  ``cpus`` pins the server and its workers with
+    ``taskset`` (e.g. ``"0"``); ``python`` is the interpreter whose BentoML serves.
     """
     port = free_port()
     log_path = log_dir / f"bentoml-{port}.log"
@@ -60,7 +62,7 @@ def start_service(
         pinned = ["taskset", "-c", cpus] if cpus else []
         process = subprocess.Popen(
             [
-                *pinned, sys.executable, "-m", "bentoml", "serve", target,
+                *pinned, str(python), "-m", "bentoml", "serve", target,
                 "--host", "127.0.0.1", "--port", str(port),
             ],
             cwd=cwd,

@@ -1,9 +1,13 @@
-"""``featserve sla`` against a real ``bentoml serve``: generous budgets pass, impossible fail."""
+"""``featserve sla`` against a real ``bentoml serve``: generous budgets pass, impossible fail.
+
+The deployment requires a read token, which ``featserve sla`` takes from the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from service.harness.local_redis import LocalRedis
 from tests.e2e.conftest import start_service, stop
 
 USERS = 200
+READ_TOKEN = secrets.token_urlsafe(24)
 
 
 def featserve_sla(argv: list[str]) -> int:
@@ -32,11 +37,21 @@ def score_url(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     """``/score`` of a served FraudScorer over demo users u000000..u000199."""
     with LocalRedis() as redis_server:
         load_demo_data(redis_server.url, USERS, tmp_path_factory.mktemp("demo"))
-        process, url, _ = start_service(bentoml_home, redis_server, tmp_path_factory.mktemp("logs"))
+        process, url, _ = start_service(
+            bentoml_home,
+            redis_server,
+            tmp_path_factory.mktemp("logs"),
+            FEATSERVE_READ_TOKEN=READ_TOKEN,
+        )
         try:
             yield f"{url}/score"
         finally:
             stop(process)
+
+
+@pytest.fixture(autouse=True)
+def read_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATSERVE_READ_TOKEN", READ_TOKEN)
 
 
 def test_generous_budget_passes_with_real_answers_and_plots(
@@ -70,6 +85,15 @@ def test_impossible_budget_exits_non_zero(score_url: str) -> None:
 def test_non_2xx_answers_fail(score_url: str) -> None:
     missing = score_url.rsplit("/", 1)[0] + "/no_such_endpoint"
     argv = ["--url", missing, "--total-ms", "5000", "--duration", "2", "--warmup", "0"]
+    assert featserve_sla(argv) == sla.EXIT_BREACH
+
+
+def test_without_the_token_every_answer_is_a_401_and_fails(
+    score_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FEATSERVE_READ_TOKEN")
+    monkeypatch.delenv("FEATSERVE_WRITE_TOKEN", raising=False)
+    argv = ["--url", score_url, "--total-ms", "5000", "--duration", "1", "--warmup", "0"]
     assert featserve_sla(argv) == sla.EXIT_BREACH
 
 
