@@ -24,6 +24,8 @@ from service.harness.local_redis import LocalRedis
 from service.harness.waiting import wait_until
 from tests.e2e.conftest import start_service, stop
 
+WRITE_TOKEN = "durability-test-write-token"
+
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 PRODUCERS = 4
 ACKNOWLEDGED_BEFORE_KILL = 40
@@ -43,11 +45,13 @@ def test_every_acknowledged_push_is_in_the_backing_store_after_a_sigkill(
             tmp_path,
             FEATSERVE_BACKING_STORE=f"sqlite:{backing_path}",
             FEATSERVE_CACHE_TTL_S="0",
+            FEATSERVE_WRITE_TOKEN=WRITE_TOKEN,
         )
         try:
 
             def produce(producer: int) -> None:
-                with httpx.Client(base_url=url, timeout=5.0) as client:
+                writer = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+                with httpx.Client(base_url=url, timeout=5.0, headers=writer) as client:
                     for n in range(100_000):
                         if killed.is_set():
                             return

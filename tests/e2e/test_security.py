@@ -118,7 +118,7 @@ def test_the_read_token_does_not_open_writes(guarded: Guarded) -> None:
 def test_the_write_token_writes_and_reads_the_status(guarded: Guarded) -> None:
     response = push(guarded, update("t3", tx_count_1h=7))
     assert response.status_code == 200, response.text
-    assert response.json() == {"written": 1, "stale": []}
+    assert response.json() == {"written": 1, "stale": [], "expired": []}
     assert stored_keys(guarded, "t3") == [b"user:{t3}:features"]
     status = guarded.client.get("/ops/status", headers=guarded.as_writer())
     assert status.status_code == 200
