@@ -11,6 +11,7 @@ no package of the development environment can stand in for a missing one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ import yaml
 
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
+from service.harness.served import clean_environment
 from tests.e2e.conftest import ROOT, start_service, stop
 
 UV = Path(sys.executable).parent / "uv"
@@ -146,3 +148,21 @@ def test_a_deployment_without_a_write_token_refuses_writes(served_bento: str) ->
     response = httpx.post(f"{served_bento}/push", json={"updates": [update]})
     assert response.status_code == 403
     assert "FEATSERVE_WRITE_TOKEN" in response.json()["error"]
+
+
+def test_the_bento_meets_the_fraud_sla_with_real_answers(served_bento: str) -> None:
+    """What the README's CI recipe runs: ``featserve sla`` against the Bento, fraud profile."""
+    featserve = Path(sys.executable).parent / "featserve"
+    checked = subprocess.run(
+        [
+            featserve, "sla", "--url", f"{served_bento}/score", "--profile", "fraud",
+            "--rate", "50", "--duration", "3", "--warmup", "1", "--entities", "20", "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_environment(),
+    )  # fmt: skip
+    verdict = json.loads(checked.stdout)
+    assert (checked.returncode, verdict["met"]) == (0, True), checked.stderr
+    assert verdict["degraded"] == 0
+    assert set(verdict["sources"]) <= {"redis", "cache"}
