@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install lint test serve train faults bench clean
+LOWEST := var/lowest-venv
+
+.PHONY: install lint test test-lowest serve train faults bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,16 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-lowest
+
+# The dependency floors are tested: a fresh virtualenv with every direct dependency at the
+# lowest version pyproject.toml allows (uv's lowest-direct resolution; its cache keeps reruns
+# to seconds) runs the unit tests. The end-to-end tests run on the current versions above.
+test-lowest: $(STAMP)
+	rm -rf $(LOWEST)
+	$(BIN)/uv venv --quiet --python $(BIN)/python $(LOWEST)
+	$(BIN)/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[test]'
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e
 
 # Embedded Redis (unless REDIS_URL is set), demo data, a model if the store has none,
 # then `bentoml serve` on 127.0.0.1:3000.
@@ -34,7 +46,7 @@ serve: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m models.train
 
-# Every benchmark (~13 min); rewrites the generated end of docs/benchmarks.md and docs/img/*.png.
+# Every benchmark (~15 min); rewrites the generated end of docs/benchmarks.md and docs/img/*.png.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
@@ -45,4 +57,4 @@ faults: $(STAMP)
 	$(BIN)/python -m bench.failover
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache

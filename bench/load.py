@@ -12,9 +12,12 @@ Usage::
 Each of ``connections`` keep-alive connections sends one POST, reads the
 whole answer, and sends the next, for ``duration_s`` seconds after a short
 unrecorded warm-up.  Every request is recorded as (send time, latency,
-status); status 0 means the request failed without an HTTP answer.  The run
-stops by itself: no request starts after the deadline, each has its own
-timeout, and the record count is capped.
+status, real); status 0 means the request failed without an HTTP answer, and
+"real" that a 200 answer passed the target's ``is_real`` check (for featserve:
+every feature group from Redis or the cache).  A 503 or 429 is a refusal, not
+an error: the server said at once that it is full.  The run stops by itself:
+no request starts after the deadline, each has its own timeout, and the
+record count is capped.
 
 The client speaks HTTP/1.1 over raw asyncio streams: on this machine
 ``httpx.AsyncClient`` used a whole core to drive about 500 requests/s and so
@@ -30,12 +33,13 @@ import math
 import random
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
 from service.harness.load import encode_request, exchange
+from service.harness.stats import percentile
 
 __all__ = ["CpuSnapshot", "LoadResult", "Target", "WindowStats", "run_load", "worker_rss"]
 
@@ -44,6 +48,9 @@ REQUEST_TIMEOUT_S = 10.0
 
 MAX_RECORDS = 2_000_000
 """The most requests one run records; the run stops early when it reaches this."""
+
+REFUSALS = frozenset({429, 503})
+"""Statuses that say "full, retry later" (with ``Retry-After``) rather than fail."""
 
 RSS_INTERVAL_S = 1.0
 """How often the worker RSS is sampled."""
@@ -57,6 +64,8 @@ class Target:
     port: int
     path: str
     bodies: Sequence[bytes]
+    is_real: Callable[[bytes], bool] | None = None
+    """Whether a 200 answer's body is a real answer; ``None``: every 200 answer is."""
 
     def requests(self) -> list[bytes]:
         """Each body as a complete HTTP/1.1 keep-alive request."""
@@ -71,14 +80,24 @@ class WindowStats:
     end_s: float
     requests: int
     errors: int
+    """Requests with neither an answer (200) nor a refusal (503, 429)."""
+    refused: int
+    real_rps: float
+    """Real answers (see ``Target.is_real``) per second."""
     p50_ms: float
     p90_ms: float
     p99_ms: float
     p999_ms: float
     max_ms: float
     rps: float
+    """Requests per second, refusals included."""
     rss_peak_bytes: int | None
     """The highest worker RSS sampled in the window (None when nothing was sampled)."""
+
+    @property
+    def refused_share(self) -> float:
+        """Refusals as a share of the requests (0 to 1)."""
+        return self.refused / self.requests if self.requests else 0.0
 
 
 @dataclass
@@ -89,15 +108,17 @@ class LoadResult:
     send_s: array[float] = field(default_factory=lambda: array("d"))
     latency_s: array[float] = field(default_factory=lambda: array("d"))
     status: array[int] = field(default_factory=lambda: array("H"))
+    real: array[int] = field(default_factory=lambda: array("B"))
     rss: list[tuple[float, int]] = field(default_factory=list)
     """(time, RSS in bytes summed over the worker processes), one per second."""
 
-    def record(self, sent_s: float, latency_s: float, status: int) -> None:
+    def record(self, sent_s: float, latency_s: float, status: int, real: bool) -> None:
         """Keep one request's outcome, unless it was sent during the warm-up."""
         if sent_s >= 0.0:
             self.send_s.append(sent_s)
             self.latency_s.append(latency_s)
             self.status.append(status)
+            self.real.append(real)
 
     @property
     def full(self) -> bool:
@@ -105,19 +126,23 @@ class LoadResult:
         return len(self.send_s) >= MAX_RECORDS
 
     def window(self, start_s: float, end_s: float) -> WindowStats:
-        """Statistics of the requests sent within ``[start_s, end_s)``."""
+        """Statistics of the requests sent within ``[start_s, end_s)``; latency percentiles
+        are those of the answers (200), since refusals are immediate by design."""
         picked = [i for i, sent in enumerate(self.send_s) if start_s <= sent < end_s]
-        latencies = sorted(self.latency_s[i] * 1000.0 for i in picked)
+        latencies = sorted(self.latency_s[i] * 1000.0 for i in picked if self.status[i] == 200)
         rss = [value for t, value in self.rss if start_s <= t <= end_s]
+        refused = sum(1 for i in picked if self.status[i] in REFUSALS)
         return WindowStats(
             start_s=start_s,
             end_s=end_s,
             requests=len(picked),
-            errors=sum(1 for i in picked if self.status[i] != 200),
-            p50_ms=_percentile(latencies, 50.0),
-            p90_ms=_percentile(latencies, 90.0),
-            p99_ms=_percentile(latencies, 99.0),
-            p999_ms=_percentile(latencies, 99.9),
+            errors=sum(1 for i in picked if self.status[i] != 200) - refused,
+            refused=refused,
+            real_rps=sum(self.real[i] for i in picked) / (end_s - start_s),
+            p50_ms=percentile(latencies, 50.0),
+            p90_ms=percentile(latencies, 90.0),
+            p99_ms=percentile(latencies, 99.0),
+            p999_ms=percentile(latencies, 99.9),
             max_ms=latencies[-1] if latencies else math.nan,
             rps=len(picked) / (end_s - start_s),
             rss_peak_bytes=max(rss) if rss else None,
@@ -132,6 +157,7 @@ class LoadResult:
             whole.send_s.extend(sent + offset for sent in part.send_s)
             whole.latency_s.extend(part.latency_s)
             whole.status.extend(part.status)
+            whole.real.extend(part.real)
             whole.rss.extend((at + offset, value) for at, value in part.rss)
             offset += part.duration_s
         return whole
@@ -140,14 +166,6 @@ class LoadResult:
         """Consecutive windows of ``length_s`` covering the run."""
         count = max(1, round(self.duration_s / length_s))
         return [self.window(i * length_s, (i + 1) * length_s) for i in range(count)]
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of already sorted values (NaN when empty)."""
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def worker_rss(server_pid: int) -> int:
@@ -250,9 +268,10 @@ async def _connection_loop(
                         streams = await asyncio.open_connection(target.host, target.port)
                     response = await exchange(*streams, rng.choice(requests))
                 status, keep_alive = response.status, response.keep_alive
+                real = status == 200 and (target.is_real is None or target.is_real(response.body))
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
-                status, keep_alive = 0, False
-            result.record(sent - start, time.perf_counter() - sent, status)
+                status, keep_alive, real = 0, False, False
+            result.record(sent - start, time.perf_counter() - sent, status, real)
             if not keep_alive and streams is not None:
                 streams[1].close()
                 streams = None

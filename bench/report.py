@@ -22,6 +22,8 @@ from pathlib import Path
 import bentoml
 import redis
 
+from service.harness.stats import percentile
+
 __all__ = [
     "Section",
     "Stats",
@@ -31,13 +33,6 @@ __all__ = [
     "time_async",
     "time_sync",
 ]
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of already sorted values (NaN when empty)."""
-    if not ordered:
-        return math.nan
-    return ordered[max(1, math.ceil(q / 100.0 * len(ordered))) - 1]
 
 
 @dataclass(frozen=True)
@@ -60,9 +55,9 @@ class Stats:
         ordered = sorted(v * 1000.0 for v in latencies_s)
         return cls(
             len(ordered),
-            _percentile(ordered, 50.0),
-            _percentile(ordered, 90.0),
-            _percentile(ordered, 99.0),
+            percentile(ordered, 50.0),
+            percentile(ordered, 90.0),
+            percentile(ordered, 99.0),
             ordered[-1] if ordered else math.nan,
             len(ordered) / wall_s if wall_s > 0 else math.nan,
         )

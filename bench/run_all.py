@@ -2,8 +2,8 @@
 
 Usage: ``python -m bench.run_all [--quick] [--doc docs/benchmarks.md] [--img docs/img]``
 
-``make bench`` runs it in full (about 13 minutes); ``--quick`` in under
-about 3 minutes (fewer cases, shorter runs).  One Redis with the demo
+``make bench`` runs it in full (about 15 minutes); ``--quick`` in under
+about 4 minutes (fewer cases, shorter runs).  One Redis with the demo
 features of 10,000 users serves every scenario:
 
 1. memory (``bench.memory``): bytes per entity and the 10 M-user sizing;
@@ -11,9 +11,10 @@ features of 10,000 users serves every scenario:
 3. pipelining (``bench.pipelining``): the published table, through ``TcpProxy``;
 4. HTTP end to end (``bench.http_bench``) against the echo and the naive
    service, with the per-stage ``Server-Timing`` breakdown;
-5. sustained load (``bench.sustained``, in a subprocess: 60 s runs, 15 s
+5. the bound on requests in flight (``bench.admission_bench``);
+6. sustained load (``bench.sustained``, in a subprocess: 60 s runs, 15 s
    with ``--quick``);
-6. the resolver against one node and a 3-primary cluster (``bench.cluster_bench``,
+7. the resolver against one node and a 3-primary cluster (``bench.cluster_bench``,
    with a Redis and a cluster of its own, all on this process's CPU).
 
 CPUs (with two or more and ``taskset``): Redis and this process stay on
@@ -38,7 +39,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench import cluster_bench, http_bench, memory, pipelining, plots, resolver_bench
+from bench import (
+    admission_bench,
+    cluster_bench,
+    http_bench,
+    memory,
+    pipelining,
+    plots,
+    resolver_bench,
+)
 from bench.report import Section, machine_lines
 from bench.sustained import ROOT, pin_cpus
 from service.cli import sla
@@ -149,7 +158,7 @@ def write_doc(doc: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run everything, write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer cases, shorter runs (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer cases, shorter runs (~4 min)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--img", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args(argv)
@@ -180,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             http_runs, stage_runs = http_bench.measure(
                 Path(tmp) / "bentoml", redis_server.url, split, args.quick, Path(tmp)
             )
+            print("requests in flight ...", flush=True)
+            limit_runs = admission_bench.measure(
+                Path(tmp) / "bentoml", redis_server.url, cpus.server, args.quick, Path(tmp)
+            )
         sections.extend(http_bench.section(http_runs, stage_runs, cpus.describe() + "."))
+        sections.append(admission_bench.section(limit_runs, cpus.describe() + "."))
         print("sustained ...", flush=True)
         sections.append(sustained(args.quick, every_cpu))
         print("cluster ...", flush=True)

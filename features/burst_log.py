@@ -39,7 +39,10 @@ class BurstLog:
             return False
         if self._held_back:
             message = f"{message} ({self._held_back} more like it since the last report)"
-        self._logger.error("%s: %s", message, exc if exc is not None else "", exc_info=False)
+        if exc is None:
+            self._logger.error("%s", message)
+        else:
+            self._logger.error("%s: %s", message, exc)
         self._last_logged = now
         self._held_back = 0
         return True

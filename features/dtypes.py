@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol
 
-__all__ = ["DTYPES", "INT64_MAX", "INT64_MIN", "Dtype"]
+__all__ = ["DTYPES", "INT64_MAX", "INT64_MIN", "Dtype", "shown_value"]
+
+_SHOWN_CHARACTERS = 60
 
 
 class Dtype(Protocol):
@@ -47,8 +49,22 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 def _within_int64(value: int) -> int:
     if not INT64_MIN <= value <= INT64_MAX:
-        raise ValueError(f"an integer of {len(str(abs(value)))} digits does not fit in 64 bits")
+        raise ValueError(f"an integer of {value.bit_length()} bits does not fit in 64 bits")
     return value
+
+
+def shown_value(value: Any) -> str:
+    """A short ``repr`` of ``value`` for an error message, whatever its size.
+
+    Python refuses to print an int of more than 4,300 digits (``repr`` raises
+    ``ValueError``), and a megabyte-long string would flood the message.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    if len(text) > _SHOWN_CHARACTERS:
+        return f"{text[:_SHOWN_CHARACTERS]}... ({len(text)} characters)"
+    return text
 
 
 class _Int:
@@ -79,7 +95,10 @@ class _Float:
     def normalize(self, value: Any, dim: int | None) -> float:
         if not _is_number(value):
             raise TypeError(f"expected a number, got {type(value).__name__}")
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:
+            raise ValueError(f"an integer of {value.bit_length()} bits is too large") from None
         if not math.isfinite(result):
             raise ValueError(f"{value!r} is not finite")
         return result
@@ -113,6 +132,20 @@ class _StrList:
         return tuple(item.decode() for item in raw)
 
 
+_FLOAT32_MAX = struct.unpack("<f", b"\xff\xff\x7f\x7f")[0]
+
+
+def _fits_float32(number: float) -> bool:
+    """Whether ``struct`` packs ``number`` as a float32 (which raises ``OverflowError`` past
+    the largest float32, also for a value that would round down to it; an int too large for
+    a float64 fails before that)."""
+    try:
+        struct.pack("<f", float(number))
+    except OverflowError:
+        return False
+    return math.isfinite(number)
+
+
 class _Float32Vector:
     name = "float32_vector"
 
@@ -123,8 +156,10 @@ class _Float32Vector:
             raise TypeError(f"expected a sequence of {dim} numbers, got {type(value).__name__}")
         if len(value) != dim:
             raise ValueError(f"expected {dim} values, got {len(value)}")
-        if not all(_is_number(item) and math.isfinite(item) for item in value):
-            raise ValueError("every value must be a finite number")
+        if not all(_is_number(item) and _fits_float32(item) for item in value):
+            raise ValueError(
+                f"every value must be a finite number within +-{_FLOAT32_MAX:.4g} (float32)"
+            )
         # Round through float32 so a value reads back exactly as it was normalized.
         return struct.unpack(f"<{dim}f", struct.pack(f"<{dim}f", *value))
 

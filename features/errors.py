@@ -47,12 +47,23 @@ class InvalidUpdate(FeatureServeError, ValueError):
 
 
 class StoreError(FeatureServeError):
-    """A store failed to answer a read or a write."""
+    """A store failed to answer a read or a write.
+
+    Its message may name hosts, ports and the store's own error text: it
+    belongs in the log.  ``reason`` is what may be shown to anyone (a status
+    page): a short category without internals.
+    """
+
+    reason = "store_error"
 
 
 class StoreUnavailable(StoreError):
     """The store refused or dropped the connection."""
 
+    reason = "unreachable"
+
 
 class StoreTimeout(StoreError):
     """The store did not answer within its socket timeout."""
+
+    reason = "timeout"

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.budgets import PROFILES, ProfileName
 
-__all__ = ["RedisMode", "Settings"]
+__all__ = ["MIN_TOKEN_LENGTH", "RedisMode", "Settings"]
+
+MIN_TOKEN_LENGTH = 16
+"""The shortest bearer token accepted: a short one can be guessed."""
 
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 """How Redis is deployed: one server, a Redis Cluster, or a primary watched by Sentinel."""
@@ -29,10 +32,15 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         use_attribute_docstrings=True,
+        # Some values are secrets (tokens, a password in REDIS_URL): errors name the field only.
+        hide_input_in_errors=True,
     )
 
     redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "FEATSERVE_REDIS_URL")
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "FEATSERVE_REDIS_URL"),
+        # It may hold a password: keep it out of every repr that reaches a log.
+        repr=False,
     )
     """Where the online store is; unset means ``make serve`` starts an embedded one."""
 
@@ -55,7 +63,9 @@ class Settings(BaseSettings):
     burst or after a resync); writes always go to primaries."""
 
     redis_socket_timeout_ms: float = Field(default=50.0, gt=0)
-    """How long one Redis round trip may take before the read fails over to defaults."""
+    """How long one Redis read round trip may wait for its reply before it fails (a reply that
+    has arrived is always used), and how long the reply of a read abandoned at the feature
+    deadline is drained before its connection is closed."""
 
     redis_connect_timeout_ms: float = Field(default=100.0, gt=0)
     """How long opening a Redis connection may take."""
@@ -69,12 +79,18 @@ class Settings(BaseSettings):
     When every connection is busy a read fails at once (served from defaults)
     instead of queueing behind the others."""
 
+    redis_warm_connections: int | None = Field(default=None, ge=0)
+    """Connections each worker opens at start-up, before any request, so that no request's
+    deadline pays for a connect; unset: ``max_in_flight``, or the pool size when that is 0
+    (never more than the pool size)."""
+
     profile: ProfileName = "fraud"
     """The use case whose feature budget sets the default deadline (see ``features.budgets``)."""
 
     feature_deadline_ms: float | None = Field(default=None, gt=0)
-    """How long feature retrieval may take before answering with what it has; unset: the
-    profile's feature budget (fraud 10, recommendation 20, search 30, ads 3,
+    """How long feature retrieval waits for the stores (from its first read, replies that
+    have arrived always used) before answering with what it has; unset: the profile's
+    feature budget (fraud 10, recommendation 20, search 30, ads 3,
     personalization 40)."""
 
     breaker_failures: int = Field(default=5, ge=1)
@@ -101,14 +117,52 @@ class Settings(BaseSettings):
     model_tag: str = "fraud_model:latest"
     """The BentoML model the service loads."""
 
+    max_clock_skew_s: float = Field(default=300.0, ge=0)
+    """How far past now an event time may lie (producers' clocks drift); later ones are refused.
+
+    A value dated ahead would outrank every real write after it until its time came."""
+
     batch_max: int = Field(default=256, ge=1)
     """The most items one ``/score_batch``, ``/features`` or ``/push`` call may carry."""
+
+    write_token: SecretStr | None = None
+    """The bearer token ``POST /push`` and ``/ops/*`` require; unset: ``/push`` is refused (403)."""
+
+    read_token: SecretStr | None = None
+    """A bearer token the read endpoints require (the write token also works); unset: open."""
+
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    """The largest request body accepted; a larger one is refused with 413 before it is read."""
 
     workers: int = Field(default=1, ge=1)
     """BentoML worker processes."""
 
+    otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    """Where traces go (OTLP over HTTP), OpenTelemetry's standard variable; unset: no traces."""
+
+    trace_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of requests traced when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; 0 turns traces off."""
+
+    max_in_flight: int = Field(default=16, ge=0)
+    """Requests one worker serves at once (``/score``, ``/score_batch``, ``/features``,
+    ``/push``); more are refused at once with 503 and ``Retry-After``; 0: no bound."""
+
     access_log: bool = False
     """Whether BentoML writes an access-log line per request (costs about 25 % throughput)."""
+
+    @field_validator("write_token", "read_token", mode="after")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or not token.get_secret_value():
+            return None
+        if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"a token needs at least {MIN_TOKEN_LENGTH} characters, e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return token
 
     @field_validator("sentinels")
     @classmethod
@@ -133,6 +187,13 @@ class Settings(BaseSettings):
             "FEATSERVE_REDIS_MODE=sentinel needs FEATSERVE_SENTINELS (host:port,...) "
             "and FEATSERVE_SENTINEL_MASTER"
         )
+
+    @property
+    def warm_connections(self) -> int:
+        """How many Redis connections a worker opens at start-up."""
+        if self.redis_warm_connections is not None:
+            return min(self.redis_warm_connections, self.redis_pool_size)
+        return min(self.max_in_flight or self.redis_pool_size, self.redis_pool_size)
 
     @property
     def deadline_s(self) -> float:

@@ -1,8 +1,8 @@
 """Per-stage wall-clock timing for one request.
 
 Every stage of a request reports into one ``StageTimer``; the service turns
-it into the JSON ``timing_ms`` body, the ``Server-Timing`` header and the
-stage histograms, so the three always agree.
+it into the JSON ``timing_ms`` body, the ``Server-Timing`` header, the
+stage histograms and, for a sampled request, trace spans, so they all agree.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ __all__ = ["StageTimer"]
 class StageTimer:
     """Accumulates milliseconds per named stage, in the order stages first ran."""
 
-    __slots__ = ("_clock", "_ms")
+    __slots__ = ("_clock", "_ms", "_starts")
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
         self._ms: dict[str, float] = {}
+        self._starts: dict[str, float] = {}
 
     def stage(self, name: str) -> _Stage:
         """A context manager that adds the time spent inside it to stage ``name``."""
@@ -34,6 +35,11 @@ class StageTimer:
     def now(self) -> float:
         """The timer's clock, in seconds."""
         return self._clock()
+
+    def started(self) -> dict[str, float]:
+        """When each stage first started, on the timer's clock (stages reported with ``add``
+        alone have none)."""
+        return dict(self._starts)
 
     def milliseconds(self) -> dict[str, float]:
         """Each stage's total, rounded to the microsecond."""
@@ -53,7 +59,8 @@ class _Stage:
         self._start = 0.0
 
     def __enter__(self) -> None:
-        self._start = self._timer.now()
+        self._start = start = self._timer.now()
+        self._timer._starts.setdefault(self._name, start)
 
     def __exit__(
         self,

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from service.scoring import IsFraud, Score, ScoreResult, Sources, StaleAges
+from service.scoring import DegradedGroups, IsFraud, Score, ScoreResult, Sources, StaleAges
 
 __all__ = ["BatchScoreResponse", "ScoreResponse"]
 
@@ -35,6 +35,7 @@ class ScoreResponse(BaseModel):
     is_fraud: IsFraud
     sources: Sources
     stale_age_s: StaleAges | None = Field(default=None, exclude_if=_absent)
+    degraded: DegradedGroups | None = Field(default=None, exclude_if=_absent)
     threshold: float
     timing_ms: TimingMs
 

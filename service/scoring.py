@@ -16,7 +16,7 @@ from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver
 from features.timing import StageTimer
 from models.schema import ModelSchema, build_matrix, build_row
 
-__all__ = ["Classifier", "ScoreRequest", "ScoreResult", "Scorer"]
+__all__ = ["Classifier", "DegradedGroups", "ScoreRequest", "ScoreResult", "Scorer"]
 
 
 class Classifier(Protocol):
@@ -39,11 +39,20 @@ class ScoreRequest:
 Score = Annotated[float, Field(description="Probability of fraud, 0 to 1.")]
 IsFraud = Annotated[bool, Field(description="True when the score is at or above the threshold.")]
 Sources = Annotated[
-    dict[str, str], Field(description="Per feature group: cache, redis, backing, stale or default.")
+    dict[str, str],
+    Field(description="Per feature group: cache, redis, backing, stale, default or unavailable."),
 ]
 StaleAges = Annotated[
     dict[str, float],
     Field(description="Only when some group was served stale: how old its values are, seconds."),
+]
+DegradedGroups = Annotated[
+    dict[str, str],
+    Field(
+        description="Only when a fault shaped some group's answer (stale, unavailable, or backing "
+        "because Redis failed): per such group, why (breaker_open, deadline, store_error, "
+        "error_reply, abandoned)."
+    ),
 ]
 
 
@@ -59,6 +68,7 @@ class ScoreResult(TypedDict):
     is_fraud: IsFraud
     sources: Sources
     stale_age_s: NotRequired[StaleAges]
+    degraded: NotRequired[DegradedGroups]
 
 
 class Scorer:
@@ -111,6 +121,8 @@ class Scorer:
         for group in groups:
             if group.stale_ages_s.count(None) < len(group.stale_ages_s):
                 _add_stale_ages(results, group)
+            if group.degraded.count(None) < len(group.degraded):
+                _add_degraded(results, group)
         return results, resolved
 
     def _inputs(
@@ -131,6 +143,13 @@ class Scorer:
             [request.amount for request in requests],
             [request.timestamp for request in requests],
         )
+
+
+def _add_degraded(results: list[ScoreResult], group: ResolvedGroup) -> None:
+    """Record, for each result whose ``group`` a fault shaped, why."""
+    for result, reason in zip(results, group.degraded, strict=True):
+        if reason is not None:
+            result.setdefault("degraded", {})[group.group.name] = reason.value
 
 
 def _add_stale_ages(results: list[ScoreResult], group: ResolvedGroup) -> None:

@@ -7,25 +7,36 @@ the environment once, at import (see ``features.settings.Settings``).
 
 from __future__ import annotations
 
+import collections
 import gc
+import logging
 import time
 from typing import Annotated, Any
 
 import bentoml
+from opentelemetry.util.types import AttributeValue
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from features.errors import InvalidUpdate, RegistryError, StoreError
+from features.errors import (
+    InvalidUpdate,
+    RegistryError,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from features.ingest.updates import parse_update
+from features.redaction import install_log_redaction
 from features.registry import FRAUD_REGISTRY
+from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
-from features.stores.backing import AsyncBackingStore
+from features.stores.backing import AsyncBackingStore, epoch_ms, is_live
 from features.stores.base import AsyncOnlineStore
 from features.stores.factory import async_backing_store, async_online_store
 from features.stores.redis_cluster import AsyncRedisClusterStore
@@ -34,19 +45,25 @@ from features.timing import StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
-from service.inputs import Amount, EntityId, PushUpdate, ScoreInput, Timestamp
+from service.inputs import Amount, EntityId, GroupNames, PushUpdate, ScoreInput, Timestamp
 from service.metrics import observe_request
-from service.middleware import request_timeout
+from service.middleware import admission, request_timeout
+from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
+from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
+from service.tracing import StageSpans, tracing_config
 
 __all__ = ["SETTINGS", "FraudScorer"]
 
 SETTINGS = Settings()
 """This process's configuration, read from the environment once."""
 
+_log = logging.getLogger(__name__)
+
 request_timeout.install()
+install_log_redaction()
 
 
 async def _status(request: Request) -> JSONResponse:
@@ -57,10 +74,14 @@ async def _status(request: Request) -> JSONResponse:
 status_app = Starlette(routes=[Route("/status", _status, methods=["GET"])])
 
 
+_TRACING = tracing_config(SETTINGS)
+
+
 @bentoml.asgi_app(status_app, path="/ops")
 @bentoml.service(
     workers=SETTINGS.workers,
     logging={"access": {"enabled": SETTINGS.access_log}},
+    **({} if _TRACING is None else {"tracing": _TRACING}),
 )
 class FraudScorer:
     """Scores card transactions for fraud with features from Redis."""
@@ -72,6 +93,15 @@ class FraudScorer:
             raise RuntimeError(
                 f"{SETTINGS.redis_missing}: point it at the online store, "
                 "or run `make serve` for an embedded Redis with demo data"
+            )
+        reads_allowed = SETTINGS.redis_pool_size * SETTINGS.breaker_pool_usage
+        if SETTINGS.max_in_flight > reads_allowed:
+            raise RuntimeError(
+                f"FEATSERVE_MAX_IN_FLIGHT={SETTINGS.max_in_flight} admits more requests than "
+                f"the Redis breaker lets read at once ({reads_allowed:g}: "
+                "FEATSERVE_REDIS_POOL_SIZE x FEATSERVE_BREAKER_POOL_USAGE), which would answer "
+                "the excess from fallbacks instead of refusing it: lower the first or raise "
+                "the pool"
             )
         model = load(self.model_ref.tag)
         require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
@@ -97,13 +127,15 @@ class FraudScorer:
         )
         self.scorer = Scorer(self.resolver, classifier, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
+        self.spans = StageSpans.from_bentoml()
         status_app.state.scorer = self
 
     @bentoml.on_startup
-    async def open_store(self) -> None:
-        """Reach Redis before the first request: a cluster store loads its slot map, which
-        takes longer than a feature deadline (the first requests would fall back)."""
-        await self.store.ping()
+    async def connect_to_redis(self) -> None:
+        """Reach Redis before the first request: open the worker's connections (each within
+        the connect timeout), so that no request's deadline pays for connecting; a cluster
+        store first loads its slot map, which takes longer than a feature deadline."""
+        await self.store.warm(SETTINGS.warm_connections)
 
     @bentoml.on_startup
     def freeze_startup_objects(self) -> None:
@@ -164,7 +196,7 @@ class FraudScorer:
         self,
         entity_ids: Annotated[list[EntityId], Field(min_length=1, max_length=SETTINGS.batch_max)],
         ctx: bentoml.Context,
-        groups: list[str] | None = None,
+        groups: GroupNames | None = None,
     ) -> dict[str, Any]:
         """Each entity's resolved values with their source, for debugging."""
         timer = StageTimer()
@@ -186,33 +218,71 @@ class FraudScorer:
         updates: Annotated[list[PushUpdate], Field(min_length=1, max_length=SETTINGS.batch_max)],
         ctx: bentoml.Context,
     ) -> dict[str, Any]:
-        """Write feature updates from a streaming producer: all valid, or none written."""
+        """Write feature updates from a streaming producer: all valid, or none written.
+
+        Updates already past their group's TTL are not written (``expired``); an
+        update a store refuses for its data is a 422 naming it, the others written.
+        """
+        now_ms = epoch_ms(time.time)
         parsed, refused = [], []
         for index, update in enumerate(updates):
             try:
                 group = FRAUD_REGISTRY.group("user", update.group)
                 parsed.append(
-                    parse_update(group, update.entity_id, update.event_timestamp, update.values)
+                    parse_update(
+                        group,
+                        update.entity_id,
+                        update.event_timestamp,
+                        update.values,
+                        now_ms=now_ms,
+                        max_skew_ms=round(SETTINGS.max_clock_skew_s * 1000),
+                    )
                 )
-            except (InvalidUpdate, RegistryError) as exc:
-                refused.append({"index": index, "entity_id": update.entity_id, "error": str(exc)})
+            except InvalidUpdate as exc:
+                refused.append(_refusal(index, update.entity_id, exc.field, str(exc)))
+            except RegistryError as exc:
+                refused.append(_refusal(index, update.entity_id, "group", f"group: {exc}"))
         if refused:
             ctx.response.status_code = 422
             return {
                 "error": f"{len(refused)} of {len(updates)} updates refused; nothing was written",
                 "refused": refused,
             }
+        live = [i for i, u in enumerate(parsed) if is_live(u.group, u.event_ms, now_ms)]
         try:
-            applied = await self.write_store.write(parsed)
-        except StoreError as exc:
+            outcomes = await self.write_store.write([parsed[i] for i in live]) if live else []
+        except (StoreUnavailable, StoreTimeout) as exc:
             ctx.response.status_code = 503
-            return {"error": f"{exc}; retrying is safe: older writes never replace newer ones"}
+            return {"error": f"{exc}; retrying is safe: older values never replace newer ones"}
+        except StoreError as exc:
+            # The store's own words (hosts, script hashes) go to the log, not to the client.
+            _log.error("POST /push: a store failed to take %d updates: %s", len(parsed), exc)
+            ctx.response.status_code = 503
+            return {
+                "error": "a feature store failed to take the write (details in the server log); "
+                "retrying is safe: older writes never replace newer ones"
+            }
         for written in parsed:
             self.resolver.forget(written.entity_id, written.group)
-        return {
-            "written": sum(applied),
-            "stale": [index for index, done in enumerate(applied) if not done],
+        by_index = dict(zip(live, outcomes, strict=True))
+        body: dict[str, Any] = {
+            "written": sum(outcome.applied for outcome in outcomes),
+            "stale": [i for i, o in by_index.items() if not o.applied and o.refused is None],
+            "expired": [i for i in range(len(parsed)) if i not in by_index],
         }
+        refused = [
+            _refusal(i, parsed[i].entity_id, "store", o.refused)
+            for i, o in by_index.items()
+            if o.refused is not None
+        ]
+        if refused:
+            ctx.response.status_code = 422
+            body["error"] = (
+                f"{len(refused)} of {len(updates)} updates refused by a store for their data "
+                "(retrying cannot help); the others were written"
+            )
+            body["refused"] = refused
+        return body
 
     def _timed(
         self,
@@ -225,42 +295,62 @@ class FraudScorer:
         timing_ms = timer.milliseconds()
         ctx.response.headers["Server-Timing"] = timer.server_timing()
         observe_request(endpoint, timing_ms, resolved)
+        self.spans.record(timer, lambda: _span_attributes(resolved))
         return {**body, "timing_ms": timing_ms}
 
     async def status(self) -> dict[str, Any]:
-        """What a person wants to know: the model, whether Redis answers, the breakers."""
+        """What a person wants to know: the model, whether Redis answers reads, the breakers."""
         redis_up = await self.store.ping()
+        redis_breaker = self.resolver.tiers[0].breaker
         cluster = isinstance(self.store, AsyncRedisClusterStore)
-        nodes = {}
-        if isinstance(self.store, AsyncRedisClusterStore):
-            nodes = {
+        if not redis_up:
+            redis = (
+                "not every primary answers (their entities are served from fallbacks)"
+                if cluster
+                else "down (serving from fallbacks: stale, backing, defaults)"
+            )
+        elif redis_breaker.failing:
+            redis = f"failing reads: {redis_breaker.last_failure} (serving from fallbacks)"
+        else:
+            redis = "up"
+        nodes = (
+            {
                 "redis_nodes": {
-                    name: {"state": breaker.state.value, "reason": breaker.reason}
+                    name: _breaker_status(breaker)
                     for name, breaker in self.store.node_breakers().items()
                 }
             }
+            if isinstance(self.store, AsyncRedisClusterStore)
+            else {}
+        )
         return {
             "model": self.model_tag,
             "inference": self.inference,
             "redis_mode": SETTINGS.redis_mode,
-            "redis": "up"
-            if redis_up
-            else "not every primary answers (their entities are served from fallbacks)"
-            if cluster
-            else "down (serving from fallbacks: stale, backing, defaults)",
+            "redis": redis,
             **nodes,
             "breakers": {
-                tier.source.value: {
-                    "state": tier.breaker.state.value,
-                    "reason": tier.breaker.reason,
-                }
-                for tier in self.resolver.tiers
+                tier.source.value: _breaker_status(tier.breaker) for tier in self.resolver.tiers
             },
             "feature_deadline_ms": SETTINGS.deadline_s * 1000,
             "cache_ttl_s": SETTINGS.cache_ttl_s,
+            "max_in_flight": SETTINGS.max_in_flight,
         }
 
 
+admission.install(
+    SETTINGS.max_in_flight,
+    {api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
+)
+# Outermost first: a request without its token is refused before its body is read.
+FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
+    BearerTokenMiddleware,
+    write_token=SETTINGS.write_token.get_secret_value() if SETTINGS.write_token else None,
+    read_token=SETTINGS.read_token.get_secret_value() if SETTINGS.read_token else None,
+)
+FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
+    RequestBodyMiddleware, max_bytes=SETTINGS.max_body_bytes
+)
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
 # BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
@@ -273,8 +363,24 @@ def _now() -> int:
     return int(time.time())
 
 
-def _describe(entity: EntityFeatures) -> dict[str, Any]:
+def _span_attributes(resolved: ResolvedBatch) -> dict[str, AttributeValue]:
+    """What the ``features`` span of a sampled request says about its resolution."""
+    sources: collections.Counter[str] = collections.Counter()
+    for group in resolved.groups:
+        sources.update(source.value for source in group.sources)
     return {
+        "featserve.entities": len(resolved.entity_ids),
+        "featserve.groups": [group.group.name for group in resolved.groups],
+        "featserve.sources": [f"{source}={count}" for source, count in sorted(sources.items())],
+    }
+
+
+def _refusal(index: int, entity_id: str, field: str, error: str) -> dict[str, Any]:
+    return {"index": index, "entity_id": entity_id, "field": field, "error": error}
+
+
+def _describe(entity: EntityFeatures) -> dict[str, Any]:
+    described: dict[str, Any] = {
         "entity_id": entity.entity_id,
         "groups": {
             name: {
@@ -286,4 +392,22 @@ def _describe(entity: EntityFeatures) -> dict[str, Any]:
             }
             for name, result in entity.groups.items()
         },
+    }
+    degraded = {
+        name: result.degraded.value
+        for name, result in entity.groups.items()
+        if result.degraded is not None
+    }
+    if degraded:
+        described["degraded"] = degraded
+    return described
+
+
+def _breaker_status(breaker: CircuitBreaker) -> dict[str, Any]:
+    age_s = breaker.last_failure_age_s
+    return {
+        "state": breaker.state.value,
+        "reason": breaker.reason,
+        "last_failure": breaker.last_failure,
+        "last_failure_age_s": None if age_s is None else round(age_s, 3),
     }

@@ -1,23 +1,34 @@
 """Shared fixtures: real Redis servers on free loopback ports, and clients for them.
 
+Every ``FEATSERVE_*`` and ``OTEL_*`` variable of the caller's environment is dropped
+when the tests start, so the settings a test builds are the ones it states.
+
 ``redis_url`` points at ``REDIS_URL`` when it is set (its database is
 flushed before each test: give the tests a scratch database) and otherwise
 at a server this session starts.  Tests that kill or pause Redis ask for
 ``own_redis``, a server of their own, whatever ``REDIS_URL`` says.
+``dynamodb_table`` is a new table on a moto server the session starts.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from features.settings import Settings
+from features.stores.dynamodb import create_table, dynamodb_client
 from service.harness.local_redis import LocalRedis
+from tests.support.moto_server import aws_env, moto_server
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+# Tests state the settings they need: a shell's FEATSERVE_CACHE_TTL_S=0 or OTEL_* must not change
+# what Settings() builds here, nor reach the services the tests serve. REDIS_URL stays (above).
+for _name in [name for name in os.environ if name.startswith(("FEATSERVE_", "OTEL_"))]:
+    del os.environ[_name]
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +74,21 @@ def own_redis() -> Iterator[LocalRedis]:
     """A server only this test uses, free to be killed, paused and restarted."""
     with LocalRedis() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """A moto server (DynamoDB and the rest of AWS, in memory) on a free loopback port."""
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def dynamodb_table(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty table on the moto server; the AWS variables point at it."""
+    aws_env(monkeypatch, moto_url)
+    name = f"features-{uuid.uuid4().hex}"
+    client = dynamodb_client()
+    create_table(client, name)
+    client.close()
+    return name

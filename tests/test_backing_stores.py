@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY, FeatureGroup
+from features.registry import FRAUD_REGISTRY, Feature, FeatureGroup, Structure
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, GroupResult, Resolver, Source
 from features.serving.tiers import backing_tier, redis_tier
@@ -38,23 +38,31 @@ from features.stores.backing import (
     is_live,
     oldest_live_ms,
 )
-from features.stores.base import ReadRequest, StoredValues
+from features.stores.base import (
+    FailedRead,
+    FeatureUpdate,
+    ReadAnswer,
+    ReadRequest,
+    StoredValues,
+    WriteOutcome,
+)
 from features.stores.dynamodb import (
     DynamoDbStore,
-    create_table,
     dynamodb_client,
 )
 from features.stores.factory import async_backing_store, open_backing_store
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.stores.sqlite import SqliteStore
+from features.stores.write_through import WriteThrough
 from features.timing import StageTimer
 from service.harness.local_redis import free_port
+from tests.support.moto_server import aws_env
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
-NOW = 1764230400
-MOTO_START_TIMEOUT_S = 30.0
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 
 
 class ManualClock:
@@ -65,59 +73,6 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """A moto server (DynamoDB and the rest of AWS, in memory) on a free loopback port."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + MOTO_START_TIMEOUT_S
-        while not _answers(f"{url}/moto-api/"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on {url}")
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _aws_env(monkeypatch: pytest.MonkeyPatch, endpoint_url: str) -> None:
-    """Dummy credentials and ``endpoint_url``, as a deployment would set them."""
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint_url)
-
-
-@pytest.fixture
-def dynamodb_table(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new, empty table on the moto server; the AWS variables point at it."""
-    _aws_env(monkeypatch, moto_url)
-    name = f"features-{uuid.uuid4().hex}"
-    client = dynamodb_client()
-    create_table(client, name)
-    client.close()
-    return name
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -177,10 +132,17 @@ def every_group(*entity_ids: str) -> list[ReadRequest]:
     ]
 
 
-def exact(answers: Sequence[StoredValues | None]) -> list[Any]:
+def applied(outcomes: Sequence[WriteOutcome]) -> list[bool]:
+    """Which updates landed at all."""
+    return [outcome.applied for outcome in outcomes]
+
+
+def exact(answers: Sequence[ReadAnswer]) -> list[Any]:
     """Answers with every value's type, so 3 and 3.0 differ."""
     return [
-        None if values is None else [(name, type(v), v) for name, v in values.items()]
+        values
+        if values is None or isinstance(values, FailedRead)
+        else [(name, type(v), v) for name, v in values.items()]
         for values in answers
     ]
 
@@ -240,20 +202,20 @@ def test_older_writes_are_skipped_equal_and_newer_applied(
     backing: BackingStore, group: Any, first: dict[str, Any], second: dict[str, Any]
 ) -> None:
     request = [ReadRequest("u1", group, group.feature_names)]
-    assert backing.write([parse_update(group, "u1", NOW, first)]) == [True]
+    assert applied(backing.write([parse_update(group, "u1", NOW, first)])) == [True]
     expected = backing.read(request)
-    assert backing.write([parse_update(group, "u1", NOW - 1, second)]) == [False]
+    assert applied(backing.write([parse_update(group, "u1", NOW - 1, second)])) == [False]
     assert backing.read(request) == expected
-    assert backing.write([parse_update(group, "u1", NOW, second)]) == [True]
+    assert applied(backing.write([parse_update(group, "u1", NOW, second)])) == [True]
     replaced = backing.read(request)
     assert replaced != expected
-    assert backing.write([parse_update(group, "u1", NOW + 1, first)]) == [True]
+    assert applied(backing.write([parse_update(group, "u1", NOW + 1, first)])) == [True]
     assert backing.read(request) == expected
     in_one_call = [
         parse_update(group, "u2", NOW, second),
         parse_update(group, "u2", NOW - 1, first),
     ]
-    assert backing.write(in_one_call) == [True, False]
+    assert applied(backing.write(in_one_call)) == [True, False]
     assert backing.read([ReadRequest("u2", group, group.feature_names)]) == replaced
 
 
@@ -265,7 +227,8 @@ def test_sorted_sets_merge_members_and_keep_the_newest(backing: BackingStore) ->
         parse_update(RECENT, "u1", NOW - 1000, {"recent_items": ["old", "n9"]}),
         parse_update(RECENT, "u1", NOW + 20, {"recent_items": ["n0"]}),
     ]
-    assert backing.write(replay) == [True, True]
+    # The replayed members are held at higher scores or pushed out: nothing of it lands.
+    assert backing.write(replay) == [WriteOutcome(), WriteOutcome(frozenset({"n0"}))]
     [values] = backing.read([ReadRequest("u1", RECENT, RECENT.feature_names)])
     assert values == {"recent_items": ("n0", *(f"n{i}" for i in range(9, 0, -1)))}
     [scanned] = list(backing.scan(RECENT))
@@ -363,7 +326,7 @@ def test_writes_treat_an_expired_group_as_absent(backing: BackingStore, clock: M
             parse_update(FEATURES, "u1", later, {"tx_sum_1h": 5.0}),
             parse_update(RECENT, "u1", later, {"recent_items": ["new"]}),
         ]
-    ) == [True, True]
+    ) == [WriteOutcome(frozenset({"tx_sum_1h"})), WriteOutcome(frozenset({"new"}))]
     assert backing.read(every_group("u1")[:2]) == [
         {"tx_sum_1h": 5.0},
         {"recent_items": ("new",)},
@@ -374,7 +337,7 @@ def test_writes_treat_an_expired_group_as_absent(backing: BackingStore, clock: M
         parse_update(FEATURES, "u2", NOW - 1, {"tx_count_1h": 2}),
         parse_update(EMBEDDING, "u2", NOW - 1, {"embedding": [2.0] * 16}),
     ]
-    assert backing.write(older) == [True, True]
+    assert applied(backing.write(older)) == [True, True]
     u2 = [ReadRequest("u2", group, group.feature_names) for group in (FEATURES, EMBEDDING)]
     assert backing.read(u2) == [None, None]
     clock.now = NOW
@@ -448,7 +411,7 @@ def test_writes_from_two_stores_on_one_database_never_regress(
 ) -> None:
     first, second = open_backing(), open_backing()
     first.write([parse_update(FEATURES, "u1", NOW + 10, {"tx_count_1h": 10})])
-    assert second.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 0})]) == [False]
+    assert second.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 0})]) == [WriteOutcome()]
     assert first.read([ReadRequest("u1", FEATURES, ("tx_count_1h",))]) == [{"tx_count_1h": 10}]
 
 
@@ -508,15 +471,15 @@ def test_the_async_store_reads_what_it_wrote(kind: str, async_where: str) -> Non
 
     timer = StageTimer()
 
-    async def run() -> tuple[list[bool], list[StoredValues | None]]:
+    async def run() -> tuple[list[WriteOutcome], list[StoredValues | None]]:
         store = async_store(kind, async_where)
         try:
             return await store.write(updates), await store.read(every_group("u1"), timer)
         finally:
             await store.close()
 
-    applied, answers = asyncio.run(run())
-    assert applied == [True] * 3
+    outcomes, answers = asyncio.run(run())
+    assert applied(outcomes) == [True] * 3
     assert answers == [{"tx_count_1h": 2}, {"recent_items": ("a",)}, {"embedding": (0.25,) * 16}]
     assert list(timer.milliseconds()) == ["backing"]
 
@@ -549,20 +512,20 @@ def test_a_locked_sqlite_write_waits_off_the_event_loop(tmp_path: Path) -> None:
     async def release() -> None:
         holder.execute("COMMIT")
 
-    async def run() -> list[bool]:
+    async def run() -> list[WriteOutcome]:
         store = async_backing_store(f"sqlite:{path}")
         try:
             write = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
-            applied, _ = await asyncio.gather(write, release())
-            return applied
+            outcomes, _ = await asyncio.gather(write, release())
+            return outcomes
         finally:
             await store.close()
 
     try:
-        applied = asyncio.run(run())
+        outcomes = asyncio.run(run())
     finally:
         holder.close()
-    assert applied == [True]
+    assert applied(outcomes) == [True]
 
 
 def test_a_sqlite_write_that_stays_locked_is_a_store_timeout(tmp_path: Path) -> None:
@@ -600,7 +563,7 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_dynamodb_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    _aws_env(monkeypatch, f"http://127.0.0.1:{free_port()}")
+    aws_env(monkeypatch, f"http://127.0.0.1:{free_port()}")
     store = DynamoDbStore("features", dynamodb_client())
     with pytest.raises(StoreUnavailable):
         store.read(every_group("u1"))
@@ -638,18 +601,28 @@ def _throttled_store(table: str, times: int, read_budget_s: float) -> DynamoDbSt
     return DynamoDbStore(table, client, read_budget_s=read_budget_s, clock=ManualClock())
 
 
+def _held_in(table: str, *updates: FeatureUpdate) -> None:
+    store = DynamoDbStore(table, dynamodb_client(), clock=ManualClock())
+    store.write(updates)
+    store.close()
+
+
 def test_unprocessed_keys_are_asked_again(dynamodb_table: str) -> None:
+    _held_in(dynamodb_table, parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1}))
     store = _throttled_store(dynamodb_table, times=2, read_budget_s=30.0)
-    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
     assert store.read(every_group("u1")) == [{"tx_count_1h": 1}, None, None]
+    # A write reads what it merges into the same way.
+    store = _throttled_store(dynamodb_table, times=2, read_budget_s=30.0)
+    store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 2.0})])
+    assert store.read(every_group("u1"))[0] == {"tx_count_1h": 1, "tx_sum_1h": 2.0}
     store.close()
 
 
 def test_keys_still_unprocessed_when_the_budget_ends_are_a_store_timeout(
     dynamodb_table: str,
 ) -> None:
+    _held_in(dynamodb_table, parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1}))
     store = _throttled_store(dynamodb_table, times=sys.maxsize, read_budget_s=0.05)
-    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
     with pytest.raises(StoreTimeout):
         store.read(every_group("u1"))
     store.close()
@@ -700,6 +673,7 @@ def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
         "_event_ms": ms,
         "_grp": {"S": "user:features"},
         "_expires_at": {"N": str(NOW + 2 * 3600)},
+        "_rev": {"N": "1"},
         "tx_count_1h": {"N": "3"},
         "tx_sum_1h": {"N": "2.5"},
     }
@@ -711,3 +685,175 @@ def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
     assert items["user:{u1}:embedding"]["embedding"] == {
         "B": EMBEDDING.features[0].dtype.encode((1.0,) * 16)
     }
+
+
+def test_a_record_sqlite_cannot_decode_refuses_writes_to_its_key_only(tmp_path: Path) -> None:
+    path = tmp_path / "backing.sqlite3"
+    store = SqliteStore(path, clock=ManualClock())
+    store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE feature_groups SET event_ms = 'soon' WHERE key = 'user:{u1}:features'")
+    first, second = store.write(
+        [
+            parse_update(FEATURES, "u1", NOW + 1, {"tx_count_1h": 2}),
+            parse_update(FEATURES, "u2", NOW + 1, {"tx_count_1h": 3}),
+        ]
+    )
+    assert first.refused is not None and "unreadable record at user:{u1}:features" in first.refused
+    assert second == WriteOutcome(frozenset({"tx_count_1h"}))
+    # Read as absent (and logged), as Redis' undecodable values are.
+    assert store.read([ReadRequest(u, FEATURES, ("tx_count_1h",)) for u in ("u1", "u2")]) == [
+        None,
+        {"tx_count_1h": 3},
+    ]
+    assert [update.entity_id for update in store.scan(FEATURES)] == ["u2"]
+    store.close()
+
+
+def test_sqlite_commits_every_write_to_disk() -> None:
+    store = SqliteStore(":memory:")
+    # 2 is FULL: a write that returned survives a power loss, not only a crash.
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)
+    store.close()
+
+
+def test_a_database_made_before_per_value_times_gets_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "backing.sqlite3"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "CREATE TABLE feature_groups (key TEXT PRIMARY KEY, grp TEXT NOT NULL, "
+            "event_ms INTEGER NOT NULL, vals TEXT NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO feature_groups VALUES "
+            f"('user:{{u1}}:features', 'user:features', {NOW * 1000}, '{{\"tx_count_1h\": 4}}');"
+        )
+    store = SqliteStore(path, clock=ManualClock())
+    store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 2.0})])
+    [update] = list(store.scan(FEATURES))
+    assert update.values == {"tx_count_1h": 4, "tx_sum_1h": 2.0}
+    assert (update.ms_of("tx_count_1h"), update.event_ms) == (NOW * 1000, (NOW + 1) * 1000)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"), [(1e200, "outside DynamoDB's numbers"), (1e-140, "outside DynamoDB's")]
+)
+def test_numbers_dynamodb_cannot_hold_refuse_their_update_only(
+    dynamodb_table: str, value: float, problem: str
+) -> None:
+    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    refused, written = store.write(
+        [
+            parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1, "tx_sum_1h": value}),
+            parse_update(FEATURES, "u2", NOW, {"tx_sum_1h": 2.5}),
+        ]
+    )
+    assert refused.refused is not None and problem in refused.refused
+    assert "tx_sum_1h" in refused.refused
+    assert written == WriteOutcome(frozenset({"tx_sum_1h"}))
+    assert store.read([ReadRequest(u, FEATURES, ("tx_sum_1h",)) for u in ("u1", "u2")]) == [
+        None,
+        {"tx_sum_1h": 2.5},
+    ]
+    store.close()
+
+
+def test_an_item_dynamodb_refuses_as_too_large_refuses_its_update_only(
+    dynamodb_table: str,
+) -> None:
+    # A group whose items can outgrow DynamoDB's 400 KB: 2,000 members of 256 characters.
+    wide = FeatureGroup(
+        "wide",
+        FEATURES.entity,
+        Structure.SORTED_SET,
+        timedelta(hours=1),
+        (Feature("wide", "str_list", (), dim=2000),),
+        top_n=2000,
+    )
+    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    members = [f"{i:04d}" + "m" * 252 for i in range(2000)]
+    refused, written = store.write(
+        [
+            parse_update(wide, "u1", NOW, {"wide": members}),
+            parse_update(wide, "u2", NOW, {"wide": members[:10]}),
+        ]
+    )
+    assert refused.refused is not None and "DynamoDB refused the item" in refused.refused
+    assert written.landed == frozenset(members[:10])
+    store.close()
+
+
+def test_an_item_dynamodb_cannot_decode_refuses_writes_to_its_key(dynamodb_table: str) -> None:
+    client = dynamodb_client()
+    client.put_item(
+        TableName=dynamodb_table,
+        Item={
+            "_pk": {"S": "user:{u1}:features"},
+            "_event_ms": {"S": "soon"},
+            "tx_count_1h": {"N": "1"},
+        },
+    )
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    [outcome] = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 2})])
+    assert (
+        outcome.refused is not None and "unreadable item at user:{u1}:features" in outcome.refused
+    )
+    assert store.read([ReadRequest("u1", FEATURES, ("tx_count_1h",))]) == [None]
+    store.close()
+
+
+def test_an_update_the_backing_store_refuses_never_reaches_redis(
+    dynamodb_table: str, redis_store: RedisStore, redis_client: redis.Redis
+) -> None:
+    backing = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    through = WriteThrough(redis_store, backing)
+    refused, written = through.write(
+        [
+            parse_update(FEATURES, "u1", NOW, {"tx_sum_1h": 1e200}),
+            parse_update(FEATURES, "u2", NOW, {"tx_sum_1h": 2.5}),
+        ]
+    )
+    assert refused.refused is not None and "DynamoDB cannot hold" in refused.refused
+    assert written == WriteOutcome(frozenset({"tx_sum_1h"}))
+    assert redis_client.keys() == [b"user:{u2}:features"]
+    backing.close()
+
+
+def test_a_dynamodb_write_that_lost_a_race_merges_again(dynamodb_table: str) -> None:
+    # Another writer changes the item between this store's read and its put, once.
+    client = dynamodb_client()
+    rival = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    raced: list[bool] = []
+
+    def write_first(**_: Any) -> None:
+        if not raced:
+            raced.append(True)
+            rival.write([parse_update(FEATURES, "u1", NOW + 5, {"tx_sum_1h": 7.5})])
+
+    client.meta.events.register("before-call.dynamodb.PutItem", write_first)
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    [outcome] = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 2})])
+    assert raced and outcome == WriteOutcome(frozenset({"tx_count_1h"}))
+    [values] = store.read([ReadRequest("u1", FEATURES, ("tx_count_1h", "tx_sum_1h"))])
+    assert values == {"tx_count_1h": 2, "tx_sum_1h": 7.5}
+    [held] = list(store.scan(FEATURES))
+    assert (held.event_ms, held.ms_of("tx_count_1h")) == ((NOW + 5) * 1000, NOW * 1000)
+    store.close()
+    rival.close()
+
+
+def test_a_dynamodb_item_written_before_revisions_is_merged_into(dynamodb_table: str) -> None:
+    client = dynamodb_client()
+    client.put_item(
+        TableName=dynamodb_table,
+        Item={
+            "_pk": {"S": "user:{u1}:features"},
+            "_event_ms": {"N": str(NOW * 1000)},
+            "_grp": {"S": "user:features"},
+            "tx_count_1h": {"N": "4"},
+        },
+    )
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 1.5})])
+    [values] = store.read([ReadRequest("u1", FEATURES, ("tx_count_1h", "tx_sum_1h"))])
+    assert values == {"tx_count_1h": 4, "tx_sum_1h": 1.5}
+    store.close()

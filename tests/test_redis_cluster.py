@@ -22,22 +22,27 @@ from redis.crc import key_slot
 from features.ingest.rewarm import rewarm
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
+from features.serving.breaker import BreakerState, CircuitBreaker
+from features.serving.cache import FeatureCache
+from features.serving.resolver import CachedGroup, Degraded, Resolver, Source, Tier
 from features.settings import Settings
-from features.stores.base import ReadFailed, ReadRequest
+from features.stores.base import FailedRead, ReadAnswer, ReadRequest, WriteOutcome
 from features.stores.factory import async_online_store, open_online_store
 from features.stores.redis_cluster import AsyncRedisClusterStore, async_cluster_client
-from features.stores.redis_scripts import SCRIPTS
+from features.stores.redis_scripts import HASH_WRITE
 from features.stores.sqlite import SqliteStore
 from service import cli
 from service.cli.demo import load_demo_data
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
+from service.harness.waiting import wait_until
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 USERS = [f"u{i:03d}" for i in range(100)]
 
 T = TypeVar("T")
@@ -144,8 +149,19 @@ def reset_stats(cluster: LocalCluster) -> None:
             client.config_resetstat()
 
 
-def as_dicts(answers: Sequence[Any]) -> list[Any]:
-    return [dict(a) if a is not None and not isinstance(a, ReadFailed) else a for a in answers]
+def as_dict(answer: ReadAnswer) -> dict[str, Any] | None:
+    """An answer that must hold values (or nothing), as a dict."""
+    assert not isinstance(answer, FailedRead), answer
+    return dict(answer) if answer else None
+
+
+def as_dicts(answers: Sequence[ReadAnswer]) -> list[Any]:
+    return [as_dict(answer) for answer in answers]
+
+
+def reasons(answers: Sequence[ReadAnswer]) -> list[str | None]:
+    """Each answer's failure reason; ``None`` for an answer with values or nothing."""
+    return [answer.reason if isinstance(answer, FailedRead) else None for answer in answers]
 
 
 def test_a_read_of_100_entities_sends_one_round_trip_to_each_primary(
@@ -252,11 +268,12 @@ def test_a_node_that_fails_costs_only_its_own_entities(
     answers, _ = run(scenario)
     wanted = expected(USERS)
     for index, user in enumerate(u for u in USERS for _ in range(3)):
+        answer = answers[index]
         if shard_of(cluster, user) == down:
-            assert answers[index] == ReadFailed(reason), user
+            assert isinstance(answer, FailedRead) and answer.reason == reason, (user, answer)
+            assert answer.server_failed
         else:
-            answers_index = answers[index]
-            assert (dict(answers_index) if answers_index else None) == wanted[index], user
+            assert as_dict(answer) == wanted[index], user
 
 
 def test_a_failing_node_is_skipped_once_its_breaker_opens(
@@ -272,7 +289,8 @@ def test_a_failing_node_is_skipped_once_its_breaker_opens(
             proxy.refuse(True)
             proxy.reset_connections()
             for _ in range(3):
-                assert await store.read(every_group(USERS[:1])) == [ReadFailed("store_error")] * 3
+                answers = await store.read(every_group(USERS[:1]))
+                assert reasons(answers) == ["store_error"] * 3
             proxy.reset_counters()
             answers = await store.read(every_group(USERS[:1]))
             assert proxy.connections == 0
@@ -281,7 +299,89 @@ def test_a_failing_node_is_skipped_once_its_breaker_opens(
             proxy.refuse(False)
             await store.close()
 
-    assert run(scenario) == [ReadFailed("breaker_open")] * 3
+    assert reasons(run(scenario)) == ["breaker_open"] * 3
+
+
+def test_the_resolver_degrades_only_the_entities_of_a_node_that_is_down(
+    cluster: LocalCluster, settings: Settings, proxies: dict[int, TcpProxy]
+) -> None:
+    """The node's entities fall back with the node's reason and are never cached; the
+    others are served and cached; the Redis tier's breaker stays closed, while the node's
+    own breaker opens and, once the node is back, its probe closes it."""
+    write_users(settings, USERS)
+    down = shard_of(cluster, USERS[0])
+    held = {user for user in USERS if shard_of(cluster, user) == down}
+    proxy = proxies[down.port]
+    now = [0.0]
+    tier_breaker = CircuitBreaker("redis", 2, 5.0, lambda: now[0])
+
+    def by_source(batch: Any) -> list[tuple[str, Source, Degraded | None]]:
+        [group] = batch.groups
+        return list(zip(batch.entity_ids, group.sources, group.degraded, strict=True))
+
+    async def scenario() -> list[list[tuple[str, Source, Degraded | None]]]:
+        store = proxied_store(
+            settings, proxies, breaker_failures=2, breaker_reset_s=5.0, clock=lambda: now[0]
+        )
+        cache: FeatureCache[CachedGroup] = FeatureCache(60.0, 1000)
+        resolver = Resolver(
+            FRAUD_REGISTRY, [Tier(Source.REDIS, store, tier_breaker)], cache, deadline_s=5.0
+        )
+        selection = resolver.selection("user", ["features"])
+        try:
+            await store.warm(1)
+            proxy.refuse(True)
+            proxy.reset_connections()
+            rounds = [by_source(await resolver.resolve_batch(USERS, selection)) for _ in range(4)]
+            assert tier_breaker.state is BreakerState.CLOSED
+            proxy.refuse(False)
+            now[0] += 6.0  # the node's breaker lets its probe through
+            rounds.append(by_source(await resolver.resolve_batch(USERS, selection)))
+            return rounds
+        finally:
+            proxy.refuse(False)
+            await store.close()
+
+    first, second, third, fourth, back = run(scenario)
+    expected_reasons = {
+        1: Degraded.STORE_ERROR,
+        2: Degraded.STORE_ERROR,
+        3: Degraded.BREAKER_OPEN,
+        4: Degraded.BREAKER_OPEN,
+    }
+    for number, answers in enumerate((first, second, third, fourth), start=1):
+        for user, source, degraded in answers:
+            if user in held:
+                assert (source, degraded) == (Source.UNAVAILABLE, expected_reasons[number]), user
+            else:
+                wanted = Source.REDIS if number == 1 else Source.CACHE
+                assert (source, degraded) == (wanted, None), (number, user)
+    assert {user: source for user, source, _ in back if user in held} == dict.fromkeys(
+        held, Source.REDIS
+    )
+
+
+def test_warm_loads_the_slot_map_and_opens_connections_to_each_primary(
+    cluster: LocalCluster, settings: Settings, proxies: dict[int, TcpProxy]
+) -> None:
+    write_users(settings, USERS)
+    primaries = [proxies[node.port] for node in cluster.primaries()]
+
+    async def scenario() -> tuple[int, list[int], list[int]]:
+        store = proxied_store(settings, proxies)
+        try:
+            opened = await store.warm(3)
+            # The proxies count a connection when their own loop accepts it.
+            wait_until(lambda: all(proxy.connections >= 3 for proxy in primaries), 10, 0.01)
+            before = [proxy.connections for proxy in primaries]
+            assert as_dicts(await store.read(every_group(USERS))) == expected(USERS)
+            return opened, before, [proxy.connections for proxy in primaries]
+        finally:
+            await store.close()
+
+    opened, before, after = run(scenario)
+    assert opened == 3 * len(primaries)
+    assert before == after == [3] * len(primaries)  # the reads used the warm connections
 
 
 def migrate(cluster: LocalCluster, user: str, finish: bool) -> tuple[LocalRedis, LocalRedis]:
@@ -389,15 +489,16 @@ def test_writes_split_across_nodes_keep_order_and_accounting(
     store = open_online_store(settings, for_writes=True)
     try:
         updates = [parse_update(FEATURES, f"w{i}", NOW, {"tx_count_1h": i}) for i in range(2345)]
-        assert store.write(updates) == [True] * 2345
+        assert [outcome.applied for outcome in store.write(updates)] == [True] * 2345
         older = [parse_update(FEATURES, "w7", NOW - 60, {"tx_count_1h": 99})]
         newer = [parse_update(FEATURES, "w8", NOW + 60, {"tx_count_1h": 88})]
-        assert store.write(older + newer) == [False, True]
-        answers = store.read([ReadRequest(u, FEATURES, ("tx_count_1h",)) for u in ("w7", "w8")])
-        assert [dict(a) if a else None for a in answers] == [
-            {"tx_count_1h": 7},
-            {"tx_count_1h": 88},
+        outcomes = store.write(older + newer)
+        assert [(o.landed, o.refused) for o in outcomes] == [
+            (frozenset(), None),
+            (frozenset({"tx_count_1h"}), None),
         ]
+        answers = store.read([ReadRequest(u, FEATURES, ("tx_count_1h",)) for u in ("w7", "w8")])
+        assert as_dicts(answers) == [{"tx_count_1h": 7}, {"tx_count_1h": 88}]
     finally:
         store.close()
     keys = 0
@@ -418,20 +519,22 @@ def test_a_node_that_lost_its_scripts_gets_them_again(
     updates = [parse_update(FEATURES, f"s{i}", NOW, {"tx_count_1h": i}) for i in range(50)]
     if kind == "blocking":
         store = open_online_store(settings, for_writes=True)
-        assert store.write(updates) == [True] * 50
+        outcomes = store.write(updates)
         store.close()
     else:
 
-        async def scenario() -> list[bool]:
+        async def scenario() -> list[WriteOutcome]:
             writer = async_online_store(settings, for_writes=True)
             try:
                 return await writer.write(updates)
             finally:
                 await writer.close()
 
-        assert run(scenario) == [True] * 50
+        outcomes = run(scenario)
+    assert [outcome.landed for outcome in outcomes] == [frozenset({"tx_count_1h"})] * 50
     with closing(redis.Redis(port=forgetful.port)) as client:
-        assert client.script_exists(*(script.sha for script in SCRIPTS)) == [True] * len(SCRIPTS)
+        # Sent again as EVAL, which leaves the script in the node's cache.
+        assert client.script_exists(HASH_WRITE.sha) == [True]
         assert client.hget("user:{s1}:features", "tx_count_1h") == b"1"
 
 
@@ -444,7 +547,7 @@ def test_materialize_and_rewarm_write_into_the_cluster(
     store = open_online_store(settings)
     try:
         loaded = store.read(every_group(users))
-        assert all(answer is not None for answer in loaded)
+        assert all(answer is not None and not isinstance(answer, FailedRead) for answer in loaded)
         cluster.flush()
         with closing(SqliteStore(tmp_path / "backing.sqlite3")) as backing:
             written = [
@@ -454,7 +557,7 @@ def test_materialize_and_rewarm_write_into_the_cluster(
             report = rewarm(backing, store, [FEATURES])
         assert report.written == 60
         answers = store.read([ReadRequest(u, FEATURES, ("tx_count_1h",)) for u in users])
-        assert [dict(a) if a else None for a in answers] == [{"tx_count_1h": 5}] * 60
+        assert as_dicts(answers) == [{"tx_count_1h": 5}] * 60
     finally:
         store.close()
 

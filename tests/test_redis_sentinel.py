@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
@@ -13,13 +14,14 @@ import redis
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
-from features.stores.base import ReadRequest
+from features.stores.base import FailedRead, ReadAnswer, ReadRequest
 from features.stores.factory import async_online_store, open_online_store
 from service.harness.local_redis import LocalRedis
 from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 USERS = [f"u{i}" for i in range(20)]
 
 
@@ -51,7 +53,7 @@ def write_users(settings: Settings) -> None:
     store = open_online_store(settings, for_writes=True)
     try:
         updates = [parse_update(FEATURES, u, NOW, {"tx_count_1h": i}) for i, u in enumerate(USERS)]
-        assert store.write(updates) == [True] * len(USERS)
+        assert [outcome.applied for outcome in store.write(updates)] == [True] * len(USERS)
     finally:
         store.close()
 
@@ -60,11 +62,16 @@ def read_async(settings: Settings) -> list[Any]:
     async def scenario() -> list[Any]:
         store = async_online_store(settings)
         try:
-            return [dict(a) if a else None for a in await store.read(reads())]
+            return [as_dict(answer) for answer in await store.read(reads())]
         finally:
             await store.close()
 
     return asyncio.run(scenario())
+
+
+def as_dict(answer: ReadAnswer) -> dict[str, Any] | None:
+    assert not isinstance(answer, FailedRead), answer
+    return dict(answer) if answer else None
 
 
 def hmget_calls(node: LocalRedis) -> int:

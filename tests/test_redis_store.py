@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import pytest
 import redis
@@ -17,17 +19,31 @@ from features.errors import StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
-from features.stores.base import ReadRequest, StoredValues
-from features.stores.redis import RedisStore, async_redis_store, sync_client
+from features.stores.base import FailedRead, ReadAnswer, ReadRequest, StoredValues, WriteOutcome
+from features.stores.redis import (
+    WRITE_CHUNK_BYTES,
+    RedisStore,
+    _chunks,
+    _script_call,
+    async_redis_store,
+    sync_client,
+)
 from service.harness.local_redis import LocalRedis
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT_ITEMS = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 
-Reader = Callable[[Sequence[ReadRequest]], list[StoredValues | None]]
+Reader = Callable[[Sequence[ReadRequest]], list[ReadAnswer]]
+
+
+def values_of(answer: ReadAnswer) -> StoredValues:
+    """An answer that must hold values (or nothing), as a mapping."""
+    assert not isinstance(answer, FailedRead), answer
+    return answer or {}
 
 
 def read_all(entity_id: str) -> list[ReadRequest]:
@@ -51,7 +67,7 @@ def make_reader(kind: str, settings: Settings) -> tuple[Reader, Callable[[], Non
     loop = asyncio.new_event_loop()
     async_store = async_redis_store(settings)
 
-    def read(requests: Sequence[ReadRequest]) -> list[StoredValues | None]:
+    def read(requests: Sequence[ReadRequest]) -> list[ReadAnswer]:
         return loop.run_until_complete(async_store.read(requests))
 
     def close() -> None:
@@ -88,13 +104,43 @@ def test_hash_values_are_plain_decimal_strings(
         ("embedding", {"embedding": [1.0] * 16}),
     ],
 )
-def test_every_write_sets_ttl_to_twice_the_freshness(
+def test_a_key_lives_its_ttl_counted_from_the_event_time(
     store: RedisStore, redis_client: redis.Redis, group_name: str, values: dict[str, object]
 ) -> None:
+    # A value 1.5 h old: a 2 h group keeps it 0.5 h more, an 8 h group 6.5 h, and so on.
     group = FRAUD_REGISTRY.group("user", group_name)
-    store.write([parse_update(group, "u1", NOW, values)])
-    expected_ms = int(group.ttl.total_seconds() * 1000)
-    assert expected_ms - 5_000 < redis_client.pttl(f"user:{{u1}}:{group_name}") <= expected_ms
+    event_s = time.time() - 5400
+    store.write([parse_update(group, "u1", event_s, values)])
+    left_ms = (event_s + group.ttl.total_seconds() - time.time()) * 1000
+    keys = [f"user:{{u1}}:{group_name}"]
+    if group_name == "embedding":
+        keys.append("user:{u1}:embedding:_event_ms")
+    for key in keys:
+        assert left_ms - 5_000 < redis_client.pttl(key) <= left_ms + 1
+
+
+def test_a_hash_lives_until_its_newest_field_expires(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    now = time.time()
+    store.write([parse_update(USER_FEATURES, "u1", now - 600, {"tx_count_1h": 1})])
+    store.write([parse_update(USER_FEATURES, "u1", now - 7000, {"tx_sum_1h": 2.0})])
+    left_ms = (now - 600 + USER_FEATURES.ttl.total_seconds() - time.time()) * 1000
+    assert left_ms - 5_000 < redis_client.pttl("user:{u1}:features") <= left_ms + 1
+
+
+def test_a_sorted_set_lives_until_its_newest_member_expires(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    now = time.time()
+    store.write(
+        [
+            parse_update(RECENT_ITEMS, "u1", now - 60, {"recent_items": ["new"]}),
+            parse_update(RECENT_ITEMS, "u1", now - 3600, {"recent_items": ["old"]}),
+        ]
+    )
+    left_ms = (now - 60 + RECENT_ITEMS.ttl.total_seconds() - time.time()) * 1000
+    assert left_ms - 5_000 < redis_client.pttl("user:{u1}:recent_items") <= left_ms + 1
 
 
 def test_sorted_set_is_trimmed_to_top_n_and_read_newest_first(
@@ -143,9 +189,35 @@ def test_values_written_by_any_client_are_cast_to_declared_types(
 def test_invalid_values_are_left_out_not_raised(redis_client: redis.Redis, reader: Reader) -> None:
     redis_client.hset("user:{u1}:features", mapping={"tx_count_1h": "lots", "is_premium": "1"})
     redis_client.set("user:{u1}:embedding", b"short")
-    redis_client.set("user:{u1}:recent_items", b"a string where a sorted set belongs")
     answers = reader(read_all("u1"))
     assert answers == [{"is_premium": 1}, None, None]
+
+
+def test_a_key_of_the_wrong_type_is_a_failed_read_not_nothing(
+    redis_client: redis.Redis, reader: Reader
+) -> None:
+    redis_client.set("user:{u1}:recent_items", b"a string where a sorted set belongs")
+    redis_client.hset("user:{u1}:features", "tx_count_1h", "3")
+    features, recent, embedding = reader(read_all("u1"))
+    assert (features, embedding) == ({"tx_count_1h": 3}, None)
+    assert isinstance(recent, FailedRead)
+    assert recent.error.startswith("WRONGTYPE ")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_keys_an_acl_refuses_are_failed_reads_naming_noperm(
+    own_redis: LocalRedis, kind: str
+) -> None:
+    read, close = make_reader(kind, Settings(redis_url=own_redis.url))
+    with redis.Redis(port=own_redis.port) as admin:
+        admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "~other:*")
+        try:
+            answers = read(read_all("u1"))
+        finally:
+            admin.execute_command("ACL", "SETUSER", "default", "allkeys")
+    close()
+    assert [type(answer) for answer in answers] == [FailedRead] * 3
+    assert all(cast(FailedRead, answer).error.startswith("NOPERM ") for answer in answers)
 
 
 FULL_HASH = {
@@ -246,10 +318,10 @@ def test_a_large_batch_decodes_like_one_entity_at_a_time(
     fields = USER_FEATURES.feature_names
     answers = reader([ReadRequest(entity, USER_FEATURES, fields) for entity in entities])
     assert dict(zip(entities, answers, strict=True)) == wanted
-    types = {name: type(value) for name, value in (answers[0] or {}).items()}
+    types = {name: type(value) for name, value in values_of(answers[0]).items()}
     assert types == {f.name: int if f.type_name == "int" else float for f in USER_FEATURES.features}
     if field is not None and expected != "left out":
-        assert type((answers[17] or {})[field]) is type(expected)
+        assert type(values_of(answers[17])[field]) is type(expected)
 
 
 def test_reads_ask_only_for_the_requested_fields(redis_client: redis.Redis, reader: Reader) -> None:
@@ -266,7 +338,7 @@ def test_a_write_larger_than_one_chunk_lands_whole(
     store: RedisStore, redis_client: redis.Redis
 ) -> None:
     updates = [parse_update(USER_FEATURES, f"u{i}", NOW, {"tx_count_1h": i}) for i in range(2345)]
-    assert store.write(updates) == [True] * 2345
+    assert store.write(updates) == [WriteOutcome(frozenset({"tx_count_1h"}))] * 2345
     assert redis_client.dbsize() == 2345
     assert redis_client.hget("user:{u2344}:features", "tx_count_1h") == b"2344"
 
@@ -322,3 +394,21 @@ def test_replies_are_parsed_by_hiredis(settings: Settings) -> None:
     finally:
         client.connection_pool.release(connection)
         client.close()
+
+
+def test_a_write_is_cut_into_round_trips_by_bytes_as_well_as_by_updates(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    # 1,000 sorted-set updates of 10 long members: about 2.6 MB, more than one round trip holds.
+    updates = [
+        parse_update(
+            RECENT_ITEMS, f"u{i}", NOW, {"recent_items": [f"{j}" * 256 for j in range(10)]}
+        )
+        for i in range(1000)
+    ]
+    chunks = list(_chunks([_script_call(update) for update in updates]))
+    assert len(chunks) > 2
+    assert all(sum(c.size_bytes for c in chunk) <= WRITE_CHUNK_BYTES for chunk in chunks)
+    assert sum(len(chunk) for chunk in chunks) == 1000
+    assert all(outcome.applied for outcome in store.write(updates))
+    assert redis_client.zcard("user:{u999}:recent_items") == 10

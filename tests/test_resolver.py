@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import pytest
 import redis
@@ -16,10 +17,10 @@ from features.errors import InvalidEntityId
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, GroupResult, Resolver, Source
+from features.serving.resolver import CachedGroup, Degraded, GroupResult, Resolver, Source
 from features.serving.tiers import redis_tier
 from features.settings import Settings
-from features.stores.base import FeatureUpdate
+from features.stores.base import FeatureUpdate, ReadFailure
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.timing import StageTimer
 from service.harness.local_redis import LocalRedis
@@ -31,7 +32,8 @@ EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 DEFAULTS = dict(USER_FEATURES.defaults)
 
 T = TypeVar("T")
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 
 
 class ManualClock:
@@ -287,7 +289,7 @@ def test_the_same_entity_twice_in_one_call_is_fetched_once(
     assert first.groups == second.groups
 
 
-def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
+def test_a_killed_redis_gives_cache_and_unavailable_never_an_exception(
     own_redis: LocalRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(redis_url=own_redis.url)
@@ -313,7 +315,8 @@ def test_a_killed_redis_gives_defaults_and_cache_never_an_exception(
     for answer in answers:
         assert answer["hot"].source is Source.CACHE
         assert answer["hot"].values["tx_count_1h"] == 5
-        assert answer["cold"].source is Source.DEFAULT
+        assert answer["cold"].source is Source.UNAVAILABLE
+        assert answer["cold"].degraded is Degraded.STORE_ERROR
         assert dict(answer["cold"].values) == DEFAULTS
     assert len(caplog.records) == 1
     assert "redis read failed" in caplog.records[0].getMessage()
@@ -366,3 +369,8 @@ def test_bad_ids_are_refused_before_anything_is_sent(
     redis_client.config_resetstat()
     run(scenario)
     assert commands(redis_client, "hmget") == 0
+
+
+def test_every_reason_a_store_gives_for_a_failed_read_is_a_degraded_reason() -> None:
+    """The resolver passes a ``FailedRead``'s reason on as the group's ``Degraded`` reason."""
+    assert set(get_args(ReadFailure)) <= {reason.value for reason in Degraded}

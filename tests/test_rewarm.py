@@ -25,7 +25,8 @@ FEATURES = FRAUD_REGISTRY.group("user", "features")
 RECENT = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 GROUPS = (FEATURES, RECENT, EMBEDDING)
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 USERS = 25
 
 
@@ -82,25 +83,58 @@ def test_rewarm_fills_an_empty_redis_with_what_the_backing_store_holds(
         backing, target, GROUPS, chunk_size=10, on_progress=progress.append, clock=at_now
     )
     assert report == RewarmReport(
-        read=3 * USERS, written=3 * USERS, stale=0, expired=0, elapsed_s=report.elapsed_s
+        read=3 * USERS,
+        written=3 * USERS,
+        stale=0,
+        expired=0,
+        rejected=0,
+        elapsed_s=report.elapsed_s,
     )
     assert sum(progress) == 3 * USERS and max(progress) == 10
     assert target.read(every_group()) == backing.read(every_group())
     for group in GROUPS:
-        ttl_ms = group.ttl.total_seconds() * 1000
+        # The TTL counts from the event time, a minute before NOW, as in the backing store.
+        left_ms = ((NOW - 60) + group.ttl.total_seconds() - time.time()) * 1000
         for i in range(USERS):
-            assert ttl_ms - 60_000 < redis_client.pttl(f"user:{{u{i}}}:{group.name}") <= ttl_ms
+            pttl = redis_client.pttl(f"user:{{u{i}}}:{group.name}")
+            assert left_ms - 5_000 < pttl <= left_ms + 1  # + 1: whole milliseconds
 
 
 def test_rewarm_never_rolls_back_a_newer_value_in_redis(
     backing: SqliteStore, target: RedisStore
 ) -> None:
     backing.write(held_updates(NOW))
-    target.write([parse_update(FEATURES, "u3", NOW, {"tx_count_1h": 99})])
+    target.write(
+        [
+            parse_update(FEATURES, "u3", NOW, {"tx_count_1h": 99}),
+            parse_update(FEATURES, "u4", NOW, {"tx_count_1h": 98, "avg_tx_90d": 9.5}),
+        ]
+    )
     report = rewarm(backing, target, GROUPS, clock=at_now)
     assert (report.written, report.stale) == (3 * USERS - 1, 1)
-    [values] = target.read([ReadRequest("u3", FEATURES, ("tx_count_1h", "avg_tx_90d"))])
-    assert values == {"tx_count_1h": 99}
+    # u3: the backing store's older tx_count_1h is skipped; its avg_tx_90d, which Redis
+    # lacked, lands.  u4: Redis holds both newer; nothing lands.
+    u3, u4 = target.read(
+        [ReadRequest(u, FEATURES, ("tx_count_1h", "avg_tx_90d")) for u in ("u3", "u4")]
+    )
+    assert u3 == {"tx_count_1h": 99, "avg_tx_90d": 0.75}
+    assert u4 == {"tx_count_1h": 98, "avg_tx_90d": 9.5}
+
+
+def test_rewarm_restores_each_field_at_its_own_event_time(
+    backing: SqliteStore, target: RedisStore
+) -> None:
+    backing.write(
+        [
+            parse_update(FEATURES, "u1", NOW - 120, {"tx_count_1h": 5}),
+            parse_update(FEATURES, "u1", NOW - 60, {"tx_sum_1h": 10.5}),
+        ]
+    )
+    rewarm(backing, target, [FEATURES], clock=at_now)
+    # Redis got tx_count_1h at its own time, so a write between the two times lands on it.
+    target.write([parse_update(FEATURES, "u1", NOW - 90, {"tx_count_1h": 7, "tx_sum_1h": 1.0})])
+    [values] = target.read([ReadRequest("u1", FEATURES, ("tx_count_1h", "tx_sum_1h"))])
+    assert values == {"tx_count_1h": 7, "tx_sum_1h": 10.5}
 
 
 def test_a_second_rewarm_changes_nothing(
@@ -131,21 +165,24 @@ def test_groups_older_than_their_ttl_are_not_rewarmed(
 
 
 def test_rewarm_writes_exactly_the_groups_the_backing_store_still_serves(
-    backing: SqliteStore, target: RedisStore
+    backing_path: Path, target: RedisStore
 ) -> None:
-    # Event times around FEATURES' TTL: one ms inside it, at it, one ms past it.
-    ttl_ms = int(FEATURES.ttl.total_seconds() * 1000)
-    ages_ms = {"inside": ttl_ms - 1, "at": ttl_ms, "past": ttl_ms + 1}
-    backing.write(
-        [
-            parse_update(FEATURES, name, (NOW * 1000 - age) / 1000, {"tx_count_1h": 1})
-            for name, age in ages_ms.items()
-        ]
-    )
-    requests = [ReadRequest(name, FEATURES, ("tx_count_1h",)) for name in ages_ms]
-    served = backing.read(requests)
-    assert served == [{"tx_count_1h": 1}, None, None]
-    report = rewarm(backing, target, [FEATURES], clock=at_now)
+    # On the real clock, as Redis expires keys: ten minutes inside FEATURES' TTL, at it and
+    # just past it.
+    ttl_s = FEATURES.ttl.total_seconds()
+    now = time.time()
+    ages_s = {"inside": ttl_s - 600, "at": ttl_s, "past": ttl_s + 1}
+    with closing(SqliteStore(backing_path)) as backing:
+        backing.write(
+            [
+                parse_update(FEATURES, name, now - age, {"tx_count_1h": 1})
+                for name, age in ages_s.items()
+            ]
+        )
+        requests = [ReadRequest(name, FEATURES, ("tx_count_1h",)) for name in ages_s]
+        served = backing.read(requests)
+        assert served == [{"tx_count_1h": 1}, None, None]
+        report = rewarm(backing, target, [FEATURES])
     assert (report.written, report.expired) == (1, 2)
     assert target.read(requests) == served
 
@@ -196,3 +233,15 @@ def test_the_command_refuses_bad_arguments(
 def test_the_command_reports_a_backing_store_it_cannot_open(tmp_path: Path, redis_url: str) -> None:
     where = f"sqlite:{tmp_path / 'missing' / 'backing.sqlite3'}"
     assert run_cli("--backing", where, "--redis-url", redis_url) == 3
+
+
+def test_a_group_redis_cannot_take_is_counted_and_the_rest_rewarmed(
+    backing_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    now = int(time.time())
+    with closing(SqliteStore(backing_path)) as backing:
+        backing.write(held_updates(now, users=3))
+    redis_client.set("user:{u1}:features", "a string")
+    assert run_cli("--backing", f"sqlite:{backing_path}", "--redis-url", redis_url) == 1
+    assert redis_client.get("user:{u1}:features") == b"a string"
+    assert redis_client.hget("user:{u2}:features", "tx_count_1h") == b"2"

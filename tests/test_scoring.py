@@ -75,3 +75,21 @@ def test_a_batch_is_one_round_trip_and_one_model_call(
     assert [s["score"] for s in singles] == [b["score"] for b in batch]
     assert all(b["is_fraud"] == (b["score"] >= trained.threshold) for b in batch)
     assert {b["sources"]["features"] for b in batch} == {"redis"}
+
+
+def test_only_results_a_fault_shaped_say_degraded_and_why(
+    settings: Settings, redis_client: redis.Redis, trained: TrainResult, tmp_path: Path
+) -> None:
+    load_demo_data(settings.redis_url or "", 3, tmp_path)
+    redis_client.delete("user:{u000001}:features")
+    redis_client.set("user:{u000001}:features", "not a hash")
+    requests = [ScoreRequest(f"u{i:06d}", 50.0, NOON) for i in range(3)] + [
+        ScoreRequest("nobody", 50.0, NOON)
+    ]
+    batch, _, _ = score(settings, trained, requests)
+    assert [(b["sources"]["features"], b.get("degraded")) for b in batch] == [
+        ("redis", None),
+        ("unavailable", {"features": "error_reply"}),
+        ("redis", None),
+        ("default", None),
+    ]

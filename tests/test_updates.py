@@ -60,6 +60,9 @@ def test_an_embedding_is_rounded_to_float32() -> None:
         ("features", "u1", NOW, {"last_login_ts": 2**63}, "last_login_ts", "fit in 64 bits"),
         ("features", "u1", NOW, {"credit_score_bucket": 5}, "credit_score_bucket", "above"),
         ("features", "u1", NOW, {"tx_sum_1h": float("inf")}, "tx_sum_1h", "not finite"),
+        ("features", "u1", NOW, {"tx_sum_1h": 10**400}, "tx_sum_1h", "too large"),
+        ("embedding", "u1", NOW, {"embedding": [1e300] * 16}, "embedding", "(float32)"),
+        ("embedding", "u1", NOW, {"embedding": [10**400] * 16}, "embedding", "(float32)"),
         ("embedding", "u1", NOW, {"embedding": [0.0] * 15}, "embedding", "expected 16 values"),
         ("embedding", "u1", NOW, {"embedding": "0 1"}, "embedding", "expected a sequence"),
         ("recent_items", "u1", NOW, {"recent_items": []}, "recent_items", "non-empty list"),
@@ -78,3 +81,18 @@ def test_bad_updates_are_refused_naming_the_field(
     with pytest.raises(InvalidUpdate, match=re.escape(problem)) as refused:
         parse_update(group, entity_id, timestamp, values)
     assert refused.value.field == field
+
+
+def test_event_times_ahead_of_now_beyond_the_clock_skew_are_refused() -> None:
+    now_ms = NOW * 1000
+    on_time = parse_update(
+        FEATURES, "u1", NOW + 300, {"tx_count_1h": 1}, now_ms=now_ms, max_skew_ms=300_000
+    )
+    assert on_time.event_ms == now_ms + 300_000
+    with pytest.raises(InvalidUpdate, match="86,400 s ahead of now; at most 300 s") as refused:
+        parse_update(
+            FEATURES, "u1", NOW + 86400, {"tx_count_1h": 1}, now_ms=now_ms, max_skew_ms=300_000
+        )
+    assert refused.value.field == "event_timestamp"
+    with pytest.raises(InvalidUpdate, match="0 s ahead is accepted"):
+        parse_update(FEATURES, "u1", NOW + 0.001, {"tx_count_1h": 1}, now_ms=now_ms)

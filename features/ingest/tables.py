@@ -1,30 +1,68 @@
 """Reading offline tables (Parquet or CSV) in chunks, with pyarrow, for materialization.
 
 Only the columns asked for are read, chunk by chunk, so a table larger than
-memory streams through.  CSV columns are read as strings and converted per
-value by the caller (a bad cell rejects its row instead of failing the
-file); Parquet columns keep their types.
+memory streams through.  Every data row comes out numbered (1-based, the
+header not counted), so each can be accounted for:
+
+- CSV cells are read as text (as bytes in a column that holds text that is
+  not UTF-8) and converted per value by the caller, so a bad cell (not
+  UTF-8, not a number) rejects its row instead of failing the file.  A line
+  with the wrong number of cells is handed over as a ``MalformedRow``
+  (pyarrow's ``invalid_row_handler``), not raised.  Blank lines are rows
+  too (of empty cells), so row ``n`` is line ``n + 1`` of the file unless a
+  quoted value spans lines.
+- Parquet columns keep their types, except timestamps, which come out as
+  epoch seconds (naive ones read as UTC), so no date beyond Python's range
+  can fail a chunk.
+
+A file that cannot be read any further (truncated, not CSV at all) raises
+``TableError`` from the chunk that could not be read.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-__all__ = ["OfflineTable", "TableError", "open_table"]
+__all__ = ["MalformedRow", "OfflineTable", "TableChunk", "TableError", "open_table"]
 
 TableKind = Literal["parquet", "csv"]
+
+_SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
 class TableError(Exception):
     """The table cannot be read as asked: missing file, unknown format, wrong columns."""
+
+
+@dataclass(frozen=True)
+class MalformedRow:
+    """A CSV line that is not a row of the table (it has the wrong number of cells)."""
+
+    row: int
+    problem: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TableChunk:
+    """Consecutive rows of a table: the readable ones, numbered, and the malformed ones."""
+
+    rows: Sequence[tuple[int, Mapping[str, Any]]]
+    malformed: Sequence[MalformedRow]
+
+    @property
+    def size(self) -> int:
+        """Rows in the chunk, malformed ones included."""
+        return len(self.rows) + len(self.malformed)
 
 
 @dataclass(frozen=True)
@@ -43,27 +81,143 @@ class OfflineTable:
         """The file's size, for progress on CSV."""
         return self.path.stat().st_size
 
-    def batches(self, columns: Sequence[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        """The chosen columns, about ``chunk_rows`` rows at a time."""
+    def chunks(self, columns: Sequence[str], chunk_rows: int) -> Iterator[TableChunk]:
+        """The chosen columns, at most ``chunk_rows`` readable rows a chunk, each row numbered."""
         if self.kind == "parquet":
-            yield from pq.ParquetFile(self.path).iter_batches(
-                batch_size=chunk_rows, columns=list(columns)
+            return self._parquet_chunks(columns, chunk_rows)
+        return self._csv_chunks(columns, chunk_rows)
+
+    def _parquet_chunks(self, columns: Sequence[str], chunk_rows: int) -> Iterator[TableChunk]:
+        next_row = 1
+        batches = pq.ParquetFile(self.path).iter_batches(
+            batch_size=chunk_rows, columns=list(columns)
+        )
+        for batch in _readable(batches, self.path):
+            records = _epoch_seconds(batch).to_pylist()
+            yield TableChunk(list(enumerate(records, start=next_row)), ())
+            next_row += batch.num_rows
+
+    def _csv_chunks(self, columns: Sequence[str], chunk_rows: int) -> Iterator[TableChunk]:
+        pending: list[MalformedRow] = []
+
+        def malformed(row: Any) -> str:
+            pending.append(
+                MalformedRow(
+                    # pyarrow numbers lines when it reads on one thread, as here.
+                    row=row.number - 1 if row.number is not None else 0,
+                    problem=f"expected {row.expected_columns} cells, got {row.actual_columns}",
+                    text=row.text,
+                )
             )
-            return
-        # A block of ~200 bytes a row gives batches near chunk_rows.
-        reader = pa_csv.open_csv(
+            return "skip"
+
+        # One thread, so the handler sees lines in file order, with their numbers.
+        try:
+            reader = self._open_csv(columns, chunk_rows, malformed)
+        except (pa.ArrowException, OSError) as exc:
+            raise TableError(f"{self.path}: cannot be read: {exc}") from exc
+        next_row = 1
+        for batch in _readable(reader, self.path):
+            records = _as_text(batch).to_pylist()
+            numbered, met, next_row = _number_rows(records, pending, next_row)
+            pending = [row for row in pending if row not in met]
+            yield from _split(numbered, met, chunk_rows)
+        if pending:
+            yield TableChunk((), pending)
+
+    def _open_csv(
+        self, columns: Sequence[str], chunk_rows: int, malformed: Callable[[Any], str]
+    ) -> pa_csv.CSVStreamingReader:
+        return pa_csv.open_csv(
             self.path,
-            read_options=pa_csv.ReadOptions(block_size=max(chunk_rows * 200, 1 << 16)),
+            # A block of ~200 bytes a row holds about chunk_rows rows; _split cuts what is more.
+            read_options=pa_csv.ReadOptions(
+                block_size=max(chunk_rows * 200, 1 << 16), use_threads=False
+            ),
+            parse_options=pa_csv.ParseOptions(
+                invalid_row_handler=malformed, ignore_empty_lines=False
+            ),
             convert_options=pa_csv.ConvertOptions(
                 include_columns=list(columns),
-                column_types=dict.fromkeys(columns, pa.string()),
+                column_types=dict.fromkeys(columns, pa.binary()),
                 # Only an empty cell is null: ids like "NA" or "null" stay ids.
                 null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             ),
         )
-        yield from reader
+
+
+def _readable(batches: Iterator[pa.RecordBatch], path: Path) -> Iterator[pa.RecordBatch]:
+    """``batches``, with a read failure raised as ``TableError``."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise TableError(f"{path}: cannot be read further: {exc}") from exc
+        yield batch
+
+
+def _number_rows(
+    records: list[dict[str, Any]], malformed: list[MalformedRow], first: int
+) -> tuple[list[tuple[int, Mapping[str, Any]]], list[MalformedRow], int]:
+    """Number ``records`` from ``first``, leaving out the numbers of malformed rows among them.
+
+    Returns the numbered records, the malformed rows they passed, and the next number.
+    """
+    taken = {row.row for row in malformed}
+    numbered: list[tuple[int, Mapping[str, Any]]] = []
+    number = first
+    for record in records:
+        while number in taken:
+            number += 1
+        numbered.append((number, record))
+        number += 1
+    met = [row for row in malformed if row.row < number or not records]
+    return numbered, met, max([number, *(row.row + 1 for row in met)])
+
+
+def _split(
+    numbered: Sequence[tuple[int, Mapping[str, Any]]],
+    malformed: Sequence[MalformedRow],
+    chunk_rows: int,
+) -> Iterator[TableChunk]:
+    """Chunks of at most ``chunk_rows`` readable rows (a CSV block holds any number of rows),
+    each with the malformed rows numbered before its end."""
+    left = sorted(malformed, key=lambda row: row.row)
+    for start in range(0, len(numbered), chunk_rows):
+        rows = numbered[start : start + chunk_rows]
+        last = start + chunk_rows >= len(numbered)
+        taken = [row for row in left if last or row.row < rows[-1][0]]
+        left = left[len(taken) :]
+        yield TableChunk(rows, taken)
+    if left:
+        yield TableChunk((), left)
+
+
+def _as_text(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with each column that is all UTF-8 as strings; the others stay bytes, so one bad
+    cell rejects its row only."""
+    columns = []
+    for column in batch.columns:
+        try:
+            columns.append(column.cast(pa.string()))
+        except pa.ArrowInvalid:
+            columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _epoch_seconds(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with every timestamp column as float epoch seconds (naive read as UTC)."""
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_timestamp(column.type):
+            as_float = pc.cast(pc.cast(column, pa.int64()), pa.float64(), safe=False)
+            column = pc.divide(as_float, _SECONDS_PER_UNIT[column.type.unit])
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def open_table(path: Path, kind: TableKind | None = None) -> OfflineTable:
@@ -72,10 +226,13 @@ def open_table(path: Path, kind: TableKind | None = None) -> OfflineTable:
         raise TableError(f"{path}: no such file")
     kind = kind or _kind_of(path)
     if kind == "parquet":
-        metadata = pq.ParquetFile(path).metadata
+        try:
+            metadata = pq.ParquetFile(path).metadata
+        except (pa.ArrowException, OSError) as exc:
+            raise TableError(f"{path}: not a readable Parquet file: {exc}") from exc
         names = tuple(metadata.schema.to_arrow_schema().names)
         return OfflineTable(path, kind, names, metadata.num_rows)
-    with path.open(newline="") as handle:
+    with path.open(newline="", errors="replace") as handle:
         header = next(csv.reader(handle), None)
     if not header:
         raise TableError(f"{path}: the CSV file has no header row")

@@ -10,14 +10,19 @@ must have its declared dimension.
 Null policy: a ``None`` value in a hash group means "no new value": that
 field is not written and keeps what Redis holds (or, absent, its training
 default).  An update whose values are all ``None`` is refused.
+
+Event times must lie between 1970 and 2100 and, when the caller says what
+time it is (``now_ms``), no further ahead of now than the allowed clock skew
+(``FEATSERVE_MAX_CLOCK_SKEW_S``): a value dated ahead would outrank every
+real write after it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from features.dtypes import shown_value
 from features.errors import InvalidEntityId, InvalidUpdate
 from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Structure
@@ -31,29 +36,51 @@ MAX_EVENT_TIMESTAMP = 4_102_444_800
 _MAX_MEMBER_LENGTH = 256
 
 
-def event_ms(event_timestamp: Any) -> int:
-    """Epoch milliseconds of an event time given in epoch seconds; ``InvalidUpdate`` otherwise."""
+def event_ms(event_timestamp: Any, now_ms: int | None = None, max_skew_ms: int = 0) -> int:
+    """Epoch milliseconds of an event time given in epoch seconds; ``InvalidUpdate`` otherwise.
+
+    With ``now_ms``, an event time later than ``now_ms + max_skew_ms`` is refused.
+    """
     if not isinstance(event_timestamp, int | float) or isinstance(event_timestamp, bool):
         raise InvalidUpdate(
             "event_timestamp", f"expected epoch seconds, got {type(event_timestamp).__name__}"
         )
-    if not math.isfinite(event_timestamp) or not 0 <= event_timestamp <= MAX_EVENT_TIMESTAMP:
+    # No math.isfinite, which raises OverflowError for an int too large for a float:
+    # NaN and the infinities fail the range check anyway.
+    if not 0 <= event_timestamp <= MAX_EVENT_TIMESTAMP:
         raise InvalidUpdate(
             "event_timestamp",
-            f"{event_timestamp!r} is not epoch seconds between 0 and {MAX_EVENT_TIMESTAMP}",
+            f"{shown_value(event_timestamp)} is not epoch seconds "
+            f"between 0 and {MAX_EVENT_TIMESTAMP}",
         )
-    return round(event_timestamp * 1000)
+    when = round(event_timestamp * 1000)
+    if now_ms is not None and when > now_ms + max_skew_ms:
+        raise InvalidUpdate(
+            "event_timestamp",
+            f"{event_timestamp!r} is {(when - now_ms) / 1000:,.0f} s ahead of now; at most "
+            f"{max_skew_ms / 1000:,.0f} s ahead is accepted (FEATSERVE_MAX_CLOCK_SKEW_S)",
+        )
+    return when
 
 
 def parse_update(
-    group: FeatureGroup, entity_id: Any, event_timestamp: Any, values: Mapping[str, Any]
+    group: FeatureGroup,
+    entity_id: Any,
+    event_timestamp: Any,
+    values: Mapping[str, Any],
+    *,
+    now_ms: int | None = None,
+    max_skew_ms: int = 0,
 ) -> FeatureUpdate:
-    """A validated update of ``group`` for one entity; ``InvalidUpdate`` names what is wrong."""
+    """A validated update of ``group`` for one entity; ``InvalidUpdate`` names what is wrong.
+
+    ``now_ms`` and ``max_skew_ms``: see ``event_ms``.
+    """
     try:
         entity_id = validate_entity_id(entity_id)
     except InvalidEntityId as exc:
         raise InvalidUpdate("entity_id", str(exc)) from None
-    when = event_ms(event_timestamp)
+    when = event_ms(event_timestamp, now_ms, max_skew_ms)
     if not isinstance(values, Mapping) or not values:
         raise InvalidUpdate("values", "expected a non-empty object of feature values")
     unknown = sorted(name for name in values if name not in group.by_name)
@@ -85,7 +112,7 @@ def _hash_values(group: FeatureGroup, values: Mapping[str, Any]) -> dict[str, An
         try:
             normalized = feature.dtype.normalize(value, feature.dim)
         except (TypeError, ValueError) as exc:
-            raise InvalidUpdate(name, f"{value!r}: {exc}") from None
+            raise InvalidUpdate(name, f"{shown_value(value)}: {exc}") from None
         problem = feature.out_of_range(normalized)
         if problem:
             raise InvalidUpdate(name, problem)
@@ -104,6 +131,7 @@ def _members(name: str, items: Any, when: int) -> dict[str, float]:
     for item in items:
         if not isinstance(item, str) or not item or len(item) > _MAX_MEMBER_LENGTH:
             raise InvalidUpdate(
-                name, f"item {item!r} is not a string of 1-{_MAX_MEMBER_LENGTH} characters"
+                name,
+                f"item {shown_value(item)} is not a string of 1-{_MAX_MEMBER_LENGTH} characters",
             )
     return dict.fromkeys(items, when / 1000)

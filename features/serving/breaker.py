@@ -7,6 +7,13 @@ its failure opens it again).  ``trip`` opens it directly, which the Redis
 tier uses when its connection pool is nearly exhausted, so requests are
 shed instead of queued.
 
+Every call that ``allow`` lets through carries a ``Permit`` and reports back
+with it.  Only the probe's report decides an open breaker: calls let through
+before it opened (still in flight when it tripped) change nothing when they
+end, whether they succeed or fail, so a pool-saturation trip is not undone by
+the very reads that filled the pool, and a store that fails part of the time
+does not flap between open and closed with every answer.
+
 Why not pybreaker or purgatory: pybreaker awaits coroutines only through
 Tornado, purgatory looks a breaker up through a message bus on every call
 (too slow for a path measured in microseconds), and neither takes an
@@ -17,9 +24,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["BreakerState", "CircuitBreaker"]
+__all__ = ["BreakerState", "CircuitBreaker", "Permit"]
 
 
 class BreakerState(StrEnum):
@@ -28,6 +36,16 @@ class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """What ``allow`` hands a call it lets through; the call reports back with it."""
+
+    trips: int
+    """How many times the breaker had opened when the call was let through."""
+    probe: bool
+    """Whether the call is the half-open probe."""
 
 
 class CircuitBreaker:
@@ -45,10 +63,30 @@ class CircuitBreaker:
         self._reset_timeout_s = reset_timeout_s
         self._clock = clock
         self._failures = 0
+        self._trips = 0
         self._opened_at: float | None = None
         self._probe_started: float | None = None
         self.reason = ""
-        """Why the breaker last opened, for people reading the status page."""
+        """Why the breaker last opened, a short category (``timeout``, ``deadline``, ...) that
+        the status page shows to anyone: never a host, a port or a store's error text."""
+        self.last_failure = ""
+        """The last failure any call reported, whatever the state."""
+        self.last_failure_at: float | None = None
+        """When (``clock`` time) ``last_failure`` was reported."""
+        self.last_success_at: float | None = None
+        """When (``clock`` time) a call last reported success."""
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last call to report back failed (no success since the last failure)."""
+        if self.last_failure_at is None:
+            return False
+        return self.last_success_at is None or self.last_failure_at >= self.last_success_at
+
+    @property
+    def last_failure_age_s(self) -> float | None:
+        """Seconds since ``last_failure`` was reported, or ``None``."""
+        return None if self.last_failure_at is None else self._clock() - self.last_failure_at
 
     @property
     def state(self) -> BreakerState:
@@ -59,15 +97,18 @@ class CircuitBreaker:
             return BreakerState.OPEN
         return BreakerState.HALF_OPEN
 
-    def allow(self) -> bool:
-        """Whether a call may go to the store now; a half-open breaker lets one probe through."""
+    def allow(self) -> Permit | None:
+        """A permit if a call may go to the store now, else ``None``.
+
+        A half-open breaker lets one probe through at a time.
+        """
         state = self.state
         if state is BreakerState.CLOSED:
-            return True
+            return Permit(self._trips, probe=False)
         if state is BreakerState.OPEN or self._probe_in_flight():
-            return False
+            return None
         self._probe_started = self._clock()
-        return True
+        return Permit(self._trips, probe=True)
 
     def _probe_in_flight(self) -> bool:
         # A probe that never reported back (its caller was cancelled) expires like an open state.
@@ -76,20 +117,35 @@ class CircuitBreaker:
             and self._clock() - self._probe_started < self._reset_timeout_s
         )
 
-    def record_success(self) -> None:
-        """The store answered: close the breaker."""
+    def _current(self, permit: Permit) -> bool:
+        """Whether ``permit`` may still move the breaker: let through since the last trip,
+        and, while the breaker is open, the probe itself."""
+        if permit.trips != self._trips:
+            return False
+        return self._opened_at is None or (permit.probe and self._probe_started is not None)
+
+    def record_success(self, permit: Permit) -> None:
+        """The call ``permit`` let through was answered: reset the count, or close after a probe."""
+        self.last_success_at = self._clock()
+        if not self._current(permit):
+            return
         self._failures = 0
         self._opened_at = None
         self._probe_started = None
 
-    def record_failure(self, reason: str) -> None:
-        """The store failed: count it, and open the breaker at the threshold or after a probe."""
+    def record_failure(self, permit: Permit, reason: str) -> None:
+        """The call failed: count it; open at the threshold, or again after a failed probe."""
+        self.last_failure = reason
+        self.last_failure_at = self._clock()
+        if not self._current(permit):
+            return
         self._failures += 1
-        if self._probe_started is not None or self._failures >= self._failure_threshold:
+        if permit.probe or self._failures >= self._failure_threshold:
             self.trip(reason)
 
     def trip(self, reason: str) -> None:
-        """Open the breaker now, for ``reset_timeout_s``."""
+        """Open the breaker now, for ``reset_timeout_s``; calls in flight no longer count."""
         self._opened_at = self._clock()
         self._probe_started = None
+        self._trips += 1
         self.reason = reason

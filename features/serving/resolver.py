@@ -6,17 +6,30 @@ its declared type, and says where the values came from:
 - ``cache``: the in-process cache answered; no store was asked.
 - ``redis``: Redis held the group (one pipelined round trip for all misses).
 - ``backing``: Redis lacked it or failed, and the backing store held it.
-- ``stale``: the stores failed; the last value this process saw, younger
-  than the group's freshness window, with its age.
-- ``default``: nobody holds the entity, or everything failed: the training
-  defaults.
+- ``stale``: a store failed; the last value this process saw, younger than
+  the group's freshness window, with its age.
+- ``default``: every store was asked and answered, and none holds the
+  entity: the training defaults, a real "no data" answer.
+- ``unavailable``: a store could not be asked or did not answer, and nothing
+  else stood in: the training defaults in place of a fault.
+
+When a fault shaped the answer (``stale``, ``unavailable``, or ``backing``
+because Redis failed) the group also carries a ``Degraded`` reason: the first
+failure met on the way (``breaker_open``, ``deadline``, ``store_error``,
+``error_reply``).  A store may fail some keys of a read only (``FailedRead``):
+a key answered with an error, or, on a Redis Cluster, the keys of a node that
+is down, too slow or skipped by its own breaker; only those groups fall back,
+with the reason the store gave.  Only answers no fault shaped are cached.
 
 Fields a store lacked are filled from the defaults and listed in
-``defaulted``.  Each store sits behind a circuit breaker; the whole fetch
-runs under one deadline (``deadline_s``), and when it passes the resolver
-answers with what it has.  A store error never escapes ``resolve``; it is
-logged once per burst.  Stage times go into the caller's ``StageTimer``:
-``cache``, then whatever the stores record (``redis``, ``decode``, ...).
+``defaulted``.  Each store sits behind a circuit breaker.  The stores share
+one deadline (``deadline_s``, less ``TIMER_SLACK_S``) that starts when the
+resolver sends its first store read, after the cache lookups; it bounds how
+long the resolver waits for replies, and a reply that has reached the worker
+by then is used however late the worker gets to it (``features.deadline``).
+A store error never escapes ``resolve``; it is logged once per burst, with
+the error.  Stage times go into the caller's ``StageTimer``: ``cache``, then
+whatever the stores record (``redis``, ``decode``, ...).
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from features.burst_log import BurstLog
+from features.deadline import ReplyDeadline
 from features.errors import StoreError
 from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Registry
@@ -37,7 +51,8 @@ from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache, SingleFlight
 from features.stores.base import (
     AsyncOnlineStore,
-    ReadFailed,
+    FailedRead,
+    ReadAnswer,
     ReadRequest,
     StoredRow,
     StoredValues,
@@ -46,6 +61,7 @@ from features.timing import StageTimer
 
 __all__ = [
     "CachedGroup",
+    "Degraded",
     "EntityFeatures",
     "GroupResult",
     "ResolvedBatch",
@@ -59,9 +75,6 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 0.010
 """The feature budget of the fraud profile: 10 ms."""
-
-LOOP_LAG_S = 0.002
-"""A deadline that fires later than this was held up by a busy event loop, not by the store."""
 
 TIMER_SLACK_S = 0.002
 """How much earlier than the deadline a store read is abandoned: event-loop timers (libuv's
@@ -83,6 +96,22 @@ class Source(StrEnum):
     BACKING = "backing"
     STALE = "stale"
     DEFAULT = "default"
+    UNAVAILABLE = "unavailable"
+
+
+class Degraded(StrEnum):
+    """Why a fault shaped a group's answer: the first failure the resolver met for it."""
+
+    BREAKER_OPEN = "breaker_open"
+    """A store was skipped: its breaker was open (failures, or its pool nearly exhausted)."""
+    DEADLINE = "deadline"
+    """A store had not answered when the deadline passed, or no time was left to ask it."""
+    STORE_ERROR = "store_error"
+    """A store failed the whole read: refused or dropped connection, its own timeout."""
+    ERROR_REPLY = "error_reply"
+    """The store answered this key with an error (``NOPERM``, ``WRONGTYPE``, ``LOADING``...)."""
+    ABANDONED = "abandoned"
+    """The request that was fetching this key for everyone was cancelled mid-read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +125,8 @@ class GroupResult:
     """Features filled from training defaults (absent, invalid, or the store failed)."""
     age_s: float | None = None
     """For ``stale`` results: seconds since the values were read from a store."""
+    degraded: Degraded | None = None
+    """Why a fault shaped this answer; ``None`` when none did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +158,8 @@ class ResolvedGroup:
     sources: tuple[Source, ...]
     stale_ages_s: tuple[float | None, ...]
     """Per entity: for ``stale`` values, seconds since they were read from a store."""
+    degraded: tuple[Degraded | None, ...]
+    """Per entity: why a fault shaped the answer, or ``None``."""
 
     def columns(self) -> dict[str, tuple[Any, ...]]:
         """Each field's values across the batch, by name."""
@@ -137,7 +170,13 @@ class ResolvedGroup:
     def result(self, row: int) -> GroupResult:
         """Entity ``row``'s values as a ``GroupResult``."""
         values = MappingProxyType(dict(zip(self.fields, self.values[row], strict=True)))
-        return GroupResult(values, self.sources[row], self.defaulted[row], self.stale_ages_s[row])
+        return GroupResult(
+            values,
+            self.sources[row],
+            self.defaulted[row],
+            self.stale_ages_s[row],
+            self.degraded[row],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +200,11 @@ class ResolvedBatch:
 _CacheKey = tuple[str, str, str, tuple[str, ...]]
 """(entity type, entity id, group, requested fields)."""
 
-_Slot = tuple[tuple[Any, ...], tuple[str, ...], Source, float | None]
-"""One (entity, group) while resolving: values, defaulted names, source, stale age."""
+_Slot = tuple[tuple[Any, ...], tuple[str, ...], Source, float | None, Degraded | None]
+"""One (entity, group) while resolving: values, defaulted names, source, stale age, and
+why a fault shaped it.  Only slots with no such reason are cached."""
 
-_Fetched = tuple[_Slot, bool]
-"""What one fetch produced for one key, and whether the cache should keep it."""
-
-_FROM_CACHE = (Source.CACHE, None)
+_FROM_CACHE = (Source.CACHE, None, None)
 
 
 @dataclass(frozen=True)
@@ -181,6 +218,14 @@ class Tier:
     """True when the store should be spared (its pool over 80 % in use): trips the breaker."""
 
 
+@dataclass(frozen=True, slots=True)
+class _TierAnswer:
+    """One tier's answers to a read, or why it gave none."""
+
+    answers: Sequence[ReadAnswer] | None
+    failure: Degraded | None
+
+
 class Resolver:
     """Resolves feature groups of many entities: one round trip per store, on a deadline."""
 
@@ -191,14 +236,12 @@ class Resolver:
         cache: FeatureCache[CachedGroup],
         deadline_s: float = DEFAULT_DEADLINE_S,
         error_log: BurstLog | None = None,
-        loop_lag_s: float = LOOP_LAG_S,
     ) -> None:
         self._registry = registry
         self._tiers = tuple(tiers)
         self._cache = cache
         self._deadline_s = deadline_s
         self._slack_s = min(TIMER_SLACK_S, deadline_s * SLACK_SHARE)
-        self._loop_lag_s = loop_lag_s
         self._in_flight: SingleFlight[_Slot] = SingleFlight()
         self._error_log = error_log or BurstLog(_log)
 
@@ -243,8 +286,8 @@ class Resolver:
         """Features of each entity, group by group, in the order of ``entity_ids``.
 
         ``selection`` comes from ``selection()``; build it once and reuse it.
-        Ids are validated first (``InvalidEntityId``); store errors are
-        absorbed into ``default`` sources.
+        Ids are validated first (``InvalidEntityId``); store failures are
+        absorbed into ``stale`` or ``unavailable`` sources with their reason.
         """
         timer = timer or StageTimer()
         requests = [
@@ -292,86 +335,113 @@ class Resolver:
         self, requests: list[ReadRequest], keys: list[_CacheKey], timer: StageTimer
     ) -> list[_Slot]:
         """Ask each tier for what is missing, then stale values or defaults; settle waiters."""
-        outcomes: list[_Fetched | None] = [None] * len(requests)
+        slots: list[_Slot | None] = [None] * len(requests)
         try:
-            pending, failed, failed_requests = await self._ask_tiers(requests, outcomes, timer)
+            pending, failures = await self._ask_tiers(requests, slots, timer)
             for index in pending:
-                outcomes[index] = _fallback(
-                    requests[index], keys[index], self._cache, failed or index in failed_requests
-                )
-            if None in outcomes:  # every request gets a tier's answer or a fallback
+                slots[index] = _fallback(requests[index], keys[index], self._cache, failures[index])
+            if None in slots:  # every request gets a tier's answer or a fallback
                 raise AssertionError("unresolved feature group")
-            done = cast(list[_Fetched], outcomes)
-            for key, (slot, keep) in zip(keys, done, strict=True):
-                if keep:
+            done = cast(list[_Slot], slots)
+            for key, slot in zip(keys, done, strict=True):
+                if slot[4] is None:
                     self._cache.put(key, slot[:2])
-            return [slot for slot, _ in done]
+            return done
         finally:
             # Waiters are released even when this task is cancelled mid-read.
-            for request, key, maybe in zip(requests, keys, outcomes, strict=True):
-                slot = _defaults(request) if maybe is None else maybe[0]
-                self._in_flight.settle(key, slot)
+            for request, key, maybe in zip(requests, keys, slots, strict=True):
+                self._in_flight.settle(
+                    key, _unanswered(request, Degraded.ABANDONED) if maybe is None else maybe
+                )
 
     async def _ask_tiers(
-        self, requests: list[ReadRequest], outcomes: list[_Fetched | None], timer: StageTimer
-    ) -> tuple[list[int], bool, set[int]]:
-        """Fill ``outcomes`` from the stores; return what is missing, whether a store failed,
-        and which requests a store answered with ``ReadFailed``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._deadline_s
+        self, requests: list[ReadRequest], slots: list[_Slot | None], timer: StageTimer
+    ) -> tuple[list[int], list[Degraded | None]]:
+        """Fill ``slots`` from the stores; return what is still missing and, per request,
+        the first failure met on its way (``None``: every store asked answered)."""
+        deadline = asyncio.get_running_loop().time() + self._deadline_s - self._slack_s
         pending = list(range(len(requests)))
-        failed = False
-        failed_requests: set[int] = set()
+        failures: list[Degraded | None] = [None] * len(requests)
         for tier in self._tiers:
             if not pending:
                 break
-            if tier.saturated():
-                tier.breaker.trip("connection pool over 80 % in use")
-            remaining = deadline - loop.time() - self._slack_s
-            if remaining <= 0 or not tier.breaker.allow():
-                failed = True
+            asked = await self._ask(tier, [requests[index] for index in pending], deadline, timer)
+            if asked.answers is None:
+                for index in pending:
+                    failures[index] = failures[index] or asked.failure
                 continue
-            batch = [requests[index] for index in pending]
-            expires = loop.time() + remaining
-            try:
-                async with asyncio.timeout_at(expires):
-                    stored = await tier.store.read(batch, timer)
-            except StoreError as exc:
-                tier.breaker.record_failure(str(exc))
-                self._error_log.error(f"{tier.source} read failed; falling back", exc)
-                failed = True
-                continue
-            except TimeoutError:
-                # Expiring late means the event loop was busy (a saturated worker), not
-                # that the store was slow: falling back is right, blaming the store is not.
-                if loop.time() - expires < self._loop_lag_s:
-                    reason = f"no answer within the {self._deadline_s * 1000:g} ms deadline"
-                    tier.breaker.record_failure(reason)
-                    self._error_log.error(f"{tier.source} read missed the deadline; falling back")
-                failed = True
-                continue
-            # The store answered, even if some of its servers did not (``ReadFailed``): those
-            # servers are the store's to skip, and the others stay in use.
-            tier.breaker.record_success()
             still_missing = []
-            for index, values in zip(pending, stored, strict=True):
-                if values is None:
+            for index, answer in zip(pending, asked.answers, strict=True):
+                if answer is None:
                     still_missing.append(index)
-                elif isinstance(values, ReadFailed):
+                elif type(answer) is FailedRead:
+                    failures[index] = failures[index] or Degraded(answer.reason)
                     still_missing.append(index)
-                    failed_requests.add(index)
                 else:
-                    outcomes[index] = _from_store(requests[index], values, tier.source)
+                    slots[index] = _from_store(
+                        requests[index], cast(StoredValues, answer), tier.source, failures[index]
+                    )
             pending = still_missing
-        return pending, failed, failed_requests
+        return pending, failures
+
+    async def _ask(
+        self, tier: Tier, batch: list[ReadRequest], deadline: float, timer: StageTimer
+    ) -> _TierAnswer:
+        """One tier's answers to ``batch`` within ``deadline``; failures go to its breaker."""
+        if tier.saturated():
+            tier.breaker.trip("pool_saturated")
+        if asyncio.get_running_loop().time() >= deadline:
+            return _TierAnswer(None, Degraded.DEADLINE)
+        permit = tier.breaker.allow()
+        if permit is None:
+            return _TierAnswer(None, Degraded.BREAKER_OPEN)
+        try:
+            async with ReplyDeadline(deadline):
+                answers = await tier.store.read(batch, timer)
+        except StoreError as exc:
+            tier.breaker.record_failure(permit, exc.reason)
+            self._error_log.error(f"{tier.source} read failed; falling back", exc)
+            return _TierAnswer(None, Degraded.STORE_ERROR)
+        except TimeoutError:
+            tier.breaker.record_failure(permit, "deadline")
+            self._error_log.error(
+                f"{tier.source} read got no reply within the {self._deadline_s * 1000:g} ms "
+                "feature deadline; falling back"
+            )
+            return _TierAnswer(None, Degraded.DEADLINE)
+        # A server of the store that failed (a cluster node: ``FailedRead.server_failed``)
+        # costs only its own keys and is the store's own breakers' business: the store
+        # answered, so the tier counts a success, and one node down never opens the
+        # breaker of every node's entities.  Error replies count against the tier.
+        refused = [
+            answer for answer in answers if type(answer) is FailedRead and not answer.server_failed
+        ]
+        if refused:
+            error = refused[0].error
+            # The reply's error code (NOPERM, WRONGTYPE, ...) says what is wrong without
+            # the rest of its text, which may name keys: the status page shows the reason.
+            tier.breaker.record_failure(permit, f"error_reply {error.split(' ', 1)[0]}")
+            self._error_log.error(
+                f"{tier.source} answered {len(refused)} of {len(batch)} keys with an error "
+                f"reply; falling back for those: {error}"
+            )
+        else:
+            tier.breaker.record_success(permit)
+        return _TierAnswer(answers, None)
 
 
 def _resolved_group(
     group: FeatureGroup, fields: tuple[str, ...], slots: list[_Slot]
 ) -> ResolvedGroup:
     """The group's slots, one per entity, turned into parallel tuples."""
-    values, defaulted, sources, ages = tuple(zip(*slots, strict=True)) or ((), (), (), ())
-    return ResolvedGroup(group, fields, values, defaulted, sources, ages)
+    values, defaulted, sources, ages, degraded = tuple(zip(*slots, strict=True)) or (
+        (),
+        (),
+        (),
+        (),
+        (),
+    )
+    return ResolvedGroup(group, fields, values, defaulted, sources, ages, degraded)
 
 
 def _cache_key(request: ReadRequest) -> _CacheKey:
@@ -379,40 +449,48 @@ def _cache_key(request: ReadRequest) -> _CacheKey:
     return (group.entity.name, request.entity_id, group.name, request.fields)
 
 
-def _defaults(request: ReadRequest) -> _Slot:
-    """Every requested field at its training default."""
+def _default_values(request: ReadRequest) -> tuple[Any, ...]:
     by_name = request.group.by_name
-    values = tuple(by_name[name].default for name in request.fields)
-    return values, request.fields, Source.DEFAULT, None
+    return tuple(by_name[name].default for name in request.fields)
+
+
+def _unanswered(request: ReadRequest, failure: Degraded) -> _Slot:
+    """The training defaults standing in for a fault."""
+    return _default_values(request), request.fields, Source.UNAVAILABLE, None, failure
 
 
 def _fallback(
-    request: ReadRequest, key: _CacheKey, cache: FeatureCache[CachedGroup], failed: bool
-) -> _Fetched:
-    """No store had it: a recent stale value if a store failed, else the defaults."""
-    if failed:
-        known = cache.get_stale(key)
-        if known is not None and known[1] <= request.group.freshness.total_seconds():
-            (values, defaulted), age_s = known
-            return (values, defaulted, Source.STALE, age_s), False
-        return _defaults(request), False
-    # Every store answered that it holds nothing: remember that, briefly.
-    return _defaults(request), True
+    request: ReadRequest, key: _CacheKey, cache: FeatureCache[CachedGroup], failure: Degraded | None
+) -> _Slot:
+    """No store had it: defaults if every store said so, else a recent stale value or
+    defaults standing in for the fault."""
+    if failure is None:
+        return _default_values(request), request.fields, Source.DEFAULT, None, None
+    known = cache.get_stale(key)
+    if known is not None and known[1] <= request.group.freshness.total_seconds():
+        (values, defaulted), age_s = known
+        return values, defaulted, Source.STALE, age_s, failure
+    return _unanswered(request, failure)
 
 
-def _from_store(request: ReadRequest, stored: StoredValues, source: Source) -> _Fetched:
-    """Every requested field: the stored value where valid, else the training default."""
+def _from_store(
+    request: ReadRequest, stored: StoredValues, source: Source, failure: Degraded | None
+) -> _Slot:
+    """Every requested field: the stored value where valid, else the training default.
+
+    ``failure`` is what kept an earlier store from answering, if anything.
+    """
     fields = request.fields
     if type(stored) is StoredRow and stored.fields == fields:
         values = stored.in_order
     else:
         values = tuple(map(stored.get, fields))
     if None not in values:
-        return (values, (), source, None), True
+        return values, (), source, None, failure
     by_name = request.group.by_name
     defaulted = tuple(name for name, value in zip(fields, values, strict=True) if value is None)
     filled = tuple(
         by_name[name].default if value is None else value
         for name, value in zip(fields, values, strict=True)
     )
-    return (filled, defaulted, source, None), True
+    return filled, defaulted, source, None, failure

@@ -1,34 +1,35 @@
-"""What every persistent backing store shares: the held form, the ordering rule, the async facade.
+"""What every persistent backing store shares: the held form, the merge rule, the async facade.
 
 A backing store (tier 3 of the read path) keeps one record per entity group,
-keyed by the Redis key string (``features.keys.feature_key``): the event
-time of the values and the values themselves.  It answers ``read`` exactly
-as the Redis store does for the same writes, so the resolver cannot tell
-them apart, and it applies Redis' ordering rule (``held_after_write``):
+keyed by the Redis key string (``features.keys.feature_key``): the values,
+their event times, and the newest of those.  It answers ``read`` exactly as
+the Redis store does for the same writes, so the resolver cannot tell them
+apart, and it merges writes by Redis' rule (``held_after_write``, the same
+rule as the scripts in ``redis_scripts``):
 
-- hash: an update older than the held event is skipped; an equal one is
-  re-applied; fields the update lacks keep their held values.
+- hash: field by field, a value lands unless the field holds a newer one (an
+  equal one is written again); fields the update lacks keep their values.
 - string: the same, the vector replaced whole.
-- sorted set: never skipped, like ``ZADD GT``: members merge keeping the
-  higher score, the newest ``top_n`` are kept, the event time is the newest
-  seen.
+- sorted set: like ``ZADD GT``: members merge keeping the higher score, the
+  newest ``top_n`` are kept.
 
-A group whose event time is older than its TTL (``FeatureGroup.ttl``) has
-expired: ``is_live`` is the one rule, live iff ``event_ms + ttl_ms >
+A group whose newest event time is older than its TTL (``FeatureGroup.ttl``)
+has expired: ``is_live`` is the one rule, live iff ``event_ms + ttl_ms >
 now_ms``, with ``now_ms`` from the store's injectable clock (``time.time``
-unless a test pins it).  An expired group counts as absent, as a key Redis
-has expired does: for reads (``read_held`` says ``None``, so the resolver falls
-through to stale values and defaults) and for writes (``held_after_write`` neither
-merges into it nor skips an update as older than it).  Redis counts a key's
-TTL from the write, not the event, so it can keep a backfilled group longer.
-Stores keep expired records until a write replaces them (or DynamoDB's own
-TTL deletes them, see ``dynamodb``); ``scan`` yields them, and ``featserve
-rewarm`` skips them by the same rule.
+unless a test pins it).  Redis applies the same rule, ``PEXPIREAT`` the
+newest event time plus the TTL.  An expired group counts as absent, as a key
+Redis has expired: for reads (``read_held`` says ``None``, so the resolver
+falls through to stale values and defaults) and for writes
+(``held_after_write`` neither merges into it nor skips an update as older
+than it).  Stores keep expired records until a write replaces them (or
+DynamoDB's own TTL deletes them, see ``dynamodb``); ``scan`` yields them, and
+``featserve rewarm`` skips them by the same rule.
 
 Values are held in their normalized Python form (``HeldGroup``); each store
 encodes that to its own storage form and passes what it reads back through
 ``checked_values``, which leaves out (and logs) values the registry no
-longer accepts, as the Redis store does.
+longer accepts, as the Redis store does.  A record a store cannot decode at
+all (``UnreadableRecord``) reads as absent and refuses writes to its key.
 
 ``AsyncBackingStore`` runs a blocking store on worker threads of its own,
 so the event loop never waits on disk or on the network.
@@ -41,14 +42,21 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from features.burst_log import BurstLog
 from features.errors import StoreUnavailable
 from features.registry import FeatureGroup, Structure
-from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
+from features.stores.base import (
+    FeatureUpdate,
+    ReadRequest,
+    StoredValues,
+    WriteOutcome,
+    newest_members,
+)
 from features.timing import StageTimer
 
 __all__ = [
@@ -56,14 +64,18 @@ __all__ = [
     "BackingStore",
     "Clock",
     "HeldGroup",
+    "Merged",
+    "UnreadableRecord",
+    "as_held",
+    "as_update",
     "checked_values",
     "entity_id_of",
     "epoch_ms",
     "expires_at_ms",
     "group_label",
     "held_after_write",
+    "held_group",
     "is_live",
-    "merge_members",
     "oldest_live_ms",
     "read_held",
     "unexpired",
@@ -84,10 +96,53 @@ class HeldGroup:
 
     ``values`` has the shape of ``FeatureUpdate.values``: feature -> value for
     a hash, member -> score for a sorted set, feature -> vector for a string.
+    ``event_ms`` is the newest event time held; ``value_ms`` the event time of
+    each hash value older than that (``held_group`` builds it in this form).
     """
 
     event_ms: int
     values: Mapping[str, Any]
+    value_ms: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def ms_of(self, name: str) -> int:
+        """The event time of the value ``name``."""
+        return self.value_ms.get(name, self.event_ms)
+
+
+def held_group(values: Mapping[str, Any], times: Mapping[str, int]) -> HeldGroup:
+    """``values`` held at ``times`` (one per value), in ``HeldGroup``'s compact form."""
+    newest = max(times.values())
+    older = {name: at for name, at in times.items() if at != newest}
+    return HeldGroup(newest, dict(values), MappingProxyType(older))
+
+
+def as_held(update: FeatureUpdate) -> HeldGroup:
+    """What a store holds after ``update`` when it held nothing of its group."""
+    return HeldGroup(update.event_ms, dict(update.values), update.value_ms)
+
+
+def as_update(entity_id: str, group: FeatureGroup, held: HeldGroup) -> FeatureUpdate:
+    """``held`` as an update that writes it, each value at its own event time."""
+    return FeatureUpdate(entity_id, group, held.event_ms, held.values, held.value_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """An update merged into what a store holds."""
+
+    after: HeldGroup | None
+    """What to hold now; ``None`` when nothing landed, so what is held stays."""
+    landed: frozenset[str]
+    """The names (fields, members, the string's feature) of the update now held."""
+
+    @property
+    def outcome(self) -> WriteOutcome:
+        """The update's ``WriteOutcome``."""
+        return WriteOutcome(self.landed)
+
+
+class UnreadableRecord(ValueError):
+    """A stored record that cannot be decoded (not JSON, an event time that is no number, ...)."""
 
 
 class BackingStore(Protocol):
@@ -99,12 +154,15 @@ class BackingStore(Protocol):
         """See ``OnlineStore.read``; an expired group reads as ``None`` (``read_held``)."""
         ...
 
-    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """See ``OnlineStore.write``; ``held_after_write`` is the ordering rule."""
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
+        """See ``OnlineStore.write``; ``held_after_write`` is the merge rule."""
         ...
 
     def scan(self, group: FeatureGroup) -> Iterator[FeatureUpdate]:
-        """Every entity group of ``group`` held, expired or not, at its held event time."""
+        """Every entity group of ``group`` held, expired or not, each value at its event time.
+
+        Records that cannot be decoded are logged and left out.
+        """
         ...
 
     def close(self) -> None:
@@ -163,39 +221,46 @@ def unexpired(group: FeatureGroup, held: HeldGroup | None, now_ms: int) -> HeldG
     return held
 
 
-def held_after_write(
-    held: HeldGroup | None, update: FeatureUpdate, now_ms: int
-) -> HeldGroup | None:
-    """What to hold after ``update`` at ``now_ms``, or ``None`` when it is older than ``held``.
+def held_after_write(held: HeldGroup | None, update: FeatureUpdate, now_ms: int) -> Merged:
+    """``update`` merged into ``held`` at ``now_ms``, value by value; see the module docstring.
 
     An expired ``held`` counts as absent: the update replaces it whole.
     """
     group = update.group
     held = unexpired(group, held, now_ms)
     if group.structure is Structure.SORTED_SET:
-        return merge_members(held, update)
+        return _merge_members(held, update)
     if held is None:
-        return HeldGroup(update.event_ms, dict(update.values))
-    if held.event_ms > update.event_ms:
-        return None
-    if group.structure is Structure.HASH:
-        return HeldGroup(update.event_ms, {**held.values, **update.values})
-    return HeldGroup(update.event_ms, dict(update.values))
+        return Merged(as_held(update), frozenset(update.values))
+    if group.structure is Structure.STRING:
+        if held.event_ms > update.event_ms:
+            return Merged(None, frozenset())
+        return Merged(as_held(update), frozenset(update.values))
+    values = dict(held.values)
+    times = {name: held.ms_of(name) for name in values}
+    landed = set()
+    for name, value in update.values.items():
+        at = update.ms_of(name)
+        if name not in times or at >= times[name]:
+            values[name] = value
+            times[name] = at
+            landed.add(name)
+    if not landed:
+        return Merged(None, frozenset())
+    return Merged(held_group(values, times), frozenset(landed))
 
 
-def merge_members(held: HeldGroup | None, update: FeatureUpdate) -> HeldGroup:
+def _merge_members(held: HeldGroup | None, update: FeatureUpdate) -> Merged:
     """A sorted set after ``update``: the higher score per member, the newest ``top_n`` kept."""
     members = dict(held.values) if held else {}
     for member, score in update.values.items():
         members[member] = max(score, members.get(member, score))
-    kept = _newest_first(members)[: update.group.top_n or 1]
+    kept = {member: members[member] for member in newest_members(members, update.group.top_n or 1)}
+    landed = frozenset(m for m, score in update.values.items() if kept.get(m) == score)
+    if not landed:
+        return Merged(None, frozenset())
     event_ms = max(held.event_ms, update.event_ms) if held else update.event_ms
-    return HeldGroup(event_ms, {member: members[member] for member in kept})
-
-
-def _newest_first(members: Mapping[str, float]) -> list[str]:
-    """Members by score, highest first; ties by member, descending, as ``ZREVRANGE`` orders."""
-    return sorted(members, key=lambda member: (members[member], member), reverse=True)
+    return Merged(HeldGroup(event_ms, kept), landed)
 
 
 def read_held(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> StoredValues | None:
@@ -212,7 +277,7 @@ def read_held(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> Stor
         return found or None
     feature = group.features[0]
     if group.structure is Structure.SORTED_SET:
-        members = tuple(_newest_first(held.values)[: group.top_n or 1])
+        members = tuple(newest_members(held.values, group.top_n or 1))
         return {feature.name: members} if members else None
     vector = held.values.get(feature.name)
     return None if vector is None else {feature.name: vector}
@@ -288,7 +353,7 @@ class AsyncBackingStore:
         with timer.stage("backing"):
             return await self._run(self._store.read, requests, None)
 
-    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
         """See ``OnlineStore.write``; runs on the store's worker thread."""
         return await self._run(self._store.write, updates)
 

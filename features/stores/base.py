@@ -3,30 +3,36 @@
 A store answers reads for many (entity, group) pairs at once and writes
 rows with their TTL; the resolver never knows which store it talks to.
 
-A read answers every request or raises ``StoreError`` for all of them, with
-one exception: a store spread over several servers (Redis Cluster) answers
-the requests of the servers that answered and puts a ``ReadFailed`` in place
-of each request whose server failed, so that only those entities fall back.
+A read answers every request, or raises ``StoreError`` for all of them.  A
+request the store could not answer on its own is answered ``FailedRead``:
+the store answered that key with an error (any store), or, in a store spread
+over several servers (Redis Cluster), the server holding the key failed while
+the others answered, so that only that server's entities fall back.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Protocol
 
 from features.registry import FeatureGroup
 from features.timing import StageTimer
 
 __all__ = [
     "AsyncOnlineStore",
+    "FailedRead",
     "FeatureUpdate",
     "OnlineStore",
     "ReadAnswer",
-    "ReadFailed",
+    "ReadFailure",
     "ReadRequest",
     "StoredRow",
     "StoredValues",
+    "WriteOutcome",
+    "newest_members",
 ]
 
 StoredValues = Mapping[str, Any]
@@ -66,6 +72,40 @@ class StoredRow(Mapping[str, Any]):
         return f"StoredRow({dict(self)!r})"
 
 
+ReadFailure = Literal["error_reply", "store_error", "deadline", "breaker_open"]
+"""Why a store could not answer one request; each is a degraded-answer reason (``FailedRead``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRead:
+    """The store could not answer one request of a read; its other requests stand.
+
+    Not "nothing stored": the store could not say what it holds for that key.  ``reason``:
+
+    - ``error_reply``: the store answered the key with an error (Redis' ``WRONGTYPE``,
+      ``NOPERM``, ``LOADING``...).  Any store may answer this.
+    - ``store_error``, ``deadline``, ``breaker_open``: the server that holds the key
+      failed (refused or dropped the connection, or the cluster refused the slot), did
+      not answer in time, or failed recently and was not asked.  Only a store spread over
+      several servers answers these (Redis Cluster: one node down costs only its own
+      entities); it keeps a breaker per server for them.
+    """
+
+    error: str
+    """What went wrong, for the log: the store's own words (e.g. ``NOPERM No permissions to
+    access a key``), which may name hosts and keys."""
+    reason: ReadFailure = "error_reply"
+
+    @property
+    def server_failed(self) -> bool:
+        """Whether the key's server failed, rather than answering the key with an error."""
+        return self.reason != "error_reply"
+
+
+ReadAnswer = StoredValues | FailedRead | None
+"""One request's answer: its values, a ``FailedRead``, or ``None`` (nothing stored)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
     """Read ``fields`` of ``group`` for one entity."""
@@ -76,24 +116,6 @@ class ReadRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadFailed:
-    """In a read's answer, in place of one request's values: its server could not be read.
-
-    The request neither found nor missed anything; the caller falls back for it as for a
-    store that failed.  Other requests of the same read were answered.
-    """
-
-    reason: str
-    """Why, as a degraded-answer reason: ``store_error`` (the server failed or refused),
-    ``deadline`` (it did not answer in time), ``breaker_open`` (it failed recently and was
-    not asked)."""
-
-
-ReadAnswer = StoredValues | ReadFailed | None
-"""One request's answer: its values, ``ReadFailed``, or ``None`` when nothing is stored."""
-
-
-@dataclass(frozen=True, slots=True)
 class FeatureUpdate:
     """A validated write of one entity's group as of an event time.
 
@@ -101,13 +123,53 @@ class FeatureUpdate:
     ``values`` maps feature names to values; for a sorted-set group it maps
     members to their scores (the event time in seconds); for a string group
     it maps the feature name to the vector.
+
+    Values of one update may carry different event times: rows merged field by
+    field (``materialize``), or a group read back from a backing store.
+    ``event_ms`` is the newest; ``value_ms`` holds the event time of each hash
+    value whose time differs from it (``ms_of`` reads either).
     """
 
     entity_id: str
     group: FeatureGroup
     event_ms: int
-    """When the values were true, epoch milliseconds; older writes never replace newer ones."""
+    """When the values were true, epoch milliseconds (the newest, when they differ)."""
     values: Mapping[str, Any]
+    value_ms: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Hash groups: the event time of each value older than ``event_ms``; others are at it."""
+
+    def ms_of(self, name: str) -> int:
+        """The event time of the value ``name`` (a hash field; for other groups ``event_ms``)."""
+        return self.value_ms.get(name, self.event_ms)
+
+
+def newest_members(members: Mapping[str, float], top_n: int) -> list[str]:
+    """The ``top_n`` members with the highest scores, highest first; ties by member, descending,
+    as ``ZREVRANGE`` orders them."""
+    return heapq.nlargest(top_n, members, key=lambda member: (members[member], member))
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What became of one update in one store.
+
+    ``landed`` names what the store now holds from the update: hash fields,
+    sorted-set members, the string group's feature.  A name is left out when the
+    store held something newer for it (or, for a member, kept newer members
+    instead).  Nothing landed and ``refused`` unset: the update was stale as a
+    whole.  ``refused`` is set when the store cannot take this update whatever
+    the retries (a key of another type, a value out of the store's range, an
+    oversize item): a data error, reported with the update, not raised.
+    """
+
+    landed: frozenset[str] = frozenset()
+    refused: str | None = None
+    """Why the store refused the update; ``None`` when it took it (or found it stale)."""
+
+    @property
+    def applied(self) -> bool:
+        """Whether anything of the update landed."""
+        return bool(self.landed)
 
 
 class OnlineStore(Protocol):
@@ -115,35 +177,38 @@ class OnlineStore(Protocol):
 
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
-        """Values for each request: a list of the same length and order as ``requests``.
+    ) -> Sequence[ReadAnswer]:
+        """Values for each request: a sequence of the same length and order as ``requests``.
 
-        ``None`` means the entity has nothing stored for that group.  Raises
-        ``StoreError`` when the store cannot answer at all.  (Blocking stores
-        never answer ``ReadFailed``.)
+        ``None`` means the entity has nothing stored for that group; a
+        ``FailedRead`` that the store could not answer that one request (see
+        ``FailedRead.reason``).  Raises ``StoreError`` when the store cannot
+        answer at all.
         """
         ...
 
-    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """Write each update with its group's TTL unless the store holds a newer event.
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
+        """Write each update, value by value, with TTL counted from the event time.
 
-        Returns a list of the same length and order as ``updates``: True where
-        applied, False where skipped because the store held a newer event.
-        Raises ``StoreError`` on failure; updates written before it stay written.
+        A value lands unless the store holds a newer event for it (an equal one is
+        written again).  Returns a list of the same length and order as
+        ``updates``; a data error refuses its own update only (``WriteOutcome``).
+        Raises ``StoreError`` when the store cannot be written at all (unreachable,
+        timed out, failing over); updates written before it stay written, and
+        writing them again is safe.
         """
         ...
 
 
 class AsyncOnlineStore(Protocol):
-    """A store for the service's event loop; the same contract as ``OnlineStore.read``."""
+    """A store for the service's event loop; the same contract as ``OnlineStore``."""
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
     ) -> Sequence[ReadAnswer]:
-        """See ``OnlineStore.read``; a store spread over several servers may also answer
-        ``ReadFailed`` for the requests of a server that failed (see the module docstring)."""
+        """See ``OnlineStore.read``."""
         ...
 
-    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
         """See ``OnlineStore.write``."""
         ...

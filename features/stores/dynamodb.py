@@ -3,15 +3,17 @@
 Table layout: one item per entity group.
 
 - ``_pk`` (S), the partition key: the Redis key string, ``user:{u1}:features``.
-- ``_event_ms`` (N): the event time of the values the item holds.
+- ``_event_ms`` (N): the newest event time of the values the item holds.
 - ``_grp`` (S): ``entity:group`` (``user:features``), what ``scan`` filters on.
 - ``_expires_at`` (N): when the group's TTL runs out, ``_event_ms`` plus the
   TTL, in epoch seconds rounded up: the attribute to give DynamoDB's own TTL
   feature (below).
-- hash group: one N attribute per feature, named as the feature.
+- ``_rev`` (N): a revision counter, for the conditional writes below.
+- hash group: one N attribute per feature, named as the feature; and
+  ``_value_ms`` (M), feature -> event time (N) of each value older than
+  ``_event_ms``, absent when every value is at ``_event_ms``.
 - sorted-set group: one M attribute named as the feature, member -> score (N),
-  trimmed to the group's ``top_n`` newest; plus ``_rev`` (N), a revision
-  counter for the read-modify-write below.
+  trimmed to the group's ``top_n`` newest.
 - string group: one B attribute named as the feature: the packed
   little-endian float32 bytes, the very bytes Redis keeps.  Binary rather
   than a list of N: 4 bytes a value instead of 15-20 (a float32 read as a
@@ -36,18 +38,14 @@ again after a short, doubling backoff while the read's budget
 raises ``StoreTimeout`` rather than report keys as absent that were never
 looked at.
 
-Writes are conditional ``UpdateItem`` calls; a failed condition returns the
-item as it was.  A string write's condition is that the item is absent, not
-newer than the update, or expired: an older event fails it and is skipped
-(False).  A hash update ``SET``s only its own attributes, so a partial
-update merges, on condition that the item is absent, or live and not newer;
-when it fails on an expired item, a second ``UpdateItem`` replaces that
-whole, removing the features the update lacks, on condition that
-``_event_ms`` is unchanged.  A sorted set needs a max per member and a trim,
-which no update expression can do, so it is read (consistent), merged in
-Python (``backing.merge_members``; into nothing when expired) and written on
-condition that ``_rev`` is unchanged.  Both retry when another writer got
-there first.
+Writes merge value by value (``backing.held_after_write``), which no update
+expression can do, so a write reads the items it touches (``BatchGetItem``,
+consistent), merges in Python, and puts each changed item on condition that
+its ``_rev`` is unchanged (or, for an item written before ``_rev`` existed,
+its ``_event_ms``); when another writer got there first it reads that item
+again and retries.  A value DynamoDB cannot hold (a number beyond its 38
+digits or its range of 1e-130 to 9.99e125), an item it refuses as invalid
+(over 400 KB) or an item that cannot be decoded refuses that update only.
 
 botocore's errors are translated into ``StoreError`` leaves here and
 nowhere else.
@@ -55,6 +53,8 @@ nowhere else.
 
 from __future__ import annotations
 
+import decimal
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -66,24 +66,24 @@ import botocore.exceptions
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.config import Config
 
+from features.burst_log import BurstLog
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import FeatureGroup, Structure
 from features.stores.backing import (
     Clock,
     HeldGroup,
+    UnreadableRecord,
+    as_update,
     checked_values,
     entity_id_of,
     epoch_ms,
     expires_at_ms,
     group_label,
-    is_live,
-    merge_members,
-    oldest_live_ms,
+    held_after_write,
     read_held,
-    unexpired,
 )
-from features.stores.base import FeatureUpdate, ReadRequest, StoredValues
+from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
 from features.timing import StageTimer
 
 __all__ = ["DynamoDbStore", "create_table", "dynamodb_client"]
@@ -92,14 +92,17 @@ KEYS_PER_BATCH = 100
 """The most keys one ``BatchGetItem`` call may ask for."""
 
 WRITE_ATTEMPTS = 8
-"""How often a sorted-set write, or a hash write replacing an expired item, retries when
-another writer changed the item."""
+"""How often a write of one item retries when another writer changed it meanwhile."""
+
+WRITE_READ_BUDGET_S = 2.0
+"""How long a write may keep asking for items DynamoDB left unprocessed (throttling)."""
 
 _PK = "_pk"
 _EVENT_MS = "_event_ms"
 _GROUP = "_grp"
 _REV = "_rev"
 _EXPIRES_AT = "_expires_at"
+_VALUE_MS = "_value_ms"
 
 _FIRST_BACKOFF_S = 0.005
 _MAX_BACKOFF_S = 0.1
@@ -112,6 +115,9 @@ _THROTTLED = {
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
+
+_log = logging.getLogger(__name__)
+_unreadable_log = BurstLog(_log)
 
 
 @contextmanager
@@ -175,17 +181,89 @@ def _number(value: float) -> Decimal:
 
 
 def _held(group: FeatureGroup, item: Mapping[str, Any]) -> HeldGroup:
-    """The held values of one item, as the low-level client returned it."""
-    attributes = {name: _deserializer.deserialize(value) for name, value in item.items()}
+    """The held values of one item, as the low-level client returned it.
+
+    ``UnreadableRecord`` when the item cannot be decoded.
+    """
+    try:
+        attributes = {name: _deserializer.deserialize(value) for name, value in item.items()}
+    except (TypeError, ValueError, decimal.DecimalException) as exc:
+        raise UnreadableRecord(f"an attribute cannot be decoded: {exc}") from None
+    event_ms = attributes.get(_EVENT_MS)
+    if not isinstance(event_ms, Decimal) or event_ms != event_ms.to_integral_value():
+        raise UnreadableRecord(f"{_EVENT_MS} is {event_ms!r}, not epoch milliseconds")
     if group.structure is Structure.SORTED_SET:
         stored = attributes.get(group.features[0].name, {})
+        if not isinstance(stored, Mapping):
+            raise UnreadableRecord(f"{group.features[0].name} is not a map of members")
+        return HeldGroup(int(event_ms), checked_values(group, stored))
+    stored = {
+        name: value.value if isinstance(value, Binary) else value
+        for name, value in attributes.items()
+        if not name.startswith("_")
+    }
+    values = checked_values(group, stored)
+    times = attributes.get(_VALUE_MS, {})
+    if not isinstance(times, Mapping) or not all(isinstance(t, Decimal) for t in times.values()):
+        raise UnreadableRecord(f"{_VALUE_MS} is not a map of event times")
+    older = {name: int(at) for name, at in times.items() if name in values}
+    return HeldGroup(int(event_ms), values, older)
+
+
+def _readable(group: FeatureGroup, item: Mapping[str, Any] | None) -> HeldGroup | None:
+    """The held group in ``item``; an item that cannot be decoded is logged and reads as absent."""
+    if item is None:
+        return None
+    try:
+        return _held(group, item)
+    except UnreadableRecord as exc:
+        _unreadable_log.error(f"ignoring the DynamoDB item at {item[_PK]['S']}", exc)
+        return None
+
+
+class _OutOfRange(ValueError):
+    """A value DynamoDB cannot hold."""
+
+
+_SMALLEST = Decimal("1e-130")
+"""The smallest magnitude of a DynamoDB number but zero (boto3 lets smaller ones through)."""
+
+
+def _attribute(name: str, value: Any) -> Mapping[str, Any]:
+    """``value`` serialized for DynamoDB; ``_OutOfRange`` names ``name`` when it cannot be."""
+    numbers = value.values() if isinstance(value, Mapping) else [value]
+    try:
+        if any(number and abs(number) < _SMALLEST for number in numbers):
+            raise decimal.Underflow
+        return _serializer.serialize(value)
+    except decimal.DecimalException:
+        raise _OutOfRange(
+            f"{name}: a value is outside DynamoDB's numbers "
+            "(38 significant digits, magnitude 1e-130 to 9.99e125)"
+        ) from None
+
+
+def _item(key: str, group: FeatureGroup, held: HeldGroup, rev: int) -> dict[str, Any]:
+    """The item that holds ``held`` at ``key``, revision ``rev``; see the module docstring."""
+    item: dict[str, Any] = {
+        _PK: {"S": key},
+        _EVENT_MS: {"N": str(held.event_ms)},
+        _GROUP: {"S": group_label(group)},
+        _EXPIRES_AT: {"N": str(_expires_at_s(group, held.event_ms))},
+        _REV: {"N": str(rev)},
+    }
+    if group.structure is Structure.HASH:
+        for name, value in held.values.items():
+            item[name] = _attribute(name, _number(value))
+        if held.value_ms:
+            item[_VALUE_MS] = {"M": {n: {"N": str(at)} for n, at in held.value_ms.items()}}
+    elif group.structure is Structure.SORTED_SET:
+        name = group.features[0].name
+        item[name] = _attribute(name, {m: _number(score) for m, score in held.values.items()})
     else:
-        stored = {
-            name: value.value if isinstance(value, Binary) else value
-            for name, value in attributes.items()
-            if not name.startswith("_")
-        }
-    return HeldGroup(int(attributes[_EVENT_MS]), checked_values(group, stored))
+        feature = group.features[0]
+        item[feature.name] = {"B": feature.dtype.encode(held.values[feature.name])}
+    return item
 
 
 def _key(group: FeatureGroup, entity_id: str) -> str:
@@ -195,6 +273,26 @@ def _key(group: FeatureGroup, entity_id: str) -> str:
 def _expires_at_s(group: FeatureGroup, event_ms: int) -> int:
     """``_expires_at``: rounded up, so DynamoDB's TTL never deletes a live item."""
     return -(-expires_at_ms(group, event_ms) // 1000)
+
+
+def _unchanged(item: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The condition of a ``PutItem`` replacing ``item``: nobody else wrote it since it was read."""
+    if item is None:
+        return {
+            "ConditionExpression": "attribute_not_exists(#pk)",
+            "ExpressionAttributeNames": {"#pk": _PK},
+        }
+    if _REV in item:
+        return {
+            "ConditionExpression": "#rev = :rev",
+            "ExpressionAttributeNames": {"#rev": _REV},
+            "ExpressionAttributeValues": {":rev": item[_REV]},
+        }
+    return {
+        "ConditionExpression": "attribute_not_exists(#rev) AND #e = :e",
+        "ExpressionAttributeNames": {"#rev": _REV, "#e": _EVENT_MS},
+        "ExpressionAttributeValues": {":e": item[_EVENT_MS]},
+    }
 
 
 class DynamoDbStore:
@@ -230,14 +328,16 @@ class DynamoDbStore:
             items.update(self._batch_get(distinct[start : start + KEYS_PER_BATCH], deadline))
         now_ms = epoch_ms(self._clock)
         return [
-            read_held(
-                request, None if key not in items else _held(request.group, items[key]), now_ms
-            )
+            read_held(request, _readable(request.group, items.get(key)), now_ms)
             for request, key in zip(requests, keys, strict=True)
         ]
 
-    def _batch_get(self, keys: Sequence[str], deadline: float) -> dict[str, Mapping[str, Any]]:
-        pending: Mapping[str, Any] = {self._table: {"Keys": [{_PK: {"S": key}} for key in keys]}}
+    def _batch_get(
+        self, keys: Sequence[str], deadline: float, consistent: bool = False
+    ) -> dict[str, Mapping[str, Any]]:
+        pending: Mapping[str, Any] = {
+            self._table: {"Keys": [{_PK: {"S": key}} for key in keys], "ConsistentRead": consistent}
+        }
         found: dict[str, Mapping[str, Any]] = {}
         backoff_s = _FIRST_BACKOFF_S
         while True:
@@ -246,7 +346,7 @@ class DynamoDbStore:
             for item in reply.get("Responses", {}).get(self._table, []):
                 found[item[_PK]["S"]] = item
             pending = reply.get("UnprocessedKeys") or {}
-            if not pending:
+            if not pending.get(self._table, {}).get("Keys"):
                 return found
             if time.monotonic() + backoff_s >= deadline:
                 left = len(pending[self._table]["Keys"])
@@ -254,141 +354,66 @@ class DynamoDbStore:
             time.sleep(backoff_s)
             backoff_s = min(2 * backoff_s, _MAX_BACKOFF_S)
 
-    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """Apply each update unless a newer event is held; one ``UpdateItem`` each.
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
+        """Merge each update into what is held; see ``OnlineStore.write`` and the module docstring.
 
-        True where applied; False where skipped as older than the held event.
+        One consistent ``BatchGetItem`` per 100 distinct keys, then one conditional
+        ``PutItem`` per changed update.
         """
+        if not updates:
+            return []
         now_ms = epoch_ms(self._clock)
+        keys = [_key(update.group, update.entity_id) for update in updates]
+        distinct = list(dict.fromkeys(keys))
+        deadline = time.monotonic() + WRITE_READ_BUDGET_S
+        items: dict[str, Mapping[str, Any] | None] = dict.fromkeys(distinct)
+        for start in range(0, len(distinct), KEYS_PER_BATCH):
+            chunk = distinct[start : start + KEYS_PER_BATCH]
+            items.update(self._batch_get(chunk, deadline, consistent=True))
         with _translated_errors():
             return [
-                self._write_members(update, now_ms)
-                if update.group.structure is Structure.SORTED_SET
-                else self._write_values(update, now_ms)
-                for update in updates
+                self._write_one(update, key, items, now_ms)
+                for update, key in zip(updates, keys, strict=True)
             ]
 
-    def _write_values(self, update: FeatureUpdate, now_ms: int) -> bool:
-        group = update.group
-        key = _key(group, update.entity_id)
-        values: dict[str, Any]
-        if group.structure is Structure.HASH:
-            values = {name: _number(value) for name, value in update.values.items()}
-        else:
-            feature = group.features[0]
-            values = {feature.name: feature.dtype.encode(update.values[feature.name])}
-        names = {"#e": _EVENT_MS, "#g": _GROUP, "#x": _EXPIRES_AT}
-        bound: dict[str, Any] = {
-            ":e": update.event_ms,
-            ":g": group_label(group),
-            ":x": _expires_at_s(group, update.event_ms),
-        }
-        assignments = ["#e = :e", "#g = :g", "#x = :x"]
-        for index, (name, value) in enumerate(values.items()):
-            names[f"#f{index}"] = name
-            bound[f":v{index}"] = value
-            assignments.append(f"#f{index} = :v{index}")
-        expression = "SET " + ", ".join(assignments)
-        live = {":live": oldest_live_ms(group, now_ms)}
-        if group.structure is Structure.STRING:
-            # One attribute, replaced whole: an expired item needs nothing removed.
-            refused = self._update(
-                key,
-                expression,
-                "attribute_not_exists(#pk) OR #e <= :e OR #e < :live",
-                names | {"#pk": _PK},
-                bound | live,
-            )
-            return refused is None
-        lacking = [name for name in group.feature_names if name not in values]
-        removed = {f"#r{index}": name for index, name in enumerate(lacking)}
-        replacement = expression + (f" REMOVE {', '.join(removed)}" if removed else "")
-        for _ in range(WRITE_ATTEMPTS):
-            refused = self._update(
-                key,
-                expression,
-                "attribute_not_exists(#pk) OR (#e >= :live AND #e <= :e)",
-                names | {"#pk": _PK},
-                bound | live,
-            )
-            if refused is None:
-                return True
-            held_ms = int(refused[_EVENT_MS]["N"])
-            if is_live(group, held_ms, now_ms):
-                return False
-            unchanged = {":held": held_ms}
-            if (
-                self._update(key, replacement, "#e = :held", names | removed, bound | unchanged)
-                is None
-            ):
-                return True
-        raise StoreError(f"{key} changed under {WRITE_ATTEMPTS} hash writes in a row")
-
-    def _write_members(self, update: FeatureUpdate, now_ms: int) -> bool:
-        group = update.group
-        key = _key(group, update.entity_id)
-        for _ in range(WRITE_ATTEMPTS):
-            reply = self._client.get_item(
-                TableName=self._table, Key={_PK: {"S": key}}, ConsistentRead=True
-            )
-            item = reply.get("Item")
-            held = None if item is None else _held(group, item)
-            after = merge_members(unexpired(group, held, now_ms), update)
-            names = {
-                "#e": _EVENT_MS,
-                "#g": _GROUP,
-                "#x": _EXPIRES_AT,
-                "#m": group.features[0].name,
-                "#rev": _REV,
-            }
-            bound: dict[str, Any] = {
-                ":e": after.event_ms,
-                ":g": group_label(group),
-                ":x": _expires_at_s(group, after.event_ms),
-                ":m": {member: _number(score) for member, score in after.values.items()},
-            }
-            if item is None:
-                condition = "attribute_not_exists(#rev)"
-                bound[":next"] = 1
-            else:
-                condition = "#rev = :rev"
-                bound[":rev"] = int(item[_REV]["N"])
-                bound[":next"] = bound[":rev"] + 1
-            expression = "SET #e = :e, #g = :g, #x = :x, #m = :m, #rev = :next"
-            if self._update(key, expression, condition, names, bound) is None:
-                return True
-        raise StoreError(f"{key} changed under {WRITE_ATTEMPTS} sorted-set writes in a row")
-
-    def _update(
+    def _write_one(
         self,
+        update: FeatureUpdate,
         key: str,
-        expression: str,
-        condition: str,
-        names: Mapping[str, str],
-        values: Mapping[str, Any],
-    ) -> Mapping[str, Any] | None:
-        """One conditional ``UpdateItem``: ``None`` when applied.
-
-        When the condition failed: the item as it saw it (``{}`` when there was none).
-        """
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={_PK: {"S": key}},
-                UpdateExpression=expression,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=dict(names),
-                ExpressionAttributeValues={
-                    name: _serializer.serialize(value) for name, value in values.items()
-                },
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except botocore.exceptions.ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                refused: Mapping[str, Any] = exc.response.get("Item", {})
-                return refused
-            raise
-        return None
+        items: dict[str, Mapping[str, Any] | None],
+        now_ms: int,
+    ) -> WriteOutcome:
+        """Merge ``update`` into ``items[key]`` and put the result; ``items`` follows along."""
+        group = update.group
+        for _ in range(WRITE_ATTEMPTS):
+            item = items[key]
+            try:
+                held = None if item is None else _held(group, item)
+            except UnreadableRecord as exc:
+                return WriteOutcome(refused=f"DynamoDB holds an unreadable item at {key}: {exc}")
+            merged = held_after_write(held, update, now_ms)
+            if merged.after is None:
+                return merged.outcome
+            rev = int(item[_REV]["N"]) if item is not None and _REV in item else 0
+            try:
+                new_item = _item(key, group, merged.after, rev + 1)
+            except _OutOfRange as exc:
+                return WriteOutcome(refused=f"DynamoDB cannot hold {exc}")
+            try:
+                self._client.put_item(TableName=self._table, Item=new_item, **_unchanged(item))
+            except botocore.exceptions.ClientError as exc:
+                code = _error_code(exc)
+                if code == "ConditionalCheckFailedException":
+                    items[key] = self._client.get_item(
+                        TableName=self._table, Key={_PK: {"S": key}}, ConsistentRead=True
+                    ).get("Item")
+                    continue
+                if code == "ValidationException":
+                    return WriteOutcome(refused=f"DynamoDB refused the item at {key}: {exc}")
+                raise
+            items[key] = new_item
+            return merged.outcome
+        raise StoreUnavailable(f"{key} changed under {WRITE_ATTEMPTS} writes in a row")
 
     def scan(self, group: FeatureGroup) -> Iterator[FeatureUpdate]:
         """Every held entity group of ``group``, a page (up to 1 MB) at a time."""
@@ -403,9 +428,9 @@ class DynamoDbStore:
             with _translated_errors():
                 page = self._client.scan(**request)
             for item in page.get("Items", []):
-                held = _held(group, item)
-                entity_id = entity_id_of(item[_PK]["S"], group)
-                yield FeatureUpdate(entity_id, group, held.event_ms, held.values)
+                held = _readable(group, item)
+                if held is not None:
+                    yield as_update(entity_id_of(item[_PK]["S"], group), group, held)
             if "LastEvaluatedKey" not in page:
                 return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -26,11 +26,11 @@ from features.stores.backing import AsyncBackingStore, BackingStore, Clock
 from features.stores.redis import (
     AsyncRedisStore,
     RedisStore,
-    _client_options,
-    _timeout_s,
-    _translated_errors,
     async_redis_store,
+    call_timeout_s,
+    client_options,
     sync_client,
+    translated_errors,
 )
 
 __all__ = [
@@ -63,7 +63,7 @@ def async_online_store(settings: Settings, for_writes: bool = False) -> AsyncRed
             settings.redis_connect_timeout_ms / 1000.0,
             read_from_replicas=replicas,
         )
-        timeout_s = _timeout_s(settings, for_writes)
+        timeout_s = call_timeout_s(settings, for_writes)
         return AsyncRedisClusterStore(
             client,
             timeout_s,
@@ -77,9 +77,9 @@ def async_online_store(settings: Settings, for_writes: bool = False) -> AsyncRed
         from features.stores.redis_sentinel import async_sentinel_store
 
         # As async_redis_store builds its client: nothing sent on connect, no socket timeout.
-        options = {**_client_options(settings, None), "protocol": 2, "driver_info": None}
+        options = {**client_options(settings, None), "protocol": 2, "driver_info": None}
         return async_sentinel_store(
-            settings, options, _timeout_s(settings, for_writes), for_reads=not for_writes
+            settings, options, call_timeout_s(settings, for_writes), for_reads=not for_writes
         )
     return async_redis_store(settings, for_writes)
 
@@ -95,17 +95,17 @@ def open_redis_client(
         from features.stores.redis_cluster import cluster_client
 
         # A blocking cluster client reads the slot map as it is built: translate its errors.
-        with _translated_errors():
+        with translated_errors():
             return cluster_client(
                 settings.redis_url or "",
-                _timeout_s(settings, for_writes),
+                call_timeout_s(settings, for_writes),
                 settings.redis_connect_timeout_ms / 1000.0,
             )
     if settings.redis_mode == "sentinel":
         from features.stores.redis_sentinel import sentinel_client
 
         return sentinel_client(
-            settings, _client_options(settings, _timeout_s(settings, for_writes))
+            settings, client_options(settings, call_timeout_s(settings, for_writes))
         )
     return sync_client(settings, for_writes)
 

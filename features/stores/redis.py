@@ -20,6 +20,13 @@ bounded pool that refuses rather than queues), since redis-py's defaults
 connection; ``async_redis_store`` says why the asyncio one applies its
 timeout itself rather than through redis-py's socket timeout.  redis-py errors are
 translated into ``StoreError`` leaves here and nowhere else.
+
+An error reply to one command (``WRONGTYPE``, ``NOPERM``, ``LOADING``, ``MOVED``,
+``BUSY``, ``OOM``, ...) is that request's answer, a ``FailedRead`` naming the
+error: never "nothing stored".  Connections are kept: the service opens some
+at start-up (``AsyncRedisStore.warm``), and a read whose caller stops waiting
+(the resolver's deadline) leaves its connection to a background task that reads
+the rest of the replies, within the socket timeout, and returns it to the pool.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import hiredis
@@ -38,18 +47,28 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from features.burst_log import BurstLog
+from features.deadline import ReplyDeadline
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import Structure
 from features.settings import Settings
-from features.stores.base import FeatureUpdate, ReadRequest, StoredRow, StoredValues
+from features.stores.base import (
+    FailedRead,
+    FeatureUpdate,
+    ReadAnswer,
+    ReadRequest,
+    StoredRow,
+    WriteOutcome,
+    newest_members,
+)
 from features.stores.hash_columns import MIN_REPLIES, decode_hash_columns
 from features.stores.redis_scripts import (
+    DATA_ERRORS,
     EVENT_MS_FIELD,
     HASH_WRITE,
-    SCRIPTS,
     SORTED_SET_WRITE,
     STRING_WRITE,
+    Script,
 )
 from features.timing import StageTimer
 
@@ -57,22 +76,36 @@ __all__ = [
     "AsyncRedisStore",
     "RedisStore",
     "async_redis_store",
+    "call_timeout_s",
+    "client_options",
+    "decode_replies",
+    "read_command",
+    "read_reply",
     "sync_client",
+    "translated_errors",
 ]
 
 _log = logging.getLogger(__name__)
 _bad_value_log = BurstLog(_log)
 
 WRITE_CHUNK_ROWS = 1000
-"""Updates per pipelined write round trip."""
+"""Most updates per pipelined write round trip."""
+
+WRITE_CHUNK_BYTES = 1 << 20
+"""Most argument bytes per pipelined write round trip, whatever the number of updates."""
+
+_TRANSIENT_REPLIES = ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "LOADING")
+"""First words of error replies that say "not now" (a failover, a busy or loading server)."""
 
 
-def _timeout_s(settings: Settings, for_writes: bool) -> float:
+def call_timeout_s(settings: Settings, for_writes: bool) -> float:
+    """How long one call may take, in seconds: a read round trip, or a chunk of writes."""
     timeout_ms = settings.redis_write_timeout_ms if for_writes else settings.redis_socket_timeout_ms
     return timeout_ms / 1000.0
 
 
-def _client_options(settings: Settings, socket_timeout_s: float | None) -> dict[str, Any]:
+def client_options(settings: Settings, socket_timeout_s: float | None) -> dict[str, Any]:
+    """redis-py client options for failing fast: the timeouts, no retries, a bounded pool."""
     return {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000.0,
@@ -85,8 +118,10 @@ def _client_options(settings: Settings, socket_timeout_s: float | None) -> dict[
 def async_redis_store(settings: Settings, for_writes: bool = False) -> AsyncRedisStore:
     """A fail-fast asyncio store for the service; ``for_writes`` waits the write timeout.
 
-    Its client has no socket timeout: the store bounds each call with one
-    ``asyncio.timeout`` instead.  With a socket timeout redis-py sends under
+    Its client has no socket timeout: the store bounds each call itself, a read
+    with a ``features.deadline.ReplyDeadline`` (which never discards a reply that
+    has arrived, however busy the worker), writes and pings with
+    ``asyncio.timeout``.  With a socket timeout redis-py sends under
     ``asyncio.wait_for``, which on Python 3.11 returns normally when the caller
     is cancelled just as the send completes, so the resolver's deadline was lost
     and the read waited on (seen in ``make faults``: a 25 ms feature stage with a
@@ -100,9 +135,9 @@ def async_redis_store(settings: Settings, for_writes: bool = False) -> AsyncRedi
         # deadline cancels cannot leave a reply behind for the next command to read.
         protocol=2,
         driver_info=None,
-        **_client_options(settings, None),
+        **client_options(settings, None),
     )
-    return AsyncRedisStore(client, _timeout_s(settings, for_writes))
+    return AsyncRedisStore(client, call_timeout_s(settings, for_writes))
 
 
 def sync_client(settings: Settings, for_writes: bool = False) -> redis.Redis:
@@ -110,12 +145,12 @@ def sync_client(settings: Settings, for_writes: bool = False) -> redis.Redis:
     if not settings.redis_url:
         raise StoreError("REDIS_URL is not set")
     return redis.Redis.from_url(
-        settings.redis_url, **_client_options(settings, _timeout_s(settings, for_writes))
+        settings.redis_url, **client_options(settings, call_timeout_s(settings, for_writes))
     )
 
 
 @contextmanager
-def _translated_errors() -> Iterator[None]:
+def translated_errors() -> Iterator[None]:
     """Turn redis-py's exceptions into ours, once, at the boundary."""
     try:
         yield
@@ -123,6 +158,12 @@ def _translated_errors() -> Iterator[None]:
         raise StoreTimeout(f"Redis did not answer in time: {exc}") from exc
     except redis.exceptions.ConnectionError as exc:
         raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+    except (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError) as exc:
+        raise StoreUnavailable(f"Redis cannot take writes now: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES:
+            raise StoreUnavailable(f"Redis cannot answer now: {exc}") from exc
+        raise StoreError(f"Redis failed: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise StoreError(f"Redis failed: {exc}") from exc
     except TimeoutError as exc:
@@ -135,7 +176,7 @@ def _translated_errors() -> Iterator[None]:
         raise StoreUnavailable(f"Redis connection closed: {exc}") from exc
 
 
-def _read_args(request: ReadRequest) -> tuple[str | int, ...]:
+def read_command(request: ReadRequest) -> tuple[str | int, ...]:
     """The read command for one request, as its name and arguments."""
     group = request.group
     key = feature_key(group.entity.name, request.entity_id, group.name)
@@ -146,12 +187,17 @@ def _read_args(request: ReadRequest) -> tuple[str | int, ...]:
     return ("GET", key)
 
 
-def _decode(request: ReadRequest, reply: Any) -> StoredValues | None:
+def _error_text(error: Exception) -> str:
+    """An error reply as Redis said it: redis-py keeps the code (``NOPERM``) apart."""
+    code = getattr(error, "status_code", None)
+    return f"{code} {error}" if code else str(error)
+
+
+def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
     """The valid values in one reply; invalid ones are logged and left out."""
     group = request.group
     if isinstance(reply, Exception):
-        _bad_value_log.error(f"Redis refused a read of {group.entity.name}:{group.name}", reply)
-        return None
+        return FailedRead(_error_text(reply))
     if group.structure is Structure.HASH:
         by_name = group.by_name
         values: list[Any] = []
@@ -177,21 +223,21 @@ def _decode(request: ReadRequest, reply: Any) -> StoredValues | None:
         return None
 
 
-def _decode_all(
+def decode_replies(
     requests: Sequence[ReadRequest], replies: Sequence[Any], timer: StageTimer | None
-) -> list[StoredValues | None]:
+) -> list[ReadAnswer]:
+    """Each request's answer from its reply (an error reply: ``FailedRead``), timed as
+    ``decode``."""
     if timer is None:
-        return _decode_replies(requests, replies)
+        return _decoded(requests, replies)
     with timer.stage("decode"):
-        return _decode_replies(requests, replies)
+        return _decoded(requests, replies)
 
 
-def _decode_replies(
-    requests: Sequence[ReadRequest], replies: Sequence[Any]
-) -> list[StoredValues | None]:
+def _decoded(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[ReadAnswer]:
     """Complete hash replies of one (group, fields) in bulk when there are enough of them
     (``hash_columns``); everything else, and any bulk that declines, value by value."""
-    decoded: list[StoredValues | None] = [None] * len(requests)
+    decoded: list[ReadAnswer] = [None] * len(requests)
     # By identity: a resolver's requests share one (group, fields) pair of objects per group,
     # alive for this call; equal pairs that are distinct objects are decoded apart, as well.
     complete_hashes: dict[tuple[int, int], list[int]] = {}
@@ -217,100 +263,173 @@ def _decode_replies(
     return decoded
 
 
-async def _reply(connection: Any) -> Any:
-    """The next reply on ``connection``; an error reply is returned, not raised."""
+_ERROR_REPLIES = (
+    redis.exceptions.ResponseError,
+    # Error replies that redis-py raises as connection errors (LOADING, NOAUTH, WRONGPASS);
+    # they were read whole, so the connection is still in step.
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.AuthenticationError,
+)
+
+
+async def read_reply(connection: Any) -> Any:
+    """The next reply on ``connection``; an error reply is returned, not raised.
+
+    The connection is never closed here, whatever happens: the caller
+    (``AsyncRedisStore``, the cluster store) decides whether to keep, drain or drop it.
+    """
     try:
-        # math.inf: no timeout per reply; _round_trip bounds the whole round trip.
-        return await connection.read_response(timeout=math.inf)
-    except redis.exceptions.ResponseError as exc:
+        # math.inf: no timeout per reply; the caller bounds the whole round trip.
+        return await connection.read_response(timeout=math.inf, disconnect_on_error=False)
+    except _ERROR_REPLIES as exc:
         return exc
 
 
-def _queue_write(pipe: Any, update: FeatureUpdate) -> None:
-    # EVALSHA through execute_command: a blocking cluster pipeline refuses ``pipe.evalsha``.
+@dataclass(frozen=True, slots=True)
+class _ScriptCall:
+    """One update as a write script call, and the names its flags answer for, in order."""
+
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple[bytes | str | int, ...]
+    names: tuple[str, ...]
+    size_bytes: int
+    """About how many bytes the call's arguments take on the wire."""
+
+
+def _script_call(update: FeatureUpdate) -> _ScriptCall:
+    """The write script call for ``update``: its arguments are bounded by the group's shape."""
     group = update.group
     key = feature_key(group.entity.name, update.entity_id, group.name)
-    ttl_ms = int(group.ttl.total_seconds() * 1000)
+    ttl_ms = group.ttl // timedelta(milliseconds=1)
+    # Sizes count an int as 20 bytes, its longest.
+    args: list[bytes | str | int]
     if group.structure is Structure.HASH:
-        args: list[Any] = [update.event_ms, ttl_ms]
+        args = [ttl_ms, update.event_ms, len(update.value_ms)]
+        size = len(key) + 60
+        for name, at in update.value_ms.items():
+            args += (name, at)
+            size += len(name) + 20
+        by_name = group.by_name
         for name, value in update.values.items():
-            args += (name, group.by_name[name].dtype.encode(value))
-        pipe.execute_command("EVALSHA", HASH_WRITE.sha, 1, key, *args)
-    elif group.structure is Structure.SORTED_SET:
+            encoded = _bytes(by_name[name].dtype.encode(value))
+            args += (name, encoded)
+            size += len(name) + len(encoded)
+        return _ScriptCall(HASH_WRITE, (key,), tuple(args), tuple(update.values), size)
+    if group.structure is Structure.SORTED_SET:
+        kept = newest_members(update.values, group.top_n or 1)
         args = [ttl_ms, group.top_n or 1]
-        for member, score in update.values.items():
+        size = len(key) + 40
+        for member in kept:
+            score = repr(float(update.values[member]))
             args += (score, member)
-        pipe.execute_command("EVALSHA", SORTED_SET_WRITE.sha, 1, key, *args)
-    else:
-        feature = group.features[0]
-        blob = feature.dtype.encode(update.values[feature.name])
-        event_key = f"{key}:{EVENT_MS_FIELD}"
-        pipe.execute_command(
-            "EVALSHA", STRING_WRITE.sha, 2, key, event_key, update.event_ms, ttl_ms, blob
-        )
+            size += len(score) + len(member)
+        return _ScriptCall(SORTED_SET_WRITE, (key,), tuple(args), tuple(kept), size)
+    feature = group.features[0]
+    blob = _bytes(feature.dtype.encode(update.values[feature.name]))
+    event_key = f"{key}:{EVENT_MS_FIELD}"
+    args = [update.event_ms, update.event_ms + ttl_ms, blob]
+    size = len(key) + len(event_key) + 40 + len(blob)
+    return _ScriptCall(STRING_WRITE, (key, event_key), tuple(args), (feature.name,), size)
 
 
-def _applied(replies: Sequence[Any]) -> list[bool] | None:
-    """Which writes were applied (not stale); ``None`` when Redis lacks the scripts."""
-    if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
-        return None
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return [reply == 1 for reply in replies]
+def _bytes(encoded: bytes | Sequence[bytes]) -> bytes:
+    if not isinstance(encoded, bytes):
+        raise TypeError("a hash or string group's value encodes to bytes")
+    return encoded
 
 
-def _chunks(updates: Sequence[FeatureUpdate]) -> Iterator[Sequence[FeatureUpdate]]:
-    for start in range(0, len(updates), WRITE_CHUNK_ROWS):
-        yield updates[start : start + WRITE_CHUNK_ROWS]
+def _outcome(call: _ScriptCall, reply: Any) -> WriteOutcome:
+    """What one script reply says landed; a data error refuses the update, anything else raises."""
+    if isinstance(reply, redis.exceptions.ResponseError):
+        message = str(reply)
+        if message.split(" ", 1)[0] in DATA_ERRORS:
+            return WriteOutcome(refused=f"Redis refused the write: {message}")
+        raise reply
+    if isinstance(reply, Exception):
+        raise reply
+    # One character per name: "1" landed, "0" a newer value was held.
+    landed = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return WriteOutcome(
+        frozenset(name for name, flag in zip(call.names, landed, strict=True) if flag == "1")
+    )
+
+
+def _missing_script(reply: Any) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError)
+
+
+def _chunks(calls: Sequence[_ScriptCall]) -> Iterator[Sequence[_ScriptCall]]:
+    """Calls in chunks of at most ``WRITE_CHUNK_ROWS`` calls and about ``WRITE_CHUNK_BYTES``."""
+    start = size = 0
+    for index, call in enumerate(calls):
+        if index > start and (
+            index - start >= WRITE_CHUNK_ROWS or size + call.size_bytes > WRITE_CHUNK_BYTES
+        ):
+            yield calls[start:index]
+            start = index
+            size = 0
+        size += call.size_bytes
+    if start < len(calls):
+        yield calls[start:]
+
+
+def _queue(pipe: Any, calls: Sequence[_ScriptCall], by_sha: bool) -> None:
+    # Through execute_command: a cluster pipeline refuses ``pipe.evalsha`` and its
+    # ``pipe.eval`` takes no script; it routes EVAL and EVALSHA by their keys all the same.
+    for call in calls:
+        if by_sha:
+            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        else:
+            pipe.execute_command("EVAL", call.script.source, len(call.keys), *call.keys, *call.args)
 
 
 class RedisStore:
     """The Redis store over a blocking client (``sync_client``, or a cluster's or a sentinel's
-    from ``factory.open_redis_client``: pipelines and ``SCRIPT LOAD`` work alike on each)."""
+    from ``factory.open_redis_client``: their pipelines work alike here)."""
 
     def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
         self._client = client
 
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
+    ) -> list[ReadAnswer]:
         """Values for each request, in order, from one pipelined round trip."""
         if not requests:
             return []
-        with _translated_errors(), self._client.pipeline(transaction=False) as pipe:
+        with translated_errors(), self._client.pipeline(transaction=False) as pipe:
             for request in requests:
-                pipe.execute_command(*_read_args(request))
+                pipe.execute_command(*read_command(request))
             if timer is None:
                 replies = pipe.execute(raise_on_error=False)
             else:
                 with timer.stage("redis"):
                     replies = pipe.execute(raise_on_error=False)
-        return _decode_all(requests, replies, timer)
+        return decode_replies(requests, replies, timer)
 
-    def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """Write values, TTL and event time together, one round trip per ``WRITE_CHUNK_ROWS``.
+    def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
+        """See ``OnlineStore.write``; one round trip per chunk of updates (``_chunks``).
 
-        True where applied; False where Redis held a newer event for the entity
-        group, so the server skipped the update.
+        Sorted-set members beyond the group's ``top_n`` newest are dropped before
+        they are sent.
         """
-        applied: list[bool] = []
-        with _translated_errors():
-            for chunk in _chunks(updates):
-                applied += self._write_chunk(chunk)
-        return applied
+        outcomes: list[WriteOutcome] = []
+        calls = [_script_call(update) for update in updates]
+        with translated_errors():
+            for chunk in _chunks(calls):
+                replies = self._execute(chunk, by_sha=True)
+                missing = [i for i, reply in enumerate(replies) if _missing_script(reply)]
+                if missing:
+                    again = self._execute([chunk[i] for i in missing], by_sha=False)
+                    for index, reply in zip(missing, again, strict=True):
+                        replies[index] = reply
+                outcomes += [_outcome(c, r) for c, r in zip(chunk, replies, strict=True)]
+        return outcomes
 
-    def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> list[bool]:
-        for _ in range(2):
-            with self._client.pipeline(transaction=False) as pipe:
-                for update in chunk:
-                    _queue_write(pipe, update)
-                outcome = _applied(pipe.execute(raise_on_error=False))
-            if outcome is not None:
-                return outcome
-            for script in SCRIPTS:
-                self._client.script_load(script.source)
-        raise StoreError("Redis does not keep the write scripts loaded")
+    def _execute(self, calls: Sequence[_ScriptCall], by_sha: bool) -> list[Any]:
+        with self._client.pipeline(transaction=False) as pipe:
+            _queue(pipe, calls, by_sha)
+            return list(pipe.execute(raise_on_error=False))
 
     def close(self) -> None:
         """Close the client's connections."""
@@ -329,78 +448,162 @@ class AsyncRedisStore:
         self._pool = client.connection_pool
         self._pool_size: int = self._pool.max_connections
         self._timeout_s = timeout_s
-        self._reads_in_flight = 0
+        self._held = 0
+        self._drains: set[asyncio.Task[None]] = set()
 
     def pool_usage(self) -> float:
-        """The share of the connection pool that reads hold right now (0 to 1)."""
-        return self._reads_in_flight / self._pool_size
+        """The share of the connection pool that reads hold right now (0 to 1).
+
+        A connection counts from the moment a read asks for it until it is back
+        in the pool, its reply drained if the read was abandoned.
+        """
+        return self._held / self._pool_size
+
+    async def warm(self, count: int) -> int:
+        """Open up to ``count`` connections now and keep them in the pool; how many are open.
+
+        Each connect is bounded by the connect timeout.  Meant for start-up, so
+        that no request's deadline pays for connecting: with Redis 5 ms away a
+        connect costs one more round trip than the read itself.
+        """
+        wanted = min(count, self._pool_size)
+        opened = await asyncio.gather(
+            *(self._pool.get_connection() for _ in range(wanted)), return_exceptions=True
+        )
+        failures = [outcome for outcome in opened if isinstance(outcome, BaseException)]
+        for connection in opened:
+            if not isinstance(connection, BaseException):
+                await self._pool.release(connection)
+        if failures:
+            _log.warning(
+                "opened %d of %d Redis connections at start-up; the rest open on first use: %s",
+                wanted - len(failures),
+                wanted,
+                failures[0],
+            )
+        return wanted - len(failures)
 
     async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> list[StoredValues | None]:
+    ) -> list[ReadAnswer]:
         """Values for each request, in order, from one pipelined round trip."""
         if not requests:
             return []
-        self._reads_in_flight += 1
-        try:
-            with _translated_errors():
-                if timer is None:
+        with translated_errors():
+            if timer is None:
+                replies = await self._round_trip(requests)
+            else:
+                with timer.stage("redis"):
                     replies = await self._round_trip(requests)
-                else:
-                    with timer.stage("redis"):
-                        replies = await self._round_trip(requests)
-        finally:
-            self._reads_in_flight -= 1
-        return _decode_all(requests, replies, timer)
+        return decode_replies(requests, replies, timer)
 
     async def _round_trip(self, requests: Sequence[ReadRequest]) -> list[Any]:
         """Send every command in one write and read the replies, in order.
 
-        A reply that is an error (say, a key of the wrong type) is returned in
-        its place.  Any other failure, the timeout and cancellation included,
-        makes redis-py drop the connection, so no later read sees a stale reply.
+        An error reply (say, a key of the wrong type) is returned in its place.
+        When the caller is cancelled mid-read (its deadline passed), the
+        connection goes to a background task that reads the rest of the replies
+        within this call's timeout and then returns it to the pool.  Any other
+        failure, this call's own timeout included, drops the connection, so no
+        later read sees a stale reply.
         """
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
-        commands = [_read_args(request) for request in requests]
+        commands = [read_command(request) for request in requests]
         packed = b"".join([hiredis.pack_command(args) for args in commands])  # type: ignore[arg-type]
-        async with asyncio.timeout(self._timeout_s):
-            connection = await self._pool.get_connection()
+        replies: list[Any] = []
+        bound = ReplyDeadline(asyncio.get_running_loop().time() + self._timeout_s)
+        async with bound:
+            connection = await self._acquire()
             try:
                 await connection.send_packed_command(packed, check_health=False)
-                return [await _reply(connection) for _ in requests]
-            finally:
-                await self._pool.release(connection)
+                for _ in requests:
+                    replies.append(await read_reply(connection))
+            except asyncio.CancelledError:
+                if bound.expired() or not connection.is_connected:
+                    await self._drop(connection)
+                else:
+                    self._drain_later(connection, len(requests) - len(replies), bound.when)
+                raise
+            except BaseException:
+                await self._drop(connection)
+                raise
+            await self._release(connection)
+        return replies
 
-    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
-        """See ``RedisStore.write``."""
-        applied: list[bool] = []
-        with _translated_errors():
-            for chunk in _chunks(updates):
+    async def _acquire(self) -> Any:
+        self._held += 1
+        try:
+            return await self._pool.get_connection()
+        except BaseException:
+            self._held -= 1
+            raise
+
+    async def _release(self, connection: Any) -> None:
+        self._held -= 1
+        await self._pool.release(connection)
+
+    async def _drop(self, connection: Any) -> None:
+        """Close ``connection`` (its replies are out of step) and hand it back to the pool."""
+        try:
+            await connection.disconnect(nowait=True)
+        finally:
+            await self._release(connection)
+
+    def _drain_later(self, connection: Any, replies: int, until: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(connection, replies, until))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain(self, connection: Any, replies: int, until: float) -> None:
+        """Read and discard the ``replies`` still due on ``connection``, then pool it."""
+        try:
+            async with ReplyDeadline(until):
+                for _ in range(replies):
+                    await read_reply(connection)
+        except asyncio.CancelledError:
+            await self._drop(connection)
+            raise
+        except Exception as exc:
+            # Redis slower than the socket timeout, or gone: the resolver has already
+            # logged that the read missed its deadline.
+            _log.debug("dropping a Redis connection whose abandoned reply did not come: %r", exc)
+            await self._drop(connection)
+        else:
+            await self._release(connection)
+
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
+        """See ``RedisStore.write``; each chunk is bounded by the write timeout."""
+        outcomes: list[WriteOutcome] = []
+        calls = [_script_call(update) for update in updates]
+        with translated_errors():
+            for chunk in _chunks(calls):
                 async with asyncio.timeout(self._timeout_s):
-                    applied += await self._write_chunk(chunk)
-        return applied
+                    replies = await self._execute(chunk, by_sha=True)
+                    missing = [i for i, reply in enumerate(replies) if _missing_script(reply)]
+                    if missing:
+                        again = await self._execute([chunk[i] for i in missing], by_sha=False)
+                        for index, reply in zip(missing, again, strict=True):
+                            replies[index] = reply
+                outcomes += [_outcome(c, r) for c, r in zip(chunk, replies, strict=True)]
+        return outcomes
 
-    async def _write_chunk(self, chunk: Sequence[FeatureUpdate]) -> list[bool]:
-        for _ in range(2):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for update in chunk:
-                    _queue_write(pipe, update)
-                outcome = _applied(await pipe.execute(raise_on_error=False))
-            if outcome is not None:
-                return outcome
-            for script in SCRIPTS:
-                await self._client.script_load(script.source)
-        raise StoreError("Redis does not keep the write scripts loaded")
+    async def _execute(self, calls: Sequence[_ScriptCall], by_sha: bool) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            _queue(pipe, calls, by_sha)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def ping(self) -> bool:
         """Whether Redis answers a PING now."""
         try:
-            with _translated_errors():
+            with translated_errors():
                 async with asyncio.timeout(self._timeout_s):
                     return bool(await self._client.ping())
         except StoreError:
             return False
 
     async def close(self) -> None:
-        """Close the client's connections."""
+        """Stop draining abandoned replies and close the client's connections."""
+        for task in list(self._drains):
+            task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
         await self._client.aclose()

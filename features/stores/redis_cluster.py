@@ -12,14 +12,20 @@ deadline, so the healthy nodes' answers arrive in time when one node hangs.
   refresh starts in the background, and the request is sent once more.
 - ``ASK`` (the slot is migrating and this key has left already): the request
   is sent once more to the node named, after ``ASKING`` on the same connection.
-- A node that fails (refused, reset, no answer within ``node_timeout_s``)
-  costs only its own requests: they are answered ``ReadFailed`` (see
-  ``features.stores.base``), so the resolver falls back for those entities
-  alone.  The node's breaker counts the failure and, after a run of them,
-  skips the node for a while; the slot map is refreshed in the background
-  (at most every ``REFRESH_INTERVAL_S``), which finds the replica the cluster
-  promotes in its place.  With ``read_from_replicas``, a replica that fails
-  is replaced by its primary for the one retry.
+- A node that fails (refused, reset, no reply within ``node_timeout_s``)
+  costs only its own requests: they are answered ``FailedRead`` with the
+  reason (``store_error``, ``deadline``; ``breaker_open`` once its breaker
+  skips it; see ``features.stores.base``), so the resolver falls back for
+  those entities alone.  The wait is a ``features.deadline.ReplyDeadline``:
+  a reply that has arrived is used however late a busy worker gets to it,
+  and a connection left mid-reply is closed.  The node's breaker counts
+  the failure and, after a run of them, skips the node for a while; the
+  slot map is refreshed in the background (at most every
+  ``REFRESH_INTERVAL_S``), which finds the replica the cluster promotes in
+  its place.  A node that refuses its slots for now (``CLUSTERDOWN``,
+  ``TRYAGAIN``, ``LOADING``, ``MASTERDOWN``) fails its requests the same
+  way.  With ``read_from_replicas``, a replica that fails is replaced by its
+  primary for the one retry.
 
 Why not redis-py's ``ClusterPipeline`` for reads: it resolves a command
 policy and a slot per queued command in Python (``bench/cluster_bench.py``
@@ -28,12 +34,14 @@ whole pipeline, so every entity would fall back.  redis-py still owns the
 slot map (``NodesManager``), each node's connections, connecting (with
 ``READONLY`` for replica reads) and the hiredis reply parser.
 
-Writes are the standalone store's, inherited: a cluster client's
-``pipeline()`` sends each node its share of a chunk concurrently and
-re-sends redirected commands, and ``SCRIPT LOAD`` goes to every primary, so
-a node that answers ``NOSCRIPT`` (a promoted replica, a restarted node) gets
-the scripts and the chunk is sent again.  Every script names keys of one
-slot only, since every key of an entity group carries the entity's hash tag.
+Writes are the standalone store's, inherited (``WriteOutcome`` per update,
+field-level merge, data errors refused per update, the rest raised): a
+cluster client's ``pipeline()`` sends each node its share of a chunk
+concurrently and re-sends redirected commands, and the calls a node answers
+``NOSCRIPT`` (a promoted replica, a restarted node) are sent again as
+``EVAL``, which leaves the script in that node's cache.  Every script names
+keys of one slot only, since every key of an entity group carries the
+entity's hash tag.
 """
 
 from __future__ import annotations
@@ -53,25 +61,33 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
+    BusyLoadingError,
     ClusterDownError,
     MaxConnectionsError,
     MovedError,
     RedisError,
-    ResponseError,
     TryAgainError,
 )
 from redis.retry import Retry as SyncRetry
 
 from features.burst_log import BurstLog
+from features.deadline import ReplyDeadline
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
-from features.serving.breaker import CircuitBreaker
-from features.stores.base import FeatureUpdate, ReadAnswer, ReadFailed, ReadRequest
+from features.serving.breaker import CircuitBreaker, Permit
+from features.stores.base import (
+    FailedRead,
+    FeatureUpdate,
+    ReadAnswer,
+    ReadFailure,
+    ReadRequest,
+    WriteOutcome,
+)
 from features.stores.redis import (
     AsyncRedisStore,
-    _decode_all,
-    _read_args,
-    _reply,
-    _translated_errors,
+    decode_replies,
+    read_command,
+    read_reply,
+    translated_errors,
 )
 from features.timing import StageTimer
 
@@ -88,11 +104,11 @@ REFRESH_INTERVAL_S = 0.5
 """The least time between two background refreshes of the slot map."""
 
 REFRESH_TIMEOUT_S = 2.0
-"""How long one background refresh of the slot map may take."""
+"""How long one load of the slot map may take: at start-up (``warm``), or in the background."""
 
-LOOP_LAG_S = 0.002
-"""A node timeout that fires later than this was held up by a busy event loop, not by the
-node (the resolver's rule for its own deadline)."""
+_NODE_REFUSALS = (ClusterDownError, TryAgainError, BusyLoadingError)
+"""Error replies by which a node refuses every key of its slots for now (``CLUSTERDOWN``,
+``MASTERDOWN``, ``TRYAGAIN``, ``LOADING``): the node failed, not the key."""
 
 _ASKING = hiredis.pack_command(("ASKING",))
 
@@ -103,8 +119,9 @@ _Batches = dict[ClusterNode, list[int]]
 class AsyncRedisClusterStore(AsyncRedisStore):
     """The Redis store over an asyncio ``RedisCluster``; the factory builds it.
 
-    ``pool_usage`` is the share of each node's pool that reads may hold: every
-    read holds at most one connection per node.
+    ``pool_size`` is each node's pool; every read holds at most one connection
+    per node, so reads in flight over ``pool_size`` is the share of the fullest
+    node's pool in use (``pool_usage``).
     """
 
     def __init__(
@@ -119,8 +136,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Not AsyncRedisStore.__init__: a cluster has a pool per node, not one pool.  The
-        # write path it lends needs only ``_client.pipeline``, ``_client.script_load`` and
-        # ``_timeout_s``, which a cluster client has in the same shape.
+        # write path it lends needs only ``_client.pipeline`` and ``_timeout_s``, which a
+        # cluster client has in the same shape.
         self._client = client  # type: ignore[assignment]
         self._cluster = client
         self._timeout_s = timeout_s
@@ -143,15 +160,45 @@ class AsyncRedisClusterStore(AsyncRedisStore):
     def _nodes(self) -> NodesManager:
         return self._cluster.nodes_manager
 
-    # The standalone store never answers ReadFailed; this one may, as the store contract
-    # allows a store spread over several servers (features.stores.base).
-    async def read(  # type: ignore[override]
+    def pool_usage(self) -> float:
+        """The share of the fullest node's pool that reads hold right now (0 to 1), at most."""
+        return self._reads_in_flight / self._pool_size
+
+    async def warm(self, count: int) -> int:
+        """Load the slot map, then open up to ``count`` connections to each node reads go to
+        (the primaries, or with replica reads the replicas) and keep them; how many are open.
+
+        Meant for start-up: loading the slot map takes longer than a feature deadline, and
+        no request's deadline should pay for connecting.  Failures are logged, not raised:
+        reads fall back until the cluster answers.
+        """
+        try:
+            with translated_errors():
+                async with asyncio.timeout(REFRESH_TIMEOUT_S):
+                    await self._ensure_ready()
+        except StoreError as exc:
+            _log.warning("the Redis Cluster slot map did not load at start-up: %s", exc)
+            return 0
+        nodes = self._nodes.get_nodes_by_server_type(PRIMARY)
+        if self._read_from_replicas:
+            nodes = self._nodes.get_nodes_by_server_type(REPLICA) or nodes
+        wanted = min(count, self._pool_size)
+        opened = await asyncio.gather(*(_open_connections(node, wanted) for node in nodes))
+        if sum(opened) < wanted * len(nodes):
+            _log.warning(
+                "opened %d of %d Redis Cluster connections at start-up; the rest open on first use",
+                sum(opened),
+                wanted * len(nodes),
+            )
+        return sum(opened)
+
+    async def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> Sequence[ReadAnswer]:
+    ) -> list[ReadAnswer]:
         """Values for each request, in order: one round trip per node, all nodes at once.
 
-        A request whose node failed is answered ``ReadFailed``; ``StoreError`` only
-        when no node can be found at all.
+        A request whose node failed is answered ``FailedRead`` with the reason;
+        ``StoreError`` only when the slot map cannot be loaded at all.
         """
         if not requests:
             return []
@@ -164,11 +211,11 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                     replies = await self._round_trips(requests)
         finally:
             self._reads_in_flight -= 1
-        answered = [i for i, reply in enumerate(replies) if not isinstance(reply, ReadFailed)]
+        answered = [i for i, reply in enumerate(replies) if not isinstance(reply, FailedRead)]
         if len(answered) == len(requests):
-            return _decode_all(requests, replies, timer)
+            return decode_replies(requests, replies, timer)
         answers: list[ReadAnswer] = list(replies)
-        decoded = _decode_all(
+        decoded = decode_replies(
             [requests[i] for i in answered], [replies[i] for i in answered], timer
         )
         for index, values in zip(answered, decoded, strict=True):
@@ -176,7 +223,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         return answers
 
     async def _round_trips(self, requests: Sequence[ReadRequest]) -> list[Any]:
-        """Every request's reply, or ``ReadFailed`` where its node failed."""
+        """Every request's reply, or ``FailedRead`` where its node failed."""
         await self._ensure_ready()
         replies: list[Any] = [None] * len(requests)
         batches = self._batches(requests, range(len(requests)), replies, replicas_allowed=True)
@@ -197,7 +244,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             self._starting = asyncio.get_running_loop().create_task(self._cluster.initialize())
             # A start nobody waits for any more must not log "exception never retrieved".
             self._starting.add_done_callback(_retrieve)
-        with _translated_errors():
+        with translated_errors():
             await asyncio.shield(self._starting)
         self._ready = True
 
@@ -209,33 +256,31 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         moved = on_primaries
         asked: _Batches = {}
         for index, reply in enumerate(replies):
-            if not isinstance(reply, ResponseError):
-                continue
-            if isinstance(reply, MovedError):
+            if isinstance(reply, _NODE_REFUSALS):
+                # The node refuses its slots for now (no primary, a migration, loading):
+                # a failure to fall back from, not an absent entity.
+                replies[index] = _refused(reply)
+                self._refresh_soon()
+            elif isinstance(reply, MovedError):
                 await self._nodes.move_slot(reply)
                 moved.append(index)
             elif isinstance(reply, AskError):
                 host, port = self._nodes.remap_host_port(reply.host, reply.port)
                 node = self._nodes.get_node(host=host, port=port)
                 if node is None:
-                    replies[index] = ReadFailed("store_error")
+                    replies[index] = FailedRead(f"ASK to an unknown node: {reply}", "store_error")
                 else:
                     asked.setdefault(node, []).append(index)
-            elif isinstance(reply, ClusterDownError | TryAgainError):
-                # The cluster refuses for now (a slot without a primary, a migration):
-                # a failure to fall back from, not an absent entity.
-                replies[index] = ReadFailed("store_error")
-                self._refresh_soon()
         if moved:
             self._refresh_soon()
             batches = self._batches(requests, moved, replies, replicas_allowed=False)
             await self._send(batches, requests, replies, asking=False)
         if asked:
             await self._send(asked, requests, replies, asking=True)
-        if moved or asked:
-            for index in (*moved, *(i for indexes in asked.values() for i in indexes)):
-                if isinstance(replies[index], AskError):  # redirected twice: give up
-                    replies[index] = ReadFailed("store_error")
+        for index in (*moved, *(i for indexes in asked.values() for i in indexes)):
+            reply = replies[index]
+            if isinstance(reply, (AskError, *_NODE_REFUSALS)):  # redirected twice, or refused
+                replies[index] = _refused(reply)
 
     def _batches(
         self,
@@ -258,7 +303,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 node = (self._pick(shard) if replicas_allowed else shard[0]) if shard else None
                 by_entity[entity_id] = node
             if node is None:
-                replies[index] = ReadFailed("store_error")
+                replies[index] = FailedRead("no node serves the slot", "store_error")
                 self._refresh_soon()
             else:
                 batches.setdefault(node, []).append(index)
@@ -291,7 +336,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             )
         to_primaries: list[int] = []
         for (node, indexes), outcome in zip(batches.items(), outcomes, strict=True):
-            if not isinstance(outcome, ReadFailed):
+            if not isinstance(outcome, FailedRead):
                 for index, reply in zip(indexes, outcome, strict=True):
                     replies[index] = reply
                 continue
@@ -303,52 +348,62 @@ class AsyncRedisClusterStore(AsyncRedisStore):
 
     async def _node_round_trip(
         self, node: ClusterNode, indexes: list[int], requests: Sequence[ReadRequest], asking: bool
-    ) -> list[Any] | ReadFailed:
-        """One node's replies in order, or why there are none (its requests fail, not the read)."""
+    ) -> list[Any] | FailedRead:
+        """One node's replies in order, or why there are none (its requests fail, not the read).
+
+        The wait is a ``ReplyDeadline``: a reply that has arrived is used, however late the
+        worker gets to it.  A connection left mid-reply is closed, so that no later read on
+        it sees this one's replies.
+        """
         breaker = self._breaker(node)
-        if not breaker.allow():
+        permit = breaker.allow()
+        if permit is None:
             self._refresh_soon(node.name)
-            return ReadFailed("breaker_open")
+            return FailedRead(f"Redis node {node.name} is skipped for now", "breaker_open")
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
-        commands = [hiredis.pack_command(_read_args(requests[i])) for i in indexes]  # type: ignore[arg-type]
+        commands = [hiredis.pack_command(read_command(requests[i])) for i in indexes]  # type: ignore[arg-type]
         if asking:
             commands = [part for command in commands for part in (_ASKING, command)]
         try:
             connection = node.acquire_connection()
         except MaxConnectionsError:
             # Our pool is exhausted, not the node: no breaker failure.
-            return ReadFailed("store_error")
-        loop = asyncio.get_running_loop()
-        expires = loop.time() + self._node_timeout_s
+            return FailedRead(f"no free connection to Redis node {node.name}", "store_error")
+        bound = ReplyDeadline(asyncio.get_running_loop().time() + self._node_timeout_s)
+        replies: list[Any] = []
         try:
-            async with asyncio.timeout_at(expires):
-                await node.disconnect_if_needed(connection)
-                await connection.send_packed_command(b"".join(commands), check_health=False)
-                replies = [await _reply(connection) for _ in commands]
-        except TimeoutError:
-            if loop.time() - expires >= LOOP_LAG_S:
-                # The timer fired late: the event loop was busy (a stalled or saturated
-                # worker), which says nothing about the node.  Its breaker is left alone,
-                # or one stall would open every node's breaker at once.
-                return ReadFailed("deadline")
-            return self._node_failed(node, breaker, "deadline", "no answer in time")
-        except (RedisError, OSError, RuntimeError) as exc:
-            return self._node_failed(node, breaker, "store_error", str(exc))
+            with translated_errors():
+                async with bound:
+                    await node.disconnect_if_needed(connection)
+                    await connection.send_packed_command(b"".join(commands), check_health=False)
+                    for _ in commands:
+                        replies.append(await read_reply(connection))
+        except StoreError as exc:
+            reason: ReadFailure = "deadline" if bound.expired() else "store_error"
+            return self._node_failed(node, breaker, permit, reason, exc)
         finally:
+            if len(replies) < len(commands):
+                await connection.disconnect(nowait=True)
             node.release(connection)
-        breaker.record_success()
+        breaker.record_success(permit)
         return replies[1::2] if asking else replies
 
     def _node_failed(
-        self, node: ClusterNode, breaker: CircuitBreaker, reason: str, detail: str
-    ) -> ReadFailed:
-        breaker.record_failure(detail)
-        self._error_log.error(f"Redis node {node.name} failed ({detail}); its entities fall back")
+        self,
+        node: ClusterNode,
+        breaker: CircuitBreaker,
+        permit: Permit,
+        reason: ReadFailure,
+        exc: StoreError,
+    ) -> FailedRead:
+        # The breaker keeps a category (exc.reason); the log gets the node and the error.
+        breaker.record_failure(permit, exc.reason)
+        self._error_log.error(f"Redis node {node.name} failed; its entities fall back", exc)
         if reason == "store_error":
             # Refused or reset: the node may be gone for good.  A node that is only slow
             # leads to a refresh once its breaker opens.
             self._refresh_soon(node.name)
-        return ReadFailed(reason)
+        return FailedRead(f"Redis node {node.name}: {exc}", reason)
 
     def _breaker(self, node: ClusterNode) -> CircuitBreaker:
         breaker = self._breakers.get(node.name)
@@ -360,8 +415,14 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         return breaker
 
     def node_breakers(self) -> dict[str, CircuitBreaker]:
-        """Each node's breaker, by ``host:port``, for the status page."""
-        return dict(self._breakers)
+        """Each node's breaker, for the status page, by the node's role and the slots it
+        serves (``primary 0-5460``): what an operator needs to find it, and no address."""
+        labelled: dict[str, CircuitBreaker] = {}
+        for name, breaker in self._breakers.items():
+            label = _label(name, self._nodes.slots_cache)
+            # Nodes that serve no slot now (a primary lost in a failover) share a label.
+            labelled[label if label not in labelled else f"{label} ({len(labelled) + 1})"] = breaker
+        return labelled
 
     def _refresh_soon(self, failed_node: str | None = None) -> None:
         """Refresh the slot map in the background, unless one ran or runs just now."""
@@ -399,7 +460,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             return _differs(ranges, self._nodes.slots_cache)
         return True
 
-    async def write(self, updates: Sequence[FeatureUpdate]) -> list[bool]:
+    async def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
         """See ``RedisStore.write``; a failure also refreshes the slot map, so that writes
         reach a promoted replica once the cluster has promoted one."""
         try:
@@ -416,7 +477,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         command reload the slot map (reconnecting every connection).
         """
         try:
-            with _translated_errors():
+            with translated_errors():
                 async with asyncio.timeout(self._timeout_s):
                     await self._ensure_ready()
                     primaries = self._nodes.get_nodes_by_server_type(PRIMARY)
@@ -433,6 +494,43 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             if task is not None:
                 task.cancel()
         await self._cluster.aclose()
+
+
+def _refused(reply: Exception) -> FailedRead:
+    return FailedRead(f"Redis refused the slot for now: {reply}", "store_error")
+
+
+async def _open_connections(node: ClusterNode, count: int) -> int:
+    """Open up to ``count`` connections to ``node`` and leave them in its pool; how many."""
+    connections = []
+    try:
+        for _ in range(count):
+            connections.append(node.acquire_connection())
+    except MaxConnectionsError:
+        pass
+    outcomes = await asyncio.gather(
+        *(connection.connect() for connection in connections), return_exceptions=True
+    )
+    for connection in connections:
+        node.release(connection)
+    return sum(1 for outcome in outcomes if not isinstance(outcome, BaseException))
+
+
+def _label(name: str, slots_cache: dict[int, list[ClusterNode]]) -> str:
+    """``primary 0-5460`` (or ``replica``, or ``node`` when it serves no slot now)."""
+    ranges: list[list[int]] = []
+    role = "node"
+    for slot, nodes in sorted(slots_cache.items()):
+        names = [node.name for node in nodes]
+        if name not in names:
+            continue
+        role = "primary" if names[0] == name else "replica"
+        if ranges and ranges[-1][1] == slot - 1:
+            ranges[-1][1] = slot
+        else:
+            ranges.append([slot, slot])
+    spans = ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in ranges)
+    return f"{role} {spans}".strip()
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -1,16 +1,36 @@
-"""Server-side write scripts: values, TTL and ordering applied atomically by Redis.
+"""Server-side write scripts: values, event times and TTL applied atomically by Redis.
 
-Each entity group remembers the event time of the values it holds (a
-hidden ``_event_ms`` field of the hash; a sibling ``<key>:_event_ms`` key
-for a blob).  A write older than that is skipped on the server, so racing
-writers or a replay of old data never roll values back, and re-running a
-write is harmless.  Sorted sets need no such mark: members are scored by
-event time, ``ZADD GT`` never lowers a member's score, and trimming keeps
-the newest N.
+Every script touches the keys of one entity group only (``KEYS`` share the
+``{entity id}`` hash tag), so each runs on one node of a cluster.
 
-Scripts are sent with ``EVALSHA`` by their SHA-1, which is computed here;
-a store that gets ``NOSCRIPT`` (a restarted or flushed Redis) loads them and
-retries.
+**Hash: merged field by field.**  Each field has an event time, and a write
+lands a value only when it is not older than the value held for that field.
+The group-level ``_event_ms`` field holds the newest event time of any field
+(what ``HMGET ... _event_ms`` answers, beside the values).  A field's own
+time lives in ``_event_ms:<field>`` only when it differs from ``_event_ms``:
+a group written whole, the common case, carries one hidden field, and a
+partial write gives the fields it did not touch their own times.  A field
+written by hand counts as written at the time featserve last recorded for it
+(its own, else ``_event_ms``); a hash written by hand without ``_event_ms``
+counts as older than any event, so the first featserve write replaces what
+it names and leaves the other fields as they are.
+
+**String (an embedding)**: the blob and a sibling ``<key>:_event_ms`` key;
+an older write is skipped.  **Sorted set**: members are scored by event time
+in seconds; ``ZADD GT`` never lowers a score and the newest ``top_n`` are
+kept, so no mark is needed.
+
+**TTL from the event time**: ``PEXPIREAT`` the newest event time held plus
+the group's TTL (hash: the newest field; sorted set: the newest member), so
+a value 1.5 h old in a 2 h group has 0.5 h left.
+
+Every script answers what landed, as a string of one character per field or
+member (``1`` landed, ``0`` a newer value held), and refuses data it cannot
+merge with an error reply whose first word is in ``DATA_ERRORS``: a key of
+another type, or a held event time that is not a number.  Scripts are sent
+with ``EVALSHA`` by the SHA-1 computed here; a node that answers
+``NOSCRIPT`` gets the same call as ``EVAL``, which caches the script on
+that node.
 """
 
 from __future__ import annotations
@@ -18,10 +38,24 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-__all__ = ["EVENT_MS_FIELD", "HASH_WRITE", "SCRIPTS", "SORTED_SET_WRITE", "STRING_WRITE", "Script"]
+__all__ = [
+    "DATA_ERRORS",
+    "EVENT_MS_FIELD",
+    "FIELD_EVENT_MS_PREFIX",
+    "HASH_WRITE",
+    "SORTED_SET_WRITE",
+    "STRING_WRITE",
+    "Script",
+]
 
 EVENT_MS_FIELD = "_event_ms"
-"""The hash field (and the blob sibling key suffix) holding the values' event time."""
+"""The hash field (and the blob sibling key suffix) holding the newest event time held."""
+
+FIELD_EVENT_MS_PREFIX = "_event_ms:"
+"""Prefix of a hash field holding one field's event time, when it differs from ``_event_ms``."""
+
+DATA_ERRORS = ("WRONGTYPE", "BADEVENTTIME")
+"""First words of the error replies that refuse one write for its data: retrying cannot help."""
 
 
 @dataclass(frozen=True)
@@ -35,37 +69,162 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
+_COMMON = """
+local function wrong_type(key, expected)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= expected and kind ~= 'none' then
+    return 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a ' .. expected
+  end
+end
+-- A read of key that a key of another type refuses; the TYPE lookup only then.
+local function read(command, key, expected, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply['err'] then
+    return nil, wrong_type(key, expected) or reply['err']
+  end
+  return reply
+end
+local function event_time(text)
+  local number = tonumber(text)
+  if number == nil or number ~= number or number == math.huge or number == -math.huge then
+    return nil
+  end
+  return number
+end
+local function bad_time(key, name, text)
+  return 'BADEVENTTIME ' .. key .. ' holds ' .. name .. ' = ' .. string.sub(text, 1, 40)
+    .. ', not epoch milliseconds'
+end
+local function ms(number)
+  return string.format('%.0f', number)
+end
+-- unpack() has a bound on its arguments: send long argument lists in slices.
+local function in_slices(command, key, items)
+  for first = 1, #items, 200 do
+    redis.call(command, key, unpack(items, first, math.min(first + 199, #items)))
+  end
+end
+"""
+
 HASH_WRITE = Script(
-    f"""
--- KEYS[1]: the hash. ARGV: event ms, ttl ms, then field, value pairs.
-local held = redis.call('HGET', KEYS[1], '{EVENT_MS_FIELD}')
-if held and tonumber(held) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], '{EVENT_MS_FIELD}', ARGV[1], unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+    _COMMON
+    + f"""
+-- KEYS[1]: the hash.  ARGV[1]: the group's TTL ms, ARGV[2]: the update's event ms, ARGV[3]: n;
+-- then n field, event ms pairs for the values at another time; then field, value pairs.
+-- Returns one character per field, value pair: 1 where the value landed, 0 where a newer
+-- one is held.
+local key = KEYS[1]
+local held, problem = read('HGETALL', key, 'hash')
+if problem then return redis.error_reply(problem) end
+local MARK, PREFIX = '{EVENT_MS_FIELD}', '{FIELD_EVENT_MS_PREFIX}'
+local group_ms, own, present, names = 0, {{}}, {{}}, {{}}
+for i = 1, #held, 2 do
+  local name, value = held[i], held[i + 1]
+  if name == MARK or string.sub(name, 1, #PREFIX) == PREFIX then
+    local at = event_time(value)
+    if at == nil then return redis.error_reply(bad_time(key, name, value)) end
+    if name == MARK then group_ms = at else own[string.sub(name, #PREFIX + 1)] = at end
+  elseif string.sub(name, 1, 1) ~= '_' then
+    present[name] = true
+    names[#names + 1] = name
+  end
+end
+local update_ms, at_of = tonumber(ARGV[2]), {{}}
+local first = 4 + 2 * tonumber(ARGV[3])
+for i = 4, first - 1, 2 do at_of[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local flags, landed, values = {{}}, {{}}, {{}}
+local newest = group_ms
+for i = first, #ARGV, 2 do
+  local name = ARGV[i]
+  local at, held_at = at_of[name] or update_ms, -1
+  if present[name] then held_at = own[name] or group_ms end
+  if at >= held_at then
+    flags[#flags + 1] = '1'
+    if not present[name] then names[#names + 1] = name end
+    landed[name] = at
+    values[#values + 1] = name
+    values[#values + 1] = ARGV[i + 1]
+    if at > newest then newest = at end
+  else
+    flags[#flags + 1] = '0'
+  end
+end
+if #values == 0 then return table.concat(flags) end
+values[#values + 1] = MARK
+values[#values + 1] = ms(newest)
+local cleared = {{}}
+for _, name in ipairs(names) do
+  local at = landed[name] or own[name] or group_ms
+  if at ~= newest then
+    values[#values + 1] = PREFIX .. name
+    values[#values + 1] = ms(at)
+  elseif own[name] then
+    cleared[#cleared + 1] = PREFIX .. name
+  end
+end
+in_slices('HSET', key, values)
+in_slices('HDEL', key, cleared)
+redis.call('PEXPIREAT', key, ms(newest + tonumber(ARGV[1])))
+return table.concat(flags)
 """
 )
 
 STRING_WRITE = Script(
-    """
--- KEYS[1]: the blob, KEYS[2]: its event-time key. ARGV: event ms, ttl ms, blob.
-local held = redis.call('GET', KEYS[2])
-if held and tonumber(held) > tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 1
+    _COMMON
+    + """
+-- KEYS[1]: the blob, KEYS[2]: its event-time key.  ARGV: event ms, expiry ms, the blob.
+-- Returns '1' when written, '0' when a newer event is held.
+local problem = wrong_type(KEYS[1], 'string')
+if problem then return redis.error_reply(problem) end
+local held, problem = read('GET', KEYS[2], 'string')
+if problem then return redis.error_reply(problem) end
+if held then
+  local held_at = event_time(held)
+  if held_at == nil then return redis.error_reply(bad_time(KEYS[2], 'its value', held)) end
+  if held_at > tonumber(ARGV[1]) then return '0' end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PXAT', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[2])
+return '1'
 """
 )
 
 SORTED_SET_WRITE = Script(
-    """
--- KEYS[1]: the sorted set. ARGV: ttl ms, members to keep, then score, member pairs.
-redis.call('ZADD', KEYS[1], 'GT', unpack(ARGV, 3))
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
+    _COMMON
+    + """
+-- KEYS[1]: the sorted set.  ARGV[1]: the group's TTL ms, ARGV[2]: members to keep, then
+-- score, member pairs (no more than are kept: the caller trims).
+-- Returns one character per member: 1 where it is held at its score after the write, 0 where
+-- a higher score is held for it or newer members pushed it out.
+local key = KEYS[1]
+local problem = wrong_type(key, 'zset')
+if problem then return redis.error_reply(problem) end
+local pairs_, members = {}, {}
+for i = 3, #ARGV, 2 do
+  pairs_[#pairs_ + 1] = ARGV[i]
+  pairs_[#pairs_ + 1] = ARGV[i + 1]
+  members[#members + 1] = ARGV[i + 1]
+end
+for first = 1, #pairs_, 200 do
+  redis.call('ZADD', key, 'GT', unpack(pairs_, first, math.min(first + 199, #pairs_)))
+end
+redis.call('ZREMRANGEBYRANK', key, 0, -tonumber(ARGV[2]) - 1)
+local newest = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
+local newest_ms = math.floor(tonumber(newest[2]) * 1000 + 0.5)
+redis.call('PEXPIREAT', key, ms(newest_ms + tonumber(ARGV[1])))
+local flags = {}
+for first = 1, #members, 200 do
+  local last = math.min(first + 199, #members)
+  local scores = redis.call('ZMSCORE', key, unpack(members, first, last))
+  for i = first, last do
+    local score = scores[i - first + 1]
+    if score and tonumber(score) == tonumber(ARGV[2 * i + 1]) then
+      flags[#flags + 1] = '1'
+    else
+      flags[#flags + 1] = '0'
+    end
+  end
+end
+return table.concat(flags)
 """
 )
-
-SCRIPTS = (HASH_WRITE, STRING_WRITE, SORTED_SET_WRITE)
-"""Every script a store may need loaded."""

@@ -23,7 +23,7 @@ from features.errors import RegistryError, StoreError
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
 from features.stores.factory import open_redis_client
-from features.stores.redis import _translated_errors
+from features.stores.redis import translated_errors
 
 __all__ = ["register"]
 
@@ -146,7 +146,7 @@ def _measure(
 ) -> tuple[float, int]:
     client = open_redis_client(settings)
     try:
-        with _translated_errors():
+        with translated_errors():
             return measure_entity_bytes(client, groups, samples)
     finally:
         client.close()

@@ -9,7 +9,9 @@ sentinels.  It writes
 demo tables for users ``u000000`` to ``u009999`` and loads them with
 ``featserve materialize``, trains and saves the
 model when the BentoML model store has none, runs ``bentoml serve`` on
-127.0.0.1:3000 and prints a curl that works.  Ctrl-C stops everything it
+127.0.0.1:3000 and prints curls that work.  Writes (``POST /push``) and
+``/ops/status`` need ``FEATSERVE_WRITE_TOKEN``: when it is unset, a token is
+made for this run and printed in the curls.  Ctrl-C stops everything it
 started.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,6 +31,7 @@ from pathlib import Path
 import bentoml
 import httpx
 
+from features.redaction import install_log_redaction, redact
 from features.settings import Settings
 from models.demo_tables import write_demo_tables
 from service import cli
@@ -54,7 +58,7 @@ def load_demo_data(
             args += ["--redis-url", redis_url]
         code = cli.main(args, settings)
         if code != 0:
-            raise RuntimeError(f"featserve {' '.join(args)} exited with {code}")
+            raise RuntimeError(redact(f"featserve {' '.join(args)} exited with {code}"))
 
 
 def ensure_model(tag: str) -> None:
@@ -83,6 +87,33 @@ def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s:
     raise RuntimeError(f"bentoml serve was not ready within {timeout_s:.0f} s")
 
 
+def ready_message(base_url: str, settings: Settings, token_was_set: bool) -> str:
+    """What to try once the service answers: curls for a score, a push and the status page."""
+    token = settings.write_token.get_secret_value() if settings.write_token else ""
+    where = (
+        "from FEATSERVE_WRITE_TOKEN"
+        if token_was_set
+        else "made for this run; set FEATSERVE_WRITE_TOKEN to choose your own"
+    )
+    read_header = ' -H "Authorization: Bearer $FEATSERVE_READ_TOKEN"' if settings.read_token else ""
+    export = "" if token_was_set else f"  export FEATSERVE_WRITE_TOKEN={token}\n"
+    update = (
+        f'{{"updates": [{{"entity_id": "u000123", "event_timestamp": {int(time.time())}, '
+        '"values": {"tx_count_1h": 4}}]}'
+    )
+    return (
+        "\nfeatserve is ready. Try:\n\n"
+        f"  curl -s -X POST {base_url}/score -H 'Content-Type: application/json'{read_header} \\\n"
+        '       -d \'{"entity_id": "u000123", "amount": 250.0}\'\n\n'
+        f"Writes and /ops/status need the write token ({where}):\n\n"
+        f"{export}"
+        f"  curl -s -X POST {base_url}/push -H 'Content-Type: application/json' \\\n"
+        '       -H "Authorization: Bearer $FEATSERVE_WRITE_TOKEN" \\\n'
+        f"       -d '{update}'\n"
+        f'  curl -s {base_url}/ops/status -H "Authorization: Bearer $FEATSERVE_WRITE_TOKEN"\n'
+    )
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
@@ -98,14 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     # `kill` and `timeout` send SIGTERM: clean up as for Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
+    install_log_redaction()
     # Local runs keep a SQLite backing store unless told otherwise.
     os.environ.setdefault("FEATSERVE_BACKING_STORE", f"sqlite:{args.data / 'backing.sqlite3'}")
+    token_was_set = bool(os.environ.get("FEATSERVE_WRITE_TOKEN"))
+    if not token_was_set:
+        os.environ["FEATSERVE_WRITE_TOKEN"] = secrets.token_urlsafe(24)
     with contextlib.ExitStack() as embedded:
         settings = Settings()
         if settings.redis_missing:
             os.environ.update(_start_embedded(settings, embedded))
             settings = Settings()
-        return _serve(args, settings)
+        return _serve(args, settings, token_was_set)
 
 
 def _start_embedded(settings: Settings, stack: contextlib.ExitStack) -> dict[str, str]:
@@ -131,7 +166,7 @@ def _start_embedded(settings: Settings, stack: contextlib.ExitStack) -> dict[str
     return {"REDIS_URL": server.url}
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def _serve(args: argparse.Namespace, settings: Settings, token_was_set: bool) -> int:
     """Load the demo data, make sure there is a model, and serve until interrupted."""
     load_demo_data(None, args.users, args.data, settings)
     print(f"Loaded demo features for u000000..u{args.users - 1:06d}", flush=True)
@@ -146,12 +181,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     )  # fmt: skip
     try:
         wait_until_ready(base_url, server, READY_TIMEOUT_S)
-        print(
-            "\nfeatserve is ready. Try:\n\n"
-            f"  curl -s -X POST {base_url}/score -H 'Content-Type: application/json' \\\n"
-            '       -d \'{"entity_id": "u000123", "amount": 250.0}\'\n',
-            flush=True,
-        )
+        print(ready_message(base_url, settings, token_was_set), flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0

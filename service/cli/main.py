@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from features.redaction import install_log_redaction
 from features.settings import Settings
 from models.demo_tables import write_demo_tables
 from service.cli import capacity, materialize, rewarm, sla
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     ``settings`` stands in for the environment's (``Settings()``), for callers that run
     the command line in-process against a Redis of their own.
     """
+    install_log_redaction()
     parser = argparse.ArgumentParser(prog="featserve", description="featserve command line")
     commands = parser.add_subparsers(dest="command", required=True)
     materialize.register(commands)

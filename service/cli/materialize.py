@@ -1,6 +1,11 @@
 """``featserve materialize``: load an offline table into Redis (``features.ingest.materialize``).
 
-featserve materialize TABLE [--group user:features] [--rejects FILE] [--allow-rejects]
+featserve materialize TABLE [--group user:features] [--rejects FILE] [--allow-rejects] [--json]
+
+Exit codes: 0 every row accounted for and none rejected (or ``--allow-rejects``),
+1 rows were rejected, 2 a bad invocation (nothing written), 3 a store failed
+(the summary says from which row on; re-running is safe), 4 the table could
+not be read to the end.
 """
 
 from __future__ import annotations
@@ -8,17 +13,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.errors import RegistryError, StoreError
-from features.ingest.materialize import MaterializeReport, Rejected, materialize
+from features.ingest.materialize import (
+    Materialization,
+    MaterializeReport,
+    Rejected,
+    table_columns,
+)
 from features.ingest.tables import TableError, open_table
+from features.redaction import redact
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
 from features.stores.base import OnlineStore
@@ -30,6 +42,7 @@ __all__ = ["register"]
 EXIT_REJECTS = 1
 EXIT_USAGE = 2
 EXIT_STORE = 3
+EXIT_UNREADABLE = 4
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,9 +50,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser(
         "materialize",
         help="write an offline table (Parquet or CSV) into Redis",
-        description="Validate every row, keep the newest per entity, write values and TTL "
-        "in pipelined chunks; older events never replace newer ones. REDIS_URL says where "
-        "(and FEATSERVE_REDIS_MODE how: standalone, cluster or sentinel).",
+        description="Validate every row, merge rows per entity value by value, write values "
+        "and TTL (from the event time) in pipelined chunks; older values never replace newer "
+        "ones. Every row is counted as written, skipped as older, expired or rejected. "
+        "REDIS_URL says where (and FEATSERVE_REDIS_MODE how: standalone, cluster or sentinel).",
     )
     parser.add_argument("table", type=Path, help="a .parquet or .csv file")
     parser.add_argument("--group", default="user:features", help="ENTITY:GROUP (user:features)")
@@ -53,7 +67,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--allow-rejects", action="store_true", help="exit 0 even when rows were refused"
     )
-    parser.add_argument("--redis-url", help="default: $REDIS_URL")
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as JSON on stdout when done"
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="default: $REDIS_URL. Prefer the variable: a password in this flag shows in `ps` "
+        "to every user of the machine",
+    )
     parser.add_argument(
         "--backing",
         help="also write to this backing store first: sqlite:PATH or dynamodb:TABLE "
@@ -67,8 +88,9 @@ def _run_materialize(args: argparse.Namespace) -> int:
     try:
         group = _group(args.group)
         table = open_table(args.table, args.format)
+        table_columns(table, group, args.entity_column, args.timestamp_column)
     except (RegistryError, TableError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
     settings = args.settings or Settings()
     if args.redis_url:
@@ -80,47 +102,72 @@ def _run_materialize(args: argparse.Namespace) -> int:
     try:
         redis_store = open_online_store(settings, for_writes=True)
     except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_STORE
     backing_spec = args.backing or settings.backing_store
     try:
         backing = open_backing_store(backing_spec) if backing_spec else None
     except (ValueError, StoreError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         redis_store.close()
         return EXIT_USAGE
     store: OnlineStore = WriteThrough(redis_store, backing) if backing else redis_store
+    run: Materialization | None = None
     try:
         with rejects_path.open("w", newline="") as rejects, _progress(console) as progress:
-            task = progress.add_task(
-                f"{args.table.name} -> {args.group}",
-                total=table.total_rows,
-            )
-            report = materialize(
+            task = progress.add_task(f"{args.table.name} -> {args.group}", total=table.total_rows)
+
+            def advance(rows: int) -> None:
+                rejects.flush()
+                progress.advance(task, rows)
+
+            run = Materialization(
                 table,
                 group,
                 store,
                 entity_column=args.entity_column,
                 timestamp_column=args.timestamp_column,
                 chunk_rows=args.chunk_rows,
+                max_clock_skew_s=settings.max_clock_skew_s,
                 on_reject=_reject_writer(rejects),
-                on_progress=lambda rows: progress.advance(task, rows),
+                on_progress=advance,
             )
-    except TableError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return EXIT_USAGE
-    except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}\nRe-running is safe: older writes never win.")
-        return EXIT_STORE
+            report = run.run()
     finally:
         redis_store.close()
         if backing is not None:
             backing.close()
-    _print_summary(console, report, rejects_path)
+        if run is not None:
+            # Also when the run died: the rows it accounted for, and where it stopped.
+            _print_summary(console, run.report, rejects_path)
+    code = _exit_code(report, args.allow_rejects)
+    if args.json:
+        _print_json(report, args, rejects_path, code)
     if report.rows_rejected == 0:
         rejects_path.unlink()
-        return 0
-    return 0 if args.allow_rejects else EXIT_REJECTS
+    return code
+
+
+def _exit_code(report: MaterializeReport, allow_rejects: bool) -> int:
+    if report.stopped is not None:
+        return EXIT_STORE if report.stopped.cause == "store" else EXIT_UNREADABLE
+    if report.rows_rejected and not allow_rejects:
+        return EXIT_REJECTS
+    return 0
+
+
+def _print_json(
+    report: MaterializeReport, args: argparse.Namespace, rejects_path: Path, code: int
+) -> None:
+    summary: dict[str, Any] = {
+        "table": str(args.table),
+        "group": args.group,
+        **report.as_json(),
+        "rejects_file": str(rejects_path) if report.rows_rejected else None,
+        "exit_code": code,
+    }
+    json.dump(summary, sys.stdout)
+    sys.stdout.write("\n")
 
 
 def _group(name: str) -> FeatureGroup:
@@ -147,22 +194,40 @@ def _reject_writer(handle: TextIO) -> Callable[[Rejected], None]:
     writer.writerow(["row", "field", "problem", "record"])
 
     def write(rejected: Rejected) -> None:
-        record = json.dumps(dict(rejected.record), default=str)
+        record = json.dumps({k: _plain(v) for k, v in rejected.record.items()}, default=str)
         writer.writerow([rejected.row, rejected.field, rejected.problem, record])
 
     return write
 
 
+def _plain(value: Any) -> Any:
+    """A table cell for JSON: CSV cells arrive as bytes, which need not be UTF-8."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
 def _print_summary(console: Console, report: MaterializeReport, rejects_path: Path) -> None:
     table = Table(title="materialize", show_header=False)
-    table.add_row("rows read", f"{report.rows_read:,}")
-    table.add_row("entity groups written", f"{report.applied:,}")
-    table.add_row("skipped: Redis held newer", f"{report.stale:,}")
-    table.add_row("rows rejected", f"{report.rows_rejected:,}")
+    table.add_row("rows read", f"{report.rows:,}")
+    table.add_row("  written", f"{report.written:,}")
+    table.add_row("  skipped: a newer value was held", f"{report.skipped_older:,}")
+    table.add_row("  expired: older than the TTL", f"{report.expired:,}")
+    table.add_row("  rejected", f"{report.rows_rejected:,}")
     for field_name, count in report.rejected_by_field.most_common():
-        table.add_row(f"  rejected for {field_name}", f"{count:,}")
+        table.add_row(f"    for {field_name}", f"{count:,}")
+    table.add_row("entity groups written", f"{report.entity_groups_written:,}")
     table.add_row("elapsed", f"{report.elapsed_s:.2f} s")
     table.add_row("entities per second", f"{report.entities_per_second:,.0f}")
     console.print(table)
     if report.rows_rejected:
         console.print(f"Rejected rows and their reasons: {rejects_path}")
+    stopped = report.stopped
+    if stopped is not None:
+        console.print(
+            f"[red]stopped before row {stopped.before_row:,}:[/] {redact(stopped.error)}\n"
+            f"Rows from {stopped.before_row:,} on were not accounted for. "
+            + (
+                "Re-running is safe: older values never replace newer ones."
+                if stopped.retry_safe
+                else "Fix the cause, then run again: older values never replace newer ones."
+            )
+        )

@@ -2,6 +2,9 @@
 
 featserve rewarm [--backing sqlite:PATH | dynamodb:TABLE] [--group user:features ...]
                  [--chunk-size 1000] [--redis-url URL]
+
+Exit codes: 0 done, 1 Redis refused some groups for their data (a key of another
+type), 2 a bad invocation, 3 a store failed (re-running is safe).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from rich.table import Table
 
 from features.errors import RegistryError, StoreError
 from features.ingest.rewarm import RewarmReport, rewarm
+from features.redaction import redact
 from features.registry import FRAUD_REGISTRY, FeatureGroup, Registry
 from features.settings import Settings
 from features.stores.backing import group_label
@@ -22,6 +26,7 @@ from features.stores.factory import open_backing_store, open_online_store
 
 __all__ = ["register"]
 
+EXIT_REJECTS = 1
 EXIT_USAGE = 2
 EXIT_STORE = 3
 
@@ -48,7 +53,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="a group to rewarm, repeatable (default: every group)",
     )
     parser.add_argument("--chunk-size", type=int, default=1000, help="entity groups per write")
-    parser.add_argument("--redis-url", help="default: $REDIS_URL")
+    parser.add_argument(
+        "--redis-url",
+        help="default: $REDIS_URL. Prefer the variable: a password in this flag shows in `ps` "
+        "to every user of the machine",
+    )
     parser.set_defaults(run=_run, settings=None)
 
 
@@ -68,15 +77,15 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("no backing store: pass --backing or set FEATSERVE_BACKING_STORE")
         source = open_backing_store(spec)
     except (RegistryError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
     except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_STORE
     try:
         target = open_online_store(settings, for_writes=True)
     except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         source.close()
         return EXIT_STORE
     try:
@@ -90,13 +99,15 @@ def _run(args: argparse.Namespace) -> int:
                 on_progress=lambda count: progress.advance(task, count),
             )
     except StoreError as exc:
-        console.print(f"[red]error:[/] {exc}\nRe-running is safe: older writes never win.")
+        console.print(
+            f"[red]error:[/] {redact(str(exc))}\nRe-running is safe: older writes never win."
+        )
         return EXIT_STORE
     finally:
         target.close()
         source.close()
     _print_summary(console, report, groups)
-    return 0
+    return EXIT_REJECTS if report.rejected else 0
 
 
 def _groups(registry: Registry, names: Sequence[str] | None) -> list[FeatureGroup]:
@@ -129,5 +140,6 @@ def _print_summary(console: Console, report: RewarmReport, groups: Sequence[Feat
     table.add_row("entity groups written", f"{report.written:,}")
     table.add_row("skipped: Redis held newer", f"{report.stale:,}")
     table.add_row("skipped: older than the TTL", f"{report.expired:,}")
+    table.add_row("rejected by Redis for their data", f"{report.rejected:,}")
     table.add_row("elapsed", f"{report.elapsed_s:.2f} s")
     console.print(table)

@@ -1,20 +1,28 @@
-"""``featserve sla``: drive a bounded load at a deployment and check its p99 against a budget.
+"""``featserve sla``: drive a bounded load at a deployment and check it against a budget.
 
 Usage::
 
     featserve sla --url http://127.0.0.1:3000/score --profile fraud --rate 200 --duration 10
-    featserve sla --url URL --total-ms 50 --features-ms 10 --concurrency 8 --plot sla.png
+    featserve sla --url URL --total-ms 50 --features-ms 10 --concurrency 8 --plot sla.png --json
 
-Requests go to ``--url`` only, with ``/score`` bodies for random entities
-(``--batch N``: ``/score_batch`` bodies of N entities each).  Each
-response's ``Server-Timing`` header gives the server's stages.  The verdict
-compares, at p99, the latency the client saw with the total budget and the
-``features`` stage with the feature budget (``--profile`` gives both, from
-``features.budgets``; ``--total-ms`` and ``--features-ms`` override).  The
-exit code is 0 when both hold and every answer was 2xx, 1 on any breach,
-non-2xx answer, failed request or missing ``features`` timing, 2 on bad
-arguments.  The run stops by itself after ``--duration`` seconds (at most
-600) or ``--max-requests`` requests.
+Requests go to the ``--url``s only (repeat it to mix endpoints), with bodies
+that suit each endpoint: ``/score`` for random entities, ``/score_batch`` of
+``--batch`` entities, ``/features`` of ``--batch`` ids.  Each response's
+``Server-Timing`` header gives the server's stages, and its body where each
+answer's features came from.  The verdict compares, at p99, the latency the
+client saw with the total budget and the ``features`` stage with the feature
+budget (``--profile`` gives both, from ``features.budgets``; ``--total-ms``
+and ``--features-ms`` override), and counts truth apart from speed: more
+than ``--max-degraded`` % of answers shaped by a fault (the service marked
+them ``degraded``, or served them ``stale`` or ``unavailable``) is a breach
+however fast they were, and so is more than ``--max-shed`` % of requests
+refused on purpose (503 or 429 with ``Retry-After``).  Any other non-2xx
+answer or failed request is a breach.  The exit code is 0 when everything
+holds, 1 on any breach, 2 on bad arguments; ``--json`` prints the verdict
+as one object.  When the environment holds ``FEATSERVE_READ_TOKEN`` (or
+else ``FEATSERVE_WRITE_TOKEN``), every request carries it as a bearer token.
+The run stops by itself after ``--duration`` seconds (at most 600) or
+``--max-requests`` requests.
 """
 
 from __future__ import annotations
@@ -23,19 +31,36 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
 
 from features.budgets import PROFILES, LatencyBudget
+from features.redaction import redact
 from service.harness.load import MAX_DURATION_S, Endpoint, LoadPlan, Sample, drive
+from service.harness.stats import percentiles
 
-__all__ = ["Check", "Verdict", "entity_ids", "evaluate", "register", "request_bodies", "run"]
+__all__ = [
+    "Check",
+    "EndpointMix",
+    "Limits",
+    "Verdict",
+    "as_json",
+    "entity_ids",
+    "evaluate",
+    "register",
+    "request_bodies",
+    "run",
+]
 
 EXIT_BREACH = 1
 EXIT_USAGE = 2
@@ -45,6 +70,9 @@ CLIENT = "client"
 
 FEATURES = "features"
 """The ``Server-Timing`` stage checked against the feature budget."""
+
+DEFAULT_BATCH = 10
+"""Entities per ``/score_batch`` body when ``--batch`` does not say."""
 
 _RANGE = re.compile(r"^(?P<prefix>\D*)(?P<first>\d+)\.\.(?P=prefix)(?P<last>\d+)$")
 
@@ -82,28 +110,59 @@ def request_bodies(ids: Sequence[str], batch: int, count: int = 1000, seed: int 
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What the run must hold to: the latency budget and the shares of bad answers."""
+
+    budget: LatencyBudget
+    max_degraded_pct: float = 1.0
+    """Most answers, in percent of all answers, that a fault may shape."""
+    max_shed_pct: float = 0.0
+    """Most requests, in percent, refused on purpose (503/429 with ``Retry-After``)."""
+
+
+@dataclass(frozen=True)
 class StageStats:
     """Latency percentiles of one stage (or of the client's view) over the run."""
 
     name: str
     count: int
     p50_ms: float
+    p90_ms: float
     p99_ms: float
     max_ms: float
 
 
 @dataclass(frozen=True)
 class Check:
-    """One budget comparison."""
+    """One comparison of a measured figure with its limit."""
 
     what: str
-    p99_ms: float
-    budget_ms: float
+    measured: float
+    """NaN when the run measured nothing to compare."""
+    limit: float
+    unit: str
+    """``ms`` or ``%``."""
 
     @property
     def holds(self) -> bool:
-        """Whether p99 is within budget (a missing measurement never holds)."""
-        return not math.isnan(self.p99_ms) and self.p99_ms <= self.budget_ms
+        """Whether the figure is within its limit (a missing measurement never holds)."""
+        return not math.isnan(self.measured) and self.measured <= self.limit
+
+
+@dataclass(frozen=True)
+class EndpointMix:
+    """How one endpoint answered: statuses, and where its answers' features came from."""
+
+    url: str
+    requests: int
+    statuses: dict[int, int]
+    answers: int
+    """Scored requests (or ``/features`` entities) in the 2xx bodies."""
+    degraded: int
+    """Of ``answers``, those a fault shaped (``degraded`` in the body, or a ``stale`` or
+    ``unavailable`` source)."""
+    sources: dict[str, int]
+    """Feature groups by source over every answer."""
 
 
 @dataclass(frozen=True)
@@ -112,33 +171,47 @@ class Verdict:
 
     requests: int
     failed: int
-    """Requests without a 2xx answer (status 0 counts: no answer at all)."""
+    """Requests without a 2xx answer that were not shed (status 0 counts: no answer at all)."""
+    shed: int
+    """503 or 429 answers with ``Retry-After``: load the service refused on purpose."""
     statuses: dict[int, int]
     rps: float
     stages: list[StageStats]
+    endpoints: list[EndpointMix]
     checks: list[Check]
 
     @property
+    def answers(self) -> int:
+        """Answers over every endpoint."""
+        return sum(endpoint.answers for endpoint in self.endpoints)
+
+    @property
+    def degraded(self) -> int:
+        """Degraded answers over every endpoint."""
+        return sum(endpoint.degraded for endpoint in self.endpoints)
+
+    @property
+    def sources(self) -> dict[str, int]:
+        """Feature groups by source over every endpoint."""
+        total: Counter[str] = Counter()
+        for endpoint in self.endpoints:
+            total.update(endpoint.sources)
+        return dict(sorted(total.items()))
+
+    @property
     def passed(self) -> bool:
-        """Every check holds, at least one request answered, and every answer was 2xx."""
+        """Every check holds, at least one request answered, and no request failed."""
         return self.requests > 0 and self.failed == 0 and all(c.holds for c in self.checks)
 
 
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return math.nan
-    return ordered[max(1, math.ceil(q / 100.0 * len(ordered))) - 1]
-
-
 def _stats(name: str, values_ms: list[float]) -> StageStats:
-    ordered = sorted(values_ms)
-    return StageStats(
-        name,
-        len(ordered),
-        _percentile(ordered, 50.0),
-        _percentile(ordered, 99.0),
-        ordered[-1] if ordered else math.nan,
-    )
+    p50, p90, p99, top = percentiles(values_ms, (50.0, 90.0, 99.0, 100.0))
+    return StageStats(name, len(values_ms), p50, p90, p99, top)
+
+
+def is_shed(sample: Sample) -> bool:
+    """A deliberate refusal: 503 or 429 with ``Retry-After``."""
+    return sample.status in (429, 503) and sample.retry_after
 
 
 def stage_samples(samples: Sequence[Sample]) -> dict[str, list[float]]:
@@ -151,28 +224,120 @@ def stage_samples(samples: Sequence[Sample]) -> dict[str, list[float]]:
     return stages
 
 
-def evaluate(samples: Sequence[Sample], budget: LatencyBudget, duration_s: float) -> Verdict:
-    """Compare the run's p99s with ``budget``."""
-    statuses: dict[int, int] = {}
+def endpoint_mix(url: str, samples: Sequence[Sample]) -> EndpointMix:
+    """Statuses and sources of the answers one endpoint gave."""
+    statuses = Counter(sample.status for sample in samples)
+    sources: Counter[str] = Counter()
+    answers = degraded = 0
     for sample in samples:
-        statuses[sample.status] = statuses.get(sample.status, 0) + 1
+        if sample.mix is not None:
+            answers += sample.mix.answers
+            degraded += sample.mix.degraded
+            sources.update(dict(sample.mix.sources))
+    return EndpointMix(
+        url, len(samples), dict(sorted(statuses.items())), answers, degraded, dict(sources)
+    )
+
+
+def _share_pct(part: int, whole: int) -> float:
+    return math.nan if whole == 0 else 100.0 * part / whole
+
+
+def evaluate(by_url: Mapping[str, Sequence[Sample]], limits: Limits, duration_s: float) -> Verdict:
+    """Compare the run with ``limits``: p99 latencies, the degraded share, the shed share."""
+    samples = [sample for url_samples in by_url.values() for sample in url_samples]
+    statuses = Counter(sample.status for sample in samples)
     stages = [_stats(name, values) for name, values in stage_samples(samples).items()]
     by_name = {stage.name: stage for stage in stages}
     features = by_name.get(FEATURES)
+    endpoints = [endpoint_mix(url, url_samples) for url, url_samples in by_url.items()]
+    shed = sum(1 for sample in samples if is_shed(sample))
+    answers = sum(endpoint.answers for endpoint in endpoints)
+    degraded = sum(endpoint.degraded for endpoint in endpoints)
     checks = [
-        Check("total (client) p99", by_name[CLIENT].p99_ms, budget.total_ms),
+        Check("total (client) p99", by_name[CLIENT].p99_ms, limits.budget.total_ms, "ms"),
         Check(
-            "features p99", math.nan if features is None else features.p99_ms, budget.features_ms
+            "features p99",
+            math.nan if features is None else features.p99_ms,
+            limits.budget.features_ms,
+            "ms",
         ),
+        Check("degraded answers", _share_pct(degraded, answers), limits.max_degraded_pct, "%"),
+        Check("shed requests", _share_pct(shed, len(samples)), limits.max_shed_pct, "%"),
     ]
-    failed = sum(n for status, n in statuses.items() if not 200 <= status < 300)
-    return Verdict(len(samples), failed, statuses, len(samples) / duration_s, stages, checks)
+    failed = sum(1 for s in samples if not 200 <= s.status < 300 and not is_shed(s))
+    return Verdict(
+        len(samples),
+        failed,
+        shed,
+        dict(sorted(statuses.items())),
+        len(samples) / duration_s,
+        stages,
+        endpoints,
+        checks,
+    )
+
+
+def as_json(verdict: Verdict, limits: Limits, profile: str) -> dict[str, Any]:
+    """The verdict as one JSON object for CI systems to keep and compare (NaN as null)."""
+
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else round(value, 4)
+
+    return {
+        "met": verdict.passed,
+        "profile": profile,
+        "budget_ms": {"total": limits.budget.total_ms, "features": limits.budget.features_ms},
+        "max_degraded_pct": limits.max_degraded_pct,
+        "max_shed_pct": limits.max_shed_pct,
+        "requests": verdict.requests,
+        "rps": number(verdict.rps),
+        "statuses": {str(code): n for code, n in verdict.statuses.items()},
+        "failed": verdict.failed,
+        "shed": verdict.shed,
+        "shed_pct": number(_share_pct(verdict.shed, verdict.requests)),
+        "answers": verdict.answers,
+        "degraded": verdict.degraded,
+        "degraded_pct": number(_share_pct(verdict.degraded, verdict.answers)),
+        "sources": verdict.sources,
+        "endpoints": {
+            endpoint.url: {
+                "requests": endpoint.requests,
+                "statuses": {str(code): n for code, n in endpoint.statuses.items()},
+                "answers": endpoint.answers,
+                "degraded": endpoint.degraded,
+                "degraded_pct": number(_share_pct(endpoint.degraded, endpoint.answers)),
+                "sources": dict(sorted(endpoint.sources.items())),
+            }
+            for endpoint in verdict.endpoints
+        },
+        "stages": {
+            stage.name: {
+                "count": stage.count,
+                "p50_ms": number(stage.p50_ms),
+                "p90_ms": number(stage.p90_ms),
+                "p99_ms": number(stage.p99_ms),
+                "max_ms": number(stage.max_ms),
+            }
+            for stage in verdict.stages
+        },
+        "checks": [
+            {
+                "what": check.what,
+                "measured": number(check.measured),
+                "limit": check.limit,
+                "unit": check.unit,
+                "holds": check.holds,
+            }
+            for check in verdict.checks
+        ],
+    }
 
 
 def render(console: Console, verdict: Verdict, budget: LatencyBudget) -> None:
-    """Print the per-stage table and the verdict."""
+    """Print the per-stage table, the sources of the answers and the verdict."""
     table = Table(title="Latency by stage (ms; client = end to end, others from Server-Timing)")
-    for column in ("stage", "count", "p50", "p99", "max", "budget (p99)"):
+    for column in ("stage", "count", "p50", "p90", "p99", "max", "budget (p99)"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     budgets = {CLIENT: budget.total_ms, FEATURES: budget.features_ms}
     for stage in verdict.stages:
@@ -181,26 +346,48 @@ def render(console: Console, verdict: Verdict, budget: LatencyBudget) -> None:
             stage.name,
             str(stage.count),
             f"{stage.p50_ms:.3f}",
+            f"{stage.p90_ms:.3f}",
             f"{stage.p99_ms:.3f}",
             f"{stage.max_ms:.3f}",
             "" if limit is None else f"{limit:g}",
         )
     console.print(table)
+    console.print(_sources_table(verdict))
     statuses = ", ".join(
         f"{code or 'no answer'}: {n}" for code, n in sorted(verdict.statuses.items())
     )
     console.print(f"{verdict.requests} requests, {verdict.rps:.0f}/s; status {statuses or 'none'}")
     for check in verdict.checks:
         mark = "[green]ok[/]" if check.holds else "[red]BREACH[/]"
-        measured = "not reported" if math.isnan(check.p99_ms) else f"{check.p99_ms:.3f} ms"
-        console.print(f"{mark}  {check.what}: {measured} (budget {check.budget_ms:g} ms)")
+        measured = (
+            "not measured" if math.isnan(check.measured) else f"{check.measured:.3f} {check.unit}"
+        )
+        console.print(f"{mark}  {check.what}: {measured} (limit {check.limit:g} {check.unit})")
     if verdict.failed:
         console.print(f"[red]FAIL[/]  {verdict.failed} requests got no 2xx answer")
     console.print("[green]SLA met[/]" if verdict.passed else "[red]SLA not met[/]")
 
 
-def plot(samples: Sequence[Sample], budget: LatencyBudget, path: Path, title: str) -> None:
-    """Save the latency distribution of each stage (CDF, log scale) with the budgets marked.
+def _sources_table(verdict: Verdict) -> Table:
+    names = sorted({name for endpoint in verdict.endpoints for name in endpoint.sources})
+    table = Table(title="Answers and where their feature groups came from")
+    for column in ("endpoint", "answers", "degraded", *names):
+        table.add_column(column, justify="left" if column == "endpoint" else "right")
+    for endpoint in verdict.endpoints:
+        share = _share_pct(endpoint.degraded, endpoint.answers)
+        degraded = f"{endpoint.degraded} ({share:.1f} %)" if endpoint.answers else "0"
+        table.add_row(
+            endpoint.url,
+            str(endpoint.answers),
+            degraded,
+            *(str(endpoint.sources.get(name, 0)) for name in names),
+        )
+    return table
+
+
+def plot(verdict: Verdict, samples: Sequence[Sample], budget: LatencyBudget, path: Path) -> None:
+    """Save the latency distribution of each stage (CDF, log scale) with the budgets marked,
+    and beside it the feature groups by source.
 
     Raises ``ImportError`` when matplotlib is missing.
     """
@@ -209,7 +396,9 @@ def plot(samples: Sequence[Sample], budget: LatencyBudget, path: Path, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    figure, (axes, bars) = plt.subplots(
+        1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 1]}
+    )
     for name, values in stage_samples(samples).items():
         ordered = sorted(v for v in values if v > 0)
         if ordered:
@@ -230,8 +419,13 @@ def plot(samples: Sequence[Sample], budget: LatencyBudget, path: Path, title: st
     axes.set_xscale("log")
     axes.set_xlabel("milliseconds (log scale)")
     axes.set_ylabel("fraction of requests")
-    axes.set_title(title)
+    axes.set_title("latency by stage")
     axes.legend(fontsize="small", loc="lower right")
+    sources = verdict.sources
+    bars.barh(list(sources), list(sources.values()))
+    bars.set_xlabel("feature groups")
+    share = _share_pct(verdict.degraded, verdict.answers)
+    bars.set_title(f"sources ({share:.1f} % of answers degraded)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -247,11 +441,52 @@ def budget_of(args: argparse.Namespace) -> LatencyBudget:
     )
 
 
+def bodies_for(url: str, ids: Sequence[str], batch: int) -> list[bytes]:
+    """Request bodies that suit the endpoint ``url`` names (by the end of its path)."""
+    path = urlsplit(url).path.rstrip("/")
+    if path.endswith("/score_batch"):
+        return request_bodies(ids, batch or DEFAULT_BATCH)
+    if path.endswith("/features"):
+        rng = random.Random(7)
+        size = batch or 1
+        return [
+            json.dumps({"entity_ids": rng.sample(list(ids), min(size, len(ids)))}).encode()
+            for _ in range(1000)
+        ]
+    return request_bodies(ids, batch)
+
+
+async def drive_all(
+    urls: Sequence[str],
+    ids: Sequence[str],
+    batch: int,
+    plan: LoadPlan,
+    token: str | None = None,
+) -> dict[str, list[Sample]]:
+    """Drive every URL at once, the plan's connections and rate shared out evenly; ``token``
+    goes with every request as a bearer token."""
+    share = len(urls)
+    per_url = replace(
+        plan,
+        concurrency=max(1, math.ceil(plan.concurrency / share)),
+        rate=None if plan.rate is None else plan.rate / share,
+        max_requests=max(1, plan.max_requests // share),
+    )
+    runs = await asyncio.gather(
+        *(
+            drive(Endpoint.parse(url, token), bodies_for(url, ids, batch), per_url, seed=index)
+            for index, url in enumerate(urls)
+        )
+    )
+    return dict(zip(urls, runs, strict=True))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``featserve sla`` with parsed arguments; return the exit code."""
-    console = Console()
+    console = Console(stderr=args.json)
     try:
-        endpoint = Endpoint.parse(args.url)
+        for url in args.urls:
+            Endpoint.parse(url)
         ids = entity_ids(args.entities)
         plan = LoadPlan(
             duration_s=args.duration,
@@ -262,21 +497,27 @@ def run(args: argparse.Namespace) -> int:
             warmup_s=args.warmup,
         )
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
-    budget = budget_of(args)
+    limits = Limits(budget_of(args), args.max_degraded, args.max_shed)
     pace = f"{args.rate:g} requests/s" if args.rate else "closed loop"
     console.print(
-        f"Driving {args.url} for {args.duration:g} s: {args.concurrency} connections, {pace}; "
-        f"budget p99 total {budget.total_ms:g} ms, features {budget.features_ms:g} ms"
+        f"Driving {redact(', '.join(args.urls))} for {args.duration:g} s: {args.concurrency} "
+        f"connections, {pace}; budget p99 total {limits.budget.total_ms:g} ms, features "
+        f"{limits.budget.features_ms:g} ms; at most {args.max_degraded:g} % degraded answers, "
+        f"{args.max_shed:g} % shed requests"
     )
-    bodies = request_bodies(ids, args.batch)
-    samples = asyncio.run(drive(endpoint, bodies, plan))
-    verdict = evaluate(samples, budget, args.duration)
-    render(console, verdict, budget)
+    # A read token when the deployment has one (FEATSERVE_READ_TOKEN, else the write token).
+    token = os.environ.get("FEATSERVE_READ_TOKEN") or os.environ.get("FEATSERVE_WRITE_TOKEN")
+    by_url = asyncio.run(drive_all(args.urls, ids, args.batch, plan, token or None))
+    verdict = evaluate(by_url, limits, args.duration)
+    render(console, verdict, limits.budget)
+    if args.json:
+        print(json.dumps(as_json(verdict, limits, args.profile)))
     if args.plot is not None:
+        samples = [sample for url_samples in by_url.values() for sample in url_samples]
         try:
-            plot(samples, budget, args.plot, f"featserve sla {args.url}")
+            plot(verdict, samples, limits.budget, args.plot)
             console.print(f"Plot saved to {args.plot}")
         except ImportError:
             console.print(
@@ -293,19 +534,48 @@ def _positive(text: str) -> float:
     return value
 
 
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage from 0 to 100, got {text}")
+    return value
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``featserve sla`` to the command line."""
     parser = commands.add_parser(
         "sla",
-        help="load a deployment and check its p99 against a latency budget",
-        description="Drive a bounded load at URL (only there), read each response's "
-        "Server-Timing, print per-stage p50/p99 and compare total and features p99 with the "
-        "budget. Exit 0 when met, 1 on a breach or any non-2xx answer, 2 on bad arguments.",
+        help="load a deployment and check its p99 and its real answers against a budget",
+        description="Drive a bounded load at each URL (only there), read each response's "
+        "Server-Timing and feature sources, print per-stage p50/p90/p99 and the answers by "
+        "source, and compare total and features p99, the share of degraded answers and the "
+        "share of shed requests with their limits. Exit 0 when met, 1 on a breach or any "
+        "failed request, 2 on bad arguments.",
     )
-    parser.add_argument("--url", required=True, help="the endpoint, e.g. http://HOST:3000/score")
+    parser.add_argument(
+        "--url",
+        required=True,
+        action="append",
+        dest="urls",
+        help="an endpoint, e.g. http://HOST:3000/score; repeat to mix endpoints "
+        "(/score, /score_batch, /features)",
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="fraud")
     parser.add_argument("--total-ms", type=_positive, help="p99 budget of the whole request")
     parser.add_argument("--features-ms", type=_positive, help="p99 budget of feature retrieval")
+    parser.add_argument(
+        "--max-degraded",
+        type=_percent,
+        default=1.0,
+        help="most answers, in %%, that a fault may shape (stale, unavailable, degraded); "
+        "default 1",
+    )
+    parser.add_argument(
+        "--max-shed",
+        type=_percent,
+        default=0.0,
+        help="most requests, in %%, refused with 503/429 and Retry-After; default 0",
+    )
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=_positive, help="requests per second (paced, open loop)")
     pace.add_argument(
@@ -316,10 +586,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     parser.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds first")
     parser.add_argument("--entities", default="10000", help="a count, or FIRST..LAST ids")
-    parser.add_argument("--batch", type=int, default=0, help="entities per /score_batch body")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help=f"entities per /score_batch body (default {DEFAULT_BATCH}) or /features body "
+        "(default 1); with a /score URL, a positive value sends /score_batch bodies",
+    )
     parser.add_argument("--timeout", type=_positive, default=10.0, help="seconds per request")
     parser.add_argument("--max-requests", type=int, default=100_000)
     parser.add_argument("--plot", type=Path, help="save the latency distribution as a PNG")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the verdict as one JSON object on stdout (the tables go to stderr)",
+    )
     parser.set_defaults(run=_run_with_defaults)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import random
-import statistics
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from service.harness.stats import percentile
 
 __all__ = ["DrillResult", "Fault", "LoadDriver", "PhaseStats", "Sample", "run_drill"]
 
@@ -43,6 +44,9 @@ class Sample:
     """The entity the request scored."""
     retry_after: bool = False
     """Whether the answer carried a ``Retry-After`` header (a 503 that says when to retry)."""
+    degraded: str | None = None
+    """Why a fault shaped the ``features`` group's answer (``deadline``, ``store_error``...);
+    ``None`` when none did."""
 
 
 @dataclass(frozen=True)
@@ -175,9 +179,15 @@ def _sample(sent_at: float, response: httpx.Response, entity_id: str) -> Sample:
             part.strip().partition(";dur=") for part in response.headers["Server-Timing"].split(",")
         )
     )
-    source = response.json()["sources"]["features"]
+    body = response.json()
     return Sample(
-        sent_at, 200, stages.get("features"), stages.get("total"), source, entity_id=entity_id
+        sent_at,
+        200,
+        stages.get("features"),
+        stages.get("total"),
+        body["sources"]["features"],
+        entity_id=entity_id,
+        degraded=body.get("degraded", {}).get("features"),
     )
 
 
@@ -210,20 +220,14 @@ class PhaseStats:
             name=name,
             requests=len(samples),
             failed=sum(1 for s in samples if s.status != 200),
-            features_p50_ms=statistics.median(features) if features else 0.0,
-            features_p99_ms=_percentile(features, 0.99),
+            features_p50_ms=percentile(features, 50.0),
+            features_p99_ms=percentile(features, 99.0),
             features_max_ms=features[-1] if features else 0.0,
-            total_p99_ms=_percentile(totals, 0.99),
+            total_p99_ms=percentile(totals, 99.0),
             sources=Counter(s.source for s in samples if s.source),
             failures=tuple(f"{s.status}: {s.error}" for s in samples if s.status != 200)[:3],
             slowest_sent_at=None if slowest is None else slowest.sent_at,
         )
-
-
-def _percentile(ordered: Sequence[float], share: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 @dataclass

@@ -15,7 +15,8 @@ falls behind shows as latency instead of silently lowering the rate
 
 The run is bounded three ways: no request starts after ``duration_s``, each
 has ``timeout_s``, and at most ``max_requests`` are sent.  Every response's
-``Server-Timing`` header is parsed into stage durations.  ``exchange`` is
+``Server-Timing`` header is parsed into stage durations, and its body into
+the sources of its features (``answers.answer_mix``).  ``exchange`` is
 the one HTTP client routine; ``bench.load`` uses it too.
 """
 
@@ -29,6 +30,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from service.harness.answers import AnswerMix, answer_mix
 
 __all__ = [
     "Endpoint",
@@ -53,15 +56,17 @@ MAX_WARMUP_S = 60.0
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where requests go: ``POST path`` on ``host:port``, over TLS when ``tls``."""
+    """Where requests go: ``POST path`` on ``host:port``, over TLS when ``tls``, with
+    ``Authorization: Bearer <token>`` when ``token`` is set."""
 
     host: str
     port: int
     path: str
     tls: bool = False
+    token: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> Endpoint:
+    def parse(cls, url: str, token: str | None = None) -> Endpoint:
         """``http://host:port/path`` or ``https://...``; ``ValueError`` for anything else."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -70,13 +75,14 @@ class Endpoint:
         path = parts.path or "/"
         if parts.query:
             path += f"?{parts.query}"
-        return cls(parts.hostname, parts.port or (443 if tls else 80), path, tls)
+        return cls(parts.hostname, parts.port or (443 if tls else 80), path, tls, token)
 
 
-def encode_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    """One complete keep-alive ``POST`` with a JSON body."""
+def encode_request(host: str, port: int, path: str, body: bytes, token: str | None = None) -> bytes:
+    """One complete keep-alive ``POST`` with a JSON body (and a bearer token, if given)."""
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{authorization}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -187,6 +193,10 @@ class Sample:
     """0 when no HTTP answer came (connection error, timeout, unreadable framing)."""
     stages_ms: dict[str, float]
     """The response's ``Server-Timing`` durations."""
+    retry_after: bool = False
+    """Whether the response carried ``Retry-After`` (shed load, when the status is 503 or 429)."""
+    mix: AnswerMix | None = None
+    """Where the answers' features came from, when the body held featserve answers."""
 
 
 @dataclass
@@ -218,7 +228,10 @@ async def drive(
     """Drive ``endpoint`` with ``plan``; each request's body is picked at random from ``bodies``."""
     if not bodies:
         raise ValueError("no request bodies")
-    requests = [encode_request(endpoint.host, endpoint.port, endpoint.path, b) for b in bodies]
+    requests = [
+        encode_request(endpoint.host, endpoint.port, endpoint.path, body, endpoint.token)
+        for body in bodies
+    ]
     start = time.perf_counter() + plan.warmup_s
     schedule = _Schedule(plan, start, start + plan.duration_s)
     samples: list[Sample] = []
@@ -259,19 +272,24 @@ async def _connection(
                 response = None
             latency = time.perf_counter() - due
             if due >= schedule.start:
-                samples.append(
-                    Sample(
-                        due - schedule.start,
-                        latency,
-                        0 if response is None else response.status,
-                        {}
-                        if response is None
-                        else parse_server_timing(response.headers.get("server-timing", "")),
-                    )
-                )
+                samples.append(_sample(due - schedule.start, latency, response))
             if (response is None or not response.keep_alive) and streams is not None:
                 streams[1].close()
                 streams = None
     finally:
         if streams is not None:
             streams[1].close()
+
+
+def _sample(due_s: float, latency_s: float, response: Response | None) -> Sample:
+    if response is None:
+        return Sample(due_s, latency_s, 0, {})
+    headers = response.headers
+    return Sample(
+        due_s,
+        latency_s,
+        response.status,
+        parse_server_timing(headers.get("server-timing", "")),
+        retry_after="retry-after" in headers,
+        mix=answer_mix(response.body) if 200 <= response.status < 300 else None,
+    )

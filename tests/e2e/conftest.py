@@ -1,11 +1,13 @@
 """A real ``bentoml serve`` in a subprocess, over a real Redis with demo data.
 
 The model is trained into a temporary BentoML home once per session, in a
-subprocess, so the tests never touch the user's model store.
+subprocess, so the tests never touch the user's model store.  The shared
+service runs with a write token, which its client sends with every request.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ class RunningService:
     redis: LocalRedis
     client: httpx.Client
     log_path: Path
+    write_token: str
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +50,17 @@ def service(
     """The service over its own Redis holding demo users u000000..u000299."""
     with LocalRedis() as redis_server:
         load_demo_data(redis_server.url, DEMO_USERS, tmp_path_factory.mktemp("demo"))
+        token = secrets.token_urlsafe(24)
         process, url, log_path = start_service(
-            bentoml_home, redis_server, tmp_path_factory.mktemp("logs"), FEATSERVE_CACHE_TTL_S="0"
+            bentoml_home,
+            redis_server,
+            tmp_path_factory.mktemp("logs"),
+            FEATSERVE_CACHE_TTL_S="0",
+            FEATSERVE_WRITE_TOKEN=token,
         )
+        headers = {"Authorization": f"Bearer {token}"}
         try:
-            with httpx.Client(base_url=url, timeout=10.0) as client:
-                yield RunningService(url, redis_server, client, log_path)
+            with httpx.Client(base_url=url, timeout=10.0, headers=headers) as client:
+                yield RunningService(url, redis_server, client, log_path, token)
         finally:
             stop(process)

