@@ -222,7 +222,8 @@ was first answered from Redis.
 {table}
 
 **Reading it.** On the cluster only the lost primary's entities fall back (to the
-worker's last values, `stale`, or the training defaults); the others keep coming from
+worker's last values, `stale`, or the training defaults, `unavailable`, each with
+its `degraded` reason); the others keep coming from
 Redis. The cluster promotes the replica 3 to 4 s after the kill (2 s node timeout, the
 failure report agreed by a majority, then the replica's election after a random
 0.5-1 s); the store, whose breaker for the dead node probes it every
