@@ -40,6 +40,13 @@ class Sample:
     source: str | None
     error: str = ""
     """For failures: the start of the body, or the client's exception."""
+    entity_id: str = ""
+    """The entity the request scored."""
+    retry_after: bool = False
+    """Whether the answer carried a ``Retry-After`` header (a 503 that says when to retry)."""
+    degraded: str | None = None
+    """Why a fault shaped the ``features`` group's answer (``deadline``, ``store_error``...);
+    ``None`` when none did."""
 
 
 @dataclass(frozen=True)
@@ -144,27 +151,44 @@ def _post_until_stopped(
             next_send += interval
             # Pacing the load, not waiting for anything: the request rate is the point.
             stop.wait(max(0.0, next_send - time.monotonic()))
-            body = {"entity_id": rng.choice(entity_ids), "amount": 42.0}
+            entity_id = rng.choice(entity_ids)
             sent_at = time.monotonic()
             try:
-                response = client.post("/score", json=body)
+                response = client.post("/score", json={"entity_id": entity_id, "amount": 42.0})
             except httpx.HTTPError as exc:
-                samples.put(Sample(sent_at, 0, None, None, None, repr(exc)))
+                samples.put(Sample(sent_at, 0, None, None, None, repr(exc), entity_id))
             else:
-                samples.put(_sample(sent_at, response))
+                samples.put(_sample(sent_at, response, entity_id))
 
 
-def _sample(sent_at: float, response: httpx.Response) -> Sample:
+def _sample(sent_at: float, response: httpx.Response, entity_id: str) -> Sample:
     if response.status_code != 200:
-        return Sample(sent_at, response.status_code, None, None, None, response.text[:200])
+        return Sample(
+            sent_at,
+            response.status_code,
+            None,
+            None,
+            None,
+            response.text[:200],
+            entity_id,
+            "retry-after" in response.headers,
+        )
     stages = dict(
         (name, float(duration))
         for name, _, duration in (
             part.strip().partition(";dur=") for part in response.headers["Server-Timing"].split(",")
         )
     )
-    source = response.json()["sources"]["features"]
-    return Sample(sent_at, 200, stages.get("features"), stages.get("total"), source)
+    body = response.json()
+    return Sample(
+        sent_at,
+        200,
+        stages.get("features"),
+        stages.get("total"),
+        body["sources"]["features"],
+        entity_id=entity_id,
+        degraded=body.get("degraded", {}).get("features"),
+    )
 
 
 @dataclass(frozen=True)
