@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from features.breaker import CircuitBreaker
 from features.errors import (
     InvalidUpdate,
     RegistryError,
@@ -31,7 +32,6 @@ from features.errors import (
 from features.ingest.updates import parse_update
 from features.redaction import install_log_redaction
 from features.registry import FRAUD_REGISTRY
-from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.serving.tiers import backing_tier, redis_tier

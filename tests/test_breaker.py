@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from features.serving.breaker import BreakerState, CircuitBreaker, Permit
+from features.breaker import BreakerState, CircuitBreaker, Permit
 
 
 class ManualClock:

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from features.capacity import (
+from features.registry import FRAUD_REGISTRY
+from features.settings import Settings
+from features.stores.capacity import (
     CapacityInputs,
     estimate_entity_bytes,
     measure_entity_bytes,
     plan_capacity,
 )
-from features.registry import FRAUD_REGISTRY
-from features.settings import Settings
 from service import cli
 from service.cli.demo import load_demo_data
 

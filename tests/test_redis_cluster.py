@@ -19,10 +19,10 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from features.breaker import BreakerState, CircuitBreaker
 from features.ingest.rewarm import rewarm
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.serving.breaker import BreakerState, CircuitBreaker
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Degraded, Resolver, Source, Tier
 from features.settings import Settings

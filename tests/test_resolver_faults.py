@@ -16,10 +16,10 @@ import pytest
 import redis
 import uvloop
 
+from features.breaker import BreakerState
 from features.burst_log import BurstLog
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.serving.breaker import BreakerState
 from features.serving.cache import FeatureCache
 from features.serving.resolver import (
     CachedGroup,

@@ -42,12 +42,12 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, cast
 
+from features.breaker import CircuitBreaker
 from features.burst_log import BurstLog
 from features.deadline import ReplyDeadline
 from features.errors import StoreError
 from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Registry
-from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache, SingleFlight
 from features.stores.base import (
     AsyncOnlineStore,

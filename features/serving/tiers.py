@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from features.serving.breaker import CircuitBreaker
+from features.breaker import CircuitBreaker
 from features.serving.resolver import Source, Tier
 from features.settings import Settings
 from features.stores.base import AsyncOnlineStore

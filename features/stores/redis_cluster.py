@@ -70,10 +70,10 @@ from redis.exceptions import (
 )
 from redis.retry import Retry as SyncRetry
 
+from features.breaker import CircuitBreaker, Permit
 from features.burst_log import BurstLog
 from features.deadline import ReplyDeadline
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
-from features.serving.breaker import CircuitBreaker, Permit
 from features.stores.base import (
     FailedRead,
     FeatureUpdate,
