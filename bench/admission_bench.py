@@ -27,9 +27,8 @@ from bench.http_bench import USERS, bodies, is_real, own_home
 from bench.load import LoadResult, Target, WindowStats, run_load
 from bench.report import Section, markdown_table
 from bench.resolver_bench import demo_redis
-from bench.servers import base_env, serve
 from bench.sustained import pin_cpus
-from service.harness.served import train_small_model
+from service.harness.served import running_service, train_small_model
 
 __all__ = ["LIMITS", "LimitRun", "measure", "section"]
 
@@ -84,14 +83,15 @@ def measure(
         ports = []
         for limiter in limiters:
             home = own_home(bentoml_home, log_dir / f"limit-{limiter.by}-{limiter.limit}")
-            env = base_env(home) | {"REDIS_URL": redis_url}
+            env = {"REDIS_URL": redis_url}
             if limiter.by == "featserve":
                 service = "service.service:FraudScorer"
                 env |= {"FEATSERVE_MAX_IN_FLIGHT": str(limiter.limit)}
             else:
                 service = "bench.bentoml_limit_service:LimitedScorer"
                 env |= {"FEATSERVE_MAX_IN_FLIGHT": "0", "BENCH_MAX_CONCURRENCY": str(limiter.limit)}
-            ports.append(stack.enter_context(serve(service, env, cpus, log_dir))[1])
+            _, url = stack.enter_context(running_service(home, None, log_dir, service, cpus, **env))
+            ports.append(int(url.rsplit(":", 1)[1]))
         for round_index in range(1 if quick else ROUNDS):
             for connections in CONNECTIONS:
                 for offset in range(len(limiters)):

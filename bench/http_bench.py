@@ -51,12 +51,11 @@ import httpx
 from bench.load import CpuSnapshot, LoadResult, Target, WindowStats, run_load
 from bench.report import Section, markdown_table, ratio
 from bench.resolver_bench import demo_redis
-from bench.servers import base_env, serve
 from bench.sustained import pin_cpus
 from features.budgets import PROFILES
 from service.cli import sla
 from service.harness.load import Endpoint, LoadPlan, Sample, drive
-from service.harness.served import train_small_model
+from service.harness.served import running_service, train_small_model
 
 __all__ = [
     "HttpRun",
@@ -100,6 +99,7 @@ class ServerSpec:
     target: str
     workers: int
     env: dict[str, str]
+    """The service's settings (``start_service`` drops the caller's own)."""
 
     @property
     def key(self) -> str:
@@ -173,9 +173,9 @@ def is_real(body: bytes) -> bool:
     return not any(word in body for word in NOT_REAL)
 
 
-def servers(bentoml_home: Path, redis_url: str, quick: bool) -> list[ServerSpec]:
+def servers(redis_url: str, quick: bool) -> list[ServerSpec]:
     """The configurations to serve, the echo first."""
-    env = base_env(bentoml_home) | {"REDIS_URL": redis_url}
+    env = {"REDIS_URL": redis_url}
     specs = [
         ServerSpec(
             "echo",
@@ -275,7 +275,7 @@ def measure(
     sizes = (0, 100) if quick else (0, 1, 10, 100)
     rounds = 1 if quick else ROUNDS
     round_s = (3.0 if quick else 10.0) / rounds
-    specs = servers(bentoml_home, redis_url, quick)
+    specs = servers(redis_url, quick)
     cases = [
         (entities, connections)
         for entities in sizes
@@ -286,11 +286,13 @@ def measure(
     with ExitStack() as stack:
         served = [
             stack.enter_context(
-                serve(
-                    spec.target,
-                    spec.env | {"BENTOML_HOME": str(own_home(bentoml_home, log_dir / spec.key))},
-                    _cpus_of(spec, split),
+                running_service(
+                    own_home(bentoml_home, log_dir / spec.key),
+                    None,
                     log_dir,
+                    spec.target,
+                    cpus=_cpus_of(spec, split),
+                    **spec.env,
                 )
             )
             for spec in specs
@@ -300,11 +302,13 @@ def measure(
                 # Each round starts with another server, so none is always first after a switch.
                 for offset in range(len(specs)):
                     index = (round_index + offset) % len(specs)
-                    spec, (pid, port) = specs[index], served[index]
+                    spec, (process, url) = specs[index], served[index]
+                    pid, port = process.pid, int(url.rsplit(":", 1)[1])
                     path, payloads = _request(spec.name, entities)
                     part = _load(spec.name, pid, port, path, payloads, connections, round_s)
                     parts.setdefault((index, entities, connections), []).append(part)
-        for spec, (_, port) in zip(specs, served, strict=True):
+        for spec, (_, url) in zip(specs, served, strict=True):
+            port = int(url.rsplit(":", 1)[1])
             if spec.name == "featserve" and spec.workers == 1:
                 for entities in sizes:
                     path, payloads = _request(spec.name, entities)

@@ -49,9 +49,9 @@ from bench import (
     resolver_bench,
 )
 from bench.report import Section, machine_lines
-from bench.sustained import ROOT, pin_cpus
+from bench.sustained import pin_cpus
 from service.cli import sla
-from service.harness.served import train_small_model
+from service.harness.served import ROOT, train_small_model
 
 __all__ = ["main"]
 
