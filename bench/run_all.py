@@ -48,8 +48,8 @@ from bench import (
     plots,
     resolver_bench,
 )
+from bench.machine import pin_cpus
 from bench.report import Section, machine_lines
-from bench.sustained import pin_cpus
 from service.cli import sla
 from service.harness.served import ROOT, train_small_model
 

@@ -33,7 +33,6 @@ import io
 import os
 import platform
 import random
-import shutil
 import signal
 import sys
 import tempfile
@@ -46,7 +45,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bench.load import CpuSnapshot, LoadResult, Target, WindowStats, run_load, worker_rss
+from bench.load_run import LoadRun, WindowStats, closed_loop
+from bench.machine import CpuSnapshot, CpuSplit, pin_cpus, worker_rss
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
 from service.harness.served import start_service, stop, train_small_model
@@ -56,23 +56,6 @@ __all__ = ["main"]
 DEMO_USERS = 10_000
 ECHO_BODY = b'{"payload": {"entity_id": "u000123", "amount": 250.0}}'
 MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class CpuSplit:
-    """Which CPU the server gets and which the load generator (and Redis) get."""
-
-    server: int | None
-    load: int | None
-
-    def describe(self) -> str:
-        """One line for the report."""
-        if self.server is None:
-            return "not pinned: server, load generator and Redis share every CPU"
-        return (
-            f"pinned with taskset: bentoml serve and its worker on CPU {self.server}; "
-            f"load generator and Redis on CPU {self.load}"
-        )
 
 
 @dataclass(frozen=True)
@@ -95,16 +78,7 @@ class Outcome:
     idle_rss_bytes: int
     cpu_shares: dict[str, float]
     """Percent of one CPU used during the run (warm-up included), by whom."""
-    result: LoadResult
-
-
-def pin_cpus() -> CpuSplit:
-    """Move this process (and so Redis and the trainer it starts) to the second CPU."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2 or shutil.which("taskset") is None:
-        return CpuSplit(None, None)
-    os.sched_setaffinity(0, {cpus[1]})
-    return CpuSplit(cpus[0], cpus[1])
+    result: LoadRun
 
 
 def load_features(redis_url: str, table_dir: Path) -> None:
@@ -169,10 +143,12 @@ def run_scenario(
     )
     try:
         idle_rss = worker_rss(process.pid)
-        port = int(url.rsplit(":", 1)[1])
-        target = Target("127.0.0.1", port, scenario.path, scenario.bodies)
         before = CpuSnapshot.take(process.pid)
-        result = asyncio.run(run_load(target, connections, duration_s, rss_of=process.pid))
+        result = asyncio.run(
+            closed_loop(
+                url + scenario.path, scenario.bodies, connections, duration_s, rss_of=process.pid
+            )
+        )
         cpu_shares = CpuSnapshot.take(process.pid).shares_since(before)
     finally:
         stop(process)

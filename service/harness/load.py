@@ -17,7 +17,12 @@ The run is bounded three ways: no request starts after ``duration_s``, each
 has ``timeout_s``, and at most ``max_requests`` are sent.  Every response's
 ``Server-Timing`` header is parsed into stage durations, and its body into
 the sources of its features (``answers.answer_mix``).  ``exchange`` is
-the one HTTP client routine; ``bench.load`` uses it too.
+the one HTTP client routine; the benchmarks build their windows, worker RSS
+and real answers per second on these samples (``bench.load_run``).
+
+Raw asyncio streams rather than ``httpx``: ``httpx.AsyncClient`` needs far
+more CPU per request than one BentoML worker spends answering it, so it
+cannot saturate the server it measures (docs/benchmarks.md).
 """
 
 from __future__ import annotations
