@@ -12,7 +12,9 @@ from collections.abc import Mapping
 
 from prometheus_client import Counter, Histogram
 
-from features.serving.resolver import ResolvedBatch, Source
+from features.serving.resolver import ResolvedBatch
+from features.sources import Source
+from features.timing import Stage
 
 __all__ = ["observe_refusal", "observe_request"]
 
@@ -24,8 +26,7 @@ _STAGE_BUCKETS = (
 
 STAGE_SECONDS = Histogram(
     "featserve_stage_seconds",
-    "Time spent in each stage of a request (features, cache, redis, decode, derive, "
-    "inference, total).",
+    f"Time spent in each stage of a request ({', '.join(Stage)}).",
     ["endpoint", "stage"],
     buckets=_STAGE_BUCKETS,
 )

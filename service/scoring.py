@@ -13,7 +13,7 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 from models.schema import ModelSchema, build_matrix, build_row
 
 __all__ = ["Classifier", "DegradedGroups", "ScoreRequest", "ScoreResult", "Scorer"]
@@ -92,16 +92,16 @@ class Scorer:
         self, requests: Sequence[ScoreRequest], timer: StageTimer
     ) -> tuple[list[ScoreResult], ResolvedBatch]:
         """Score every request; also return the resolved features, for metrics."""
-        with timer.stage("features"):
+        with timer.stage(Stage.FEATURES):
             resolved = await self._resolver.resolve_batch(
                 [request.entity_id for request in requests], self._selection, timer
             )
-        with timer.stage("derive"):
+        with timer.stage(Stage.DERIVE):
             inputs = self._inputs(requests, resolved)
         # Inputs are finite by construction (validated amounts, decoded or default features),
         # so scikit-learn's finiteness scan is skipped when the model runs in scikit-learn
         # (models.compiled_trees.fastest_classifier's fallback).
-        with timer.stage("inference"), sklearn.config_context(assume_finite=True):
+        with timer.stage(Stage.INFERENCE), sklearn.config_context(assume_finite=True):
             scores = self._classifier.predict_proba(inputs)[:, 1].tolist()
         threshold = self._threshold
         groups = resolved.groups

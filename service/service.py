@@ -41,7 +41,7 @@ from features.stores.base import AsyncOnlineStore
 from features.stores.factory import async_backing_store, async_online_store
 from features.stores.redis_cluster import AsyncRedisClusterStore
 from features.stores.write_through import AsyncWriteThrough
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
@@ -165,7 +165,7 @@ class FraudScorer:
     ) -> ScoreResponse:
         """Score one transaction."""
         timer = StageTimer()
-        with timer.stage("total"):
+        with timer.stage(Stage.TOTAL):
             request = ScoreRequest(entity_id, amount, _now() if timestamp is None else timestamp)
             [scored], resolved = await self.scorer.score([request], timer)
         body = {**scored, "threshold": self.scorer.threshold}
@@ -179,7 +179,7 @@ class FraudScorer:
     ) -> BatchScoreResponse:
         """Score many transactions with one Redis round trip and one model call."""
         timer = StageTimer()
-        with timer.stage("total"):
+        with timer.stage(Stage.TOTAL):
             now = _now()
             batch = [
                 ScoreRequest(r.entity_id, r.amount, now if r.timestamp is None else r.timestamp)
@@ -207,7 +207,7 @@ class FraudScorer:
         except RegistryError as exc:
             ctx.response.status_code = 400
             return {"error": f"groups: {exc}"}
-        with timer.stage("total"):
+        with timer.stage(Stage.TOTAL):
             resolved = await self.resolver.resolve_batch(entity_ids, selection, timer)
         body = {"entities": [_describe(entity) for entity in resolved.entities()]}
         return self._timed(ctx, timer, "features", resolved, body)

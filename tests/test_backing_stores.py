@@ -28,9 +28,10 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY, Feature, FeatureGroup, Structure
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, GroupResult, Resolver, Source
+from features.serving.resolver import CachedGroup, GroupResult, Resolver
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
+from features.sources import Source
 from features.stores.backing import (
     AsyncBackingStore,
     BackingStore,

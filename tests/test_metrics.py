@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from features.registry import FRAUD_REGISTRY, FeatureGroup
-from features.serving.resolver import Degraded, ResolvedBatch, ResolvedGroup, Source
+from features.serving.resolver import ResolvedBatch, ResolvedGroup
+from features.sources import Degraded, Source
 from service.metrics import observe_request
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")

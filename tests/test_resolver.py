@@ -7,7 +7,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -17,10 +17,11 @@ from features.errors import InvalidEntityId
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, Degraded, GroupResult, Resolver, Source
+from features.serving.resolver import CachedGroup, GroupResult, Resolver
 from features.serving.tiers import redis_tier
 from features.settings import Settings
-from features.stores.base import FeatureUpdate, ReadFailure
+from features.sources import Degraded, Source
+from features.stores.base import FeatureUpdate
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.timing import StageTimer
 from service.harness.local_redis import LocalRedis
@@ -369,8 +370,3 @@ def test_bad_ids_are_refused_before_anything_is_sent(
     redis_client.config_resetstat()
     run(scenario)
     assert commands(redis_client, "hmget") == 0
-
-
-def test_every_reason_a_store_gives_for_a_failed_read_is_a_degraded_reason() -> None:
-    """The resolver passes a ``FailedRead``'s reason on as the group's ``Degraded`` reason."""
-    assert set(get_args(ReadFailure)) <= {reason.value for reason in Degraded}

@@ -21,16 +21,10 @@ from features.burst_log import BurstLog
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
-from features.serving.resolver import (
-    CachedGroup,
-    Degraded,
-    GroupResult,
-    Resolver,
-    Source,
-    Tier,
-)
+from features.serving.resolver import CachedGroup, GroupResult, Resolver, Tier
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
+from features.sources import Degraded, Source
 from features.stores.factory import async_backing_store
 from features.stores.redis import AsyncRedisStore, RedisStore, async_redis_store, sync_client
 from service.harness.local_redis import LocalRedis

@@ -38,7 +38,6 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -49,6 +48,7 @@ from features.errors import StoreError
 from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Registry
 from features.serving.cache import FeatureCache, SingleFlight
+from features.sources import Degraded, Source
 from features.stores.base import (
     AsyncOnlineStore,
     FailedRead,
@@ -57,17 +57,15 @@ from features.stores.base import (
     StoredRow,
     StoredValues,
 )
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = [
     "CachedGroup",
-    "Degraded",
     "EntityFeatures",
     "GroupResult",
     "ResolvedBatch",
     "ResolvedGroup",
     "Resolver",
-    "Source",
     "Tier",
 ]
 
@@ -86,32 +84,6 @@ deadlines give up at most ``SLACK_SHARE`` of themselves instead (ads: 0.6 ms of 
 
 SLACK_SHARE = 0.2
 """The largest share of the deadline kept back as ``TIMER_SLACK_S``."""
-
-
-class Source(StrEnum):
-    """Where a group's values came from."""
-
-    CACHE = "cache"
-    REDIS = "redis"
-    BACKING = "backing"
-    STALE = "stale"
-    DEFAULT = "default"
-    UNAVAILABLE = "unavailable"
-
-
-class Degraded(StrEnum):
-    """Why a fault shaped a group's answer: the first failure the resolver met for it."""
-
-    BREAKER_OPEN = "breaker_open"
-    """A store was skipped: its breaker was open (failures, or its pool nearly exhausted)."""
-    DEADLINE = "deadline"
-    """A store had not answered when the deadline passed, or no time was left to ask it."""
-    STORE_ERROR = "store_error"
-    """A store failed the whole read: refused or dropped connection, its own timeout."""
-    ERROR_REPLY = "error_reply"
-    """The store answered this key with an error (``NOPERM``, ``WRONGTYPE``, ``LOADING``...)."""
-    ABANDONED = "abandoned"
-    """The request that was fetching this key for everyone was cancelled mid-read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +187,8 @@ class Tier:
     store: AsyncOnlineStore
     breaker: CircuitBreaker
     saturated: Callable[[], bool] = lambda: False
-    """True when the store should be spared (its pool over 80 % in use): trips the breaker."""
+    """True when the store should be spared (more of its pool in use than the breaker's pool
+    setting allows): trips the breaker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +272,7 @@ class Resolver:
         slots: list[_Slot | None] = [None] * len(requests)
         misses: list[int] = []
         waits: list[tuple[int, asyncio.Future[_Slot]]] = []
-        with timer.stage("cache"):
+        with timer.stage(Stage.CACHE):
             for index, key in enumerate(keys):
                 hit = self._cache.get(key)
                 if hit is not None:
@@ -375,7 +348,7 @@ class Resolver:
                 if answer is None:
                     still_missing.append(index)
                 elif type(answer) is FailedRead:
-                    failures[index] = failures[index] or Degraded(answer.reason)
+                    failures[index] = failures[index] or answer.reason
                     still_missing.append(index)
                 else:
                     slots[index] = _from_store(

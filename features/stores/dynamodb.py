@@ -84,7 +84,7 @@ from features.stores.backing import (
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = ["DynamoDbStore", "create_table", "dynamodb_client"]
 
@@ -316,7 +316,7 @@ class DynamoDbStore:
         """Values for each request, in order; one ``BatchGetItem`` per 100 distinct keys."""
         if timer is None:
             return self._read(requests)
-        with timer.stage("backing"):
+        with timer.stage(Stage.BACKING):
             return self._read(requests)
 
     def _read(self, requests: Sequence[ReadRequest]) -> list[StoredValues | None]:

@@ -70,7 +70,7 @@ from features.stores.redis_scripts import (
     STRING_WRITE,
     Script,
 )
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = [
     "AsyncRedisStore",
@@ -230,7 +230,7 @@ def decode_replies(
     ``decode``."""
     if timer is None:
         return _decoded(requests, replies)
-    with timer.stage("decode"):
+    with timer.stage(Stage.DECODE):
         return _decoded(requests, replies)
 
 
@@ -403,7 +403,7 @@ class RedisStore:
             if timer is None:
                 replies = pipe.execute(raise_on_error=False)
             else:
-                with timer.stage("redis"):
+                with timer.stage(Stage.REDIS):
                     replies = pipe.execute(raise_on_error=False)
         return decode_replies(requests, replies, timer)
 
@@ -493,7 +493,7 @@ class AsyncRedisStore:
             if timer is None:
                 replies = await self._round_trip(requests)
             else:
-                with timer.stage("redis"):
+                with timer.stage(Stage.REDIS):
                     replies = await self._round_trip(requests)
         return decode_replies(requests, replies, timer)
 

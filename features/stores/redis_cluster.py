@@ -74,11 +74,11 @@ from features.breaker import CircuitBreaker, Permit
 from features.burst_log import BurstLog
 from features.deadline import ReplyDeadline
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
+from features.sources import Degraded
 from features.stores.base import (
     FailedRead,
     FeatureUpdate,
     ReadAnswer,
-    ReadFailure,
     ReadRequest,
     WriteOutcome,
 )
@@ -89,7 +89,7 @@ from features.stores.redis import (
     read_reply,
     translated_errors,
 )
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = [
     "REFRESH_INTERVAL_S",
@@ -207,7 +207,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             if timer is None:
                 replies = await self._round_trips(requests)
             else:
-                with timer.stage("redis"):
+                with timer.stage(Stage.REDIS):
                     replies = await self._round_trips(requests)
         finally:
             self._reads_in_flight -= 1
@@ -268,7 +268,9 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 host, port = self._nodes.remap_host_port(reply.host, reply.port)
                 node = self._nodes.get_node(host=host, port=port)
                 if node is None:
-                    replies[index] = FailedRead(f"ASK to an unknown node: {reply}", "store_error")
+                    replies[index] = FailedRead(
+                        f"ASK to an unknown node: {reply}", Degraded.STORE_ERROR
+                    )
                 else:
                     asked.setdefault(node, []).append(index)
         if moved:
@@ -303,7 +305,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 node = (self._pick(shard) if replicas_allowed else shard[0]) if shard else None
                 by_entity[entity_id] = node
             if node is None:
-                replies[index] = FailedRead("no node serves the slot", "store_error")
+                replies[index] = FailedRead("no node serves the slot", Degraded.STORE_ERROR)
                 self._refresh_soon()
             else:
                 batches.setdefault(node, []).append(index)
@@ -359,7 +361,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         permit = breaker.allow()
         if permit is None:
             self._refresh_soon(node.name)
-            return FailedRead(f"Redis node {node.name} is skipped for now", "breaker_open")
+            return FailedRead(f"Redis node {node.name} is skipped for now", Degraded.BREAKER_OPEN)
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
         commands = [hiredis.pack_command(read_command(requests[i])) for i in indexes]  # type: ignore[arg-type]
         if asking:
@@ -368,7 +370,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             connection = node.acquire_connection()
         except MaxConnectionsError:
             # Our pool is exhausted, not the node: no breaker failure.
-            return FailedRead(f"no free connection to Redis node {node.name}", "store_error")
+            return FailedRead(f"no free connection to Redis node {node.name}", Degraded.STORE_ERROR)
         bound = ReplyDeadline(asyncio.get_running_loop().time() + self._node_timeout_s)
         replies: list[Any] = []
         try:
@@ -379,7 +381,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                     for _ in commands:
                         replies.append(await read_reply(connection))
         except StoreError as exc:
-            reason: ReadFailure = "deadline" if bound.expired() else "store_error"
+            reason = Degraded.DEADLINE if bound.expired() else Degraded.STORE_ERROR
             return self._node_failed(node, breaker, permit, reason, exc)
         finally:
             if len(replies) < len(commands):
@@ -393,13 +395,13 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         node: ClusterNode,
         breaker: CircuitBreaker,
         permit: Permit,
-        reason: ReadFailure,
+        reason: Degraded,
         exc: StoreError,
     ) -> FailedRead:
         # The breaker keeps a category (exc.reason); the log gets the node and the error.
         breaker.record_failure(permit, exc.reason)
         self._error_log.error(f"Redis node {node.name} failed; its entities fall back", exc)
-        if reason == "store_error":
+        if reason is Degraded.STORE_ERROR:
             # Refused or reset: the node may be gone for good.  A node that is only slow
             # leads to a refresh once its breaker opens.
             self._refresh_soon(node.name)
@@ -497,7 +499,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
 
 
 def _refused(reply: Exception) -> FailedRead:
-    return FailedRead(f"Redis refused the slot for now: {reply}", "store_error")
+    return FailedRead(f"Redis refused the slot for now: {reply}", Degraded.STORE_ERROR)
 
 
 async def _open_connections(node: ClusterNode, count: int) -> int:
