@@ -13,10 +13,11 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver
+from features.sources import Degraded, Source
 from features.timing import Stage, StageTimer
 from models.schema import ModelSchema, build_matrix, build_row
 
-__all__ = ["Classifier", "DegradedGroups", "ScoreRequest", "ScoreResult", "Scorer"]
+__all__ = ["Classifier", "ScoreRequest", "ScoreResult", "Scorer"]
 
 
 class Classifier(Protocol):
@@ -40,7 +41,10 @@ Score = Annotated[float, Field(description="Probability of fraud, 0 to 1.")]
 IsFraud = Annotated[bool, Field(description="True when the score is at or above the threshold.")]
 Sources = Annotated[
     dict[str, str],
-    Field(description="Per feature group: cache, redis, backing, stale, default or unavailable."),
+    Field(
+        description=f"Per feature group, where its values came from: {', '.join(Source)}.",
+        json_schema_extra={"additionalProperties": {"type": "string", "enum": list(Source)}},
+    ),
 ]
 StaleAges = Annotated[
     dict[str, float],
@@ -50,18 +54,16 @@ DegradedGroups = Annotated[
     dict[str, str],
     Field(
         description="Only when a fault shaped some group's answer (stale, unavailable, or backing "
-        "because Redis failed): per such group, why (breaker_open, deadline, store_error, "
-        "error_reply, abandoned)."
+        f"because Redis failed): per such group, why ({', '.join(Degraded)}).",
+        json_schema_extra={"additionalProperties": {"type": "string", "enum": list(Degraded)}},
     ),
 ]
 
 
+# A plain dict, as the HTTP API answers it: a batch of 100 builds no other object per result.
+# Its fields are declared here only; service.responses builds the response bodies on it.
 class ScoreResult(TypedDict):
-    """The model's answer for one transaction, and where its features came from.
-
-    A plain dict, as the HTTP API answers it: a batch of 100 builds no other object
-    per result (``service.responses`` declares it in the response schema).
-    """
+    """The model's answer for one transaction, and where its features came from."""
 
     entity_id: str
     score: Score
