@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.machine import worker_rss
+from features.sources import REAL_SOURCES
 from service.harness.load import Endpoint, LoadPlan, Sample, drive
 from service.harness.stats import percentiles
 
@@ -34,9 +35,6 @@ __all__ = ["REFUSALS", "LoadRun", "WindowStats", "closed_loop", "is_real"]
 
 REFUSALS = frozenset({429, 503})
 """Statuses that say "full, retry later" (with ``Retry-After``) rather than fail."""
-
-REAL_SOURCES = frozenset({"redis", "cache"})
-"""Where a real answer's features come from: no fallback stood in."""
 
 RSS_INTERVAL_S = 1.0
 """How often the workers' RSS is sampled."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["FAULT_SOURCES", "Degraded", "Source"]
+__all__ = ["FAULT_SOURCES", "REAL_SOURCES", "Degraded", "Source"]
 
 
 class Source(StrEnum):
@@ -34,6 +34,10 @@ class Source(StrEnum):
 
 FAULT_SOURCES = frozenset({Source.STALE, Source.UNAVAILABLE})
 """Sources that only a fault produces."""
+
+REAL_SOURCES = frozenset({Source.CACHE, Source.REDIS})
+"""Sources of a real answer: the online store's values, read now or cached, with no
+fallback standing in."""
 
 
 class Degraded(StrEnum):

@@ -376,7 +376,7 @@ class Resolver:
             self._error_log.error(f"{tier.source} read failed; falling back", exc)
             return _TierAnswer(None, Degraded.STORE_ERROR)
         except TimeoutError:
-            tier.breaker.record_failure(permit, "deadline")
+            tier.breaker.record_failure(permit, Degraded.DEADLINE)
             self._error_log.error(
                 f"{tier.source} read got no reply within the {self._deadline_s * 1000:g} ms "
                 "feature deadline; falling back"
