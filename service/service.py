@@ -354,7 +354,7 @@ FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
 # BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
-# pick its media type (about 0.6 ms of CPU per request here); say it once.
+# pick its media type, a large share of a request's CPU (docs/benchmarks.md); say it once.
 for _api in FraudScorer.apis.values():  # type: ignore[attr-defined]
     _api.output_spec.media_type = "application/json"
 

@@ -26,7 +26,8 @@ from models.schema import (
 
 NOW = 1_767_225_600
 
-# The fraud feature table of MISSION.md: name, dtype, default.
+# The fraud example's feature table, as specified (not read from the registry): name, dtype,
+# default.
 MISSION_FEATURES = [
     ("tx_count_1h", "int", 0),
     ("tx_sum_1h", "float", 0.0),

@@ -72,15 +72,14 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 0.010
-"""The feature budget of the fraud profile: 10 ms."""
+"""The feature budget of the fraud profile (``features.budgets``)."""
 
 TIMER_SLACK_S = 0.002
 """How much earlier than the deadline a store read is abandoned: event-loop timers (libuv's
-under uvloop) have millisecond resolution and fire up to about 1 ms late, and a timer due
-while another request's Python code runs waits for it (about 0.5 ms per /score request).
-With 1 ms, 3 of 15 fault-drill phases had a feature stage more than 2 ms past a 10 ms
-deadline (``make faults``); with 2 ms the store still gets 80 % of that budget.  Short
-deadlines give up at most ``SLACK_SHARE`` of themselves instead (ads: 0.6 ms of 3 ms)."""
+under uvloop) have millisecond resolution and fire late, and a timer due while another
+request's Python code runs waits for it.  Half as much let fault-drill phases end well past
+the deadline (``make faults``; docs/benchmarks.md has the figures).  Short deadlines give up
+at most ``SLACK_SHARE`` of themselves instead, so the store keeps most of its budget."""
 
 SLACK_SHARE = 0.2
 """The largest share of the deadline kept back as ``TIMER_SLACK_S``."""
