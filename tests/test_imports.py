@@ -18,6 +18,7 @@ HEAVY = ("redis", "hiredis", "pyarrow", "boto3")
         "features.settings",
         "features.sources",
         "models.schema",
+        "models.train",
     ],
 )
 def test_definitions_load_no_store_client(modules: str) -> None:
