@@ -181,7 +181,8 @@ def _leaf_of_code(codes: npt.NDArray[np.intp], depth: int) -> npt.NDArray[np.int
     for _ in range(depth):
         goes_left = (codes >> node) & 1
         node = 2 * node + 2 - goes_left
-    return node - n_nodes
+    slot: npt.NDArray[np.intp] = node - n_nodes
+    return slot
 
 
 def _float32_at_most(threshold: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:

@@ -235,12 +235,13 @@ def _attribute(name: str, value: Any) -> Mapping[str, Any]:
     try:
         if any(number and abs(number) < _SMALLEST for number in numbers):
             raise decimal.Underflow
-        return _serializer.serialize(value)
+        serialized: Mapping[str, Any] = _serializer.serialize(value)
     except decimal.DecimalException:
         raise _OutOfRange(
             f"{name}: a value is outside DynamoDB's numbers "
             "(38 significant digits, magnitude 1e-130 to 9.99e125)"
         ) from None
+    return serialized
 
 
 def _item(key: str, group: FeatureGroup, held: HeldGroup, rev: int) -> dict[str, Any]:
