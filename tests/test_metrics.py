@@ -23,7 +23,14 @@ def group(
     rows = len(sources)
     values = tuple(tuple(chosen.defaults.values()) for _ in range(rows))
     return ResolvedGroup(
-        chosen, chosen.feature_names, values, ((),) * rows, sources, (None,) * rows, degraded
+        chosen,
+        chosen.feature_names,
+        values,
+        ((),) * rows,
+        (None,) * rows,
+        sources,
+        (None,) * rows,
+        degraded,
     )
 
 

@@ -85,7 +85,8 @@ from features.stores.base import (
 from features.stores.redis import (
     AsyncRedisStore,
     decode_replies,
-    read_command,
+    fold_replies,
+    read_commands,
     read_reply,
     translated_errors,
 )
@@ -360,8 +361,9 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         if permit is None:
             self._refresh_soon(node.name)
             return FailedRead(f"Redis node {node.name} is skipped for now", "breaker_open")
+        batch = [requests[i] for i in indexes]
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
-        commands = [hiredis.pack_command(read_command(requests[i])) for i in indexes]  # type: ignore[arg-type]
+        commands = [hiredis.pack_command(c) for r in batch for c in read_commands(r)]  # type: ignore[arg-type]
         if asking:
             commands = [part for command in commands for part in (_ASKING, command)]
         try:
@@ -386,7 +388,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 await connection.disconnect(nowait=True)
             node.release(connection)
         breaker.record_success(permit)
-        return replies[1::2] if asking else replies
+        return fold_replies(batch, replies[1::2] if asking else replies)
 
     def _node_failed(
         self,
