@@ -524,7 +524,13 @@ class AsyncRedisStore:
         self._pool_size: int = self._pool.max_connections
         self._timeout_s = timeout_s
         self._held = 0
+        self._held_peak = 0
         self._drains: set[asyncio.Task[None]] = set()
+
+    @property
+    def pool_size(self) -> int:
+        """The most connections the pool opens (on a cluster: to each node)."""
+        return self._pool_size
 
     def pool_usage(self) -> float:
         """The share of the connection pool that reads hold right now (0 to 1).
@@ -533,6 +539,16 @@ class AsyncRedisStore:
         in the pool, its reply drained if the read was abandoned.
         """
         return self._held / self._pool_size
+
+    def take_peak_connections(self) -> int:
+        """The most connections reads held at once since the last call (as ``pool_usage``
+        counts them), and start counting again from those held now.
+
+        For a gauge sampled now and then: the peak between two samples, which a sample of
+        the moment would miss.
+        """
+        peak, self._held_peak = self._held_peak, self._held
+        return peak
 
     async def warm(self, count: int) -> int:
         """Open up to ``count`` connections now and keep them in the pool; how many are open.
@@ -607,6 +623,8 @@ class AsyncRedisStore:
 
     async def _acquire(self) -> Any:
         self._held += 1
+        if self._held > self._held_peak:
+            self._held_peak = self._held
         try:
             return await self._pool.get_connection()
         except BaseException:

@@ -145,6 +145,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         self._node_timeout_s = node_timeout_s
         self._pool_size = pool_size
         self._reads_in_flight = 0
+        self._reads_peak = 0
         self._read_from_replicas = read_from_replicas
         self._breaker_failures = breaker_failures
         self._breaker_reset_s = breaker_reset_s
@@ -164,6 +165,13 @@ class AsyncRedisClusterStore(AsyncRedisStore):
     def pool_usage(self) -> float:
         """The share of the fullest node's pool that reads hold right now (0 to 1), at most."""
         return self._reads_in_flight / self._pool_size
+
+    def take_peak_connections(self) -> int:
+        """The most reads in flight at once since the last call (each holds at most one
+        connection per node: the busiest node's connections held, at most); see
+        ``AsyncRedisStore.take_peak_connections``."""
+        peak, self._reads_peak = self._reads_peak, self._reads_in_flight
+        return peak
 
     async def warm(self, count: int) -> int:
         """Load the slot map, then open up to ``count`` connections to each node reads go to
@@ -204,6 +212,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         if not requests:
             return []
         self._reads_in_flight += 1
+        if self._reads_in_flight > self._reads_peak:
+            self._reads_peak = self._reads_in_flight
         try:
             if timer is None:
                 replies = await self._round_trips(requests)
