@@ -48,7 +48,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from features.budgets import LatencyBudget
 from features.registry import FeatureGroup
 from features.serving.breaker import BreakerState, CircuitBreaker
-from features.serving.resolver import ResolvedBatch, ResolvedGroup, Source, Tier
+from features.serving.resolver import Degraded, ResolvedBatch, ResolvedGroup, Source, Tier
 from features.stores.redis import AsyncRedisStore
 from features.stores.redis_cluster import AsyncRedisClusterStore
 
@@ -61,6 +61,7 @@ __all__ = [
     "observe_refusal",
     "observe_request",
     "publish_settings",
+    "start_series",
 ]
 
 GAUGE_INTERVAL_S = 1.0
@@ -168,15 +169,10 @@ BREAKER_STATE_VALUES: Mapping[BreakerState, int] = {
 BREAKER_STATE = Gauge(
     "featserve_breaker_state",
     "Each store's circuit breaker: 0 closed, 1 half-open (the next read probes the store), "
-    "2 open (the store is skipped); the worst of the workers.",
-    ["store"],
-    multiprocess_mode="livemax",
-)
-NODE_BREAKER_STATE = Gauge(
-    "featserve_redis_node_breaker_state",
-    "On a Redis Cluster, each node's circuit breaker by the node's role and slots "
-    "(0 closed, 1 half-open, 2 open); the worst of the workers.",
-    ["node"],
+    "2 open (the store is skipped); the worst of the workers.  On a Redis Cluster also each "
+    'node\'s, labelled by its role and slots (node="primary 0-5460"); node is empty for a '
+    "store's own breaker.",
+    ["store", "node"],
     multiprocess_mode="livemax",
 )
 POOL_IN_USE = Gauge(
@@ -268,6 +264,27 @@ def observe_refusal(path: str) -> None:
     _child(OVERLOAD_REFUSALS, path).inc()
 
 
+def start_series(
+    endpoints: Sequence[str], guarded_paths: Sequence[str], groups: Sequence[FeatureGroup]
+) -> None:
+    """Expose every counter series an alert or a dashboard divides by, at 0, from start-up:
+    a series that appears only with its first event makes ``rate()`` miss that event, and a
+    ratio of a series that does not exist yet is no value rather than 0."""
+    for endpoint in endpoints:
+        _child(ANSWERS, endpoint)
+        for reason in Degraded:
+            _child(DEGRADED_ANSWERS, endpoint, reason.value)
+    for path in guarded_paths:
+        _child(OVERLOAD_REFUSALS, path)
+    for group in groups:
+        for source in Source:
+            _child(FEATURE_SOURCES, group.name, source.value)
+            if source not in (Source.DEFAULT, Source.UNAVAILABLE):
+                _child(PAST_FRESHNESS, group.name, source.value)
+    for result in ("hit", "miss"):
+        _child(CACHE_LOOKUPS, result)
+
+
 def publish_settings(
     budget: LatencyBudget, deadline_s: float, groups: Sequence[FeatureGroup]
 ) -> None:
@@ -284,9 +301,9 @@ def publish_settings(
 class StoreGauges:
     """Samples the stores' breakers and the Redis pool into gauges (``run``: every second).
 
-    A cluster node's breaker is published while the node serves slots; a node that
-    stops serving any (a primary lost in a failover) is set back to 0, so a node
-    nobody reads from does not hold an alert open.
+    A cluster node's breaker is published (``store="redis"``, ``node`` its role and
+    slots) while the node serves slots; a node that stops serving any (a primary lost
+    in a failover) is set back to 0, so a node nobody reads from holds no alert open.
     """
 
     def __init__(self, tiers: Sequence[Tier], redis: AsyncRedisStore) -> None:
@@ -297,7 +314,7 @@ class StoreGauges:
     def publish(self) -> None:
         """Set every gauge from the stores' state now."""
         for tier in self._tiers:
-            BREAKER_STATE.labels(tier.source.value).set(_state_value(tier.breaker))
+            BREAKER_STATE.labels(tier.source.value, "").set(_state_value(tier.breaker))
         if isinstance(self._redis, AsyncRedisClusterStore):
             self._publish_nodes(self._redis.node_breakers())
         POOL_IN_USE.set(self._redis.take_peak_connections())
@@ -305,10 +322,11 @@ class StoreGauges:
 
     def _publish_nodes(self, breakers: Mapping[str, CircuitBreaker]) -> None:
         serving = {label: b for label, b in breakers.items() if not label.startswith("node")}
+        redis = Source.REDIS.value
         for label in self._nodes - set(serving):
-            NODE_BREAKER_STATE.labels(label).set(0)
+            BREAKER_STATE.labels(redis, label).set(0)
         for label, breaker in serving.items():
-            NODE_BREAKER_STATE.labels(label).set(_state_value(breaker))
+            BREAKER_STATE.labels(redis, label).set(_state_value(breaker))
         self._nodes = set(serving)
 
     async def run(self, interval_s: float = GAUGE_INTERVAL_S) -> None:

@@ -54,7 +54,7 @@ from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
 from service.inputs import Amount, EntityId, GroupNames, PushUpdate, ScoreInput, Timestamp
-from service.metrics import StoreGauges, observe_request, publish_settings
+from service.metrics import StoreGauges, observe_request, publish_settings, start_series
 from service.middleware import admission, request_timeout
 from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
@@ -136,8 +136,12 @@ class FraudScorer:
         self.scorer = Scorer(self.resolver, classifier, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
         self.spans = StageSpans.from_bentoml()
-        publish_settings(
-            PROFILES[SETTINGS.profile], SETTINGS.deadline_s, FRAUD_REGISTRY.groups_of("user")
+        groups = FRAUD_REGISTRY.groups_of("user")
+        publish_settings(PROFILES[SETTINGS.profile], SETTINGS.deadline_s, groups)
+        start_series(
+            ("score", "score_batch", "features"),
+            [api.route for api in FraudScorer.apis.values()],  # type: ignore[attr-defined]
+            groups,
         )
         self.gauges = StoreGauges(self.resolver.tiers, self.store)
         self.gauges_task: asyncio.Task[None] | None = None

@@ -19,6 +19,7 @@ from service.metrics import (
     BatchHistogram,
     StoreGauges,
     observe_request,
+    start_series,
 )
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -131,6 +132,29 @@ def test_ages_are_observed_by_source_and_values_past_freshness_counted() -> None
     )
 
 
+def test_start_series_exposes_every_counter_a_ratio_divides_by_at_zero() -> None:
+    # An endpoint and a path no other test uses: their series exist only once started.
+    wanted = {
+        ("featserve_answers_total", (("endpoint", "warm"),)),
+        ("featserve_degraded_answers_total", (("endpoint", "warm"), ("reason", "breaker_open"))),
+        ("featserve_overload_refusals_total", (("path", "/warm"),)),
+        ("featserve_feature_groups_total", (("group", "features"), ("source", "unavailable"))),
+        (
+            "featserve_feature_groups_past_freshness_total",
+            (("group", "embedding"), ("source", "stale")),
+        ),
+        ("featserve_cache_lookups_total", (("result", "hit"),)),
+    }
+
+    def values() -> dict[str, float | None]:
+        return {name: REGISTRY.get_sample_value(name, dict(labels)) for name, labels in wanted}
+
+    assert values()["featserve_answers_total"] is None
+    start_series(["warm"], ["/warm"], FRAUD_REGISTRY.groups_of("user"))
+    assert all(value is not None for value in values().values()), values()
+    assert values()["featserve_answers_total"] == 0
+
+
 def test_every_groups_freshness_window_and_ttl_is_an_age_bucket() -> None:
     for chosen in FRAUD_REGISTRY.groups_of("user"):
         assert chosen.freshness.total_seconds() in AGE_BUCKETS_S
@@ -178,8 +202,8 @@ def test_store_gauges_follow_the_breakers_and_the_pools_peak(redis_url: str) -> 
             gauges.publish()
             seen.append(
                 {
-                    "redis": sample("featserve_breaker_state", store="redis"),
-                    "backing": sample("featserve_breaker_state", store="backing"),
+                    "redis": sample("featserve_breaker_state", store="redis", node=""),
+                    "backing": sample("featserve_breaker_state", store="backing", node=""),
                     "in use": sample("featserve_redis_pool_connections_in_use"),
                     "limit": sample("featserve_redis_pool_connections_limit"),
                 }
