@@ -2,21 +2,101 @@
 
 Defined with ``prometheus_client`` directly (BentoML's own metrics module
 is deprecated in 1.4); BentoML exposes the default registry, aggregated
-across workers.
+across workers.  BentoML runs ``prometheus_client`` in multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``): every value lives in a memory-mapped file
+per worker and ``/metrics`` adds them up, so one observation costs a few
+microseconds (two locked file writes), and a gauge says how to combine its
+workers' values:
+
+- ``livemax`` for states and settings (a breaker's state, the budgets): the
+  worst of the live workers.  Each worker keeps its own breakers; a worker
+  whose breaker is open answers from fallbacks whatever the others do.
+- ``livesum`` for the Redis pool: connections held and the pool's size,
+  summed over the live workers (each has a pool of its own).
+
+"live": a worker that exits (BentoML marks it dead) stops counting, so a
+dead worker's last state does not linger.
+
+Request rate, errors and duration per endpoint are BentoML's own
+(``bentoml_service_request_total{endpoint,http_response_code}``,
+``bentoml_service_request_duration_seconds``): they count every answer that
+passed its middleware, the token and body checks' 401, 403, 413 and 415
+included.  Only requests refused for overload never reach it (the admission
+middleware sits first, see ``service.middleware.admission``):
+``featserve_overload_refusals_total`` counts them.
+
+What a request changes is recorded once per request, aggregated: a batch of
+100 entities makes one increment per (group, source), not 100
+(``BatchHistogram``), and each labelled child is looked up once per process
+(``_child``).  Gauges that follow the stores are sampled once a second
+(``StoreGauges``), never per request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import collections
-from collections.abc import Mapping
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
-from features.serving.resolver import ResolvedBatch
-from features.sources import Source
+from features.breaker import BreakerState, CircuitBreaker
+from features.budgets import LatencyBudget
+from features.registry import FeatureGroup
+from features.serving.resolver import ResolvedBatch, ResolvedGroup, Tier
+from features.sources import Degraded, Source
+from features.stores.redis import AsyncRedisStore
+from features.stores.redis_cluster import AsyncRedisClusterStore
 from features.timing import Stage
 
-__all__ = ["observe_refusal", "observe_request"]
+__all__ = [
+    "AGE_BUCKETS_S",
+    "BREAKER_STATE_VALUES",
+    "GAUGE_INTERVAL_S",
+    "BatchHistogram",
+    "StoreGauges",
+    "observe_refusal",
+    "observe_request",
+    "publish_settings",
+    "start_series",
+]
+
+GAUGE_INTERVAL_S = 1.0
+"""How often ``StoreGauges`` samples the stores: well under a scrape interval, and no cost
+per request."""
+
+
+class BatchHistogram(Histogram):
+    """A ``Histogram`` that also takes many observations in one call.
+
+    prometheus_client has no bulk observation, and in multiprocess mode each
+    ``observe`` takes two locked writes to a memory-mapped file, which a batch
+    would pay per entity (docs/benchmarks.md).  ``observe_many`` writes the sum
+    once and each bucket it touches once.  It relies on ``Histogram``'s own
+    fields (``_upper_bounds``, ``_buckets``, ``_sum``), so a test checks that it
+    records exactly what ``observe`` would, one amount at a time.
+    """
+
+    def observe_many(self, amounts: Sequence[float]) -> None:
+        """Observe each of ``amounts``."""
+        # prometheus_client leaves this private check unannotated.
+        self._raise_if_not_observable()  # type: ignore[no-untyped-call]
+        if not amounts:
+            return
+        counts = [0] * len(self._upper_bounds)
+        for amount in amounts:
+            # The first bound at or above the amount, as ``observe`` finds it.
+            counts[bisect.bisect_left(self._upper_bounds, amount)] += 1
+        self._sum.inc(sum(amounts))
+        for bucket, count in zip(self._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
 
 # From 50 microseconds to 1 second: the stages of one request span that range.
 _STAGE_BUCKETS = (
@@ -24,15 +104,43 @@ _STAGE_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
 
+AGE_BUCKETS_S = (
+    1, 5, 15, 30, 60, 120, 300, 600, 1800,
+    3600, 7200, 14400, 28800, 43200, 86400, 172800, 345600, 604800,
+)  # fmt: skip
+"""From a second to a week: freshness windows run from minutes (velocity features) to days
+(embeddings).  Each shipped group's freshness window and TTL (twice it) is a bound, so
+``le="3600"`` counts exactly the values within the ``features`` group's window."""
+
 STAGE_SECONDS = Histogram(
     "featserve_stage_seconds",
     f"Time spent in each stage of a request ({', '.join(Stage)}).",
     ["endpoint", "stage"],
     buckets=_STAGE_BUCKETS,
 )
+ANSWERS = Counter(
+    "featserve_answers_total",
+    "Answers given: scored transactions (/score, /score_batch) and entities of /features, "
+    "by endpoint; the denominator of the degraded share.",
+    ["endpoint"],
+)
 FEATURE_SOURCES = Counter(
     "featserve_feature_groups_total",
     "Feature groups resolved, by where their values came from.",
+    ["group", "source"],
+)
+FEATURE_AGE = BatchHistogram(
+    "featserve_feature_age_seconds",
+    "Age of the feature values served (now minus their event time: a group's newest value), "
+    "by group and source; values of unknown age (defaults, keys written without _event_ms) "
+    "are not observed.",
+    ["group", "source"],
+    buckets=AGE_BUCKETS_S,
+)
+PAST_FRESHNESS = Counter(
+    "featserve_feature_groups_past_freshness_total",
+    "Feature groups served with values older than their group's freshness window, by group "
+    "and source.",
     ["group", "source"],
 )
 CACHE_LOOKUPS = Counter(
@@ -53,17 +161,72 @@ OVERLOAD_REFUSALS = Counter(
     ["path"],
 )
 
+BREAKER_STATE_VALUES: Mapping[BreakerState, int] = {
+    BreakerState.CLOSED: 0,
+    BreakerState.HALF_OPEN: 1,
+    BreakerState.OPEN: 2,
+}
+"""A breaker state as a gauge value: the higher, the worse."""
 
-def observe_request(endpoint: str, timing_ms: Mapping[str, float], resolved: ResolvedBatch) -> None:
-    """Record one request's stage times, the source of every group it resolved, and each
-    answer (one per entity) that a fault shaped."""
+BREAKER_STATE = Gauge(
+    "featserve_breaker_state",
+    "Each store's circuit breaker: 0 closed, 1 half-open (the next read probes the store), "
+    "2 open (the store is skipped); the worst of the workers.  On a Redis Cluster also each "
+    'node\'s, labelled by its role and slots (node="primary 0-5460"); node is empty for a '
+    "store's own breaker.",
+    ["store", "node"],
+    multiprocess_mode="livemax",
+)
+POOL_IN_USE = Gauge(
+    "featserve_redis_pool_connections_in_use",
+    "Redis connections held by reads, the most at once in the last second, summed over the "
+    "workers (on a cluster: on the busiest node, at most).",
+    multiprocess_mode="livesum",
+)
+POOL_LIMIT = Gauge(
+    "featserve_redis_pool_connections_limit",
+    "Redis connections the pools may open (FEATSERVE_REDIS_POOL_SIZE), summed over the "
+    "workers; the Redis breaker opens above FEATSERVE_BREAKER_POOL_USAGE of a worker's pool.",
+    multiprocess_mode="livesum",
+)
+LATENCY_BUDGET = Gauge(
+    "featserve_latency_budget_seconds",
+    "The p99 latency budget of FEATSERVE_PROFILE, for the whole request (stage total) and "
+    "for feature retrieval (stage features).",
+    ["stage"],
+    multiprocess_mode="livemax",
+)
+FEATURE_DEADLINE = Gauge(
+    "featserve_feature_deadline_seconds",
+    "How long feature resolution waits for the stores (FEATSERVE_FEATURE_DEADLINE_MS).",
+    multiprocess_mode="livemax",
+)
+FRESHNESS_WINDOW = Gauge(
+    "featserve_feature_freshness_window_seconds",
+    "Each feature group's freshness window, as the registry declares it.",
+    ["group"],
+    multiprocess_mode="livemax",
+)
+
+
+def observe_request(
+    endpoint: str,
+    timing_ms: Mapping[str, float],
+    resolved: ResolvedBatch,
+    now_s: float | None = None,
+) -> None:
+    """Record one request's stage times, the source and age of every group it resolved, and
+    each answer (one per entity) that a fault shaped.  ``now_s``: epoch seconds, for ages."""
     for stage, milliseconds in timing_ms.items():
-        STAGE_SECONDS.labels(endpoint, stage).observe(milliseconds / 1000.0)
+        _child(STAGE_SECONDS, endpoint, stage).observe(milliseconds / 1000.0)
+    _child(ANSWERS, endpoint).inc(len(resolved.entity_ids))
+    now_s = time.time() if now_s is None else now_s
     degraded = []
     for group in resolved.groups:
         for source, count in collections.Counter(group.sources).items():
-            FEATURE_SOURCES.labels(group.group.name, source.value).inc(count)
-            CACHE_LOOKUPS.labels("hit" if source is Source.CACHE else "miss").inc(count)
+            _child(FEATURE_SOURCES, group.group.name, source.value).inc(count)
+            _child(CACHE_LOOKUPS, "hit" if source is Source.CACHE else "miss").inc(count)
+        _observe_ages(group, now_s)
         if group.degraded.count(None) < len(group.degraded):
             degraded.append(group.degraded)
     if degraded:
@@ -73,9 +236,107 @@ def observe_request(endpoint: str, timing_ms: Mapping[str, float], resolved: Res
             if row.count(None) < len(row)
         )
         for reason, count in reasons.items():
-            DEGRADED_ANSWERS.labels(endpoint, reason.value).inc(count)
+            _child(DEGRADED_ANSWERS, endpoint, reason.value).inc(count)
+
+
+def _observe_ages(group: ResolvedGroup, now_s: float) -> None:
+    """The age of each entity's values, and how many are past the group's freshness window."""
+    by_source: dict[Source, list[float]] = {}
+    for source, age_s in zip(group.sources, group.ages_s(now_s), strict=True):
+        if age_s is not None:
+            by_source.setdefault(source, []).append(age_s)
+    window_s = group.group.freshness.total_seconds()
+    for source, ages in by_source.items():
+        _child(FEATURE_AGE, group.group.name, source.value).observe_many(ages)
+        past = sum(age_s > window_s for age_s in ages)
+        if past:
+            _child(PAST_FRESHNESS, group.group.name, source.value).inc(past)
+
+
+@functools.cache
+def _child(metric: MetricWrapperBase, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: ``labels`` takes a lock and validates its
+    arguments, and a request records a dozen values.  Label values come from
+    fixed sets (endpoints, stages, groups, sources, reasons, guarded paths)."""
+    return metric.labels(*labels)
 
 
 def observe_refusal(path: str) -> None:
     """Count one request refused for overload."""
-    OVERLOAD_REFUSALS.labels(path).inc()
+    _child(OVERLOAD_REFUSALS, path).inc()
+
+
+def start_series(
+    endpoints: Sequence[str], guarded_paths: Sequence[str], groups: Sequence[FeatureGroup]
+) -> None:
+    """Expose every counter series an alert or a dashboard divides by, at 0, from start-up:
+    a series that appears only with its first event makes ``rate()`` miss that event, and a
+    ratio of a series that does not exist yet is no value rather than 0."""
+    for endpoint in endpoints:
+        _child(ANSWERS, endpoint)
+        for reason in Degraded:
+            _child(DEGRADED_ANSWERS, endpoint, reason.value)
+    for path in guarded_paths:
+        _child(OVERLOAD_REFUSALS, path)
+    for group in groups:
+        for source in Source:
+            _child(FEATURE_SOURCES, group.name, source.value)
+            if source not in (Source.DEFAULT, Source.UNAVAILABLE):
+                _child(PAST_FRESHNESS, group.name, source.value)
+    for result in ("hit", "miss"):
+        _child(CACHE_LOOKUPS, result)
+
+
+def publish_settings(
+    budget: LatencyBudget, deadline_s: float, groups: Sequence[FeatureGroup]
+) -> None:
+    """Publish what the service was configured with, once at start-up: the profile's budget,
+    the feature deadline and each group's freshness window, for dashboards and alerts to
+    compare with."""
+    LATENCY_BUDGET.labels(Stage.TOTAL).set(budget.total_ms / 1000.0)
+    LATENCY_BUDGET.labels(Stage.FEATURES).set(budget.features_ms / 1000.0)
+    FEATURE_DEADLINE.set(deadline_s)
+    for group in groups:
+        FRESHNESS_WINDOW.labels(group.name).set(group.freshness.total_seconds())
+
+
+class StoreGauges:
+    """Samples the stores' breakers and the Redis pool into gauges (``run``: every second).
+
+    A cluster node's breaker is published (``store="redis"``, ``node`` its role and
+    slots) while the node serves slots; a node that stops serving any (a primary lost
+    in a failover) is set back to 0, so a node nobody reads from holds no alert open.
+    """
+
+    def __init__(self, tiers: Sequence[Tier], redis: AsyncRedisStore) -> None:
+        self._tiers = tuple(tiers)
+        self._redis = redis
+        self._nodes: set[str] = set()
+
+    def publish(self) -> None:
+        """Set every gauge from the stores' state now."""
+        for tier in self._tiers:
+            BREAKER_STATE.labels(tier.source.value, "").set(_state_value(tier.breaker))
+        if isinstance(self._redis, AsyncRedisClusterStore):
+            self._publish_nodes(self._redis.node_breakers())
+        POOL_IN_USE.set(self._redis.take_peak_connections())
+        POOL_LIMIT.set(self._redis.pool_size)
+
+    def _publish_nodes(self, breakers: Mapping[str, CircuitBreaker]) -> None:
+        serving = {label: b for label, b in breakers.items() if not label.startswith("node")}
+        redis = Source.REDIS.value
+        for label in self._nodes - set(serving):
+            BREAKER_STATE.labels(redis, label).set(0)
+        for label, breaker in serving.items():
+            BREAKER_STATE.labels(redis, label).set(_state_value(breaker))
+        self._nodes = set(serving)
+
+    async def run(self, interval_s: float = GAUGE_INTERVAL_S) -> None:
+        """Publish now and every ``interval_s`` until cancelled."""
+        while True:
+            self.publish()
+            await asyncio.sleep(interval_s)
+
+
+def _state_value(breaker: CircuitBreaker) -> int:
+    return BREAKER_STATE_VALUES[breaker.state]

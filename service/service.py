@@ -7,6 +7,7 @@ the environment once, at import (see ``features.settings.Settings``).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import gc
 import logging
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from features.breaker import CircuitBreaker
+from features.budgets import PROFILES
 from features.errors import (
     InvalidUpdate,
     RegistryError,
@@ -36,6 +38,7 @@ from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
+from features.sources import Degraded
 from features.stores.backing import AsyncBackingStore, epoch_ms, is_live
 from features.stores.base import AsyncOnlineStore
 from features.stores.factory import async_backing_store, async_online_store
@@ -46,7 +49,7 @@ from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
 from service.inputs import Amount, EntityId, GroupNames, PushUpdate, ScoreInput, Timestamp
-from service.metrics import observe_request
+from service.metrics import StoreGauges, observe_request, publish_settings, start_series
 from service.middleware import admission, request_timeout
 from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
@@ -128,6 +131,15 @@ class FraudScorer:
         self.scorer = Scorer(self.resolver, classifier, model.schema, model.threshold)
         self.all_groups = self.resolver.selection("user")
         self.spans = StageSpans.from_bentoml()
+        groups = FRAUD_REGISTRY.groups_of("user")
+        publish_settings(PROFILES[SETTINGS.profile], SETTINGS.deadline_s, groups)
+        start_series(
+            ("score", "score_batch", "features"),
+            [api.route for api in FraudScorer.apis.values()],  # type: ignore[attr-defined]
+            groups,
+        )
+        self.gauges = StoreGauges(self.resolver.tiers, self.store)
+        self.gauges_task: asyncio.Task[None] | None = None
         status_app.state.scorer = self
 
     @bentoml.on_startup
@@ -138,6 +150,12 @@ class FraudScorer:
         await self.store.warm(SETTINGS.warm_connections)
 
     @bentoml.on_startup
+    async def sample_store_gauges(self) -> None:
+        """Keep the breaker and pool gauges current, sampled every second in the background
+        (nothing is paid per request)."""
+        self.gauges_task = asyncio.get_running_loop().create_task(self.gauges.run())
+
+    @bentoml.on_startup
     def freeze_startup_objects(self) -> None:
         """Move everything built so far out of the garbage collector's sight."""
         gc.collect()
@@ -145,7 +163,9 @@ class FraudScorer:
 
     @bentoml.on_shutdown
     async def close_store(self) -> None:
-        """Close the connections to Redis and the backing store."""
+        """Stop sampling the gauges; close the connections to Redis and the backing store."""
+        if self.gauges_task is not None:
+            self.gauges_task.cancel()
         await self.store.close()
         await self.redis_writes.close()
         if self.backing is not None:
@@ -209,7 +229,8 @@ class FraudScorer:
             return {"error": f"groups: {exc}"}
         with timer.stage(Stage.TOTAL):
             resolved = await self.resolver.resolve_batch(entity_ids, selection, timer)
-        body = {"entities": [_describe(entity) for entity in resolved.entities()]}
+        now_s = time.time()
+        body = {"entities": [_describe(entity, now_s) for entity in resolved.entities()]}
         return self._timed(ctx, timer, "features", resolved, body)
 
     @bentoml.api
@@ -364,14 +385,20 @@ def _now() -> int:
 
 
 def _span_attributes(resolved: ResolvedBatch) -> dict[str, AttributeValue]:
-    """What the ``features`` span of a sampled request says about its resolution."""
+    """What the ``features`` span of a sampled request says about its resolution: entities,
+    groups, sources and degraded reasons (each counted per entity group), and whether the
+    feature deadline cut some group's answer short."""
     sources: collections.Counter[str] = collections.Counter()
+    degraded: collections.Counter[str] = collections.Counter()
     for group in resolved.groups:
         sources.update(source.value for source in group.sources)
+        degraded.update(reason.value for reason in group.degraded if reason is not None)
     return {
         "featserve.entities": len(resolved.entity_ids),
         "featserve.groups": [group.group.name for group in resolved.groups],
         "featserve.sources": [f"{source}={count}" for source, count in sorted(sources.items())],
+        "featserve.degraded": [f"{reason}={count}" for reason, count in sorted(degraded.items())],
+        "featserve.deadline_fired": Degraded.DEADLINE.value in degraded,
     }
 
 
@@ -379,7 +406,7 @@ def _refusal(index: int, entity_id: str, field: str, error: str) -> dict[str, An
     return {"index": index, "entity_id": entity_id, "field": field, "error": error}
 
 
-def _describe(entity: EntityFeatures) -> dict[str, Any]:
+def _describe(entity: EntityFeatures, now_s: float) -> dict[str, Any]:
     described: dict[str, Any] = {
         "entity_id": entity.entity_id,
         "groups": {
@@ -389,6 +416,7 @@ def _describe(entity: EntityFeatures) -> dict[str, Any]:
                     k: list(v) if isinstance(v, tuple) else v for k, v in result.values.items()
                 },
                 "defaulted": list(result.defaulted),
+                "age_s": _rounded(result.age_s(now_s)),
             }
             for name, result in entity.groups.items()
         },
@@ -401,6 +429,10 @@ def _describe(entity: EntityFeatures) -> dict[str, Any]:
     if degraded:
         described["degraded"] = degraded
     return described
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _breaker_status(breaker: CircuitBreaker) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from features.stores.base import (
     ReadRequest,
     StoredValues,
     WriteOutcome,
+    event_ms_of,
 )
 from features.stores.dynamodb import (
     DynamoDbStore,
@@ -139,11 +140,11 @@ def applied(outcomes: Sequence[WriteOutcome]) -> list[bool]:
 
 
 def exact(answers: Sequence[ReadAnswer]) -> list[Any]:
-    """Answers with every value's type, so 3 and 3.0 differ."""
+    """Answers with every value's type, so 3 and 3.0 differ, and the event time they carry."""
     return [
         values
         if values is None or isinstance(values, FailedRead)
-        else [(name, type(v), v) for name, v in values.items()]
+        else [(name, type(v), v) for name, v in values.items()] + [event_ms_of(values)]
         for values in answers
     ]
 
@@ -176,6 +177,16 @@ def test_round_trip_of_every_structure_matches_redis(
     newest = ("j14", "i0", "j13", "i6", "j12", "i5", "j11", "i4", "j10", "i3")
     assert answers[1] == {"recent_items": newest}
     assert answers[4] == {"recent_items": ("c", "b", "a")}
+    # The event time beside the values: a hash's newest, a sorted set's newest member's, the
+    # embedding's kept write (the older one was skipped); nothing held, nothing to date.
+    assert [event_ms_of(answer) for answer in answers[:6]] == [
+        (NOW + 5) * 1000,
+        (NOW + 14) * 1000,
+        NOW * 1000,
+        NOW * 1000,
+        NOW * 1000,
+        None,
+    ]
 
 
 def test_nothing_held_reads_none(backing: BackingStore) -> None:

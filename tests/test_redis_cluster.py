@@ -185,10 +185,15 @@ def test_a_read_of_100_entities_sends_one_round_trip_to_each_primary(
 
     answers = run(scenario)
     assert as_dicts(answers) == expected(USERS)
+    # Each answer carries its event time, read by the same commands (HMGET ... _event_ms,
+    # ZREVRANGE ... WITHSCORES); only the embedding adds one, the GET of its sibling key.
+    assert {getattr(answer, "event_ms", None) for answer in answers} == {NOW * 1000, None}
+    assert [getattr(answer, "event_ms", None) for answer in answers[:2]] == [NOW * 1000] * 2
     for node in cluster.nodes:
         assert proxies[node.port].round_trips == (1 if node.port in shards else 0), node.port
         assert stats(node, "hmget") == shards.get(node.port, 0)
         assert stats(node, "zrevrange") == shards.get(node.port, 0)
+        assert stats(node, "get") == 2 * shards.get(node.port, 0)
 
 
 def test_one_entity_is_one_round_trip_to_its_node_only(
@@ -437,7 +442,8 @@ def test_a_redirected_read_is_sent_once_more_where_the_keys_are(
     answers, source, target = run(scenario)
     assert as_dicts(answers) == expected([user])
     assert stats(target, "hmget") == 1
-    assert stats(target, "asking") == (3 if redirect == "ASK" else 0)
+    # One ASKING before each command: the embedding's blob and event-time GETs make four.
+    assert stats(target, "asking") == (4 if redirect == "ASK" else 0)
     assert stats(source, "hmget", "rejected_calls") == 1  # the redirected attempt
 
 

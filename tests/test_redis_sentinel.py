@@ -14,7 +14,7 @@ import redis
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
-from features.stores.base import FailedRead, ReadAnswer, ReadRequest
+from features.stores.base import FailedRead, ReadAnswer, ReadRequest, event_ms_of
 from features.stores.factory import async_online_store, open_online_store
 from service.harness.local_redis import LocalRedis
 from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
@@ -58,15 +58,19 @@ def write_users(settings: Settings) -> None:
         store.close()
 
 
-def read_async(settings: Settings) -> list[Any]:
-    async def scenario() -> list[Any]:
+def read_answers(settings: Settings) -> list[ReadAnswer]:
+    async def scenario() -> list[ReadAnswer]:
         store = async_online_store(settings)
         try:
-            return [as_dict(answer) for answer in await store.read(reads())]
+            return list(await store.read(reads()))
         finally:
             await store.close()
 
     return asyncio.run(scenario())
+
+
+def read_async(settings: Settings) -> list[Any]:
+    return [as_dict(answer) for answer in read_answers(settings)]
 
 
 def as_dict(answer: ReadAnswer) -> dict[str, Any] | None:
@@ -95,6 +99,16 @@ def test_reads_and_writes_go_to_the_primary_the_sentinels_name(
     primary = sentinels.primary()
     assert hmget_calls(primary) == len(USERS)
     assert all(hmget_calls(node) == 0 for node in sentinels.servers if node != primary)
+
+
+def test_answers_carry_their_event_time_from_the_same_commands(
+    sentinels: LocalSentinels, settings: Settings
+) -> None:
+    write_users(settings)
+    reset_stats(sentinels)
+    answers = read_answers(settings)
+    assert {event_ms_of(answer) for answer in answers if answer} == {NOW * 1000}
+    assert hmget_calls(sentinels.primary()) == len(USERS)
 
 
 def test_replica_reads_go_to_a_replica(sentinels: LocalSentinels, settings: Settings) -> None:

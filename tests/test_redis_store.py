@@ -19,7 +19,14 @@ from features.errors import StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
-from features.stores.base import FailedRead, ReadAnswer, ReadRequest, StoredValues, WriteOutcome
+from features.stores.base import (
+    FailedRead,
+    ReadAnswer,
+    ReadRequest,
+    StoredValues,
+    WriteOutcome,
+    event_ms_of,
+)
 from features.stores.redis import (
     WRITE_CHUNK_BYTES,
     RedisStore,
@@ -276,9 +283,11 @@ def test_a_full_hash_decodes_every_field_or_leaves_out_only_the_bad_one(
         ("tx_sum_24h", "-inf", "left out"),
         ("avg_tx_90d", " 7.5", 7.5),
         ("tx_count_24h", "0x10", "left out"),
+        ("_event_ms", "soon", "no event time"),
+        ("_event_ms", "1764230400000.5", "no event time"),
     ],
     ids=["all well formed", "float", "int as float", "int beyond 2**53", "fraction", "inf",
-         "padded", "hex"],
+         "padded", "hex", "event time not a number", "event time with a fraction"],
 )  # fmt: skip
 def test_a_large_batch_decodes_like_one_entity_at_a_time(
     redis_client: redis.Redis, reader: Reader, field: str | None, stored: str, expected: object
@@ -287,9 +296,11 @@ def test_a_large_batch_decodes_like_one_entity_at_a_time(
     entities = [f"u{i}" for i in range(40)]
     odd_one, missing = entities[17], entities[23]
     wanted: dict[str, dict[str, object] | None] = {}
+    wanted_event_ms: list[int | None] = []
     for number, entity in enumerate(entities):
         if entity == missing:
             wanted[entity] = None
+            wanted_event_ms.append(None)
             continue
         texts = {
             "tx_count_1h": str(number),
@@ -307,9 +318,13 @@ def test_a_large_batch_decodes_like_one_entity_at_a_time(
             f.name: int(texts[f.name]) if f.type_name == "int" else float(texts[f.name])
             for f in USER_FEATURES.features
         }
+        texts["_event_ms"] = str(NOW * 1000 + number)
+        wanted_event_ms.append(NOW * 1000 + number)
         if entity == odd_one and field is not None:
             texts[field] = stored
-            if expected == "left out":
+            if expected == "no event time":
+                wanted_event_ms[-1] = None
+            elif expected == "left out":
                 del values[field]
             else:
                 values[field] = expected
@@ -318,10 +333,58 @@ def test_a_large_batch_decodes_like_one_entity_at_a_time(
     fields = USER_FEATURES.feature_names
     answers = reader([ReadRequest(entity, USER_FEATURES, fields) for entity in entities])
     assert dict(zip(entities, answers, strict=True)) == wanted
+    assert [event_ms_of(answer) for answer in answers] == wanted_event_ms
     types = {name: type(value) for name, value in values_of(answers[0]).items()}
     assert types == {f.name: int if f.type_name == "int" else float for f in USER_FEATURES.features}
-    if field is not None and expected != "left out":
+    if field is not None and field in USER_FEATURES.by_name and expected != "left out":
         assert type(values_of(answers[17])[field]) is type(expected)
+
+
+def test_each_answer_carries_its_event_time_from_the_same_commands(
+    store: RedisStore, redis_client: redis.Redis, reader: Reader
+) -> None:
+    store.write(
+        [
+            parse_update(USER_FEATURES, "u1", NOW - 300, {"tx_count_1h": 1, "tx_sum_1h": 2.5}),
+            parse_update(USER_FEATURES, "u1", NOW - 60, {"tx_count_1h": 2}),
+            parse_update(RECENT_ITEMS, "u1", NOW - 90, {"recent_items": ["i1"]}),
+            parse_update(RECENT_ITEMS, "u1", NOW - 30, {"recent_items": ["i2"]}),
+            parse_update(EMBEDDING, "u1", NOW - 45, {"embedding": [0.5] * 16}),
+        ]
+    )
+    redis_client.config_resetstat()
+    features, recent, embedding = reader(read_all("u1"))
+    # The hash answers its newest event time (tx_sum_1h is older: _event_ms:tx_sum_1h), the
+    # sorted set its newest member's score, the embedding its sibling key.
+    assert [event_ms_of(answer) for answer in (features, recent, embedding)] == [
+        (NOW - 60) * 1000,
+        (NOW - 30) * 1000,
+        (NOW - 45) * 1000,
+    ]
+    assert (features, recent) == (
+        {"tx_count_1h": 2, "tx_sum_1h": 2.5},
+        {"recent_items": ("i2", "i1")},
+    )
+    stats = redis_client.info("commandstats")
+    calls = {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls")
+        for name in ("hmget", "zrevrange", "get")
+    }
+    assert calls == {"hmget": 1, "zrevrange": 1, "get": 2}
+
+
+def test_keys_written_by_hand_without_event_times_read_with_none(
+    redis_client: redis.Redis, reader: Reader
+) -> None:
+    redis_client.hset("user:{u1}:features", mapping={"tx_count_1h": "4"})
+    redis_client.zadd("user:{u1}:recent_items", {"i1": NOW - 10})
+    redis_client.set("user:{u1}:embedding", struct.pack("<16f", *[1.0] * 16))
+    redis_client.hset("user:{u2}:features", mapping={"tx_count_1h": "5", "_event_ms": "later"})
+    features, recent, embedding, other = reader([*read_all("u1"), read_all("u2")[0]])
+    assert (features, other) == ({"tx_count_1h": 4}, {"tx_count_1h": 5})
+    assert [event_ms_of(answer) for answer in (features, embedding, other)] == [None] * 3
+    # A sorted set's scores are its event times, whoever wrote it.
+    assert event_ms_of(recent) == (NOW - 10) * 1000
 
 
 def test_reads_ask_only_for_the_requested_fields(redis_client: redis.Redis, reader: Reader) -> None:

@@ -180,12 +180,15 @@ def test_any_number_of_entities_and_groups_is_one_round_trip(
         assert proxy.round_trips == 1
     assert len(resolved) == entities
     assert resolved[0].groups["features"].source is Source.REDIS
-    sent = (
-        commands(redis_client, "hmget")
-        + commands(redis_client, "zrevrange")
-        + commands(redis_client, "get")
-    )
-    assert sent == entities * groups
+    # The event times come in the same commands: HMGET ... _event_ms, ZREVRANGE ... WITHSCORES;
+    # only an embedding adds one, the GET of its sibling key.
+    sent = {name: commands(redis_client, name) for name in ("hmget", "zrevrange", "get")}
+    assert sent == {
+        "hmget": entities,
+        "zrevrange": entities if groups == 3 else 0,
+        "get": 2 * entities if groups == 3 else 0,
+    }
+    assert resolved[0].groups["features"].event_ms == NOW * 1000
 
 
 def test_cache_hits_skip_redis_until_they_expire(
@@ -226,6 +229,55 @@ def test_a_cache_hit_keeps_values_and_says_which_were_defaulted(settings: Settin
     assert second.defaulted == first.defaulted
     with pytest.raises(TypeError):
         second.values["tx_count_1h"] = 99  # type: ignore[index]
+
+
+def test_each_group_carries_its_event_time_through_the_cache(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    write(
+        settings,
+        [
+            parse_update(USER_FEATURES, "u1", NOW - 4000, {"tx_count_1h": 2}),
+            parse_update(RECENT_ITEMS, "u1", NOW - 60, {"recent_items": ["i1"]}),
+            parse_update(EMBEDDING, "u1", NOW - 30, {"embedding": [0.5] * 16}),
+        ],
+    )
+    redis_client.hset("user:{u2}:features", "tx_count_1h", "3")  # by hand: no _event_ms
+
+    async def scenario() -> list[list[Any]]:
+        h = Harness(settings)
+        selection = h.resolver.selection("user")
+        seen = []
+        for _ in range(2):  # from Redis, then from the cache
+            batch = await h.resolver.resolve_batch(["u1", "u2"], selection)
+            seen.append([(g.sources, g.event_ms, g.ages_s(NOW + 10.0)) for g in batch.groups])
+        await h.store.close()
+        return seen
+
+    from_redis, from_cache = run(scenario)
+    assert [event_ms for _, event_ms, _ in from_redis] == [
+        ((NOW - 4000) * 1000, None),
+        ((NOW - 60) * 1000, None),
+        ((NOW - 30) * 1000, None),
+    ]
+    assert [ages for _, _, ages in from_redis] == [(4010.0, None), (70.0, None), (40.0, None)]
+    assert [sources[0] for sources, _, _ in from_redis] == [Source.REDIS] * 3
+    assert [sources for sources, _, _ in from_redis][1:] == [(Source.REDIS, Source.DEFAULT)] * 2
+    assert [sources[0] for sources, _, _ in from_cache] == [Source.CACHE] * 3
+    assert [(e, a) for _, e, a in from_cache] == [(e, a) for _, e, a in from_redis]
+
+
+def test_an_event_time_ahead_of_the_clock_is_no_age(settings: Settings) -> None:
+    write(settings, [parse_update(USER_FEATURES, "u1", NOW + 60, {"tx_count_1h": 2})])
+
+    async def scenario() -> GroupResult:
+        h = Harness(settings)
+        [entity] = await h.resolver.resolve(["u1"], h.resolver.selection("user", ["features"]))
+        await h.store.close()
+        return entity.groups["features"]
+
+    result = run(scenario)
+    assert (result.event_ms, result.age_s(NOW)) == ((NOW + 60) * 1000, 0.0)
 
 
 def test_cached_groups_are_left_out_of_garbage_collection(settings: Settings) -> None:

@@ -261,7 +261,10 @@ def test_stale_values_are_served_with_their_age_within_the_freshness_window(
     assert (fetched.source, cached.source) == (Source.REDIS, Source.CACHE)
     assert (fetched.degraded, cached.degraded) == (None, None)
     assert (stale.source, stale.degraded) == (Source.STALE, Degraded.DEADLINE)
-    assert stale.age_s == 12
+    assert stale.stale_age_s == 12
+    # Stale values keep the event time they were read with: their age is the data's own.
+    assert stale.event_ms == cached.event_ms == fetched.event_ms == NOW * 1000
+    assert too_old.event_ms is None
     assert stale.values == fetched.values
     assert (too_old.source, too_old.degraded) == (Source.UNAVAILABLE, Degraded.DEADLINE)
 

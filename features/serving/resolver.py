@@ -21,6 +21,12 @@ a key answered with an error, or, on a Redis Cluster, the keys of a node that
 is down, too slow or skipped by its own breaker; only those groups fall back,
 with the reason the store gave.  Only answers no fault shaped are cached.
 
+Each group also carries its event time (``event_ms``: the newest of its
+values, as the store answered it in the same command as the values), kept
+through the cache and the stale values, so the caller knows how old what it
+serves is (``ResolvedGroup.ages_s``); ``None`` for defaults and for keys that
+keep no event time.
+
 Fields a store lacked are filled from the defaults and listed in
 ``defaulted``.  Each store sits behind a circuit breaker.  The stores share
 one deadline (``deadline_s``, less ``TIMER_SLACK_S``) that starts when the
@@ -56,6 +62,7 @@ from features.stores.base import (
     ReadRequest,
     StoredRow,
     StoredValues,
+    event_ms_of,
 )
 from features.timing import Stage, StageTimer
 
@@ -94,10 +101,18 @@ class GroupResult:
     source: Source
     defaulted: tuple[str, ...]
     """Features filled from training defaults (absent, invalid, or the store failed)."""
-    age_s: float | None = None
+    stale_age_s: float | None = None
     """For ``stale`` results: seconds since the values were read from a store."""
     degraded: Degraded | None = None
     """Why a fault shaped this answer; ``None`` when none did."""
+    event_ms: int | None = None
+    """The values' event time, epoch ms: the newest of the group's values as the store
+    answered it (``StoredRow.event_ms``), kept through the cache and stale values.  ``None``
+    for defaults and for a key that keeps no event time (written by hand)."""
+
+    def age_s(self, now_s: float) -> float | None:
+        """How old the values are at ``now_s`` (epoch seconds), or ``None`` when unknown."""
+        return None if self.event_ms is None else _age_s(self.event_ms, now_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +123,10 @@ class EntityFeatures:
     groups: Mapping[str, GroupResult]
 
 
-CachedGroup = tuple[tuple[Any, ...], tuple[str, ...]]
-"""What the cache keeps of a group: its values in the key's field order, and the defaulted
-names.  Tuples of numbers and strings, which the garbage collector stops tracking."""
+CachedGroup = tuple[tuple[Any, ...], tuple[str, ...], int | None]
+"""What the cache keeps of a group: its values in the key's field order, the defaulted
+names and the values' event time (epoch ms).  Tuples of numbers and strings, which the
+garbage collector stops tracking."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +142,8 @@ class ResolvedGroup:
     values: tuple[tuple[Any, ...], ...]
     """Per entity: every requested feature in ``fields`` order, defaults filled in."""
     defaulted: tuple[tuple[str, ...], ...]
+    event_ms: tuple[int | None, ...]
+    """Per entity: the values' event time, epoch ms (``GroupResult.event_ms``)."""
     sources: tuple[Source, ...]
     stale_ages_s: tuple[float | None, ...]
     """Per entity: for ``stale`` values, seconds since they were read from a store."""
@@ -138,6 +156,11 @@ class ResolvedGroup:
             return dict.fromkeys(self.fields, ())
         return dict(zip(self.fields, zip(*self.values, strict=True), strict=True))
 
+    def ages_s(self, now_s: float) -> tuple[float | None, ...]:
+        """Per entity: how old the values are at ``now_s`` (epoch seconds), ``None`` when
+        unknown; an event time ahead of ``now_s`` (a producer's clock ahead) counts as 0."""
+        return tuple(None if at is None else _age_s(at, now_s) for at in self.event_ms)
+
     def result(self, row: int) -> GroupResult:
         """Entity ``row``'s values as a ``GroupResult``."""
         values = MappingProxyType(dict(zip(self.fields, self.values[row], strict=True)))
@@ -147,6 +170,7 @@ class ResolvedGroup:
             self.defaulted[row],
             self.stale_ages_s[row],
             self.degraded[row],
+            self.event_ms[row],
         )
 
 
@@ -171,9 +195,10 @@ class ResolvedBatch:
 _CacheKey = tuple[str, str, str, tuple[str, ...]]
 """(entity type, entity id, group, requested fields)."""
 
-_Slot = tuple[tuple[Any, ...], tuple[str, ...], Source, float | None, Degraded | None]
-"""One (entity, group) while resolving: values, defaulted names, source, stale age, and
-why a fault shaped it.  Only slots with no such reason are cached."""
+_Slot = tuple[tuple[Any, ...], tuple[str, ...], int | None, Source, float | None, Degraded | None]
+"""One (entity, group) while resolving: values, defaulted names, event time (ms), source,
+stale age, and why a fault shaped it.  Only slots with no such reason are cached, as their
+first three items (``CachedGroup``)."""
 
 _FROM_CACHE = (Source.CACHE, None, None)
 
@@ -316,8 +341,8 @@ class Resolver:
                 raise AssertionError("unresolved feature group")
             done = cast(list[_Slot], slots)
             for key, slot in zip(keys, done, strict=True):
-                if slot[4] is None:
-                    self._cache.put(key, slot[:2])
+                if slot[5] is None:
+                    self._cache.put(key, slot[:3])
             return done
         finally:
             # Waiters are released even when this task is cancelled mid-read.
@@ -406,14 +431,10 @@ def _resolved_group(
     group: FeatureGroup, fields: tuple[str, ...], slots: list[_Slot]
 ) -> ResolvedGroup:
     """The group's slots, one per entity, turned into parallel tuples."""
-    values, defaulted, sources, ages, degraded = tuple(zip(*slots, strict=True)) or (
-        (),
-        (),
-        (),
-        (),
-        (),
+    values, defaulted, event_ms, sources, ages, degraded = tuple(zip(*slots, strict=True)) or (
+        ((),) * 6
     )
-    return ResolvedGroup(group, fields, values, defaulted, sources, ages, degraded)
+    return ResolvedGroup(group, fields, values, defaulted, event_ms, sources, ages, degraded)
 
 
 def _cache_key(request: ReadRequest) -> _CacheKey:
@@ -428,7 +449,7 @@ def _default_values(request: ReadRequest) -> tuple[Any, ...]:
 
 def _unanswered(request: ReadRequest, failure: Degraded) -> _Slot:
     """The training defaults standing in for a fault."""
-    return _default_values(request), request.fields, Source.UNAVAILABLE, None, failure
+    return _default_values(request), request.fields, None, Source.UNAVAILABLE, None, failure
 
 
 def _fallback(
@@ -437,11 +458,11 @@ def _fallback(
     """No store had it: defaults if every store said so, else a recent stale value or
     defaults standing in for the fault."""
     if failure is None:
-        return _default_values(request), request.fields, Source.DEFAULT, None, None
+        return _default_values(request), request.fields, None, Source.DEFAULT, None, None
     known = cache.get_stale(key)
     if known is not None and known[1] <= request.group.freshness.total_seconds():
-        (values, defaulted), age_s = known
-        return values, defaulted, Source.STALE, age_s, failure
+        (values, defaulted, event_ms), age_s = known
+        return values, defaulted, event_ms, Source.STALE, age_s, failure
     return _unanswered(request, failure)
 
 
@@ -453,16 +474,21 @@ def _from_store(
     ``failure`` is what kept an earlier store from answering, if anything.
     """
     fields = request.fields
+    event_ms = event_ms_of(stored)
     if type(stored) is StoredRow and stored.fields == fields:
         values = stored.in_order
     else:
         values = tuple(map(stored.get, fields))
     if None not in values:
-        return values, (), source, None, failure
+        return values, (), event_ms, source, None, failure
     by_name = request.group.by_name
     defaulted = tuple(name for name, value in zip(fields, values, strict=True) if value is None)
     filled = tuple(
         by_name[name].default if value is None else value
         for name, value in zip(fields, values, strict=True)
     )
-    return filled, defaulted, source, None, failure
+    return filled, defaulted, event_ms, source, None, failure
+
+
+def _age_s(event_ms: int, now_s: float) -> float:
+    return max(0.0, now_s - event_ms / 1000.0)

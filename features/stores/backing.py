@@ -53,6 +53,7 @@ from features.registry import FeatureGroup, Structure
 from features.stores.base import (
     FeatureUpdate,
     ReadRequest,
+    StoredRow,
     StoredValues,
     WriteOutcome,
     newest_members,
@@ -263,8 +264,10 @@ def _merge_members(held: HeldGroup | None, update: FeatureUpdate) -> Merged:
     return Merged(HeldGroup(event_ms, kept), landed)
 
 
-def read_held(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> StoredValues | None:
-    """What the Redis store would return for ``request`` at ``now_ms`` if Redis held ``held``.
+def read_held(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> StoredRow | None:
+    """What the Redis store would return for ``request`` at ``now_ms`` if Redis held ``held``:
+    the values and the event time Redis answers beside them (a hash's or a string's newest
+    event time, a sorted set's highest score).
 
     ``None`` when ``held`` is ``None`` or has expired (``is_live``).
     """
@@ -273,14 +276,18 @@ def read_held(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> Stor
     if held is None:
         return None
     if group.structure is Structure.HASH:
-        found = {name: held.values[name] for name in request.fields if name in held.values}
-        return found or None
+        values = tuple(map(held.values.get, request.fields))
+        if values.count(None) == len(values):
+            return None
+        return StoredRow(request.fields, values, held.event_ms)
     feature = group.features[0]
     if group.structure is Structure.SORTED_SET:
         members = tuple(newest_members(held.values, group.top_n or 1))
-        return {feature.name: members} if members else None
+        if not members:
+            return None
+        return StoredRow((feature.name,), (members,), round(held.values[members[0]] * 1000))
     vector = held.values.get(feature.name)
-    return None if vector is None else {feature.name: vector}
+    return None if vector is None else StoredRow((feature.name,), (vector,), held.event_ms)
 
 
 def checked_values(group: FeatureGroup, stored: Mapping[str, Any]) -> dict[str, Any]:

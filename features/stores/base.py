@@ -32,6 +32,7 @@ __all__ = [
     "StoredRow",
     "StoredValues",
     "WriteOutcome",
+    "event_ms_of",
     "newest_members",
 ]
 
@@ -40,17 +41,25 @@ StoredValues = Mapping[str, Any]
 
 
 class StoredRow(Mapping[str, Any]):
-    """Stored values as a tuple in the request's field order, ``None`` where not found.
+    """Stored values as a tuple in the request's field order, ``None`` where not found,
+    and the event time the store keeps for them.
 
-    A ``StoredValues`` mapping to everyone else; the resolver takes ``in_order`` as
-    it is, which saves it a lookup per field when a batch holds many entities.
+    A ``StoredValues`` mapping to everyone else (``event_ms`` takes no part in
+    comparing it); the resolver takes ``in_order`` as it is, which saves it a
+    lookup per field when a batch holds many entities.
     """
 
-    __slots__ = ("fields", "in_order")
+    __slots__ = ("event_ms", "fields", "in_order")
 
-    def __init__(self, fields: tuple[str, ...], in_order: tuple[Any, ...]) -> None:
+    def __init__(
+        self, fields: tuple[str, ...], in_order: tuple[Any, ...], event_ms: int | None = None
+    ) -> None:
         self.fields = fields
         self.in_order = in_order
+        self.event_ms = event_ms
+        """The group's newest event time (epoch ms), read in the same command as the values:
+        a hash's ``_event_ms``, a sorted set's highest score, a string's sibling key.
+        ``None`` when the store keeps none (a key written by hand without ``_event_ms``)."""
 
     def __getitem__(self, name: str) -> Any:
         try:
@@ -69,7 +78,12 @@ class StoredRow(Mapping[str, Any]):
         return len(self.in_order) - self.in_order.count(None)
 
     def __repr__(self) -> str:
-        return f"StoredRow({dict(self)!r})"
+        return f"StoredRow({dict(self)!r}, event_ms={self.event_ms!r})"
+
+
+def event_ms_of(answer: object) -> int | None:
+    """The event time a store's answer carries (``StoredRow.event_ms``), if any."""
+    return answer.event_ms if type(answer) is StoredRow else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """Decode many ``HMGET`` replies of one hash group at once, column by column, with pyarrow.
 
+Each reply holds the requested fields and then the group's ``_event_ms``,
+which is decoded as one more int column.
+
 Decoding value by value costs a few Python calls per field.  Here every value
 of the batch is parsed by one pyarrow cast (C++), checked with numpy, and
 handed back as Python numbers.  It wins by less inside a running resolver
@@ -39,26 +42,35 @@ parses to 2**53, so an int column reaching it is decoded value by value."""
 def decode_hash_columns(
     group: FeatureGroup, fields: tuple[str, ...], replies: Sequence[Sequence[bytes]]
 ) -> list[StoredRow] | None:
-    """Each reply's values, or ``None`` if any value needs the per-value decoder.
+    """Each reply's values and event time, or ``None`` if any needs the per-value decoder.
 
-    ``replies`` are complete ``HMGET`` replies (no absent field) of ``fields``, in order.
+    ``replies`` are complete ``HMGET`` replies (nothing absent) of ``fields`` followed by
+    ``_event_ms``, in order.
     """
     if not replies:
         return []
+    width = len(fields) + 1
     flat = [raw for reply in replies for raw in reply]
     try:
         parsed = pc.cast(pa.array(flat, pa.binary()), pa.float64())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    matrix = parsed.to_numpy(zero_copy_only=False).reshape(len(replies), len(fields))
+    matrix = parsed.to_numpy(zero_copy_only=False).reshape(len(replies), width)
     if not np.isfinite(matrix).all():
         return None
+    # The event times (the last column) are integers, as every int column must be.
+    int_indexes = [
+        *(i for i, name in enumerate(fields) if group.by_name[name].type_name == "int"),
+        len(fields),
+    ]
+    ints = matrix[:, int_indexes]
+    if np.abs(ints).max() >= _EXACT_INT_LIMIT or (ints != np.trunc(ints)).any():
+        return None
     columns: list[list[Any]] = matrix.T.tolist()
-    int_indexes = [i for i, name in enumerate(fields) if group.by_name[name].type_name == "int"]
-    if int_indexes:
-        ints = matrix[:, int_indexes]
-        if np.abs(ints).max() >= _EXACT_INT_LIMIT or (ints != np.trunc(ints)).any():
-            return None
-        for index, column in zip(int_indexes, ints.astype(np.int64).T.tolist(), strict=True):
-            columns[index] = column
-    return [StoredRow(fields, row) for row in zip(*columns, strict=True)]
+    for index, column in zip(int_indexes, ints.astype(np.int64).T.tolist(), strict=True):
+        columns[index] = column
+    events = columns.pop()
+    return [
+        StoredRow(fields, row, event_ms)
+        for row, event_ms in zip(zip(*columns, strict=True), events, strict=True)
+    ]

@@ -1,8 +1,10 @@
 """The Redis online store: every read is one pipelined round trip.
 
-A read of N entities x M groups sends one command per (entity, group)
-together, in one write: ``HMGET`` of the requested fields for hashes,
-``ZREVRANGE 0 top_n-1`` for sorted sets, ``GET`` for blobs.  The blocking
+A read of N entities x M groups sends one command per (entity, group), two
+for a blob, together in one write: ``HMGET`` of the requested fields and ``_event_ms``
+for hashes, ``ZREVRANGE 0 top_n-1 WITHSCORES`` for sorted sets, ``GET`` for
+blobs (and a second ``GET`` of the blob's ``<key>:_event_ms``), so every
+answer carries its event time (``StoredRow.event_ms``).  The blocking
 store (tools, tests) queues them on a ``pipeline(transaction=False)``.  The
 service's asyncio store packs them with ``hiredis.pack_command`` and sends
 and reads them on one of redis-py's pooled connections, under one timeout
@@ -48,6 +50,7 @@ from redis.retry import Retry
 
 from features.burst_log import BurstLog
 from features.deadline import ReplyDeadline
+from features.dtypes import DTYPES
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import Structure
@@ -79,7 +82,8 @@ __all__ = [
     "call_timeout_s",
     "client_options",
     "decode_replies",
-    "read_command",
+    "fold_replies",
+    "read_commands",
     "read_reply",
     "sync_client",
     "translated_errors",
@@ -93,6 +97,8 @@ WRITE_CHUNK_ROWS = 1000
 
 WRITE_CHUNK_BYTES = 1 << 20
 """Most argument bytes per pipelined write round trip, whatever the number of updates."""
+
+_INT = DTYPES["int"]
 
 _TRANSIENT_REPLIES = ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "LOADING")
 """First words of error replies that say "not now" (a failover, a busy or loading server)."""
@@ -176,15 +182,47 @@ def translated_errors() -> Iterator[None]:
         raise StoreUnavailable(f"Redis connection closed: {exc}") from exc
 
 
-def read_command(request: ReadRequest) -> tuple[str | int, ...]:
-    """The read command for one request, as its name and arguments."""
+Command = tuple[str | int, ...]
+"""A Redis command as its name and arguments."""
+
+
+def read_commands(request: ReadRequest) -> tuple[Command, ...]:
+    """The commands that read one request, its values and their event time together.
+
+    A hash: one ``HMGET`` of the fields and ``_event_ms``.  A sorted set: one
+    ``ZREVRANGE ... WITHSCORES`` (the highest score is the newest event time).  A
+    string: ``GET`` of the blob, then ``GET`` of its sibling ``<key>:_event_ms``,
+    in the same round trip (not one ``MGET``, which answers a key of another type
+    as absent where ``GET`` answers ``WRONGTYPE``).  ``fold_replies`` puts the
+    replies back together, one per request.
+    """
     group = request.group
     key = feature_key(group.entity.name, request.entity_id, group.name)
     if group.structure is Structure.HASH:
-        return ("HMGET", key, *request.fields)
+        return (("HMGET", key, *request.fields, EVENT_MS_FIELD),)
     if group.structure is Structure.SORTED_SET:
-        return ("ZREVRANGE", key, 0, (group.top_n or 1) - 1)
-    return ("GET", key)
+        return (("ZREVRANGE", key, 0, (group.top_n or 1) - 1, "WITHSCORES"),)
+    return (("GET", key), ("GET", f"{key}:{EVENT_MS_FIELD}"))
+
+
+def fold_replies(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[Any]:
+    """One reply per request from the replies to every request's ``read_commands``, in order.
+
+    A string group's two replies become ``(blob, event time)``, or the blob's
+    error reply alone; every other reply stays as it is.
+    """
+    if len(replies) == len(requests):
+        return list(replies)
+    folded: list[Any] = []
+    next_reply = iter(replies).__next__
+    for request in requests:
+        reply = next_reply()
+        if request.group.structure is Structure.STRING:
+            event_reply = next_reply()
+            if not isinstance(reply, Exception):
+                reply = (reply, event_reply)
+        folded.append(reply)
+    return folded
 
 
 def _error_text(error: Exception) -> str:
@@ -193,15 +231,39 @@ def _error_text(error: Exception) -> str:
     return f"{code} {error}" if code else str(error)
 
 
+def _event_ms(group_name: str, raw: Any) -> int | None:
+    """An ``_event_ms`` reply as epoch milliseconds; ``None`` when absent or not an integer."""
+    if raw is None or isinstance(raw, Exception):
+        return None
+    try:
+        # As an int feature is read, so that bulk decoding (``hash_columns``) agrees.
+        return int(_INT.decode(raw, None))
+    except ValueError as exc:
+        _bad_value_log.error(f"ignoring a stored {group_name} {EVENT_MS_FIELD}", exc)
+        return None
+
+
+def _newest_score_ms(group_name: str, raw: bytes | float) -> int | None:
+    """A sorted set's highest score (event seconds) as epoch milliseconds."""
+    try:
+        seconds = float(raw)
+    except ValueError as exc:
+        _bad_value_log.error(f"ignoring a stored {group_name} score", exc)
+        return None
+    return round(seconds * 1000) if math.isfinite(seconds) else None
+
+
 def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
-    """The valid values in one reply; invalid ones are logged and left out."""
+    """The valid values in one reply, with their event time; invalid values are logged and
+    left out."""
     group = request.group
     if isinstance(reply, Exception):
         return FailedRead(_error_text(reply))
     if group.structure is Structure.HASH:
         by_name = group.by_name
         values: list[Any] = []
-        for name, raw in zip(request.fields, reply, strict=True):
+        # The reply is one longer than the fields: _event_ms comes last.
+        for name, raw in zip(request.fields, reply, strict=False):
             value = None
             if raw is not None:
                 feature = by_name[name]
@@ -212,12 +274,23 @@ def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
             values.append(value)
         if values.count(None) == len(values):
             return None
-        return StoredRow(request.fields, tuple(values))
-    if not reply:
-        return None
+        return StoredRow(request.fields, tuple(values), _event_ms(group.name, reply[-1]))
     feature = group.features[0]
+    if group.structure is Structure.SORTED_SET:
+        if not reply:
+            return None
+        if isinstance(reply[0], list):
+            # redis-py's blocking client turns WITHSCORES replies into [member, score] pairs.
+            raw, event_ms = [pair[0] for pair in reply], _newest_score_ms(group.name, reply[0][1])
+        else:
+            raw, event_ms = reply[0::2], _newest_score_ms(group.name, reply[1])
+    else:
+        raw, event_raw = reply
+        if not raw:
+            return None
+        event_ms = _event_ms(group.name, event_raw)
     try:
-        return {feature.name: feature.dtype.decode(reply, feature.dim)}
+        return StoredRow((feature.name,), (feature.dtype.decode(raw, feature.dim),), event_ms)
     except ValueError as exc:
         _bad_value_log.error(f"ignoring a stored {group.name} value", exc)
         return None
@@ -235,8 +308,9 @@ def decode_replies(
 
 
 def _decoded(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[ReadAnswer]:
-    """Complete hash replies of one (group, fields) in bulk when there are enough of them
-    (``hash_columns``); everything else, and any bulk that declines, value by value."""
+    """Complete hash replies (every field and ``_event_ms`` held) of one (group, fields) in
+    bulk when there are enough of them (``hash_columns``); everything else, and any bulk that
+    declines, value by value."""
     decoded: list[ReadAnswer] = [None] * len(requests)
     # By identity: a resolver's requests share one (group, fields) pair of objects per group,
     # alive for this call; equal pairs that are distinct objects are decoded apart, as well.
@@ -399,13 +473,14 @@ class RedisStore:
             return []
         with translated_errors(), self._client.pipeline(transaction=False) as pipe:
             for request in requests:
-                pipe.execute_command(*read_command(request))
+                for command in read_commands(request):
+                    pipe.execute_command(*command)
             if timer is None:
                 replies = pipe.execute(raise_on_error=False)
             else:
                 with timer.stage(Stage.REDIS):
                     replies = pipe.execute(raise_on_error=False)
-        return decode_replies(requests, replies, timer)
+        return decode_replies(requests, fold_replies(requests, replies), timer)
 
     def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
         """See ``OnlineStore.write``; one round trip per chunk of updates (``_chunks``).
@@ -449,7 +524,13 @@ class AsyncRedisStore:
         self._pool_size: int = self._pool.max_connections
         self._timeout_s = timeout_s
         self._held = 0
+        self._held_peak = 0
         self._drains: set[asyncio.Task[None]] = set()
+
+    @property
+    def pool_size(self) -> int:
+        """The most connections the pool opens (on a cluster: to each node)."""
+        return self._pool_size
 
     def pool_usage(self) -> float:
         """The share of the connection pool that reads hold right now (0 to 1).
@@ -458,6 +539,16 @@ class AsyncRedisStore:
         in the pool, its reply drained if the read was abandoned.
         """
         return self._held / self._pool_size
+
+    def take_peak_connections(self) -> int:
+        """The most connections reads held at once since the last call (as ``pool_usage``
+        counts them), and start counting again from those held now.
+
+        For a gauge sampled now and then: the peak between two samples, which a sample of
+        the moment would miss.
+        """
+        peak, self._held_peak = self._held_peak, self._held
+        return peak
 
     async def warm(self, count: int) -> int:
         """Open up to ``count`` connections now and keep them in the pool; how many are open.
@@ -508,7 +599,7 @@ class AsyncRedisStore:
         later read sees a stale reply.
         """
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
-        commands = [read_command(request) for request in requests]
+        commands = [command for request in requests for command in read_commands(request)]
         packed = b"".join([hiredis.pack_command(args) for args in commands])  # type: ignore[arg-type]
         replies: list[Any] = []
         bound = ReplyDeadline(asyncio.get_running_loop().time() + self._timeout_s)
@@ -516,22 +607,24 @@ class AsyncRedisStore:
             connection = await self._acquire()
             try:
                 await connection.send_packed_command(packed, check_health=False)
-                for _ in requests:
+                for _ in commands:
                     replies.append(await read_reply(connection))
             except asyncio.CancelledError:
                 if bound.expired() or not connection.is_connected:
                     await self._drop(connection)
                 else:
-                    self._drain_later(connection, len(requests) - len(replies), bound.when)
+                    self._drain_later(connection, len(commands) - len(replies), bound.when)
                 raise
             except BaseException:
                 await self._drop(connection)
                 raise
             await self._release(connection)
-        return replies
+        return fold_replies(requests, replies)
 
     async def _acquire(self) -> Any:
         self._held += 1
+        if self._held > self._held_peak:
+            self._held_peak = self._held
         try:
             return await self._pool.get_connection()
         except BaseException:

@@ -85,7 +85,8 @@ from features.stores.base import (
 from features.stores.redis import (
     AsyncRedisStore,
     decode_replies,
-    read_command,
+    fold_replies,
+    read_commands,
     read_reply,
     translated_errors,
 )
@@ -144,6 +145,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         self._node_timeout_s = node_timeout_s
         self._pool_size = pool_size
         self._reads_in_flight = 0
+        self._reads_peak = 0
         self._read_from_replicas = read_from_replicas
         self._breaker_failures = breaker_failures
         self._breaker_reset_s = breaker_reset_s
@@ -163,6 +165,13 @@ class AsyncRedisClusterStore(AsyncRedisStore):
     def pool_usage(self) -> float:
         """The share of the fullest node's pool that reads hold right now (0 to 1), at most."""
         return self._reads_in_flight / self._pool_size
+
+    def take_peak_connections(self) -> int:
+        """The most reads in flight at once since the last call (each holds at most one
+        connection per node: the busiest node's connections held, at most); see
+        ``AsyncRedisStore.take_peak_connections``."""
+        peak, self._reads_peak = self._reads_peak, self._reads_in_flight
+        return peak
 
     async def warm(self, count: int) -> int:
         """Load the slot map, then open up to ``count`` connections to each node reads go to
@@ -203,6 +212,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         if not requests:
             return []
         self._reads_in_flight += 1
+        if self._reads_in_flight > self._reads_peak:
+            self._reads_peak = self._reads_in_flight
         try:
             if timer is None:
                 replies = await self._round_trips(requests)
@@ -362,8 +373,9 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         if permit is None:
             self._refresh_soon(node.name)
             return FailedRead(f"Redis node {node.name} is skipped for now", Degraded.BREAKER_OPEN)
+        batch = [requests[i] for i in indexes]
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
-        commands = [hiredis.pack_command(read_command(requests[i])) for i in indexes]  # type: ignore[arg-type]
+        commands = [hiredis.pack_command(c) for r in batch for c in read_commands(r)]  # type: ignore[arg-type]
         if asking:
             commands = [part for command in commands for part in (_ASKING, command)]
         try:
@@ -388,7 +400,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 await connection.disconnect(nowait=True)
             node.release(connection)
         breaker.record_success(permit)
-        return replies[1::2] if asking else replies
+        return fold_replies(batch, replies[1::2] if asking else replies)
 
     def _node_failed(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import httpx
@@ -81,20 +82,30 @@ def test_score_batch_matches_single_scores_and_uses_one_round_trip(
         assert math.isclose(result["score"], single["score"], rel_tol=1e-12)
 
 
-def test_features_shows_values_and_sources(service: RunningService) -> None:
+def test_features_shows_values_sources_and_ages(service: RunningService) -> None:
     with redis.Redis.from_url(service.redis.url) as inspector:
         stored_count = int(inspector.hget("user:{u000042}:features", "tx_count_24h") or -1)
+        event_s = {
+            "features": int(inspector.hget("user:{u000042}:features", "_event_ms") or 0) / 1000,
+            "recent_items": inspector.zrevrange("user:{u000042}:recent_items", 0, 0, True)[0][1],
+            "embedding": int(inspector.get("user:{u000042}:embedding:_event_ms") or 0) / 1000,
+        }
+    before = time.time()
     response = service.client.post("/features", json={"entity_ids": ["u000042", "ghost"]})
+    after = time.time()
     assert response.status_code == 200, response.text
     known, ghost = response.json()["entities"]
     assert known["groups"]["features"]["source"] == "redis"
     assert known["groups"]["features"]["values"]["tx_count_24h"] == stored_count
     assert len(known["groups"]["embedding"]["values"]["embedding"]) == 16
     assert len(known["groups"]["recent_items"]["values"]["recent_items"]) == 10
+    for name, at in event_s.items():
+        assert before - at - 0.001 <= known["groups"][name]["age_s"] <= after - at + 0.001, name
     assert ghost["groups"]["features"] == {
         "source": "default",
         "values": FEATURE_DEFAULTS,
         "defaulted": list(FEATURE_DEFAULTS),
+        "age_s": None,
     }
 
 
@@ -159,6 +170,7 @@ def test_metrics_count_stages_and_sources(service: RunningService) -> None:
     assert 'featserve_stage_seconds_count{endpoint="score",stage="inference"}' in text
     assert 'featserve_feature_groups_total{group="features",source="redis"}' in text
     assert 'featserve_cache_lookups_total{result="miss"}' in text
+    assert 'featserve_feature_age_seconds_count{group="features",source="redis"}' in text
 
 
 def test_redis_down_still_answers_from_stale_values_and_defaults_then_recovers(
