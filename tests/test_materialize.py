@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections import Counter
 from contextlib import closing
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -518,3 +519,34 @@ def test_every_row_is_accounted_for_whatever_goes_wrong_with_it(
                 *[{"tx_count_1h": 9}] * 10,
                 *[None] * 10,
             ]
+
+
+def test_csv_times_in_iso_8601_and_columns_of_other_names(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = datetime.fromtimestamp(NOW - 600, UTC).replace(microsecond=0)
+    later = base + timedelta(seconds=90)
+    rows = [
+        # An offset, a Z and a naive time (read as UTC) all name instants.
+        {"user": "iso1", "at": base.astimezone(timezone(timedelta(hours=2))).isoformat(),
+         "tx_count_1h": 1},
+        {"user": "iso2", "at": later.isoformat().replace("+00:00", "Z"), "tx_count_1h": 2},
+        {"user": "iso3", "at": later.replace(tzinfo=None).isoformat(), "tx_count_1h": 3},
+        {"user": "iso4", "at": "yesterday", "tx_count_1h": 4},
+    ]  # fmt: skip
+    table = write_csv(tmp_path / "iso.csv", rows)
+    assert run(table, redis_url) == 2  # without the flags the columns are missing
+    assert redis_client.dbsize() == 0
+    columns = ("--entity-column", "user", "--timestamp-column", "at")
+    code, summary = run_json(capsys, table, redis_url, *columns)
+    assert (code, summary["written"], summary["rejected_by_field"]) == (
+        1,
+        3,
+        {"event_timestamp": 1},
+    )
+    base_ms, later_ms = int(base.timestamp()) * 1000, int(later.timestamp()) * 1000
+    for entity_id, event_ms, count in (("iso1", base_ms, 1), ("iso2", later_ms, 2),
+                                       ("iso3", later_ms, 3)):  # fmt: skip
+        held = redis_client.hgetall(f"user:{{{entity_id}}}:features")
+        assert held == {b"tx_count_1h": str(count).encode(), b"_event_ms": str(event_ms).encode()}
+    assert redis_client.exists("user:{iso4}:features") == 0
