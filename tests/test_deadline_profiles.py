@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from features.budgets import ProfileName
 from features.registry import FRAUD_REGISTRY
 from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
@@ -27,7 +28,13 @@ from features.timing import StageTimer
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 
-BUDGET_MS = {"fraud": 10, "recommendation": 20, "search": 30, "ads": 3, "personalization": 40}
+BUDGET_MS: dict[ProfileName, int] = {
+    "fraud": 10,
+    "recommendation": 20,
+    "search": 30,
+    "ads": 3,
+    "personalization": 40,
+}
 """The feature budgets of MISSION.md's use-case table, copied here by hand."""
 
 
@@ -99,7 +106,7 @@ def waited_s(deadline_s: float) -> tuple[float, Source, Degraded | None]:
 
 
 @pytest.mark.parametrize("profile", list(BUDGET_MS))
-def test_each_profile_sets_its_feature_budget_as_the_deadline(profile: str) -> None:
+def test_each_profile_sets_its_feature_budget_as_the_deadline(profile: ProfileName) -> None:
     settings = Settings(profile=profile)
     assert settings.deadline_s == pytest.approx(BUDGET_MS[profile] / 1000)
 
@@ -126,7 +133,9 @@ def test_the_profile_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
         ("ads", 2.4),
     ],
 )
-def test_the_resolver_stops_waiting_early_by_the_slack(profile: str, waits_ms: float) -> None:
+def test_the_resolver_stops_waiting_early_by_the_slack(
+    profile: ProfileName, waits_ms: float
+) -> None:
     waited, source, degraded = waited_s(Settings(profile=profile).deadline_s)
     assert waited == pytest.approx(waits_ms / 1000, abs=1e-9)
     assert (source, degraded) == (Source.UNAVAILABLE, Degraded.DEADLINE)
