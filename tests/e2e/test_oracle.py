@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from service.harness.local_redis import LocalRedis
-from tests.e2e.conftest import start_service, stop
+from tests.e2e.conftest import PATIENT, start_service, stop
 from tests.support.oracle import Model, expected_score, fraud_model
 
 STORED = {
@@ -46,7 +46,11 @@ def served(
         for entity_id, values in STORED.items():
             client.hset(f"user:{{{entity_id}}}:features", mapping=values)
         process, url, _ = start_service(
-            bentoml_home, redis_server, tmp_path_factory.mktemp("logs"), FEATSERVE_CACHE_TTL_S="0"
+            bentoml_home,
+            redis_server,
+            tmp_path_factory.mktemp("logs"),
+            FEATSERVE_CACHE_TTL_S="0",
+            **PATIENT,
         )
         try:
             yield url, client
