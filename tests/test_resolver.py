@@ -154,7 +154,11 @@ def test_any_number_of_entities_and_groups_is_one_round_trip(
 ) -> None:
     upstream = redis_client.connection_pool.connection_kwargs["port"]
     with TcpProxy("127.0.0.1", upstream) as proxy:
-        settings = Settings(redis_url=proxy.redis_url)
+        settings = Settings(
+            redis_url=proxy.redis_url,
+            redis_socket_timeout_ms=5000.0,
+            redis_connect_timeout_ms=5000.0,
+        )
         write(
             settings,
             [
@@ -292,7 +296,8 @@ def test_the_same_entity_twice_in_one_call_is_fetched_once(
 def test_a_killed_redis_gives_cache_and_unavailable_never_an_exception(
     own_redis: LocalRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(redis_url=own_redis.url)
+    # The read before the kill must succeed: 5 s, not the shipped 50 ms.
+    settings = Settings(redis_url=own_redis.url, redis_socket_timeout_ms=5000.0)
     write(
         settings, [parse_update(USER_FEATURES, u, NOW, {"tx_count_1h": 5}) for u in ("hot", "cold")]
     )

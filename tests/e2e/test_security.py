@@ -20,7 +20,7 @@ import redis
 
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
-from tests.e2e.conftest import start_service, stop
+from tests.e2e.conftest import PATIENT, start_service, stop
 
 NOW = int(time.time())
 POST_PATHS = ["/score", "/score_batch", "/features", "/push"]
@@ -56,6 +56,7 @@ def guarded(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             FEATSERVE_WRITE_TOKEN=write_token,
             FEATSERVE_READ_TOKEN=read_token,
             FEATSERVE_CACHE_TTL_S="0",
+            **PATIENT,
         )
         try:
             with httpx.Client(base_url=url, timeout=10.0) as client:
