@@ -114,6 +114,38 @@ MUTATIONS = (
         (*RESOLVER_UNITS, f"{FAULTS_STALE}[blackhole]"),
     ),
     Mutation(
+        "the resolver waits until the deadline itself (no early cut-off)",
+        "features/serving/resolver.py",
+        "self._slack_s = min(TIMER_SLACK_S, deadline_s * SLACK_SHARE)",
+        "self._slack_s = 0.0",
+        ("tests/test_deadline_profiles.py",),
+    ),
+    Mutation(
+        "stale values are kept with FEATSERVE_STALE_CACHE_MAXSIZE=0",
+        "features/serving/cache.py",
+        "LRUCache(maxsize=stale_maxsize) if stale_maxsize > 0 else None",
+        "LRUCache(maxsize=stale_maxsize or 1000)",
+        (
+            "tests/test_cache.py",
+            "tests/e2e/test_http_api.py::"
+            "test_redis_down_still_answers_from_stale_values_and_defaults_then_recovers",
+        ),
+    ),
+    Mutation(
+        "the service starts without REDIS_URL",
+        "service/service.py",
+        "        if not SETTINGS.redis_url:\n",
+        "        if False:\n",
+        ("tests/e2e/test_http_api.py::test_the_service_refuses_to_start_without_redis_url",),
+    ),
+    Mutation(
+        "ISO 8601 times in CSV lose their offset",
+        "features/ingest/materialize.py",
+        "return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()",
+        "return value.replace(tzinfo=UTC).timestamp()",
+        ("tests/test_materialize.py",),
+    ),
+    Mutation(
         "the breaker never opens",
         "features/serving/breaker.py",
         "if permit.probe or self._failures >= self._failure_threshold:",
