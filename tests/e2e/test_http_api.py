@@ -198,7 +198,8 @@ def test_the_service_refuses_to_start_without_redis_url(bentoml_home: Path, tmp_
         )  # fmt: skip
     try:
         # BentoML restarts a worker that fails to start, again and again: none ever serves.
-        wait_until(lambda: "REDIS_URL is not set" in log_path.read_text(), timeout_s=60, poll_s=0.2)
+        said = "REDIS_URL is not set: point it at the online store"
+        wait_until(lambda: said in log_path.read_text(), timeout_s=60, poll_s=0.2)
         for _ in range(3):
             assert not ready(f"http://127.0.0.1:{port}")
     finally:
