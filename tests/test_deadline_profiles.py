@@ -3,17 +3,14 @@
 The resolver waits for a store until its deadline less some slack (2 ms, at most
 a fifth of the deadline), then answers without it.  These tests run the
 resolver on an event loop whose clock moves only when the loop would sleep
-(``VirtualTimeLoop``), in front of a store that never answers: the loop jumps
-straight to the next timer, so the moment the wait ends is exact, however
-busy the machine.
+(``tests.support.virtual_time``), in front of a store that never answers: the
+loop jumps straight to the next timer, so the moment the wait ends is exact,
+however busy the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import selectors
-from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
@@ -23,8 +20,7 @@ from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Degraded, Resolver, Source, Tier
 from features.settings import Settings
-from features.stores.base import ReadAnswer, ReadRequest
-from features.timing import StageTimer
+from tests.support.virtual_time import PromptStore, SilentStore, VirtualTimeLoop
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 
@@ -36,54 +32,6 @@ BUDGET_MS: dict[ProfileName, int] = {
     "personalization": 40,
 }
 """The feature budgets of MISSION.md's use-case table, copied here by hand."""
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock stands still while callbacks run and jumps ahead by
-    whatever the loop would sleep: timers fire at exactly their time."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        super().__init__(_JumpingSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
-
-class _JumpingSelector(selectors.DefaultSelector):
-    """Waits for nothing: moves the loop's clock by the timeout instead."""
-
-    def __init__(self, loop: VirtualTimeLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is None:
-            raise AssertionError("the loop would wait for ever: nothing is scheduled")
-        self._loop.now += timeout
-        return super().select(0)
-
-
-class SilentStore:
-    """A store that never answers (a hung socket); records when it was asked and given up on."""
-
-    def __init__(self) -> None:
-        self.asked_at: float | None = None
-        self.abandoned_at: float | None = None
-
-    async def read(
-        self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
-    ) -> Sequence[ReadAnswer]:
-        loop = asyncio.get_running_loop()
-        self.asked_at = loop.time()
-        try:
-            await loop.create_future()
-        finally:
-            self.abandoned_at = loop.time()
-        raise AssertionError("unreachable")
-
-    async def write(self, updates: Sequence[Any]) -> list[Any]:
-        raise NotImplementedError
 
 
 def waited_s(deadline_s: float) -> tuple[float, Source, Degraded | None]:
@@ -139,3 +87,23 @@ def test_the_resolver_stops_waiting_early_by_the_slack(
     waited, source, degraded = waited_s(Settings(profile=profile).deadline_s)
     assert waited == pytest.approx(waits_ms / 1000, abs=1e-9)
     assert (source, degraded) == (Source.UNAVAILABLE, Degraded.DEADLINE)
+
+
+def test_a_store_left_no_time_is_not_asked() -> None:
+    """Redis used the whole deadline: the backing store behind it, however quick, is skipped,
+    and the answer says the deadline shaped it."""
+    redis, backing = SilentStore(), PromptStore({"tx_count_1h": 9})
+    tiers = [
+        Tier(Source.REDIS, redis, CircuitBreaker("redis", 5, 1.0)),
+        Tier(Source.BACKING, backing, CircuitBreaker("backing", 5, 1.0)),
+    ]
+    cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
+    resolver = Resolver(FRAUD_REGISTRY, tiers, cache, 0.010)
+
+    async def scenario() -> tuple[Source, Degraded | None]:
+        [entity] = await resolver.resolve(["u1"], ((FEATURES, FEATURES.feature_names),))
+        return entity.groups["features"].source, entity.groups["features"].degraded
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        assert runner.run(scenario()) == (Source.UNAVAILABLE, Degraded.DEADLINE)
+    assert (redis.reads, backing.reads) == (1, 0)

@@ -33,6 +33,7 @@ from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
 from features.stores.factory import async_backing_store
 from features.stores.redis import AsyncRedisStore, RedisStore, async_redis_store, sync_client
+from features.timing import StageTimer
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
 from service.harness.waiting import wait_until
@@ -128,7 +129,9 @@ def run_on(loop: str, scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return runner.run(scenario())
 
 
-def test_a_hung_redis_is_abandoned_at_the_deadline(proxy: TcpProxy) -> None:
+def test_a_hung_redis_is_abandoned_at_the_deadline(
+    proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = Settings(redis_url=proxy.redis_url, redis_socket_timeout_ms=60_000)
 
     async def scenario() -> list[Any]:
@@ -139,9 +142,15 @@ def test_a_hung_redis_is_abandoned_at_the_deadline(proxy: TcpProxy) -> None:
         await store.close()
         return results
 
-    for result in asyncio.run(scenario()):
+    with caplog.at_level(logging.ERROR, logger="test.faults"):
+        results = asyncio.run(scenario())
+    for result in results:
         assert (result.source, result.degraded) == (Source.UNAVAILABLE, Degraded.DEADLINE)
         assert dict(result.values) == dict(FEATURES.defaults)
+    [record] = caplog.records  # once per burst
+    assert record.getMessage() == (
+        "redis read got no reply within the 50 ms feature deadline; falling back"
+    )
 
 
 def test_an_open_breaker_skips_redis_and_a_probe_closes_it(proxy: TcpProxy) -> None:
@@ -193,21 +202,21 @@ def test_a_nearly_exhausted_pool_sheds_reads_and_the_trip_holds(
     settings = patient(proxy.redis_url, redis_pool_size=2, breaker_pool_usage=0.8, cache_ttl_s=0)
     proxy.set_latency(0.2)
 
-    async def scenario() -> tuple[list[GroupResult], BreakerState]:
+    async def scenario() -> tuple[list[GroupResult], BreakerState, str]:
         resolver, store = resolver_for(settings, ManualClock(), deadline_s=5.0)
         results = await asyncio.gather(*(source_of(resolver, f"u{i}") for i in range(3)))
         # The two reads that filled the pool have ended well; the trip must hold anyway.
-        state = resolver.tiers[0].breaker.state
+        state, reason = resolver.tiers[0].breaker.state, resolver.tiers[0].breaker.reason
         await store.close()
-        return list(results), state
+        return list(results), state, reason
 
     with redis.Redis(port=own_redis.port) as inspector:
         inspector.config_resetstat()
-        (first, second, third), state = asyncio.run(scenario())
+        (first, second, third), state, reason = asyncio.run(scenario())
         hmget_calls = inspector.info("commandstats")["cmdstat_hmget"]["calls"]
     assert (first.source, second.source) == (Source.REDIS, Source.REDIS)
     assert (third.source, third.degraded) == (Source.UNAVAILABLE, Degraded.BREAKER_OPEN)
-    assert state is BreakerState.OPEN
+    assert (state, reason) == (BreakerState.OPEN, "pool_saturated")
     assert hmget_calls == 2
 
 
@@ -578,6 +587,28 @@ def test_the_backing_store_standing_in_for_redis_says_so(
     assert (redis_failed.source, redis_failed.degraded) == (Source.BACKING, Degraded.STORE_ERROR)
     assert redis_failed.values["tx_count_1h"] == 11
     assert (nobody.source, nobody.degraded) == (Source.UNAVAILABLE, Degraded.STORE_ERROR)
+
+
+def test_a_group_redis_holds_is_never_asked_of_the_backing_store(
+    own_redis: LocalRedis, tmp_path: Path
+) -> None:
+    write_users(own_redis.url)
+    settings = patient(own_redis.url, cache_ttl_s=0)
+
+    async def scenario() -> tuple[GroupResult, list[str]]:
+        backing = async_backing_store(f"sqlite:{tmp_path / 'backing.sqlite3'}")
+        resolver, store = resolver_for(
+            settings, ManualClock(), deadline_s=5.0, backing=backing_tier(backing, settings)
+        )
+        timer = StageTimer()
+        [entity] = await resolver.resolve(["u3"], SELECTION, timer)
+        await store.close()
+        await backing.close()
+        return entity.groups["features"], list(timer.milliseconds())
+
+    result, stages = asyncio.run(scenario())
+    assert (result.source, result.values["tx_count_1h"]) == (Source.REDIS, 3)
+    assert "backing" not in stages, stages
 
 
 def test_breaker_reasons_are_categories_without_hosts_or_ports(
