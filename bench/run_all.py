@@ -13,7 +13,9 @@ features of 10,000 users serves every scenario:
    service, with the per-stage ``Server-Timing`` breakdown;
 5. the bound on requests in flight (``bench.admission_bench``);
 6. sustained load (``bench.sustained``, in a subprocess: 60 s runs, 15 s
-   with ``--quick``).
+   with ``--quick``);
+7. the resolver against one node and a 3-primary cluster (``bench.cluster_bench``,
+   with a Redis and a cluster of its own, all on this process's CPU).
 
 CPUs (with two or more and ``taskset``): Redis and this process stay on
 CPU 1; the in-process benchmarks (2, 3) move this process to CPU 0 so the
@@ -37,7 +39,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench import admission_bench, http_bench, memory, pipelining, plots, resolver_bench
+from bench import (
+    admission_bench,
+    cluster_bench,
+    http_bench,
+    memory,
+    pipelining,
+    plots,
+    resolver_bench,
+)
 from bench.report import Section, machine_lines
 from bench.sustained import ROOT, pin_cpus
 from service.cli import sla
@@ -187,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(admission_bench.section(limit_runs, cpus.describe() + "."))
         print("sustained ...", flush=True)
         sections.append(sustained(args.quick, every_cpu))
+        print("cluster ...", flush=True)
+        sections.append(cluster_bench.section(*cluster_bench.collect(args.quick)))
     except KeyboardInterrupt:
         print("Interrupted: every process started was stopped.")
         return 130

@@ -7,15 +7,20 @@ feature budget on a loopback or same-zone Redis.  Variables are prefixed
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.budgets import PROFILES, ProfileName
 
-__all__ = ["MIN_TOKEN_LENGTH", "Settings"]
+__all__ = ["MIN_TOKEN_LENGTH", "RedisMode", "Settings"]
 
 MIN_TOKEN_LENGTH = 16
 """The shortest bearer token accepted: a short one can be guessed."""
+
+RedisMode = Literal["standalone", "cluster", "sentinel"]
+"""How Redis is deployed: one server, a Redis Cluster, or a primary watched by Sentinel."""
 
 
 class Settings(BaseSettings):
@@ -38,6 +43,24 @@ class Settings(BaseSettings):
         repr=False,
     )
     """Where the online store is; unset means ``make serve`` starts an embedded one."""
+
+    redis_mode: RedisMode = "standalone"
+    """``standalone``: ``REDIS_URL`` is the server.  ``cluster``: ``REDIS_URL`` names any node
+    of a Redis Cluster and the client discovers the rest.  ``sentinel``: the sentinels in
+    ``FEATSERVE_SENTINELS`` name the primary of ``FEATSERVE_SENTINEL_MASTER``; ``REDIS_URL``
+    (optional) gives only the credentials and database."""
+
+    sentinels: str | None = None
+    """For ``sentinel`` mode: the sentinels' addresses, ``host:port,host:port,...``."""
+
+    sentinel_master: str | None = None
+    """For ``sentinel`` mode: the name the sentinels monitor the primary under."""
+
+    read_from_replicas: bool = False
+    """Read features from replicas instead of primaries (cluster: ``READONLY`` connections to
+    each shard's replicas; sentinel: the replicas the sentinels know).  Values then lag the
+    primary by the replication delay (usually under a millisecond, seconds under a write
+    burst or after a resync); writes always go to primaries."""
 
     redis_socket_timeout_ms: float = Field(default=50.0, gt=0)
     """How long one Redis read round trip may wait for its reply before it fails (a reply that
@@ -141,6 +164,30 @@ class Settings(BaseSettings):
             )
         return token
 
+    @field_validator("sentinels")
+    @classmethod
+    def _sentinels_are_addresses(cls, value: str | None) -> str | None:
+        if value is not None:
+            _addresses(value)
+        return value
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``sentinels`` as (host, port) pairs; empty when unset."""
+        return _addresses(self.sentinels) if self.sentinels else []
+
+    @property
+    def redis_missing(self) -> str | None:
+        """What the settings lack to say where Redis is, or ``None`` when they say it."""
+        if self.redis_mode != "sentinel":
+            return None if self.redis_url else "REDIS_URL is not set"
+        if self.sentinels and self.sentinel_master:
+            return None
+        return (
+            "FEATSERVE_REDIS_MODE=sentinel needs FEATSERVE_SENTINELS (host:port,...) "
+            "and FEATSERVE_SENTINEL_MASTER"
+        )
+
     @property
     def warm_connections(self) -> int:
         """How many Redis connections a worker opens at start-up."""
@@ -153,3 +200,14 @@ class Settings(BaseSettings):
         """The feature deadline in seconds: explicit, or the profile's feature budget."""
         milliseconds = self.feature_deadline_ms or PROFILES[self.profile].features_ms
         return milliseconds / 1000.0
+
+
+def _addresses(value: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as pairs; ``ValueError`` naming the first that is not one."""
+    pairs = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item.strip()!r} is not host:port")
+        pairs.append((host, int(port)))
+    return pairs

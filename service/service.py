@@ -38,8 +38,8 @@ from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
 from features.stores.backing import AsyncBackingStore, epoch_ms, is_live
 from features.stores.base import AsyncOnlineStore
-from features.stores.factory import async_backing_store
-from features.stores.redis import async_redis_store
+from features.stores.factory import async_backing_store, async_online_store
+from features.stores.redis_cluster import AsyncRedisClusterStore
 from features.stores.write_through import AsyncWriteThrough
 from features.timing import StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
@@ -89,9 +89,9 @@ class FraudScorer:
     model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
-        if not SETTINGS.redis_url:
+        if SETTINGS.redis_missing:
             raise RuntimeError(
-                "REDIS_URL is not set: point it at the online store, "
+                f"{SETTINGS.redis_missing}: point it at the online store, "
                 "or run `make serve` for an embedded Redis with demo data"
             )
         reads_allowed = SETTINGS.redis_pool_size * SETTINGS.breaker_pool_usage
@@ -106,12 +106,12 @@ class FraudScorer:
         model = load(self.model_ref.tag)
         require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
         self.model_tag = model.tag
-        self.store = async_redis_store(SETTINGS)
+        self.store = async_online_store(SETTINGS)
         cache: FeatureCache[CachedGroup] = FeatureCache(
             SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize, SETTINGS.stale_cache_maxsize
         )
         tiers = [redis_tier(self.store, SETTINGS)]
-        self.redis_writes = async_redis_store(SETTINGS, for_writes=True)
+        self.redis_writes = async_online_store(SETTINGS, for_writes=True)
         self.write_store: AsyncOnlineStore = self.redis_writes
         self.backing: AsyncBackingStore | None = None
         if SETTINGS.backing_store:
@@ -132,8 +132,9 @@ class FraudScorer:
 
     @bentoml.on_startup
     async def connect_to_redis(self) -> None:
-        """Open the worker's Redis connections before its first request, so that no request's
-        deadline pays for connecting (each connect within the connect timeout)."""
+        """Reach Redis before the first request: open the worker's connections (each within
+        the connect timeout), so that no request's deadline pays for connecting; a cluster
+        store first loads its slot map, which takes longer than a feature deadline."""
         await self.store.warm(SETTINGS.warm_connections)
 
     @bentoml.on_startup
@@ -301,16 +302,33 @@ class FraudScorer:
         """What a person wants to know: the model, whether Redis answers reads, the breakers."""
         redis_up = await self.store.ping()
         redis_breaker = self.resolver.tiers[0].breaker
+        cluster = isinstance(self.store, AsyncRedisClusterStore)
         if not redis_up:
-            redis = "down (serving from fallbacks: stale, backing, defaults)"
+            redis = (
+                "not every primary answers (their entities are served from fallbacks)"
+                if cluster
+                else "down (serving from fallbacks: stale, backing, defaults)"
+            )
         elif redis_breaker.failing:
             redis = f"failing reads: {redis_breaker.last_failure} (serving from fallbacks)"
         else:
             redis = "up"
+        nodes = (
+            {
+                "redis_nodes": {
+                    name: _breaker_status(breaker)
+                    for name, breaker in self.store.node_breakers().items()
+                }
+            }
+            if isinstance(self.store, AsyncRedisClusterStore)
+            else {}
+        )
         return {
             "model": self.model_tag,
             "inference": self.inference,
+            "redis_mode": SETTINGS.redis_mode,
             "redis": redis,
+            **nodes,
             "breakers": {
                 tier.source.value: _breaker_status(tier.breaker) for tier in self.resolver.tiers
             },

@@ -7,7 +7,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import pytest
 import redis
@@ -21,7 +21,7 @@ from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Degraded, GroupResult, Resolver, Source, Tier
 from features.serving.tiers import redis_tier
 from features.settings import Settings
-from features.stores.base import FeatureUpdate
+from features.stores.base import FeatureUpdate, ReadFailure
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.timing import StageTimer
 from service.harness.local_redis import LocalRedis
@@ -407,3 +407,8 @@ def test_waiters_on_a_fetch_whose_request_was_cancelled_answer_saying_abandoned(
     assert (result.source, result.degraded) == (Source.UNAVAILABLE, Degraded.ABANDONED)
     assert dict(result.values) == DEFAULTS
     assert store.reads == 1, "the waiter shared the leader's read instead of sending its own"
+
+
+def test_every_reason_a_store_gives_for_a_failed_read_is_a_degraded_reason() -> None:
+    """The resolver passes a ``FailedRead``'s reason on as the group's ``Degraded`` reason."""
+    assert set(get_args(ReadFailure)) <= {reason.value for reason in Degraded}

@@ -16,7 +16,10 @@ its declared type, and says where the values came from:
 When a fault shaped the answer (``stale``, ``unavailable``, or ``backing``
 because Redis failed) the group also carries a ``Degraded`` reason: the first
 failure met on the way (``breaker_open``, ``deadline``, ``store_error``,
-``error_reply``).  Only answers no fault shaped are cached.
+``error_reply``).  A store may fail some keys of a read only (``FailedRead``):
+a key answered with an error, or, on a Redis Cluster, the keys of a node that
+is down, too slow or skipped by its own breaker; only those groups fall back,
+with the reason the store gave.  Only answers no fault shaped are cached.
 
 Fields a store lacked are filled from the defaults and listed in
 ``defaulted``.  Each store sits behind a circuit breaker.  The stores share
@@ -372,7 +375,7 @@ class Resolver:
                 if answer is None:
                     still_missing.append(index)
                 elif type(answer) is FailedRead:
-                    failures[index] = failures[index] or Degraded.ERROR_REPLY
+                    failures[index] = failures[index] or Degraded(answer.reason)
                     still_missing.append(index)
                 else:
                     slots[index] = _from_store(
@@ -406,7 +409,13 @@ class Resolver:
                 "feature deadline; falling back"
             )
             return _TierAnswer(None, Degraded.DEADLINE)
-        refused = [answer for answer in answers if type(answer) is FailedRead]
+        # A server of the store that failed (a cluster node: ``FailedRead.server_failed``)
+        # costs only its own keys and is the store's own breakers' business: the store
+        # answered, so the tier counts a success, and one node down never opens the
+        # breaker of every node's entities.  Error replies count against the tier.
+        refused = [
+            answer for answer in answers if type(answer) is FailedRead and not answer.server_failed
+        ]
         if refused:
             error = refused[0].error
             # The reply's error code (NOPERM, WRONGTYPE, ...) says what is wrong without

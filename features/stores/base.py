@@ -2,6 +2,12 @@
 
 A store answers reads for many (entity, group) pairs at once and writes
 rows with their TTL; the resolver never knows which store it talks to.
+
+A read answers every request, or raises ``StoreError`` for all of them.  A
+request the store could not answer on its own is answered ``FailedRead``:
+the store answered that key with an error (any store), or, in a store spread
+over several servers (Redis Cluster), the server holding the key failed while
+the others answered, so that only that server's entities fall back.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import heapq
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from features.registry import FeatureGroup
 from features.timing import StageTimer
@@ -21,6 +27,7 @@ __all__ = [
     "FeatureUpdate",
     "OnlineStore",
     "ReadAnswer",
+    "ReadFailure",
     "ReadRequest",
     "StoredRow",
     "StoredValues",
@@ -65,15 +72,34 @@ class StoredRow(Mapping[str, Any]):
         return f"StoredRow({dict(self)!r})"
 
 
+ReadFailure = Literal["error_reply", "store_error", "deadline", "breaker_open"]
+"""Why a store could not answer one request; each is a degraded-answer reason (``FailedRead``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FailedRead:
-    """The store answered one request of a read with an error, e.g. Redis' ``WRONGTYPE``.
+    """The store could not answer one request of a read; its other requests stand.
 
-    Not "nothing stored": the store could not say what it holds for that key.
+    Not "nothing stored": the store could not say what it holds for that key.  ``reason``:
+
+    - ``error_reply``: the store answered the key with an error (Redis' ``WRONGTYPE``,
+      ``NOPERM``, ``LOADING``...).  Any store may answer this.
+    - ``store_error``, ``deadline``, ``breaker_open``: the server that holds the key
+      failed (refused or dropped the connection, or the cluster refused the slot), did
+      not answer in time, or failed recently and was not asked.  Only a store spread over
+      several servers answers these (Redis Cluster: one node down costs only its own
+      entities); it keeps a breaker per server for them.
     """
 
     error: str
-    """The store's own words, e.g. ``NOPERM No permissions to access a key``."""
+    """What went wrong, for the log: the store's own words (e.g. ``NOPERM No permissions to
+    access a key``), which may name hosts and keys."""
+    reason: ReadFailure = "error_reply"
+
+    @property
+    def server_failed(self) -> bool:
+        """Whether the key's server failed, rather than answering the key with an error."""
+        return self.reason != "error_reply"
 
 
 ReadAnswer = StoredValues | FailedRead | None
@@ -155,8 +181,9 @@ class OnlineStore(Protocol):
         """Values for each request: a sequence of the same length and order as ``requests``.
 
         ``None`` means the entity has nothing stored for that group; a
-        ``FailedRead`` that the store answered that one request with an error.
-        Raises ``StoreError`` when the store cannot answer at all.
+        ``FailedRead`` that the store could not answer that one request (see
+        ``FailedRead.reason``).  Raises ``StoreError`` when the store cannot
+        answer at all.
         """
         ...
 

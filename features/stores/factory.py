@@ -3,7 +3,14 @@
 The rules the backing stores share live in ``backing``; the stores import
 them, and this module imports the stores, so no module imports its own
 importer.  Each implementation is imported only when named, so SQLite users
-never load boto3.
+never load boto3 and standalone users never load the cluster store.
+
+Redis is opened by ``FEATSERVE_REDIS_MODE``: ``standalone`` is
+``redis.async_redis_store`` (the hot path, as it was), ``cluster`` the
+cluster store (``redis_cluster``), ``sentinel`` the standalone stores over
+connections the sentinels direct (``redis_sentinel``).  Every mode gets the
+same fail-fast options: the socket and connect timeouts, no retries, a
+bounded pool per server.
 """
 
 from __future__ import annotations
@@ -11,9 +18,101 @@ from __future__ import annotations
 import time
 from functools import partial
 
-from features.stores.backing import AsyncBackingStore, BackingStore, Clock
+import redis
 
-__all__ = ["async_backing_store", "open_backing_store"]
+from features.errors import StoreError
+from features.settings import Settings
+from features.stores.backing import AsyncBackingStore, BackingStore, Clock
+from features.stores.redis import (
+    AsyncRedisStore,
+    RedisStore,
+    async_redis_store,
+    call_timeout_s,
+    client_options,
+    sync_client,
+    translated_errors,
+)
+
+__all__ = [
+    "NODE_SHARE_OF_DEADLINE",
+    "async_backing_store",
+    "async_online_store",
+    "open_backing_store",
+    "open_online_store",
+    "open_redis_client",
+]
+
+NODE_SHARE_OF_DEADLINE = 0.6
+"""The longest a cluster read waits for one node, as a share of the feature deadline: the
+resolver abandons a read at 80 % of a short deadline (``TIMER_SLACK_S``), so the healthy
+nodes' answers are back, with a hung node's requests marked failed, before it does."""
+
+
+def async_online_store(settings: Settings, for_writes: bool = False) -> AsyncRedisStore:
+    """The Redis store for the service, as ``redis_mode`` says; ``for_writes`` waits the
+    write timeout and always talks to primaries."""
+    if settings.redis_missing:
+        raise StoreError(settings.redis_missing)
+    if settings.redis_mode == "cluster":
+        from features.stores.redis_cluster import AsyncRedisClusterStore, async_cluster_client
+
+        replicas = settings.read_from_replicas and not for_writes
+        client = async_cluster_client(
+            settings.redis_url or "",
+            settings.redis_pool_size,
+            settings.redis_connect_timeout_ms / 1000.0,
+            read_from_replicas=replicas,
+        )
+        timeout_s = call_timeout_s(settings, for_writes)
+        return AsyncRedisClusterStore(
+            client,
+            timeout_s,
+            node_timeout_s=min(timeout_s, settings.deadline_s * NODE_SHARE_OF_DEADLINE),
+            pool_size=settings.redis_pool_size,
+            read_from_replicas=replicas,
+            breaker_failures=settings.breaker_failures,
+            breaker_reset_s=settings.breaker_reset_s,
+        )
+    if settings.redis_mode == "sentinel":
+        from features.stores.redis_sentinel import async_sentinel_store
+
+        # As async_redis_store builds its client: nothing sent on connect, no socket timeout.
+        options = {**client_options(settings, None), "protocol": 2, "driver_info": None}
+        return async_sentinel_store(
+            settings, options, call_timeout_s(settings, for_writes), for_reads=not for_writes
+        )
+    return async_redis_store(settings, for_writes)
+
+
+def open_redis_client(
+    settings: Settings, for_writes: bool = False
+) -> redis.Redis | redis.RedisCluster:
+    """A blocking Redis client for tools and tests, as ``redis_mode`` says; it talks to
+    primaries only.  ``for_writes`` waits the write timeout."""
+    if settings.redis_missing:
+        raise StoreError(settings.redis_missing)
+    if settings.redis_mode == "cluster":
+        from features.stores.redis_cluster import cluster_client
+
+        # A blocking cluster client reads the slot map as it is built: translate its errors.
+        with translated_errors():
+            return cluster_client(
+                settings.redis_url or "",
+                call_timeout_s(settings, for_writes),
+                settings.redis_connect_timeout_ms / 1000.0,
+            )
+    if settings.redis_mode == "sentinel":
+        from features.stores.redis_sentinel import sentinel_client
+
+        return sentinel_client(
+            settings, client_options(settings, call_timeout_s(settings, for_writes))
+        )
+    return sync_client(settings, for_writes)
+
+
+def open_online_store(settings: Settings, for_writes: bool = False) -> RedisStore:
+    """The blocking Redis store for tools (``materialize``, ``rewarm``) and tests."""
+    return RedisStore(open_redis_client(settings, for_writes))
 
 
 def open_backing_store(spec: str, clock: Clock = time.time) -> BackingStore:

@@ -76,7 +76,13 @@ __all__ = [
     "AsyncRedisStore",
     "RedisStore",
     "async_redis_store",
+    "call_timeout_s",
+    "client_options",
+    "decode_replies",
+    "read_command",
+    "read_reply",
     "sync_client",
+    "translated_errors",
 ]
 
 _log = logging.getLogger(__name__)
@@ -92,12 +98,14 @@ _TRANSIENT_REPLIES = ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "LOADING"
 """First words of error replies that say "not now" (a failover, a busy or loading server)."""
 
 
-def _timeout_s(settings: Settings, for_writes: bool) -> float:
+def call_timeout_s(settings: Settings, for_writes: bool) -> float:
+    """How long one call may take, in seconds: a read round trip, or a chunk of writes."""
     timeout_ms = settings.redis_write_timeout_ms if for_writes else settings.redis_socket_timeout_ms
     return timeout_ms / 1000.0
 
 
-def _client_options(settings: Settings, socket_timeout_s: float | None) -> dict[str, Any]:
+def client_options(settings: Settings, socket_timeout_s: float | None) -> dict[str, Any]:
+    """redis-py client options for failing fast: the timeouts, no retries, a bounded pool."""
     return {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000.0,
@@ -127,9 +135,9 @@ def async_redis_store(settings: Settings, for_writes: bool = False) -> AsyncRedi
         # deadline cancels cannot leave a reply behind for the next command to read.
         protocol=2,
         driver_info=None,
-        **_client_options(settings, None),
+        **client_options(settings, None),
     )
-    return AsyncRedisStore(client, _timeout_s(settings, for_writes))
+    return AsyncRedisStore(client, call_timeout_s(settings, for_writes))
 
 
 def sync_client(settings: Settings, for_writes: bool = False) -> redis.Redis:
@@ -137,12 +145,12 @@ def sync_client(settings: Settings, for_writes: bool = False) -> redis.Redis:
     if not settings.redis_url:
         raise StoreError("REDIS_URL is not set")
     return redis.Redis.from_url(
-        settings.redis_url, **_client_options(settings, _timeout_s(settings, for_writes))
+        settings.redis_url, **client_options(settings, call_timeout_s(settings, for_writes))
     )
 
 
 @contextmanager
-def _translated_errors() -> Iterator[None]:
+def translated_errors() -> Iterator[None]:
     """Turn redis-py's exceptions into ours, once, at the boundary."""
     try:
         yield
@@ -168,7 +176,7 @@ def _translated_errors() -> Iterator[None]:
         raise StoreUnavailable(f"Redis connection closed: {exc}") from exc
 
 
-def _read_args(request: ReadRequest) -> tuple[str | int, ...]:
+def read_command(request: ReadRequest) -> tuple[str | int, ...]:
     """The read command for one request, as its name and arguments."""
     group = request.group
     key = feature_key(group.entity.name, request.entity_id, group.name)
@@ -215,16 +223,18 @@ def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
         return None
 
 
-def _decode_all(
+def decode_replies(
     requests: Sequence[ReadRequest], replies: Sequence[Any], timer: StageTimer | None
 ) -> list[ReadAnswer]:
+    """Each request's answer from its reply (an error reply: ``FailedRead``), timed as
+    ``decode``."""
     if timer is None:
-        return _decode_replies(requests, replies)
+        return _decoded(requests, replies)
     with timer.stage("decode"):
-        return _decode_replies(requests, replies)
+        return _decoded(requests, replies)
 
 
-def _decode_replies(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[ReadAnswer]:
+def _decoded(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[ReadAnswer]:
     """Complete hash replies of one (group, fields) in bulk when there are enough of them
     (``hash_columns``); everything else, and any bulk that declines, value by value."""
     decoded: list[ReadAnswer] = [None] * len(requests)
@@ -262,14 +272,14 @@ _ERROR_REPLIES = (
 )
 
 
-async def _reply(connection: Any) -> Any:
+async def read_reply(connection: Any) -> Any:
     """The next reply on ``connection``; an error reply is returned, not raised.
 
-    The connection is never closed here, whatever happens: ``AsyncRedisStore``
-    decides whether to keep, drain or drop it.
+    The connection is never closed here, whatever happens: the caller
+    (``AsyncRedisStore``, the cluster store) decides whether to keep, drain or drop it.
     """
     try:
-        # math.inf: no timeout per reply; _round_trip bounds the whole round trip.
+        # math.inf: no timeout per reply; the caller bounds the whole round trip.
         return await connection.read_response(timeout=math.inf, disconnect_on_error=False)
     except _ERROR_REPLIES as exc:
         return exc
@@ -365,17 +375,20 @@ def _chunks(calls: Sequence[_ScriptCall]) -> Iterator[Sequence[_ScriptCall]]:
 
 
 def _queue(pipe: Any, calls: Sequence[_ScriptCall], by_sha: bool) -> None:
+    # Through execute_command: a cluster pipeline refuses ``pipe.evalsha`` and its
+    # ``pipe.eval`` takes no script; it routes EVAL and EVALSHA by their keys all the same.
     for call in calls:
         if by_sha:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
         else:
-            pipe.eval(call.script.source, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("EVAL", call.script.source, len(call.keys), *call.keys, *call.args)
 
 
 class RedisStore:
-    """The Redis store over a blocking client (``sync_client``)."""
+    """The Redis store over a blocking client (``sync_client``, or a cluster's or a sentinel's
+    from ``factory.open_redis_client``: their pipelines work alike here)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
         self._client = client
 
     def read(
@@ -384,15 +397,15 @@ class RedisStore:
         """Values for each request, in order, from one pipelined round trip."""
         if not requests:
             return []
-        with _translated_errors(), self._client.pipeline(transaction=False) as pipe:
+        with translated_errors(), self._client.pipeline(transaction=False) as pipe:
             for request in requests:
-                pipe.execute_command(*_read_args(request))
+                pipe.execute_command(*read_command(request))
             if timer is None:
                 replies = pipe.execute(raise_on_error=False)
             else:
                 with timer.stage("redis"):
                     replies = pipe.execute(raise_on_error=False)
-        return _decode_all(requests, replies, timer)
+        return decode_replies(requests, replies, timer)
 
     def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
         """See ``OnlineStore.write``; one round trip per chunk of updates (``_chunks``).
@@ -402,7 +415,7 @@ class RedisStore:
         """
         outcomes: list[WriteOutcome] = []
         calls = [_script_call(update) for update in updates]
-        with _translated_errors():
+        with translated_errors():
             for chunk in _chunks(calls):
                 replies = self._execute(chunk, by_sha=True)
                 missing = [i for i, reply in enumerate(replies) if _missing_script(reply)]
@@ -476,13 +489,13 @@ class AsyncRedisStore:
         """Values for each request, in order, from one pipelined round trip."""
         if not requests:
             return []
-        with _translated_errors():
+        with translated_errors():
             if timer is None:
                 replies = await self._round_trip(requests)
             else:
                 with timer.stage("redis"):
                     replies = await self._round_trip(requests)
-        return _decode_all(requests, replies, timer)
+        return decode_replies(requests, replies, timer)
 
     async def _round_trip(self, requests: Sequence[ReadRequest]) -> list[Any]:
         """Send every command in one write and read the replies, in order.
@@ -495,7 +508,7 @@ class AsyncRedisStore:
         later read sees a stale reply.
         """
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
-        commands = [_read_args(request) for request in requests]
+        commands = [read_command(request) for request in requests]
         packed = b"".join([hiredis.pack_command(args) for args in commands])  # type: ignore[arg-type]
         replies: list[Any] = []
         bound = ReplyDeadline(asyncio.get_running_loop().time() + self._timeout_s)
@@ -504,7 +517,7 @@ class AsyncRedisStore:
             try:
                 await connection.send_packed_command(packed, check_health=False)
                 for _ in requests:
-                    replies.append(await _reply(connection))
+                    replies.append(await read_reply(connection))
             except asyncio.CancelledError:
                 if bound.expired() or not connection.is_connected:
                     await self._drop(connection)
@@ -546,7 +559,7 @@ class AsyncRedisStore:
         try:
             async with ReplyDeadline(until):
                 for _ in range(replies):
-                    await _reply(connection)
+                    await read_reply(connection)
         except asyncio.CancelledError:
             await self._drop(connection)
             raise
@@ -562,7 +575,7 @@ class AsyncRedisStore:
         """See ``RedisStore.write``; each chunk is bounded by the write timeout."""
         outcomes: list[WriteOutcome] = []
         calls = [_script_call(update) for update in updates]
-        with _translated_errors():
+        with translated_errors():
             for chunk in _chunks(calls):
                 async with asyncio.timeout(self._timeout_s):
                     replies = await self._execute(chunk, by_sha=True)
@@ -582,7 +595,7 @@ class AsyncRedisStore:
     async def ping(self) -> bool:
         """Whether Redis answers a PING now."""
         try:
-            with _translated_errors():
+            with translated_errors():
                 async with asyncio.timeout(self._timeout_s):
                     return bool(await self._client.ping())
         except StoreError:

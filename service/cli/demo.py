@@ -1,7 +1,11 @@
 """``make serve``: the service on a fresh machine, with demo data and a trained model.
 
-``python -m service.cli.demo`` uses ``REDIS_URL`` when it is set, and otherwise
-starts an embedded Redis on 127.0.0.1 (port 6379 when free).  It writes
+``python -m service.cli.demo`` uses ``REDIS_URL`` when it is set (with
+``FEATSERVE_REDIS_MODE``: ``cluster`` when it names a node of a Redis
+Cluster, ``sentinel`` with ``FEATSERVE_SENTINELS``), and otherwise starts an
+embedded one on 127.0.0.1 of the mode asked for: one server (port 6379 when
+free), a 3-primary / 3-replica cluster, or a primary, two replicas and three
+sentinels.  It writes
 demo tables for users ``u000000`` to ``u009999`` and loads them with
 ``featserve materialize``, trains and saves the
 model when the BentoML model store has none, runs ``bentoml serve`` on
@@ -14,6 +18,7 @@ started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import signal
@@ -30,7 +35,9 @@ from features.redaction import install_log_redaction, redact
 from features.settings import Settings
 from models.demo_tables import write_demo_tables
 from service import cli
+from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis, free_port
+from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
 
 __all__ = ["load_demo_data", "main", "wait_until_ready"]
 
@@ -38,12 +45,18 @@ DEMO_USERS = 10_000
 READY_TIMEOUT_S = 120.0
 
 
-def load_demo_data(redis_url: str, n_users: int, out_dir: Path) -> None:
-    """Write the demo tables to ``out_dir`` and load them with ``featserve materialize``."""
+def load_demo_data(
+    redis_url: str | None, n_users: int, out_dir: Path, settings: Settings | None = None
+) -> None:
+    """Write the demo tables to ``out_dir`` and load them with ``featserve materialize``
+    into ``redis_url`` (or where ``settings``, else the environment, says), in the Redis
+    mode ``settings`` (else the environment) says."""
     paths = write_demo_tables(out_dir, n_users, int(time.time()))
     for group, path in paths.items():
-        args = ["materialize", str(path), "--group", f"user:{group}", "--redis-url", redis_url]
-        code = cli.main(args)
+        args = ["materialize", str(path), "--group", f"user:{group}"]
+        if redis_url:
+            args += ["--redis-url", redis_url]
+        code = cli.main(args, settings)
         if code != 0:
             raise RuntimeError(redact(f"featserve {' '.join(args)} exited with {code}"))
 
@@ -122,37 +135,59 @@ def main(argv: list[str] | None = None) -> int:
     token_was_set = bool(os.environ.get("FEATSERVE_WRITE_TOKEN"))
     if not token_was_set:
         os.environ["FEATSERVE_WRITE_TOKEN"] = secrets.token_urlsafe(24)
-    settings = Settings()
-    embedded: LocalRedis | None = None
-    if not settings.redis_url:
-        embedded = LocalRedis(port=6379 if _port_is_free(6379) else free_port()).start()
-        print(f"Started an embedded {embedded.binary.name} at {embedded.url}", flush=True)
-        settings = Settings(redis_url=embedded.url)
-    env = {**os.environ, "REDIS_URL": settings.redis_url or ""}
+    with contextlib.ExitStack() as embedded:
+        settings = Settings()
+        if settings.redis_missing:
+            os.environ.update(_start_embedded(settings, embedded))
+            settings = Settings()
+        return _serve(args, settings, token_was_set)
+
+
+def _start_embedded(settings: Settings, stack: contextlib.ExitStack) -> dict[str, str]:
+    """Start the embedded Redis of the mode asked for; the variables that name it."""
+    if settings.redis_mode == "cluster":
+        cluster = stack.enter_context(LocalCluster())
+        print(f"Started an embedded 3-primary / 3-replica cluster at {cluster.url}", flush=True)
+        return {"REDIS_URL": cluster.url}
+    if settings.redis_mode == "sentinel":
+        sentinels = stack.enter_context(LocalSentinels())
+        print(
+            "Started an embedded primary, two replicas and three sentinels at "
+            f"{sentinels.sentinel_addresses} (master {MASTER_NAME})",
+            flush=True,
+        )
+        return {
+            "FEATSERVE_SENTINELS": sentinels.sentinel_addresses,
+            "FEATSERVE_SENTINEL_MASTER": MASTER_NAME,
+        }
+    server = LocalRedis(port=6379 if _port_is_free(6379) else free_port())
+    stack.enter_context(server)
+    print(f"Started an embedded {server.binary.name} at {server.url}", flush=True)
+    return {"REDIS_URL": server.url}
+
+
+def _serve(args: argparse.Namespace, settings: Settings, token_was_set: bool) -> int:
+    """Load the demo data, make sure there is a model, and serve until interrupted."""
+    load_demo_data(None, args.users, args.data, settings)
+    print(f"Loaded demo features for u000000..u{args.users - 1:06d}", flush=True)
+    ensure_model(settings.model_tag)
+    base_url = f"http://127.0.0.1:{args.port}"
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "bentoml", "serve", "service.service:FraudScorer",
+            "--host", "127.0.0.1", "--port", str(args.port),
+        ],
+        env=dict(os.environ),
+    )  # fmt: skip
     try:
-        load_demo_data(settings.redis_url or "", args.users, args.data)
-        print(f"Loaded demo features for u000000..u{args.users - 1:06d}", flush=True)
-        ensure_model(settings.model_tag)
-        base_url = f"http://127.0.0.1:{args.port}"
-        server = subprocess.Popen(
-            [
-                sys.executable, "-m", "bentoml", "serve", "service.service:FraudScorer",
-                "--host", "127.0.0.1", "--port", str(args.port),
-            ],
-            env=env,
-        )  # fmt: skip
-        try:
-            wait_until_ready(base_url, server, READY_TIMEOUT_S)
-            print(ready_message(base_url, settings, token_was_set), flush=True)
-            return server.wait()
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        wait_until_ready(base_url, server, READY_TIMEOUT_S)
+        print(ready_message(base_url, settings, token_was_set), flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
     finally:
-        if embedded is not None:
-            embedded.close()
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

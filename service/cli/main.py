@@ -6,6 +6,7 @@ featserve rewarm [--backing sqlite:PATH | dynamodb:TABLE] [--group user:features
 featserve sla --url URL [--profile fraud] [--total-ms N --features-ms N]
               [--rate R | --concurrency C] [--duration S] [--entities N|FIRST..LAST] [--plot FILE]
 featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
+featserve capacity --entities N --peak-rps R --latency-ms L [--measure | --bytes-per-entity B]
 """
 
 from __future__ import annotations
@@ -17,22 +18,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from features.redaction import install_log_redaction
+from features.settings import Settings
 from models.demo_tables import write_demo_tables
-from service.cli import materialize, rewarm, sla
+from service.cli import capacity, materialize, rewarm, sla
 
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; the exit code says how it went."""
+def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    """Run one subcommand; the exit code says how it went.
+
+    ``settings`` stands in for the environment's (``Settings()``), for callers that run
+    the command line in-process against a Redis of their own.
+    """
     install_log_redaction()
     parser = argparse.ArgumentParser(prog="featserve", description="featserve command line")
     commands = parser.add_subparsers(dest="command", required=True)
     materialize.register(commands)
     rewarm.register(commands)
     sla.register(commands)
+    capacity.register(commands)
     _add_demo_data(commands)
     args = parser.parse_args(argv)
+    args.settings = settings
     code: int = args.run(args)
     return code
 

@@ -34,8 +34,7 @@ from features.redaction import redact
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
 from features.stores.base import OnlineStore
-from features.stores.factory import open_backing_store
-from features.stores.redis import RedisStore, sync_client
+from features.stores.factory import open_backing_store, open_online_store
 from features.stores.write_through import WriteThrough
 
 __all__ = ["register"]
@@ -54,7 +53,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Validate every row, merge rows per entity value by value, write values "
         "and TTL (from the event time) in pipelined chunks; older values never replace newer "
         "ones. Every row is counted as written, skipped as older, expired or rejected. "
-        "REDIS_URL says where.",
+        "REDIS_URL says where (and FEATSERVE_REDIS_MODE how: standalone, cluster or sentinel).",
     )
     parser.add_argument("table", type=Path, help="a .parquet or .csv file")
     parser.add_argument("--group", default="user:features", help="ENTITY:GROUP (user:features)")
@@ -81,7 +80,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="also write to this backing store first: sqlite:PATH or dynamodb:TABLE "
         "(default: $FEATSERVE_BACKING_STORE; none when unset)",
     )
-    parser.set_defaults(run=_run_materialize)
+    parser.set_defaults(run=_run_materialize, settings=None)
 
 
 def _run_materialize(args: argparse.Namespace) -> int:
@@ -93,14 +92,18 @@ def _run_materialize(args: argparse.Namespace) -> int:
     except (RegistryError, TableError) as exc:
         console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
-    settings = Settings()
+    settings = args.settings or Settings()
     if args.redis_url:
         settings = settings.model_copy(update={"redis_url": args.redis_url})
-    if not settings.redis_url:
-        console.print("[red]error:[/] REDIS_URL is not set")
+    if settings.redis_missing:
+        console.print(f"[red]error:[/] {settings.redis_missing}")
         return EXIT_USAGE
     rejects_path = args.rejects or args.table.with_name(args.table.name + ".rejects.csv")
-    redis_store = RedisStore(sync_client(settings, for_writes=True))
+    try:
+        redis_store = open_online_store(settings, for_writes=True)
+    except StoreError as exc:
+        console.print(f"[red]error:[/] {redact(str(exc))}")
+        return EXIT_STORE
     backing_spec = args.backing or settings.backing_store
     try:
         backing = open_backing_store(backing_spec) if backing_spec else None

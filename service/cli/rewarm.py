@@ -22,8 +22,7 @@ from features.redaction import redact
 from features.registry import FRAUD_REGISTRY, FeatureGroup, Registry
 from features.settings import Settings
 from features.stores.backing import group_label
-from features.stores.factory import open_backing_store
-from features.stores.redis import RedisStore, sync_client
+from features.stores.factory import open_backing_store, open_online_store
 
 __all__ = ["register"]
 
@@ -39,7 +38,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="refill Redis from the persistent backing store",
         description="Write every entity group the backing store holds into Redis, in chunks; "
         "anything older than what Redis holds is skipped, so re-running is safe. "
-        "REDIS_URL says where Redis is; for DynamoDB, AWS_ENDPOINT_URL and AWS_DEFAULT_REGION.",
+        "REDIS_URL says where Redis is (FEATSERVE_REDIS_MODE how); for DynamoDB, "
+        "AWS_ENDPOINT_URL and AWS_DEFAULT_REGION.",
     )
     parser.add_argument(
         "--backing",
@@ -58,18 +58,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="default: $REDIS_URL. Prefer the variable: a password in this flag shows in `ps` "
         "to every user of the machine",
     )
-    parser.set_defaults(run=_run)
+    parser.set_defaults(run=_run, settings=None)
 
 
 def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    settings = Settings()
+    settings = args.settings or Settings()
     if args.redis_url:
         settings = settings.model_copy(update={"redis_url": args.redis_url})
     try:
         groups = _groups(FRAUD_REGISTRY, args.groups)
-        if not settings.redis_url:
-            raise ValueError("REDIS_URL is not set")
+        if settings.redis_missing:
+            raise ValueError(settings.redis_missing)
         if args.chunk_size < 1:
             raise ValueError(f"--chunk-size {args.chunk_size}: must be at least 1")
         spec = args.backing or settings.backing_store
@@ -82,7 +82,12 @@ def _run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_STORE
-    target = RedisStore(sync_client(settings, for_writes=True))
+    try:
+        target = open_online_store(settings, for_writes=True)
+    except StoreError as exc:
+        console.print(f"[red]error:[/] {redact(str(exc))}")
+        source.close()
+        return EXIT_STORE
     try:
         with _progress(console) as progress:
             task = progress.add_task(f"{spec} -> Redis", total=None)

@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -54,6 +54,7 @@ __all__ = [
     "Load",
     "PhaseStats",
     "run_drill",
+    "score_bodies",
 ]
 
 GROUP = "features"
@@ -75,7 +76,10 @@ class Answer:
     answered_at: float
     status: int
     """HTTP status; 0 when no answer came (connection refused, timeout)."""
-    entity_id: str | None = None
+    entity_id: str
+    """The entity the request scored."""
+    retry_after: bool = False
+    """Whether the answer carried ``Retry-After`` (a 503 that says when to retry)."""
     source: str | None = None
     degraded: str | None = None
     """Why a fault shaped the answer (``deadline``, ``store_error``, ...), or ``None``."""
@@ -87,6 +91,11 @@ class Answer:
     def within(self, start: float, end: float) -> bool:
         """Whether the request was sent at or after ``start`` and answered by ``end``."""
         return start <= self.sent_at and self.answered_at <= end
+
+
+def score_bodies(entity_ids: Iterable[str], amount: float = 42.0) -> list[bytes]:
+    """A ``/score`` body for each of ``entity_ids``, for ``Load``."""
+    return [json.dumps({"entity_id": e, "amount": amount}).encode() for e in entity_ids]
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class Load:
     ) -> None:
         self._endpoint = Endpoint.parse(f"{url}/score")
         self._bodies = list(bodies)
+        self._entity_ids = [json.loads(body)["entity_id"] for body in self._bodies]
         self._plan = LoadPlan(duration_s=MAX_DURATION_S, concurrency=connections, rate=rate)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -144,22 +154,23 @@ class Load:
 
     def _keep(self, sample: Sample, response: Response | None) -> None:
         answered_at = time.monotonic()
-        answer = _answer(answered_at - sample.latency_s, answered_at, sample, response)
+        entity_id = self._entity_ids[sample.body_index]
+        answer = _answer(answered_at - sample.latency_s, answered_at, entity_id, sample, response)
         with self._lock:
             self._answers.append(answer)
 
 
 def _answer(
-    sent_at: float, answered_at: float, sample: Sample, response: Response | None
+    sent_at: float, answered_at: float, entity_id: str, sample: Sample, response: Response | None
 ) -> Answer:
     if response is None or sample.status != 200:
-        return Answer(sent_at, answered_at, sample.status)
+        return Answer(sent_at, answered_at, sample.status, entity_id, sample.retry_after)
     body = json.loads(response.body)
     return Answer(
         sent_at,
         answered_at,
         sample.status,
-        entity_id=body["entity_id"],
+        entity_id,
         source=body["sources"][GROUP],
         degraded=body.get("degraded", {}).get(GROUP),
         stale_age_s=body.get("stale_age_s", {}).get(GROUP),
@@ -222,7 +233,7 @@ class PhaseStats:
             wrong_scores=sum(
                 1
                 for a in answers
-                if a.entity_id is not None and a.score != scores.get(a.entity_id, a.score)
+                if a.score is not None and a.score != scores.get(a.entity_id, a.score)
             ),
             stale_age_max_s=max(ages, default=None),
             failures=tuple(f"status {a.status}" for a in answers if a.status != 200)[:3],

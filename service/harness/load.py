@@ -202,6 +202,8 @@ class Sample:
     """Whether the response carried ``Retry-After`` (shed load, when the status is 503 or 429)."""
     mix: AnswerMix | None = None
     """Where the answers' features came from, when the body held featserve answers."""
+    body_index: int = 0
+    """Which of the request bodies was sent (an index into ``drive``'s ``bodies``)."""
 
 
 Observer = Callable[[Sample, Response | None], None]
@@ -284,6 +286,7 @@ async def _connection(
     try:
         while (due := schedule.next_due()) is not None:
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            index = rng.randrange(len(requests))
             response: Response | None = None
             try:
                 async with asyncio.timeout(schedule.plan.timeout_s):
@@ -291,12 +294,12 @@ async def _connection(
                         streams = await asyncio.open_connection(
                             endpoint.host, endpoint.port, ssl=tls
                         )
-                    response = await exchange(*streams, rng.choice(requests))
+                    response = await exchange(*streams, requests[index])
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
                 response = None
             latency = time.perf_counter() - due
             if due >= schedule.start:
-                sample = _sample(due - schedule.start, latency, response)
+                sample = _sample(due - schedule.start, latency, response, index)
                 samples.append(sample)
                 if observe is not None:
                     observe(sample, response)
@@ -308,9 +311,9 @@ async def _connection(
             streams[1].close()
 
 
-def _sample(due_s: float, latency_s: float, response: Response | None) -> Sample:
+def _sample(due_s: float, latency_s: float, response: Response | None, index: int) -> Sample:
     if response is None:
-        return Sample(due_s, latency_s, 0, {})
+        return Sample(due_s, latency_s, 0, {}, body_index=index)
     headers = response.headers
     return Sample(
         due_s,
@@ -319,4 +322,5 @@ def _sample(due_s: float, latency_s: float, response: Response | None) -> Sample
         parse_server_timing(headers.get("server-timing", "")),
         retry_after="retry-after" in headers,
         mix=answer_mix(response.body) if 200 <= response.status < 300 else None,
+        body_index=index,
     )

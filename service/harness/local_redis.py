@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 from types import TracebackType
@@ -28,7 +29,7 @@ import redis
 
 from service.harness.realtime import realtime_command
 
-__all__ = ["LocalRedis", "find_server_binary", "free_port"]
+__all__ = ["LocalRedis", "find_server_binary", "free_port", "free_ports"]
 
 START_TIMEOUT_S = 15.0
 
@@ -48,21 +49,40 @@ def find_server_binary() -> Path:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now (held open
+    together while chosen, so no two are the same)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class LocalRedis:
     """A redis-server child process on 127.0.0.1; ``start()`` returns once it answers PING."""
 
     def __init__(
-        self, port: int | None = None, binary: Path | None = None, realtime: bool = False
+        self,
+        port: int | None = None,
+        binary: Path | None = None,
+        extra_args: Sequence[str] = (),
+        realtime: bool = False,
     ) -> None:
         self.binary = binary or find_server_binary()
         self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
+        """More server options, e.g. ``("--cluster-enabled", "yes")``."""
         self.realtime = realtime
-        self._workdir = tempfile.mkdtemp(prefix="featserve-redis-")
+        """Whether the server runs under real-time scheduling (``service.harness.realtime``)."""
+        self.workdir = Path(tempfile.mkdtemp(prefix="featserve-redis-"))
+        """The server's working directory (its ``--dir``), removed by ``close``."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,24 +99,9 @@ class LocalRedis:
         """Start the server (again, on the same port) and wait until it answers."""
         if self.running:
             return self
-        log_path = Path(self._workdir) / "server.log"
+        log_path = self.workdir / "server.log"
         self._process = subprocess.Popen(
-            [
-                *(realtime_command() if self.realtime else []),
-                str(self.binary),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._workdir,
-                "--logfile",
-                str(log_path),
-            ],
+            self._command(log_path),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
@@ -104,6 +109,25 @@ class LocalRedis:
         )
         self._wait_until_ready(log_path)
         return self
+
+    def _command(self, log_path: Path) -> list[str]:
+        return [
+            *(realtime_command() if self.realtime else []),
+            str(self.binary),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(log_path),
+            *self.extra_args,
+        ]
 
     def _wait_until_ready(self, log_path: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -168,7 +192,7 @@ class LocalRedis:
     def close(self) -> None:
         """Stop the server and remove its working directory."""
         self.stop()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> LocalRedis:
         return self.start()

@@ -199,7 +199,7 @@ def check_every_answer(result: DrillResult, expected: dict[str, float]) -> None:
     assert result.answers, result.windows
     for answer in result.answers:
         assert answer.status == 200, answer
-        assert answer.entity_id is not None and answer.score is not None, answer
+        assert answer.score is not None, answer
         assert answer.source not in ("default", "unavailable"), answer
         assert answer.score == pytest.approx(expected[answer.entity_id], rel=1e-12), answer
         if answer.source not in REAL_SOURCES:
@@ -216,7 +216,7 @@ def check_stale_ages_grow(answers: Sequence[Answer]) -> None:
     answers of one entity differ in age by the time between them."""
     by_entity: defaultdict[str, list[Answer]] = defaultdict(list)
     for answer in sorted(answers, key=lambda a: a.answered_at):
-        if answer.source == "stale" and answer.entity_id is not None:
+        if answer.source == "stale":
             by_entity[answer.entity_id].append(answer)
     pairs = 0
     for stale in by_entity.values():

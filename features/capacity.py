@@ -1,0 +1,203 @@
+"""Capacity planning: memory, shards and connections for an entity count and a peak load.
+
+The rules (MISSION.md, "Sizing and scale"):
+
+- memory = bytes per entity (``MEMORY USAGE`` of its keys) x entities x
+  overhead (1.3: the keyspace's own tables, expiry entries, fragmentation);
+- a node keeps ``headroom`` (30-40 %) of its memory free, so shards for
+  memory = memory / (node memory x (1 - headroom)), rounded up;
+- one node is comfortable at 100 K commands/s, so shards for throughput =
+  peak rps x entities per request x groups read / 100 K, rounded up;
+  the plan takes the larger count; each shard has its replicas;
+- pool per worker = peak rps per worker x read latency (s) x 1.5, rounded
+  up; every worker may open that many connections to every node, so
+  connections per node = pool x workers x service replicas.
+
+The bytes per entity come from a live Redis (``measure_entity_bytes``: it
+samples entities with ``RANDOMKEY`` and sums ``MEMORY USAGE`` of their
+keys), from the caller, or from the registry (``estimate_entity_bytes``,
+a rough figure from the data structures' layout).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from features.keys import feature_key
+from features.registry import FeatureGroup, Structure
+from features.stores.redis_scripts import EVENT_MS_FIELD
+
+__all__ = [
+    "COMMANDS_PER_NODE",
+    "CapacityInputs",
+    "CapacityPlan",
+    "estimate_entity_bytes",
+    "measure_entity_bytes",
+    "plan_capacity",
+]
+
+COMMANDS_PER_NODE = 100_000
+"""Commands a second one Redis node serves comfortably."""
+
+POOL_MARGIN = 1.5
+"""Connections per worker beyond the mean in flight (peak rps x latency)."""
+
+# The estimate's layout constants, in bytes, as Valkey 8.1's MEMORY USAGE counts them for
+# the shipped registry (tests/test_capacity.py holds the estimate to within 15 % of it).
+KEY_OVERHEAD = 40
+"""Per key: its dictionary entry, object header and string headers."""
+LISTPACK_OVERHEAD = 8
+"""Per small hash or sorted set (a listpack): its header and end marker."""
+ENTRY_OVERHEAD = 2
+"""Per listpack entry: its encoding byte and back-length."""
+TYPICAL_ENTRY = {"int": 3, "float": 8, "member": 6, "score": 5, "event_ms": 9}
+"""Assumed encoded widths: a small int, a float written as text, an item id, an epoch
+score in seconds, an epoch-millisecond event time (listpacks store integers in binary)."""
+
+
+class MemoryProbe(Protocol):
+    """What ``measure_entity_bytes`` needs of a Redis client (redis-py's have it)."""
+
+    def randomkey(self) -> Any: ...
+
+    def memory_usage(self, key: str, samples: int | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class CapacityInputs:
+    """What the plan is made from."""
+
+    entity_bytes: float
+    """Redis memory of one entity's keys, all groups together."""
+    entities: int
+    peak_rps: float
+    """Requests a second at the peak, all service replicas together."""
+    read_latency_ms: float
+    """Mean time of one feature read (the round trip), milliseconds."""
+    groups_per_entity: int
+    """Keys read per entity per request (one command each)."""
+    entities_per_request: float = 1.0
+    node_memory_bytes: float = 8 * 2**30
+    """The memory one Redis node may use (its ``maxmemory``)."""
+    headroom: float = 0.35
+    overhead: float = 1.3
+    workers: int = 1
+    """Service workers per service replica."""
+    service_replicas: int = 1
+    redis_replicas: int = 1
+    """Replicas per shard."""
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    """What the inputs call for."""
+
+    inputs: CapacityInputs
+    data_bytes: float
+    memory_bytes: float
+    shards_for_memory: int
+    commands_per_s: float
+    shards_for_throughput: int
+    shards: int
+    memory_per_node_bytes: float
+    node_fill: float
+    """Memory per node as a share of the node's memory."""
+    redis_nodes: int
+    rps_per_worker: float
+    pool_per_worker: int
+    connections_per_node: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The inputs and the plan, for JSON."""
+        return asdict(self)
+
+
+def plan_capacity(inputs: CapacityInputs) -> CapacityPlan:
+    """Memory, shards and connections for ``inputs`` (see the module docstring)."""
+    data = inputs.entity_bytes * inputs.entities
+    memory = data * inputs.overhead
+    usable = inputs.node_memory_bytes * (1 - inputs.headroom)
+    shards_for_memory = max(1, math.ceil(memory / usable))
+    commands = inputs.peak_rps * inputs.entities_per_request * inputs.groups_per_entity
+    shards_for_throughput = max(1, math.ceil(commands / COMMANDS_PER_NODE))
+    shards = max(shards_for_memory, shards_for_throughput)
+    workers = inputs.workers * inputs.service_replicas
+    rps_per_worker = inputs.peak_rps / workers
+    pool = max(1, math.ceil(rps_per_worker * inputs.read_latency_ms / 1000 * POOL_MARGIN))
+    return CapacityPlan(
+        inputs=inputs,
+        data_bytes=data,
+        memory_bytes=memory,
+        shards_for_memory=shards_for_memory,
+        commands_per_s=commands,
+        shards_for_throughput=shards_for_throughput,
+        shards=shards,
+        memory_per_node_bytes=memory / shards,
+        node_fill=memory / shards / inputs.node_memory_bytes,
+        redis_nodes=shards * (1 + inputs.redis_replicas),
+        rps_per_worker=rps_per_worker,
+        pool_per_worker=pool,
+        connections_per_node=pool * workers,
+    )
+
+
+def estimate_entity_bytes(groups: tuple[FeatureGroup, ...], id_length: int) -> int:
+    """A rough ``MEMORY USAGE`` of one entity's keys, from the groups' layout alone."""
+    total = 0
+    for group in groups:
+        key = len(feature_key(group.entity.name, "x" * id_length, group.name))
+        if group.structure is Structure.HASH:
+            fields = [(EVENT_MS_FIELD, "event_ms")] + [
+                (f.name, f.type_name) for f in group.features
+            ]
+            payload = LISTPACK_OVERHEAD + sum(
+                len(name) + TYPICAL_ENTRY[kind] + 2 * ENTRY_OVERHEAD for name, kind in fields
+            )
+            total += KEY_OVERHEAD + key + payload
+        elif group.structure is Structure.SORTED_SET:
+            entry = TYPICAL_ENTRY["member"] + TYPICAL_ENTRY["score"] + 2 * ENTRY_OVERHEAD
+            total += KEY_OVERHEAD + key + LISTPACK_OVERHEAD + (group.top_n or 1) * entry
+        else:
+            blob = 4 * (group.features[0].dim or 1)
+            # The blob, and its sibling key holding the event time (an int, no payload).
+            total += KEY_OVERHEAD + key + blob
+            total += KEY_OVERHEAD + key + len(f":{EVENT_MS_FIELD}")
+    return total
+
+
+def measure_entity_bytes(
+    client: MemoryProbe,
+    groups: tuple[FeatureGroup, ...],
+    samples: int = 200,
+) -> tuple[float, int]:
+    """The mean ``MEMORY USAGE`` of an entity's keys over up to ``samples`` entities drawn with
+    ``RANDOMKEY``, and how many were drawn (0 when Redis holds none of ``groups``' keys).
+
+    A string group's sibling event-time key counts too; keys an entity lacks count nothing.
+    """
+    entity = groups[0].entity.name
+    seen: set[str] = set()
+    for _ in range(samples * 10):
+        if len(seen) >= samples:
+            break
+        key = client.randomkey()
+        if key is None:
+            break
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        prefix, _, rest = text.partition(":{")
+        entity_id, closed, _ = rest.partition("}")
+        if prefix == entity and closed:
+            seen.add(entity_id)
+    if not seen:
+        return 0.0, 0
+    total = 0
+    for entity_id in seen:
+        for group in groups:
+            key = feature_key(entity, entity_id, group.name)
+            keys = (
+                [key, f"{key}:{EVENT_MS_FIELD}"] if group.structure is Structure.STRING else [key]
+            )
+            total += sum(int(client.memory_usage(k, samples=0) or 0) for k in keys)
+    return total / len(seen), len(seen)
