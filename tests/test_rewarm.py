@@ -55,11 +55,12 @@ def assert_holds_what_was_written(client: redis.Redis, users: int) -> None:
     another store's decoder (a decoding slip shared by both stores would hide there)."""
     for i in range(users):
         count, average = client.hmget(f"user:{{u{i}}}:features", "tx_count_1h", "avg_tx_90d")
+        assert isinstance(count, bytes) and isinstance(average, bytes), (count, average)
         assert (int(count), float(average)) == (i, i / 4)
         items = client.zrange(f"user:{{u{i}}}:recent_items", 0, -1)
         assert sorted(items) == [f"a{i}".encode(), f"b{i}".encode()]
         vector = client.get(f"user:{{u{i}}}:embedding")
-        assert vector is not None and struct.unpack("<16f", vector) == (i / 8,) * 16
+        assert isinstance(vector, bytes) and struct.unpack("<16f", vector) == (i / 8,) * 16
 
 
 @pytest.fixture
