@@ -1,10 +1,11 @@
 """Fault drills: steady ``/score`` load on a served FraudScorer while faults come and go.
 
 ``Load`` drives ``/score`` with the one load driver (``service.harness.load.drive``,
-paced, on a thread of its own) and keeps every answer (``Answer``): when it was
-sent and answered, its status, its ``Server-Timing`` stages, and what its body
-says of the ``features`` group: source, why it was degraded, how old stale
-values were, and the score.
+paced, on a thread of its own) and keeps every answer (``Answer``): the entity
+it scored, when it was sent and answered, its status (and ``Retry-After``), its
+``Server-Timing`` stages, and what its body says of the ``features`` group:
+source, why it was degraded, how old stale values were, and the score.  The
+failover drills (``service.harness.failover_drill``) use the same ``Load``.
 
 ``run_drill`` applies a fault under that load and cuts the drill into phases:
 
