@@ -147,6 +147,41 @@ MUTATIONS = (
         ("tests/test_materialize.py",),
     ),
     Mutation(
+        "`featserve materialize` exits 1, not 3, when a store fails",
+        "service/cli/materialize.py",
+        "EXIT_STORE = 3",
+        "EXIT_STORE = 1",
+        ("tests/test_materialize.py",),
+    ),
+    Mutation(
+        "`featserve materialize` checks --entity-column/--timestamp-column but writes by "
+        "the default names",
+        "service/cli/materialize.py",
+        "                entity_column=args.entity_column,\n"
+        "                timestamp_column=args.timestamp_column,\n",
+        '                entity_column="entity_id",\n'
+        '                timestamp_column="event_timestamp",\n',
+        ("tests/test_materialize.py",),
+    ),
+    Mutation(
+        "every profile gets the fraud profile's feature deadline",
+        "features/settings.py",
+        "PROFILES[self.profile].features_ms",
+        'PROFILES["fraud"].features_ms',
+        ("tests/test_deadline_profiles.py",),
+    ),
+    Mutation(
+        "the hour of day is wrong alike in training, single and batch rows",
+        "features/derive.py",
+        "_SECONDS_PER_HOUR = 3600",
+        "_SECONDS_PER_HOUR = 60",
+        (
+            "tests/e2e/test_oracle.py",
+            "tests/e2e/test_http_api.py::"
+            "test_score_batch_matches_single_scores_and_uses_one_round_trip",
+        ),
+    ),
+    Mutation(
         "the breaker never opens",
         "features/serving/breaker.py",
         "if permit.probe or self._failures >= self._failure_threshold:",
