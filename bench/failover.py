@@ -27,7 +27,7 @@ from bench.report import machine_lines, markdown_table
 from features.settings import Settings
 from service.cli.demo import load_demo_data
 from service.harness.failover_drill import FailoverResult, run_failover
-from service.harness.fault_drill import LoadDriver
+from service.harness.fault_drill import Load, score_bodies
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
 from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
@@ -59,10 +59,10 @@ def _key(entity_id: str) -> str:
 
 
 @contextlib.contextmanager
-def _load(url: str, rate: float) -> Iterator[LoadDriver]:
-    driver = LoadDriver(url, _ids(), connections=2, rate=rate).start()
+def _load(url: str, rate: float) -> Iterator[Load]:
+    driver = Load(url, score_bodies(_ids()), rate=rate, connections=2).start()
     try:
-        wait_until(lambda: len(driver.samples_since(0)) >= 200, 60, 0.05)
+        wait_until(lambda: len(driver.answers()) >= 200, 60, 0.05)
         yield driver
     finally:
         driver.stop()

@@ -1,13 +1,16 @@
 """Fault drills with figures: ``make faults`` (``python -m bench.faults [--quick]``).
 
 Serves the FraudScorer (one worker, pinned to CPU 0) over a real Redis
-behind a controllable TCP proxy, drives steady ``/score`` load from another
-process (CPU 1, with Redis and the proxy), and for each fault (added
-latency, blackhole, connection resets, SIGSTOP, kill and restart) measures
-three phases: before, during, after. It writes the figures, per phase
-p50/p99/max of the feature stage, p99 of the whole request, failures, the
-sources served, whether the breaker opened and closed, and the time to
-read from Redis again, to ``docs/reliability.md``.
+behind a controllable TCP proxy, drives steady ``/score`` load from CPU 1
+(with Redis and the proxy), and for each fault (added latency, blackhole,
+connection resets, SIGSTOP, kill and restart) measures the phases of
+``service.harness.fault_drill``: before, during, recovering, after.  It runs
+every fault on two rigs: the cache off and no backing store (stale values
+stand in), and the cache on with a SQLite backing store that is then locked
+too.  It writes the figures, per phase: answers real, degraded and with a
+wrong score, p50/p99/max of the feature stage, p99 of the whole request,
+the oldest stale value served, the sources; whether the breaker opened and
+closed, and the time to read from Redis again, to ``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from bench.stall_watch import STALL_S, Stall, StallWatch, overlapping
 from service.harness.fault_drill import DrillResult, PhaseStats, run_drill
-from service.harness.fault_rig import FAULTS, open_rig
+from service.harness.fault_rig import FAULTS, backing_lock, open_rig
 from service.harness.served import ROOT, train_small_model
 
 DOC = ROOT / "docs" / "reliability.md"
@@ -35,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run every drill and write the report."""
     parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short phases, for a smoke check")
-    parser.add_argument("--rate", type=float, default=100.0, help="requests/s per connection")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests/s over all connections")
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--deadline-ms", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=DOC)
@@ -46,47 +49,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         " that CPU stalled (its 1 kHz wake-ups also disturb the worker a little)",
     )
     args = parser.parse_args(argv)
-    during_s, after_s = (1.5, 0.5) if args.quick else (10.0, 5.0)
+    during_s, after_s = (1.5, 1.2) if args.quick else (10.0, 5.0)
+    results: dict[str, list[DrillResult]] = {}
     with tempfile.TemporaryDirectory(prefix="featserve-faults-") as scratch:
         work = Path(scratch)
         train_small_model(work / "bentoml")
         # The server's CPU (open_rig pins the service to CPU 0).
         watch = StallWatch(work / "stalls.txt", cpu=0) if args.watch_cpu else None
-        with (
-            watch.running() if watch is not None else contextlib.nullcontext(),
-            open_rig(
-                work / "bentoml",
-                work,
-                connections=args.connections,
-                rate=args.rate,
-                deadline_ms=args.deadline_ms,
-            ) as rig,
-        ):
-            results = []
-            for name, build in FAULTS.items():
-                print(f"drill: {name}", flush=True)
-                result = run_drill(rig.url, rig.driver, build(rig), 2.0, during_s, after_s)
-                results.append(result)
-                print(_table([result]), flush=True)
+        with watch.running() if watch is not None else contextlib.nullcontext():
+            for rig_name, backed in RIGS.items():
+                rig_dir = work / ("backed" if backed else "stale")
+                rig_dir.mkdir()
+                with open_rig(
+                    work / "bentoml",
+                    rig_dir,
+                    connections=args.connections,
+                    rate=args.rate,
+                    deadline_ms=args.deadline_ms,
+                    cache_ttl_s=1.0 if backed else 0.0,
+                    backing=backed,
+                ) as rig:
+                    drills = results.setdefault(rig_name, [])
+                    for name, build in FAULTS.items():
+                        print(f"drill: {rig_name}: {name}", flush=True)
+                        result = run_drill(
+                            rig.url,
+                            rig.load,
+                            build(rig),
+                            rig.scores,
+                            backing_fault=backing_lock(rig) if backed else None,
+                            before_s=2.0,
+                            during_s=during_s,
+                            backing_down_s=during_s / 2,
+                            after_s=after_s,
+                        )
+                        drills.append(result)
+                        print(_table([result]), flush=True)
         stalls = watch.stalls() if watch is not None else None
-    args.out.write_text(_report(results, args, during_s, stalls))
+    args.out.write_text(_report(results, args, during_s, after_s, stalls))
     print(f"wrote {args.out}")
     return 0
 
 
+RIGS = {
+    "stale values alone (cache off, no backing store)": False,
+    "cache on (1 s) and a SQLite backing store": True,
+}
+"""The two rigs, by the title of their section: whether each has the cache and a backing store."""
+
+
 def _table(results: Sequence[DrillResult]) -> str:
     lines = [
-        "| fault | phase | requests | failed | features p50 ms | features p99 ms "
-        "| features max ms | total p99 ms | sources |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| fault | phase | requests | failed | real | degraded | wrong scores "
+        "| features p50 ms | features p99 ms | features max ms | total p99 ms "
+        "| oldest stale s | sources |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         for phase in result.phases:
             sources = ", ".join(f"{k} {v}" for k, v in phase.sources.most_common())
+            oldest = "-" if phase.stale_age_max_s is None else f"{phase.stale_age_max_s:.1f}"
             lines.append(
                 f"| {result.fault} | {phase.name} | {phase.requests} | {phase.failed} "
+                f"| {phase.real} | {phase.degraded} | {phase.wrong_scores} "
                 f"| {phase.features_p50_ms:.2f} | {phase.features_p99_ms:.2f} "
-                f"| {phase.features_max_ms:.2f} | {phase.total_p99_ms:.2f} | {sources} |"
+                f"| {phase.features_max_ms:.2f} | {phase.total_p99_ms:.2f} | {oldest} "
+                f"| {sources} |"
             )
     return "\n".join(lines)
 
@@ -117,7 +145,8 @@ def _deadline_verdict(
     if not over:
         return f"Held: every feature stage ended within {limit_ms:g} ms."
     return (
-        f"Not held in {len(over)} of {3 * len(results)} phases, by their slowest request: "
+        f"Not held in {len(over)} of {sum(len(r.phases) for r in results)} phases, by their"
+        " slowest request: "
         + "; ".join(over)
         + ". The rest of those phases stayed within it (see p99). A stage overruns when the "
         "worker's event loop is busy with another request as the deadline fires (the"
@@ -158,46 +187,60 @@ def _machine() -> str:
 
 
 def _report(
-    results: Sequence[DrillResult],
+    results: dict[str, list[DrillResult]],
     args: argparse.Namespace,
     during_s: float,
+    after_s: float,
     stalls: list[Stall] | None,
 ) -> str:
+    every = [result for drills in results.values() for result in drills]
+    sections = "\n\n".join(
+        f"## {title}\n\n### Requests by phase\n\n{_table(drills)}\n\n"
+        f"### Breaker and recovery\n\n{_recovery_table(drills)}"
+        for title, drills in results.items()
+    )
     return f"""# Reliability: fault drills
 
 Generated by `make faults` (`.venv/bin/python -m bench.faults`); rerun it to
 refresh every figure here. `make test` runs the same drills, shorter, as
-`tests/e2e/test_faults.py`, and asserts on them.
+`tests/e2e/test_faults.py`, and asserts on every answer.
 
 **Setup.** One `bentoml serve` worker pinned to CPU 0 (`taskset`); Redis, a
-Python TCP proxy in front of it, and the load generator on CPU 1. Machine:
-{_machine()}. Load: {args.connections} connections at {args.rate:g} requests/s each
-(`POST /score`, random users among 200), cache TTL 0 so every request asks the
-tiers, feature deadline {args.deadline_ms:g} ms, breaker: 3 consecutive failures,
-0.5 s open. Each drill: 2 s before, {during_s:g} s with the fault, then until a
-request is answered from Redis again, plus a little more.
+Python TCP proxy in front of it (in a process of its own; it and Redis under
+real-time scheduling when allowed), and the load generator on CPU 1. Machine:
+{_machine()}. Load: {args.rate:g} requests/s over {args.connections} connections
+(`POST /score`, random users among 200, each user's values written by the rig
+and read once before any fault), feature deadline {args.deadline_ms:g} ms, Redis
+socket timeout 2 s (so only the deadline ends a wait), breaker: 3 consecutive
+failures, 0.5 s open. Two rigs: the cache off and no backing store, so every
+request asks Redis and stale values are all that stands in; and the cache on
+(1 s TTL) with a SQLite backing store, which is locked by another process for
+the second half of each fault (`backing down too`). Each drill: 2 s before,
+{during_s:g} s with the fault (the backed rig: then {during_s / 2:g} s with
+the backing store locked too), then until a request is answered from Redis
+again (`recovering`), then {after_s:g} s more (`after`).
 
-## Requests by phase
+Columns: `real` answers came from Redis or the cache; `degraded` answers
+said a fault shaped them; `wrong scores` differ from the score their user
+got from Redis before any fault (a fallback serving other values than the
+user's own); `oldest stale s` is the largest `stale_age_s` served.
 
-{_table(results)}
-
-## Breaker and recovery
-
-{_recovery_table(results)}
+{sections}
 
 ## The deadline target
 
 Target: no request's feature stage more than 2 ms past the
-{args.deadline_ms:g} ms deadline. {_deadline_verdict(results, args.deadline_ms + 2, stalls)}
+{args.deadline_ms:g} ms deadline. {_deadline_verdict(every, args.deadline_ms + 2, stalls)}
 {_stall_summary(stalls)}
 
 Reading the tables: during a fault the breaker skips Redis after three
-failures, so most requests are answered at once from the last values this
-worker saw (`stale`, within the group's freshness window) or the training
-defaults; the requests that do wait on Redis end at the deadline. Both
-times are what the service measured and reported in `Server-Timing`:
-`features` is feature resolution, `total` the whole request inside the
-service.
+failures, so most requests are answered at once from the backing store
+(`backing`, when there is one) or the last values this worker read (`stale`,
+within the group's freshness window); the requests that do wait on Redis end
+at the deadline, with no time left to ask the backing store, and answer
+stale. Both times are what the service measured and reported in
+`Server-Timing`: `features` is feature resolution, `total` the whole request
+inside the service.
 """
 
 

@@ -248,6 +248,16 @@ def test_sorted_sets_merge_members_and_keep_the_newest(backing: BackingStore) ->
     assert scanned.values == {"n0": NOW + 20.0, **{f"n{i}": float(NOW + i) for i in range(1, 10)}}
 
 
+def test_an_older_member_that_lands_keeps_the_newest_event_time(backing: BackingStore) -> None:
+    backing.write([parse_update(RECENT, "u1", NOW, {"recent_items": ["new"]})])
+    # Older, but there is room among the 10 newest: it lands, and the group stays as new.
+    [outcome] = backing.write([parse_update(RECENT, "u1", NOW - 60, {"recent_items": ["old"]})])
+    assert outcome == WriteOutcome(frozenset({"old"}))
+    [scanned] = list(backing.scan(RECENT))
+    assert scanned.event_ms == NOW * 1000
+    assert scanned.values == {"new": float(NOW), "old": float(NOW - 60)}
+
+
 def test_scan_yields_every_held_group_with_its_event_time(backing: BackingStore) -> None:
     ids = [f"u{i}" for i in range(30)]
     backing.write(
@@ -513,6 +523,41 @@ def test_the_async_store_refuses_rather_than_queue(kind: str, async_where: str) 
     first, second = asyncio.run(run())
     assert first == [None, None, None]
     assert isinstance(second, StoreUnavailable)
+
+
+def test_the_async_store_takes_calls_again_once_its_queue_drains(
+    kind: str, async_where: str
+) -> None:
+    async def run() -> list[list[Any]]:
+        store = async_store(kind, async_where, max_pending=2)
+        try:
+            rounds = []
+            for _ in range(2):
+                reads = (store.read(every_group("u1")) for _ in range(3))
+                rounds.append(list(await asyncio.gather(*reads, return_exceptions=True)))
+            return rounds
+        finally:
+            await store.close()
+
+    # Two at once are taken (on SQLite, one after the other on its connection's own thread),
+    # the third refused; once they are done, the same again.
+    for answers in asyncio.run(run()):
+        assert answers[:2] == [[None, None, None]] * 2
+        assert isinstance(answers[2], StoreUnavailable)
+
+
+def test_a_stored_value_the_registry_no_longer_declares_is_left_out(tmp_path: Path) -> None:
+    path = tmp_path / "backing.sqlite3"
+    SqliteStore(path).close()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO feature_groups (key, grp, event_ms, vals) VALUES (?, ?, ?, ?)",
+            ("user:{u1}:features", "user:features", NOW * 1000,
+             '{"retired_feature": 1, "tx_count_1h": 3, "is_premium": 1}'),
+        )  # fmt: skip
+    with closing(SqliteStore(path, clock=ManualClock())) as store:
+        [values] = store.read([ReadRequest("u1", FEATURES, FEATURES.feature_names)])
+    assert values == {"tx_count_1h": 3, "is_premium": 1}
 
 
 def test_a_locked_sqlite_write_waits_off_the_event_loop(tmp_path: Path) -> None:

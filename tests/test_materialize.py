@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections import Counter
 from contextlib import closing
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,6 @@ def test_demo_tables_land_with_values_and_ttls(
     paths = write_demo_tables(tmp_path, 50, NOW, fmt=fmt)  # type: ignore[arg-type]
     for name, path in paths.items():
         assert run(path, redis_url, "--group", f"user:{name}") == 0
-    source = pq.read_table(paths["features"]) if fmt == "parquet" else None
     for group_name in ("features", "recent_items", "embedding"):
         group = FRAUD_REGISTRY.group("user", group_name)
         for i in (0, 49):
@@ -89,11 +89,16 @@ def test_demo_tables_land_with_values_and_ttls(
             assert left_ms - 60_000 < redis_client.pttl(key) <= left_ms + 1
     assert redis_client.zcard("user:{u000007}:recent_items") == 10
     assert len(redis_client.get("user:{u000007}:embedding") or b"") == 64
-    if source is not None:
-        row = source.slice(7, 1).to_pylist()[0]
-        stored = redis_client.hgetall("user:{u000007}:features")
-        for name in FEATURES.feature_names:
-            assert stored[name.encode()] == FEATURES.by_name[name].dtype.encode(row[name])
+    # The values of the table, read with pyarrow or csv, not through featserve's decoders.
+    if fmt == "parquet":
+        row = pq.read_table(paths["features"]).slice(7, 1).to_pylist()[0]
+    else:
+        with paths["features"].open(newline="") as handle:
+            row = list(csv.DictReader(handle))[7]
+    assert row["entity_id"] == "u000007"
+    stored = redis_client.hgetall("user:{u000007}:features")
+    for name in FEATURES.feature_names:
+        assert float(stored[name.encode()]) == float(row[name]), name
 
 
 def test_the_newest_value_per_field_wins_whatever_the_order_and_chunking(
@@ -518,3 +523,34 @@ def test_every_row_is_accounted_for_whatever_goes_wrong_with_it(
                 *[{"tx_count_1h": 9}] * 10,
                 *[None] * 10,
             ]
+
+
+def test_csv_times_in_iso_8601_and_columns_of_other_names(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = datetime.fromtimestamp(NOW - 600, UTC).replace(microsecond=0)
+    later = base + timedelta(seconds=90)
+    rows = [
+        # An offset, a Z and a naive time (read as UTC) all name instants.
+        {"user": "iso1", "at": base.astimezone(timezone(timedelta(hours=2))).isoformat(),
+         "tx_count_1h": 1},
+        {"user": "iso2", "at": later.isoformat().replace("+00:00", "Z"), "tx_count_1h": 2},
+        {"user": "iso3", "at": later.replace(tzinfo=None).isoformat(), "tx_count_1h": 3},
+        {"user": "iso4", "at": "yesterday", "tx_count_1h": 4},
+    ]  # fmt: skip
+    table = write_csv(tmp_path / "iso.csv", rows)
+    assert run(table, redis_url) == 2  # without the flags the columns are missing
+    assert redis_client.dbsize() == 0
+    columns = ("--entity-column", "user", "--timestamp-column", "at")
+    code, summary = run_json(capsys, table, redis_url, *columns)
+    assert (code, summary["written"], summary["rejected_by_field"]) == (
+        1,
+        3,
+        {"event_timestamp": 1},
+    )
+    base_ms, later_ms = int(base.timestamp()) * 1000, int(later.timestamp()) * 1000
+    for entity_id, event_ms, count in (("iso1", base_ms, 1), ("iso2", later_ms, 2),
+                                       ("iso3", later_ms, 3)):  # fmt: skip
+        held = redis_client.hgetall(f"user:{{{entity_id}}}:features")
+        assert held == {b"tx_count_1h": str(count).encode(), b"_event_ms": str(event_ms).encode()}
+    assert redis_client.exists("user:{iso4}:features") == 0

@@ -215,7 +215,7 @@ def test_a_key_of_the_wrong_type_is_a_failed_read_not_nothing(
 def test_keys_an_acl_refuses_are_failed_reads_naming_noperm(
     own_redis: LocalRedis, kind: str
 ) -> None:
-    read, close = make_reader(kind, Settings(redis_url=own_redis.url))
+    read, close = make_reader(kind, Settings(redis_url=own_redis.url, redis_socket_timeout_ms=5000))
     with redis.Redis(port=own_redis.port) as admin:
         admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "~other:*")
         try:
@@ -415,9 +415,15 @@ def test_a_stopped_server_is_store_unavailable(own_redis: LocalRedis, kind: str)
     close()
 
 
+FREEZE_TIMEOUT_MS = 1000.0
+"""The socket timeout of the tests about a frozen server: a read of the paused server times out
+after it, and one of the running server must succeed within it, on a loaded machine too."""
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_frozen_server_is_a_store_timeout(own_redis: LocalRedis, kind: str) -> None:
-    read, close = make_reader(kind, Settings(redis_url=own_redis.url))
+    settings = Settings(redis_url=own_redis.url, redis_socket_timeout_ms=FREEZE_TIMEOUT_MS)
+    read, close = make_reader(kind, settings)
     assert read(read_all("u1")) == [None, None, None]
     own_redis.pause()
     try:
@@ -432,7 +438,7 @@ def test_a_frozen_server_is_a_store_timeout(own_redis: LocalRedis, kind: str) ->
 def test_a_reply_that_comes_after_a_timeout_is_never_read_as_the_next_answer(
     own_redis: LocalRedis, kind: str
 ) -> None:
-    settings = Settings(redis_url=own_redis.url)
+    settings = Settings(redis_url=own_redis.url, redis_socket_timeout_ms=FREEZE_TIMEOUT_MS)
     writer = RedisStore(sync_client(settings))
     writer.write([parse_update(USER_FEATURES, "u2", NOW, {"tx_count_1h": 2})])
     writer.close()

@@ -1,6 +1,6 @@
 """Failover drills: kill a primary while requests flow; see who fell back, and for how long.
 
-``run_failover`` kills a primary under a running ``LoadDriver``'s ``/score``
+``run_failover`` kills a primary under a running ``Load``'s ``/score``
 load, polls the topology until it reports the promotion, and watches the
 answers until the entities the lost primary held have been read from Redis
 again for ``settle_s`` (with ``strict``, ``settle_s`` without a single
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from features.sources import Source
-from service.harness.fault_drill import LoadDriver, Sample
+from service.harness.fault_drill import Answer, Load
 
 __all__ = ["FailoverResult", "run_failover"]
 
@@ -42,19 +42,19 @@ class FailoverResult:
     never), if Redis answered them after that; None otherwise."""
     observed_s: float
     """How long after the kill the drill watched."""
-    before: Sequence[Sample]
+    before: Sequence[Answer]
     """Requests sent before the kill."""
-    after: Sequence[Sample]
+    after: Sequence[Answer]
     """Requests sent from the kill on."""
     affected: frozenset[str] | None
     """The lost primary's entities; None: every entity (a single-shard setup)."""
 
-    def is_affected(self, sample: Sample) -> bool:
+    def is_affected(self, sample: Answer) -> bool:
         """Whether ``sample`` scored an entity of the lost primary."""
         return self.affected is None or sample.entity_id in self.affected
 
     @property
-    def refused(self) -> list[Sample]:
+    def refused(self) -> list[Answer]:
         """Answers that are neither a 200 nor a 503 with ``Retry-After`` (or no answer)."""
         return [
             s
@@ -89,7 +89,7 @@ class FailoverResult:
 
 
 def run_failover(
-    driver: LoadDriver,
+    driver: Load,
     kill: Callable[[], None],
     promoted: Callable[[], bool],
     affected: Collection[str] | None = None,
@@ -117,7 +117,7 @@ def run_failover(
         now = time.monotonic()
         if promoted_at is None and _safely(promoted):
             promoted_at = now
-        since_kill = driver.samples_since(killed_at)
+        since_kill = driver.answers(since=killed_at)
         back = (
             _back_on_redis(since_kill, wanted, killed_at)
             if strict
@@ -129,7 +129,7 @@ def run_failover(
             break
         time.sleep(0.05)
     observed = time.monotonic()
-    samples = driver.samples_since(started)
+    samples = driver.answers(since=started)
     after = [s for s in samples if s.sent_at >= killed_at]
     return FailoverResult(
         killed_at=killed_at,
@@ -144,7 +144,7 @@ def run_failover(
 
 
 def _back_on_redis(
-    samples: Sequence[Sample], affected: frozenset[str] | None, killed_at: float
+    samples: Sequence[Answer], affected: frozenset[str] | None, killed_at: float
 ) -> float | None:
     """Seconds from the kill to the last affected answer not from Redis (0: there was none);
     None while no affected answer since then came from Redis."""
@@ -158,7 +158,7 @@ def _back_on_redis(
 
 
 def _first_redis(
-    samples: Sequence[Sample], affected: frozenset[str] | None, killed_at: float
+    samples: Sequence[Answer], affected: frozenset[str] | None, killed_at: float
 ) -> float | None:
     """Seconds from the kill to the first affected answer from Redis; None: none yet."""
     firsts = (

@@ -1,52 +1,100 @@
-"""Fault drills: steady HTTP load on a served FraudScorer while a Redis fault comes and goes.
+"""Fault drills: steady ``/score`` load on a served FraudScorer while faults come and go.
 
-A drill runs three phases, ``before`` (healthy), ``during`` (the fault is
-on) and ``after`` (the fault is cleared, until requests read from Redis
-again and a little longer), while ``LoadDriver`` threads post ``/score``
-and record each answer's status, its ``Server-Timing`` stages and its
-feature source.  ``/ops/status`` is polled to see the Redis breaker open
-and close.  The e2e tests assert on the result; ``bench/faults.py`` runs
-longer drills and writes their figures to ``docs/reliability.md``.
+``Load`` drives ``/score`` with the one load driver (``service.harness.load.drive``,
+paced, on a thread of its own) and keeps every answer (``Answer``): the entity
+it scored, when it was sent and answered, its status (and ``Retry-After``), its
+``Server-Timing`` stages, and what its body says of the ``features`` group:
+source, why it was degraded, how old stale values were, and the score.  The
+failover drills (``service.harness.failover_drill``) use the same ``Load``.
+
+``run_drill`` applies a fault under that load and cuts the drill into phases:
+
+- ``before``: healthy;
+- ``during``: the fault is on;
+- ``backing down too`` (with a ``backing_fault``): the backing store fails as well;
+- ``recovering``: from clearing the faults until, with the Redis breaker closed,
+  an answer sent since came from Redis;
+- ``after``: the ``after_s`` that follow.
+
+An answer belongs to a phase when it was sent after the phase began and
+answered before it ended; one that straddles two phases belongs to none, but
+stays in ``DrillResult.answers`` with every other.  ``/ops/status`` is polled
+to see the Redis breaker open and close.  The e2e tests assert on every
+answer; ``bench/faults.py`` runs longer drills and reports the phases.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
-import random
+import asyncio
+import json
+import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
-from service.harness.stats import percentile
+from features.sources import REAL_SOURCES, Source
+from features.timing import Stage
+from service.harness.load import (
+    MAX_DURATION_S,
+    Endpoint,
+    LoadPlan,
+    Response,
+    Sample,
+    drive,
+)
+from service.harness.stats import percentiles
 
-__all__ = ["DrillResult", "Fault", "LoadDriver", "PhaseStats", "Sample", "run_drill"]
+__all__ = [
+    "GROUP",
+    "Answer",
+    "DrillResult",
+    "Fault",
+    "Load",
+    "PhaseStats",
+    "run_drill",
+    "score_bodies",
+]
+
+GROUP = "features"
+"""The feature group ``/score`` reads, whose answers the drills follow."""
+
+STATUS_POLL_S = 0.05
+"""How often ``/ops/status`` is asked for the Redis breaker's state."""
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One answered (or failed) request."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One ``/score`` request and what its answer said of the ``features`` group."""
 
     sent_at: float
+    """``time.monotonic()`` when the request was due (paced load: it was sent then, or later)."""
+    answered_at: float
     status: int
-    """HTTP status; 0 when the request itself failed (connection refused, timeout)."""
-    features_ms: float | None
-    total_ms: float | None
-    source: str | None
-    error: str = ""
-    """For failures: the start of the body, or the client's exception."""
-    entity_id: str = ""
+    """HTTP status; 0 when no answer came (connection refused, timeout)."""
+    entity_id: str
     """The entity the request scored."""
     retry_after: bool = False
-    """Whether the answer carried a ``Retry-After`` header (a 503 that says when to retry)."""
+    """Whether the answer carried ``Retry-After`` (a 503 that says when to retry)."""
+    source: str | None = None
     degraded: str | None = None
-    """Why a fault shaped the ``features`` group's answer (``deadline``, ``store_error``...);
-    ``None`` when none did."""
+    """Why a fault shaped the answer (``deadline``, ``store_error``, ...), or ``None``."""
+    stale_age_s: float | None = None
+    score: float | None = None
+    features_ms: float | None = None
+    total_ms: float | None = None
+
+    def within(self, start: float, end: float) -> bool:
+        """Whether the request was sent at or after ``start`` and answered by ``end``."""
+        return start <= self.sent_at and self.answered_at <= end
+
+
+def score_bodies(entity_ids: Iterable[str], amount: float = 42.0) -> list[bytes]:
+    """A ``/score`` body for each of ``entity_ids``, for ``Load``."""
+    return [json.dumps({"entity_id": e, "amount": amount}).encode() for e in entity_ids]
 
 
 @dataclass(frozen=True)
@@ -58,136 +106,76 @@ class Fault:
     clear: Callable[[], None]
 
 
-class LoadDriver:
-    """Steady ``/score`` load from a separate process, so the load does not share our GIL.
+class Load:
+    """Paced ``/score`` load on a thread of its own, every answer kept.
 
-    ``connections`` threads in that process each post up to ``rate`` requests
-    a second (back to back when ``rate`` is None); every answer comes back as
-    a ``Sample`` through a queue.
+    ``bodies`` are the request bodies, one picked at random per request;
+    ``rate`` is requests per second over ``connections`` connections.
     """
 
     def __init__(
-        self,
-        url: str,
-        entity_ids: Sequence[str],
-        connections: int = 2,
-        rate: float | None = None,
+        self, url: str, bodies: Sequence[bytes], rate: float, connections: int = 2
     ) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._queue: multiprocessing.Queue[Sample] = context.Queue()
-        self._stop = context.Event()
-        self._process = context.Process(
-            target=_drive,
-            args=(url, list(entity_ids), connections, rate, self._queue, self._stop),
-        )
-        self._samples: list[Sample] = []
+        self._endpoint = Endpoint.parse(f"{url}/score")
+        self._bodies = list(bodies)
+        self._entity_ids = [json.loads(body)["entity_id"] for body in self._bodies]
+        self._plan = LoadPlan(duration_s=MAX_DURATION_S, concurrency=connections, rate=rate)
+        self._stop = threading.Event()
         self._lock = threading.Lock()
-        # The queue's pipe holds only a few hundred samples: drain it all the time,
-        # or the load process blocks on it.
-        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._answers: list[Answer] = []
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="drill-load", daemon=True)
 
-    def start(self) -> LoadDriver:
-        """Start the load process."""
-        self._process.start()
-        self._drainer.start()
+    def start(self) -> Load:
+        """Start sending."""
+        self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop the load and wait for the process."""
+        """Stop sending and wait for the answers in flight; re-raise what stopped the driver."""
         self._stop.set()
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-        self._drainer.join(timeout=5)
+        self._thread.join(timeout=self._plan.timeout_s + 10.0)
+        if self._failure is not None:
+            raise RuntimeError("the load driver failed") from self._failure
 
-    def samples_since(self, moment: float) -> list[Sample]:
-        """Samples sent at or after ``moment`` (``time.monotonic()``, shared across processes)."""
+    def answers(self, since: float = -math.inf, until: float = math.inf) -> list[Answer]:
+        """Answers to requests sent at or after ``since`` and answered by ``until``."""
         with self._lock:
-            return [s for s in self._samples if s.sent_at >= moment]
+            return [a for a in self._answers if a.within(since, until)]
 
-    def _drain(self) -> None:
-        while self._process.is_alive() or not self._queue.empty():
-            try:
-                sample = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            with self._lock:
-                self._samples.append(sample)
+    def _run(self) -> None:
+        try:
+            asyncio.run(
+                drive(self._endpoint, self._bodies, self._plan, stop=self._stop, observe=self._keep)
+            )
+        except BaseException as exc:  # handed to stop(), in the caller's thread
+            self._failure = exc
 
-
-def _drive(
-    url: str,
-    entity_ids: list[str],
-    connections: int,
-    rate: float | None,
-    samples: multiprocessing.Queue[Sample],
-    stop: Any,
-) -> None:
-    threads = [
-        threading.Thread(
-            target=_post_until_stopped, args=(url, entity_ids, seed, rate, samples, stop)
-        )
-        for seed in range(connections)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    def _keep(self, sample: Sample, response: Response | None) -> None:
+        answered_at = time.monotonic()
+        entity_id = self._entity_ids[sample.body_index]
+        answer = _answer(answered_at - sample.latency_s, answered_at, entity_id, sample, response)
+        with self._lock:
+            self._answers.append(answer)
 
 
-def _post_until_stopped(
-    url: str,
-    entity_ids: list[str],
-    seed: int,
-    rate: float | None,
-    samples: multiprocessing.Queue[Sample],
-    stop: Any,
-) -> None:
-    rng = random.Random(seed)
-    interval = 1.0 / rate if rate else 0.0
-    next_send = time.monotonic()
-    with httpx.Client(base_url=url, timeout=10.0) as client:
-        while not stop.is_set():
-            next_send += interval
-            # Pacing the load, not waiting for anything: the request rate is the point.
-            stop.wait(max(0.0, next_send - time.monotonic()))
-            entity_id = rng.choice(entity_ids)
-            sent_at = time.monotonic()
-            try:
-                response = client.post("/score", json={"entity_id": entity_id, "amount": 42.0})
-            except httpx.HTTPError as exc:
-                samples.put(Sample(sent_at, 0, None, None, None, repr(exc), entity_id))
-            else:
-                samples.put(_sample(sent_at, response, entity_id))
-
-
-def _sample(sent_at: float, response: httpx.Response, entity_id: str) -> Sample:
-    if response.status_code != 200:
-        return Sample(
-            sent_at,
-            response.status_code,
-            None,
-            None,
-            None,
-            response.text[:200],
-            entity_id,
-            "retry-after" in response.headers,
-        )
-    stages = dict(
-        (name, float(duration))
-        for name, _, duration in (
-            part.strip().partition(";dur=") for part in response.headers["Server-Timing"].split(",")
-        )
-    )
-    body = response.json()
-    return Sample(
+def _answer(
+    sent_at: float, answered_at: float, entity_id: str, sample: Sample, response: Response | None
+) -> Answer:
+    if response is None or sample.status != 200:
+        return Answer(sent_at, answered_at, sample.status, entity_id, sample.retry_after)
+    body = json.loads(response.body)
+    return Answer(
         sent_at,
-        200,
-        stages.get("features"),
-        stages.get("total"),
-        body["sources"]["features"],
-        entity_id=entity_id,
-        degraded=body.get("degraded", {}).get("features"),
+        answered_at,
+        sample.status,
+        entity_id,
+        source=body["sources"][GROUP],
+        degraded=body.get("degraded", {}).get(GROUP),
+        stale_age_s=body.get("stale_age_s", {}).get(GROUP),
+        score=body["score"],
+        features_ms=sample.stages_ms.get(Stage.FEATURES),
+        total_ms=sample.stages_ms.get(Stage.TOTAL),
     )
 
 
@@ -200,95 +188,163 @@ class PhaseStats:
     failed: int
     """Answers other than 200, and requests that got no answer."""
     features_p50_ms: float
+    features_p90_ms: float
     features_p99_ms: float
     features_max_ms: float
     total_p99_ms: float
     sources: Counter[str]
+    degraded: int
+    """Answers that said a fault shaped them."""
+    wrong_scores: int
+    """Answers whose score differs from their entity's score when it was read from Redis."""
+    stale_age_max_s: float | None
     failures: tuple[str, ...] = ()
-    """A few failed requests, as status and error, for the report."""
+    """A few failed requests, as status, for the report."""
     slowest_sent_at: float | None = None
     """When the request with the slowest feature stage was sent (``time.monotonic``)."""
 
+    @property
+    def real(self) -> int:
+        """Answers from Redis or the cache."""
+        return sum(self.sources[source] for source in REAL_SOURCES)
+
     @classmethod
-    def of(cls, name: str, samples: Sequence[Sample]) -> PhaseStats:
-        """Summarize ``samples``."""
-        timed = [s for s in samples if s.features_ms is not None]
-        slowest = max(timed, key=lambda s: s.features_ms or 0.0, default=None)
-        features = sorted(s.features_ms for s in timed if s.features_ms is not None)
-        totals = sorted(s.total_ms for s in samples if s.total_ms is not None)
+    def of(cls, name: str, answers: Sequence[Answer], scores: Mapping[str, float]) -> PhaseStats:
+        """Summarize ``answers``; ``scores`` holds each entity's score as read from Redis."""
+        timed = [a for a in answers if a.features_ms is not None]
+        slowest = max(timed, key=lambda a: a.features_ms or 0.0, default=None)
+        p50, p90, p99, top = percentiles(
+            (a.features_ms for a in timed if a.features_ms is not None), (50, 90, 99, 100)
+        )
+        [total_p99] = percentiles((a.total_ms for a in answers if a.total_ms is not None), (99,))
+        ages = [a.stale_age_s for a in answers if a.stale_age_s is not None]
         return cls(
             name=name,
-            requests=len(samples),
-            failed=sum(1 for s in samples if s.status != 200),
-            features_p50_ms=percentile(features, 50.0),
-            features_p99_ms=percentile(features, 99.0),
-            features_max_ms=features[-1] if features else 0.0,
-            total_p99_ms=percentile(totals, 99.0),
-            sources=Counter(s.source for s in samples if s.source),
-            failures=tuple(f"{s.status}: {s.error}" for s in samples if s.status != 200)[:3],
+            requests=len(answers),
+            failed=sum(1 for a in answers if a.status != 200),
+            features_p50_ms=p50,
+            features_p90_ms=p90,
+            features_p99_ms=p99,
+            features_max_ms=top,
+            total_p99_ms=total_p99,
+            sources=Counter(a.source for a in answers if a.source),
+            degraded=sum(1 for a in answers if a.degraded),
+            wrong_scores=sum(
+                1
+                for a in answers
+                if a.score is not None and a.score != scores.get(a.entity_id, a.score)
+            ),
+            stale_age_max_s=max(ages, default=None),
+            failures=tuple(f"status {a.status}" for a in answers if a.status != 200)[:3],
             slowest_sent_at=None if slowest is None else slowest.sent_at,
         )
 
 
 @dataclass
 class DrillResult:
-    """A fault's three phases, what the breaker did, and how long recovery took."""
+    """A fault's phases, every answer of the drill, what the breaker did, how long recovery took."""
 
     fault: str
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Each phase's start and end (``time.monotonic``), in order."""
+    answers: list[Answer] = field(default_factory=list)
+    """Every answer to a request sent during the drill, whatever its phase."""
     phases: list[PhaseStats] = field(default_factory=list)
     breaker_opened: bool = False
     breaker_closed_after: bool = False
     recovery_s: float | None = None
-    """From clearing the fault until, with the breaker closed, a request is answered from Redis."""
+    """From clearing the faults until, with the breaker closed, a request is answered from Redis."""
+
+    def phase(self, name: str) -> list[Answer]:
+        """The answers of phase ``name``."""
+        start, end = self.windows[name]
+        return [answer for answer in self.answers if answer.within(start, end)]
+
+    def stats(self, name: str) -> PhaseStats:
+        """The summary of phase ``name``."""
+        return next(phase for phase in self.phases if phase.name == name)
 
 
 def run_drill(
     url: str,
-    driver: LoadDriver,
+    load: Load,
     fault: Fault,
-    before_s: float = 0.5,
+    scores: Mapping[str, float],
+    *,
+    backing_fault: Fault | None = None,
+    before_s: float = 1.2,
     during_s: float = 1.5,
-    after_s: float = 0.5,
+    backing_down_s: float = 1.5,
+    after_s: float = 1.2,
     recovery_timeout_s: float = 15.0,
 ) -> DrillResult:
-    """Apply ``fault`` under the running ``driver``'s load, clear it, and measure."""
+    """Apply ``fault`` (then ``backing_fault`` too) under ``load``, clear them, and measure.
+
+    ``scores`` holds each entity's score as read from Redis before any fault.  A phase
+    with a fault starts once the fault is applied and ends when its clearing starts.
+    """
     result = DrillResult(fault.name)
+    windows: dict[str, tuple[float, float]] = {}
     with httpx.Client(base_url=url, timeout=5.0) as status_client:
 
         def breaker_state() -> str:
-            state: str = status_client.get("/ops/status").json()["breakers"]["redis"]["state"]
+            state: str = status_client.get("/ops/status").json()["breakers"][Source.REDIS]["state"]
             return state
+
+        def hold(seconds: float) -> None:
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                result.breaker_opened |= breaker_state() == "open"
+                time.sleep(STATUS_POLL_S)
 
         started = time.monotonic()
         time.sleep(before_s)
-        fault_on = time.monotonic()
+        windows["before"] = (started, time.monotonic())
         fault.apply()
         try:
-            while time.monotonic() - fault_on < during_s:
-                result.breaker_opened |= breaker_state() == "open"
-                time.sleep(0.05)
+            fault_on = time.monotonic()
+            hold(during_s)
+            windows["during"] = (fault_on, time.monotonic())
+            if backing_fault is not None:
+                backing_fault.apply()
+                try:
+                    both_on = time.monotonic()
+                    hold(backing_down_s)
+                    windows["backing down too"] = (both_on, time.monotonic())
+                finally:
+                    backing_fault.clear()
         finally:
             fault_off = time.monotonic()
             fault.clear()
-        # Recovered: the breaker is closed and a request sent since then was answered
-        # from Redis (one lucky answer while pooled connections are still dead is not).
-        closed_at: float | None = None
-        while time.monotonic() - fault_off < recovery_timeout_s:
-            if closed_at is None and breaker_state() == "closed":
-                closed_at = time.monotonic()
-            if closed_at is not None:
-                recovered = [s for s in driver.samples_since(closed_at) if s.source == "redis"]
-                if recovered:
-                    result.recovery_s = recovered[0].sent_at - fault_off
-                    break
-            time.sleep(0.05)
-        time.sleep(after_s)
+        recovered_at = _recovery(load, breaker_state, fault_off, recovery_timeout_s)
+        windows["recovering"] = (fault_off, recovered_at or time.monotonic())
+        if recovered_at is not None:
+            result.recovery_s = recovered_at - fault_off
+            time.sleep(after_s)
+            windows["after"] = (recovered_at, time.monotonic())
         result.breaker_closed_after = breaker_state() == "closed"
         finished = time.monotonic()
-    samples = driver.samples_since(started)
-    result.phases = [
-        PhaseStats.of("before", [s for s in samples if s.sent_at < fault_on]),
-        PhaseStats.of("during", [s for s in samples if fault_on <= s.sent_at < fault_off]),
-        PhaseStats.of("after", [s for s in samples if fault_off <= s.sent_at < finished]),
-    ]
+    result.windows = windows
+    result.answers = load.answers(started, finished)
+    result.phases = [PhaseStats.of(name, result.phase(name), scores) for name in windows]
     return result
+
+
+def _recovery(
+    load: Load, breaker_state: Callable[[], str], fault_off: float, timeout_s: float
+) -> float | None:
+    """When the first request sent with the breaker closed was answered from Redis (sent
+    time), waiting at most ``timeout_s`` after ``fault_off``; ``None`` if none was.
+
+    One lucky answer while the breaker is still open (a probe) is not recovery.
+    """
+    closed_at: float | None = None
+    while time.monotonic() - fault_off < timeout_s:
+        if closed_at is None and breaker_state() == "closed":
+            closed_at = time.monotonic()
+        if closed_at is not None:
+            recovered = [a for a in load.answers(closed_at) if a.source == Source.REDIS]
+            if recovered:
+                return min(a.sent_at for a in recovered)
+        time.sleep(STATUS_POLL_S)
+    return None

@@ -14,9 +14,12 @@ falls behind shows as latency instead of silently lowering the rate
 (no coordinated omission, up to ``concurrency`` requests in flight).
 
 The run is bounded three ways: no request starts after ``duration_s``, each
-has ``timeout_s``, and at most ``max_requests`` are sent.  Every response's
-``Server-Timing`` header is parsed into stage durations, and its body into
-the sources of its features (``answers.answer_mix``).  ``exchange`` is
+has ``timeout_s``, and at most ``max_requests`` are sent; a ``stop`` event
+ends it sooner.  Every response's ``Server-Timing`` header is parsed into
+stage durations, and its body into the sources of its features
+(``answers.answer_mix``).  A caller that needs more of each answer (the fault
+drills check the values and ages in every body) passes ``observe``, which
+sees each recorded sample with its response as it comes in.  ``exchange`` is
 the one HTTP client routine; the benchmarks build their windows, worker RSS
 and real answers per second on these samples (``bench.load_run``).
 
@@ -31,8 +34,9 @@ import asyncio
 import itertools
 import random
 import ssl
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -41,6 +45,7 @@ from service.harness.answers import AnswerMix, answer_mix
 __all__ = [
     "Endpoint",
     "LoadPlan",
+    "Observer",
     "Response",
     "Sample",
     "drive",
@@ -202,6 +207,13 @@ class Sample:
     """Whether the response carried ``Retry-After`` (shed load, when the status is 503 or 429)."""
     mix: AnswerMix | None = None
     """Where the answers' features came from, when the body held featserve answers."""
+    body_index: int = 0
+    """Which of the request bodies was sent (an index into ``drive``'s ``bodies``)."""
+
+
+Observer = Callable[[Sample, Response | None], None]
+"""Called with each recorded sample and its response (``None`` when none came), on the
+driver's event loop as the answer comes in: keep it short."""
 
 
 @dataclass
@@ -211,12 +223,13 @@ class _Schedule:
     plan: LoadPlan
     start: float
     deadline: float
+    stop: threading.Event | None = None
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def next_due(self) -> float | None:
         """When the next request is due (perf_counter time), or ``None`` when the run is over."""
         now = time.perf_counter()
-        if now >= self.deadline:
+        if now >= self.deadline or (self.stop is not None and self.stop.is_set()):
             return None
         index = next(self.counter)
         if index >= self.plan.max_requests:
@@ -228,9 +241,19 @@ class _Schedule:
 
 
 async def drive(
-    endpoint: Endpoint, bodies: Sequence[bytes], plan: LoadPlan, seed: int = 0
+    endpoint: Endpoint,
+    bodies: Sequence[bytes],
+    plan: LoadPlan,
+    seed: int = 0,
+    *,
+    stop: threading.Event | None = None,
+    observe: Observer | None = None,
 ) -> list[Sample]:
-    """Drive ``endpoint`` with ``plan``; each request's body is picked at random from ``bodies``."""
+    """Drive ``endpoint`` with ``plan``; each request's body is picked at random from ``bodies``.
+
+    No request starts once ``stop`` is set (from any thread); ``observe`` sees each
+    recorded sample with its response.
+    """
     if not bodies:
         raise ValueError("no request bodies")
     requests = [
@@ -238,13 +261,15 @@ async def drive(
         for body in bodies
     ]
     start = time.perf_counter() + plan.warmup_s
-    schedule = _Schedule(plan, start, start + plan.duration_s)
+    schedule = _Schedule(plan, start, start + plan.duration_s, stop)
     samples: list[Sample] = []
     tls = ssl.create_default_context() if endpoint.tls else None
     async with asyncio.timeout(plan.warmup_s + plan.duration_s + plan.timeout_s + 5.0):
         await asyncio.gather(
             *(
-                _connection(endpoint, tls, requests, random.Random(seed + i), schedule, samples)
+                _connection(
+                    endpoint, tls, requests, random.Random(seed + i), schedule, samples, observe
+                )
                 for i in range(plan.concurrency)
             )
         )
@@ -259,12 +284,14 @@ async def _connection(
     rng: random.Random,
     schedule: _Schedule,
     samples: list[Sample],
+    observe: Observer | None,
 ) -> None:
     """Send requests one after another on one connection, reconnecting after a failure."""
     streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     try:
         while (due := schedule.next_due()) is not None:
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            index = rng.randrange(len(requests))
             response: Response | None = None
             try:
                 async with asyncio.timeout(schedule.plan.timeout_s):
@@ -272,12 +299,15 @@ async def _connection(
                         streams = await asyncio.open_connection(
                             endpoint.host, endpoint.port, ssl=tls
                         )
-                    response = await exchange(*streams, rng.choice(requests))
+                    response = await exchange(*streams, requests[index])
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
                 response = None
             latency = time.perf_counter() - due
             if due >= schedule.start:
-                samples.append(_sample(due - schedule.start, latency, response))
+                sample = _sample(due - schedule.start, latency, response, index)
+                samples.append(sample)
+                if observe is not None:
+                    observe(sample, response)
             if (response is None or not response.keep_alive) and streams is not None:
                 streams[1].close()
                 streams = None
@@ -286,9 +316,9 @@ async def _connection(
             streams[1].close()
 
 
-def _sample(due_s: float, latency_s: float, response: Response | None) -> Sample:
+def _sample(due_s: float, latency_s: float, response: Response | None, index: int) -> Sample:
     if response is None:
-        return Sample(due_s, latency_s, 0, {})
+        return Sample(due_s, latency_s, 0, {}, body_index=index)
     headers = response.headers
     return Sample(
         due_s,
@@ -297,4 +327,5 @@ def _sample(due_s: float, latency_s: float, response: Response | None) -> Sample
         parse_server_timing(headers.get("server-timing", "")),
         retry_after="retry-after" in headers,
         mix=answer_mix(response.body) if 200 <= response.status < 300 else None,
+        body_index=index,
     )

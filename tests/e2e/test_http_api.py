@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
+from service.cli.demo import load_demo_data
+from service.harness.local_redis import LocalRedis, free_port
+from service.harness.served import clean_environment
 from service.harness.waiting import wait_until
-from tests.e2e.conftest import RunningService
+from tests.e2e.conftest import DEMO_USERS, PATIENT, ROOT, RunningService, start_service, stop
 
 SATURDAY_NOON = 1764417600  # 2025-11-29 12:00 UTC
 FEATURE_DEFAULTS = dict(FRAUD_REGISTRY.group("user", "features").defaults)
@@ -164,18 +172,91 @@ def test_a_body_that_is_not_json_is_a_400(service: RunningService) -> None:
     assert "Invalid JSON" in response.json()["error"]
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``, in a scrape."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def test_metrics_count_stages_and_sources(service: RunningService) -> None:
-    score(service, entity_id="u000001", amount=5.0)
-    text = service.client.get("/metrics").text
-    assert 'featserve_stage_seconds_count{endpoint="score",stage="inference"}' in text
-    assert 'featserve_feature_groups_total{group="features",source="redis"}' in text
-    assert 'featserve_cache_lookups_total{result="miss"}' in text
-    assert 'featserve_feature_age_seconds_count{group="features",source="redis"}' in text
+    counted = {
+        "featserve_stage_seconds_count": {"endpoint": "score", "stage": "inference"},
+        "featserve_feature_groups_total": {"group": "features", "source": "redis"},
+        "featserve_cache_lookups_total": {"result": "miss"},
+        "featserve_feature_age_seconds_count": {"group": "features", "source": "redis"},
+    }
+    before = service.client.get("/metrics").text
+    assert score(service, entity_id="u000001", amount=5.0).json()["sources"] == {
+        "features": "redis"
+    }
+    after = service.client.get("/metrics").text
+    for name, labels in counted.items():
+        assert metric(after, name, **labels) == metric(before, name, **labels) + 1, name
 
 
+def test_the_service_refuses_to_start_without_redis_url(bentoml_home: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = {**clean_environment(), "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service.service:FraudScorer",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        # BentoML restarts a worker that fails to start, again and again: none ever serves.
+        said = "REDIS_URL is not set: point it at the online store"
+        wait_until(lambda: said in log_path.read_text(), timeout_s=60, poll_s=0.2)
+        for _ in range(3):
+            assert not ready(f"http://127.0.0.1:{port}")
+    finally:
+        stop(process)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def own_service(
+    bentoml_home: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[RunningService]:
+    """A service of this test's own over its own Redis holding demo users, with the settings
+    in ``request.param``: free to kill its Redis."""
+    with LocalRedis() as redis_server:
+        load_demo_data(redis_server.url, DEMO_USERS, tmp_path / "demo")
+        process, url, log_path = start_service(
+            bentoml_home,
+            redis_server,
+            tmp_path,
+            FEATSERVE_CACHE_TTL_S="0",
+            **{**PATIENT, **getattr(request, "param", {})},
+        )
+        try:
+            with httpx.Client(base_url=url, timeout=10.0) as client:
+                yield RunningService(url, redis_server, client, log_path, "")
+        finally:
+            stop(process)
+
+
+@pytest.mark.parametrize(
+    ("own_service", "seen_source"),
+    [({}, "stale"), ({"FEATSERVE_STALE_CACHE_MAXSIZE": "0"}, "unavailable")],
+    indirect=["own_service"],
+    ids=["stale-values-kept", "stale-cache-off"],
+)
 def test_redis_down_still_answers_from_stale_values_and_defaults_then_recovers(
-    service: RunningService,
+    own_service: RunningService, seen_source: str
 ) -> None:
+    service = own_service
     status = service.client.get("/ops/status").json()
     assert status["redis"] == "up"
     assert status["inference"].startswith("compiled trees")
@@ -184,12 +265,16 @@ def test_redis_down_still_answers_from_stale_values_and_defaults_then_recovers(
     }
     service.redis.kill()
     try:
+        degraded_before = metrics_of(service, "featserve_degraded_answers_total")
         for _ in range(3):
             seen = score(service, entity_id="u000123", amount=250.0)
             assert seen.status_code == 200, seen.text
-            assert seen.json()["sources"] == {"features": "stale"}
+            assert seen.json()["sources"] == {"features": seen_source}
             assert seen.json()["degraded"]["features"] in ("store_error", "breaker_open")
-            assert 0 <= seen.json()["stale_age_s"]["features"] < 3600
+            if seen_source == "stale":
+                assert 0 <= seen.json()["stale_age_s"]["features"] < 3600
+            else:
+                assert "stale_age_s" not in seen.json()
             unseen = score(service, entity_id="u000299", amount=250.0)
             assert unseen.status_code == 200, unseen.text
             assert unseen.json()["sources"] == {"features": "unavailable"}
@@ -205,9 +290,11 @@ def test_redis_down_still_answers_from_stale_values_and_defaults_then_recovers(
         described = service.client.post("/features", json={"entity_ids": ["u000297"]}).json()
         [entity] = described["entities"]
         assert set(entity["degraded"]) == {"features", "recent_items", "embedding"}
-        metrics = service.client.get("/metrics").text
-        for endpoint in ("score", "score_batch", "features"):
-            assert f'featserve_degraded_answers_total{{endpoint="{endpoint}"' in metrics
+        degraded = metrics_of(service, "featserve_degraded_answers_total")
+        counted = {
+            endpoint: degraded[endpoint] - degraded_before[endpoint] for endpoint in degraded
+        }
+        assert counted == {"score": 6, "score_batch": 1, "features": 1}
         assert service.client.get("/readyz").status_code == 200
         assert service.client.get("/ops/status").json()["redis"].startswith("down")
     finally:
@@ -224,3 +311,12 @@ def test_redis_down_still_answers_from_stale_values_and_defaults_then_recovers(
         timeout_s=15,
         poll_s=0.1,
     )
+
+
+def metrics_of(service: RunningService, name: str) -> dict[str, float]:
+    """``name``'s count per endpoint, all reasons together."""
+    text = service.client.get("/metrics").text
+    return {
+        endpoint: metric(text, name, endpoint=endpoint)
+        for endpoint in ("score", "score_batch", "features")
+    }

@@ -1,5 +1,5 @@
 """Scores checked against an independent oracle: the model's own ``predict_proba`` on rows the
-test builds from values it wrote to Redis itself, with derived features worked out here.
+test builds from values it wrote to Redis itself (``tests.support.oracle``).
 
 Nothing on the oracle's side goes through featserve's code: the values are written with a
 plain redis-py ``HSET``, the derived features are computed from their definitions with
@@ -12,16 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
-import joblib
 import pytest
 import redis
-import yaml
 
 from service.harness.local_redis import LocalRedis
-from tests.e2e.conftest import start_service, stop
+from tests.e2e.conftest import PATIENT, start_service, stop
+from tests.support.oracle import Model, expected_score, fraud_model
 
 STORED = {
     "oracle-full": {
@@ -48,7 +46,11 @@ def served(
         for entity_id, values in STORED.items():
             client.hset(f"user:{{{entity_id}}}:features", mapping=values)
         process, url, _ = start_service(
-            bentoml_home, redis_server, tmp_path_factory.mktemp("logs"), FEATSERVE_CACHE_TTL_S="0"
+            bentoml_home,
+            redis_server,
+            tmp_path_factory.mktemp("logs"),
+            FEATSERVE_CACHE_TTL_S="0",
+            **PATIENT,
         )
         try:
             yield url, client
@@ -57,37 +59,12 @@ def served(
 
 
 @pytest.fixture(scope="module")
-def model(bentoml_home: Path) -> tuple[Any, dict[str, Any]]:
-    """The estimator and metadata of the newest ``fraud_model``, read from disk."""
-    root = bentoml_home / "models" / "fraud_model"
-    version = root / (root / "latest").read_text().strip()
-    info = yaml.safe_load((version / "model.yaml").read_text())
-    return joblib.load(version / "model.pkl"), info["metadata"]
+def model(bentoml_home: Path) -> Model:
+    return fraud_model(bentoml_home)
 
 
-def derived(amount: float, timestamp: int, stored: dict[str, Any]) -> dict[str, float]:
-    """The derived features from their definitions (README, MISSION.md), not from featserve."""
-    when = datetime.fromtimestamp(timestamp, UTC)
-    average = float(stored["avg_tx_90d"])
-    return {
-        "seconds_since_last_login": float(timestamp - int(stored["last_login_ts"])),
-        "hour_of_day": float(when.hour),
-        "day_of_week": float(when.weekday()),
-        "is_weekend": float(when.weekday() >= 5),
-        "amount_minus_avg_90d": amount - average,
-        "amount_to_avg_90d": amount / max(average, 1.0),
-    }
-
-
-def oracle(model: tuple[Any, dict[str, Any]], entity_id: str, amount: float, ts: int) -> float:
-    """``predict_proba`` of the row the model's metadata says it was trained on."""
-    estimator, metadata = model
-    inputs = metadata["schema"]["inputs"]
-    stored = {item["name"]: item["default"] for item in inputs if item["source"] == "stored"}
-    stored.update(STORED.get(entity_id, {}))
-    values = {**stored, "amount": amount, **derived(amount, ts, stored)}
-    row = [[float(values[item["name"]]) for item in inputs]]
-    return float(estimator.predict_proba(row)[0, 1])
+def oracle(model: Model, entity_id: str, amount: float, timestamp: int) -> float:
+    return expected_score(model, STORED.get(entity_id, {}), amount, timestamp)
 
 
 def test_the_days_in_the_requests_are_what_their_comments_say() -> None:
@@ -98,7 +75,7 @@ def test_the_days_in_the_requests_are_what_their_comments_say() -> None:
 @pytest.mark.parametrize(("entity_id", "amount", "timestamp"), REQUESTS)
 def test_score_is_the_models_probability(
     served: tuple[str, redis.Redis],
-    model: tuple[Any, dict[str, Any]],
+    model: Model,
     entity_id: str,
     amount: float,
     timestamp: int,
@@ -114,7 +91,7 @@ def test_score_is_the_models_probability(
 
 
 def test_a_batch_scores_each_row_as_the_model_does(
-    served: tuple[str, redis.Redis], model: tuple[Any, dict[str, Any]]
+    served: tuple[str, redis.Redis], model: Model
 ) -> None:
     url, _ = served
     requests = [{"entity_id": e, "amount": a, "timestamp": t} for e, a, t in REQUESTS]

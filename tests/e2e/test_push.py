@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import csv
+import json
+import secrets
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import redis
 
 from service.cli import main
 from service.harness.local_redis import LocalRedis
 from service.harness.waiting import wait_until
-from tests.e2e.conftest import RunningService
+from tests.e2e.conftest import PATIENT, RunningService, start_service, stop
 
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
@@ -192,7 +200,9 @@ def test_a_key_redis_cannot_merge_into_is_a_422_and_the_rest_is_written(
     assert (body["written"], body["stale"], body["expired"]) == (1, [], [])
 
 
-def test_a_push_while_redis_is_down_is_a_503_safe_to_retry(service: RunningService) -> None:
+def test_a_push_while_redis_is_down_is_a_503_safe_to_retry(backed: Backed) -> None:
+    # Its own service: stopping Redis loses what the shared one holds for the other tests.
+    service = backed.service
     update = as_push({"entity_id": "later", "event_timestamp": NOW, "tx_count_1h": 3})
     service.redis.stop()
     try:
@@ -209,3 +219,91 @@ def test_a_push_while_redis_is_down_is_a_503_safe_to_retry(service: RunningServi
 
     wait_until(retried)
     assert answers[-1].json() == {"written": 1, "stale": [], "expired": []}
+
+
+@pytest.fixture(scope="module")
+def backed(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backed]:
+    """A service with a SQLite backing store and a cache that outlives every test here."""
+    work = tmp_path_factory.mktemp("backed")
+    sqlite_path = work / "backing.sqlite3"
+    token = secrets.token_urlsafe(24)
+    with LocalRedis() as redis_server:
+        process, url, log_path = start_service(
+            bentoml_home,
+            redis_server,
+            work,
+            FEATSERVE_BACKING_STORE=f"sqlite:{sqlite_path}",
+            FEATSERVE_CACHE_TTL_S="600",
+            FEATSERVE_WRITE_TOKEN=token,
+            **PATIENT,
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            with httpx.Client(base_url=url, timeout=10.0, headers=headers) as client:
+                yield Backed(
+                    RunningService(url, redis_server, client, log_path, token), sqlite_path
+                )
+        finally:
+            stop(process)
+
+
+@dataclass
+class Backed:
+    """A served FraudScorer with a backing store, and where that store keeps its file."""
+
+    service: RunningService
+    sqlite_path: Path
+
+
+def in_sqlite(path: Path, entity_id: str) -> dict[str, Any] | None:
+    """An entity's ``features`` values in the SQLite file, read with plain sqlite3."""
+    with closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT vals FROM feature_groups WHERE key = ?", (f"user:{{{entity_id}}}:features",)
+        ).fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def test_a_push_redis_fails_after_the_backing_store_took_it_is_a_503_safe_to_resend(
+    backed: Backed,
+) -> None:
+    service = backed.service
+    older = as_push({"entity_id": "half", "event_timestamp": NOW - 30, "tx_count_1h": 1,
+                     "avg_tx_90d": 4.5})  # fmt: skip
+    newer = as_push({"entity_id": "half", "event_timestamp": NOW, "tx_count_1h": 2})
+    service.redis.stop()
+    try:
+        failed = push(service, [older])
+    finally:
+        service.redis.start()
+    assert failed.status_code == 503, failed.text
+    assert "retrying is safe" in failed.json()["error"]
+    # Half-way: the backing store took it, Redis never did.
+    assert in_sqlite(backed.sqlite_path, "half") == {"tx_count_1h": 1, "avg_tx_90d": 4.5}
+    assert contents(service.redis.url, ["user:{half}:features"]) == {"user:{half}:features": {}}
+    # A newer value lands meanwhile; sending the failed push again adds what it alone holds.
+    assert push(service, [newer]).json() == {"written": 1, "stale": [], "expired": []}
+    assert push(service, [older]).json() == {"written": 1, "stale": [], "expired": []}
+    held = contents(service.redis.url, ["user:{half}:features"])["user:{half}:features"]
+    assert (held[b"tx_count_1h"], held[b"avg_tx_90d"]) == (b"2", b"4.5")
+    assert in_sqlite(backed.sqlite_path, "half") == {"tx_count_1h": 2, "avg_tx_90d": 4.5}
+
+
+def test_the_pushing_worker_drops_its_cached_copy(backed: Backed) -> None:
+    service = backed.service
+
+    def features_of(entity_id: str) -> dict[str, Any]:
+        answer = service.client.post(
+            "/features", json={"entity_ids": [entity_id], "groups": ["features"]}
+        )
+        group: dict[str, Any] = answer.json()["entities"][0]["groups"]["features"]
+        return group
+
+    first = as_push({"entity_id": "cached", "event_timestamp": NOW - 5, "tx_count_1h": 5})
+    assert push(service, [first]).status_code == 200
+    assert features_of("cached")["source"] == "redis"
+    assert features_of("cached")["source"] == "cache"  # the cache lives 10 minutes here
+    second = as_push({"entity_id": "cached", "event_timestamp": NOW, "tx_count_1h": 6})
+    assert push(service, [second]).status_code == 200
+    after = features_of("cached")
+    assert (after["source"], after["values"]["tx_count_1h"]) == ("redis", 6)

@@ -5,16 +5,17 @@ from before it starts (the published cross-zone case), so its warm
 connections are opened across that distance too.  The very first request is
 a batch of 100, made as the service comes up.
 
-The proxy is a thread of this process: on a machine too busy to wake it on
-time its round trip exceeds the 8 ms the fraud deadline waits (10 ms less
-2 ms for timer slack), and Redis was then not 5 ms away.  When answers came
-from elsewhere, the test measures the proxy itself and skips, saying so, if
-that is what happened; otherwise it fails.
+The fraud deadline waits 8 ms for Redis (10 ms less 2 ms of timer slack), so
+Redis must really be 5 ms away, not 5 ms plus however long a busy machine
+keeps the proxy or Redis from a CPU: a proxy thread in this process, sharing
+its GIL, made a round trip of 8-10 ms at p90 on a loaded machine.  So the
+proxy runs in a process of its own and, with Redis, under real-time
+scheduling (``service.harness.realtime``, as root in CI); the service runs at
+ordinary priority, since the deadline spares any reply that has reached it.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +23,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from features.settings import Settings
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
-from service.harness.stats import percentile
-from service.harness.tcp_proxy import TcpProxy
+from service.harness.proxy_process import ProxyProcess
 from service.harness.waiting import wait_until
 from tests.e2e.conftest import start_service, stop
 
 USERS = 200
 ROUND_TRIP_S = 0.005
-WAIT_MS = 8.0
-"""What the fraud profile's 10 ms deadline leaves for waiting on Redis."""
 
 
 @dataclass
@@ -43,14 +40,17 @@ class RemoteService:
     """The service, the proxy in front of its Redis, and the answer to its very first request."""
 
     client: httpx.Client
-    proxy: TcpProxy
+    proxy: ProxyProcess
     connections_at_start: int
     first_answer: httpx.Response
 
 
 @pytest.fixture(scope="module")
 def remote(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteService]:
-    with LocalRedis() as redis_server, TcpProxy("127.0.0.1", redis_server.port) as proxy:
+    with (
+        LocalRedis(realtime=True) as redis_server,
+        ProxyProcess("127.0.0.1", redis_server.port, realtime=True) as proxy,
+    ):
         load_demo_data(redis_server.url, USERS, tmp_path_factory.mktemp("demo"))
         proxy.set_latency(ROUND_TRIP_S)
         process, url, _ = start_service(
@@ -78,17 +78,6 @@ def score(remote: RemoteService, entity_id: str) -> dict[str, Any]:
     return body
 
 
-def proxy_round_trip_p90_ms(proxy: TcpProxy, pings: int = 40) -> float:
-    with redis.Redis.from_url(proxy.redis_url) as client:
-        client.ping()
-        times = []
-        for _ in range(pings):
-            started = time.perf_counter()
-            client.ping()
-            times.append((time.perf_counter() - started) * 1000)
-    return percentile(times, 90.0)
-
-
 def test_the_first_request_and_every_one_after_it_read_redis(remote: RemoteService) -> None:
     assert remote.first_answer.status_code == 200, remote.first_answer.text
     first = remote.first_answer.json()["results"]
@@ -96,14 +85,6 @@ def test_the_first_request_and_every_one_after_it_read_redis(remote: RemoteServi
     answers = [score(remote, f"u{i:06d}") for i in range(100, 160)]
     # Every read used a connection opened at start-up, abandoned reads included.
     assert remote.proxy.connections == remote.connections_at_start
-    sources = [result["sources"] for result in first] + [answer["sources"] for answer in answers]
-    if sources != [{"features": "redis"}] * 160:
-        p90_ms = proxy_round_trip_p90_ms(remote.proxy)
-        if p90_ms > WAIT_MS:
-            pytest.skip(
-                f"this machine could not hold Redis 5 ms away: the proxy's round trip p90 "
-                f"was {p90_ms:.1f} ms, beyond the {WAIT_MS:g} ms the deadline waits"
-            )
     assert [result["sources"] for result in first] == [{"features": "redis"}] * 100
     assert all("degraded" not in result for result in first)
     assert [answer["sources"] for answer in answers] == [{"features": "redis"}] * 60

@@ -13,7 +13,7 @@ import pytest
 from features.settings import Settings
 from service.cli.demo import load_demo_data
 from service.harness.failover_drill import run_failover
-from service.harness.fault_drill import LoadDriver
+from service.harness.fault_drill import Load, score_bodies
 from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
 from service.harness.served import start_service, stop
 from service.harness.waiting import wait_until
@@ -54,9 +54,9 @@ def test_a_primary_killed_under_load_behind_sentinel(
 ) -> None:
     setup, url = sentinels
     victim = setup.primary()
-    driver = LoadDriver(url, IDS, connections=2, rate=40.0).start()
+    driver = Load(url, score_bodies(IDS), rate=40.0, connections=2).start()
     try:
-        wait_until(lambda: len(driver.samples_since(0)) >= 100, 60, 0.05)
+        wait_until(lambda: len(driver.answers()) >= 100, 60, 0.05)
         result = run_failover(driver, victim.kill, lambda: setup.primary() != victim)
     finally:
         driver.stop()

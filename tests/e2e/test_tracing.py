@@ -17,7 +17,7 @@ from service.harness.otlp_receiver import OtlpReceiver, ReceivedSpan
 from service.harness.tcp_proxy import TcpProxy
 from service.harness.waiting import wait_until
 from service.tracing import tracing_config
-from tests.e2e.conftest import start_service, stop
+from tests.e2e.conftest import PATIENT, start_service, stop
 
 SERVER_SPAN = 2  # OTLP's SpanKind.SPAN_KIND_SERVER
 
@@ -48,6 +48,7 @@ def traced(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             FEATSERVE_TRACE_SAMPLE_RATE="1",
             OTEL_BSP_SCHEDULE_DELAY="50",  # export every 50 ms, not every 5 s
             FEATSERVE_CACHE_TTL_S="0",  # each request reads Redis: sources do not depend on order
+            **PATIENT,  # every read is answered: the redis and decode stages are always there
         )
         try:
             yield Traced(url, receiver, proxy)
