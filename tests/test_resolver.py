@@ -27,6 +27,7 @@ from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.timing import StageTimer
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
+from tests.support.clock import ManualClock
 from tests.support.virtual_time import SilentStore, VirtualTimeLoop
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -37,14 +38,6 @@ DEFAULTS = dict(USER_FEATURES.defaults)
 T = TypeVar("T")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -31,6 +31,7 @@ from features.timing import StageTimer
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
 from service.harness.waiting import wait_until
+from tests.support.clock import ManualClock
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 SELECTION = ((FEATURES, FEATURES.feature_names),)
@@ -45,14 +46,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 """The service runs on uvloop (BentoML's default); tools and tests on asyncio's own loop."""
 
 _LOG = logging.getLogger("test.faults")
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def patient(url: str, **overrides: Any) -> Settings:
