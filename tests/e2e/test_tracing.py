@@ -48,7 +48,10 @@ def traced(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             FEATSERVE_TRACE_SAMPLE_RATE="1",
             OTEL_BSP_SCHEDULE_DELAY="50",  # export every 50 ms, not every 5 s
             FEATSERVE_CACHE_TTL_S="0",  # each request reads Redis: sources do not depend on order
-            **PATIENT,  # every read is answered: the redis and decode stages are always there
+            # Every read is answered (the redis and decode stages are always there) unless a
+            # test delays it past the deadline; the socket timeout outlasts that delay, so the
+            # deadline is what fires.
+            **{**PATIENT, "FEATSERVE_REDIS_SOCKET_TIMEOUT_MS": "5000"},
         )
         try:
             yield Traced(url, receiver, proxy)
@@ -86,7 +89,8 @@ def test_each_stage_is_a_child_span_of_the_request(traced: Traced) -> None:
 
 
 def test_the_features_span_says_when_the_deadline_fired(traced: Traced) -> None:
-    traced.proxy.set_latency(0.1)  # ten times the fraud profile's 10 ms feature deadline
+    deadline_s = int(PATIENT["FEATSERVE_FEATURE_DEADLINE_MS"]) / 1000
+    traced.proxy.set_latency(1.5 * deadline_s)
     try:
         answer = httpx.post(f"{traced.url}/score", json={"entity_id": "u000011", "amount": 5.0})
     finally:
