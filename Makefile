@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # Prometheus' promtool checks the shipped alert rules (tests/test_deploy_files.py). Fetched
 # once into .tools/bin; without it those tests skip, except under CI (CI set), where they

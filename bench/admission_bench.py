@@ -23,13 +23,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.http_bench import USERS, bodies, is_real, own_home
-from bench.load import LoadResult, Target, WindowStats, run_load
+from bench.http_bench import USERS, bodies, own_home
+from bench.load_run import LoadRun, WindowStats, closed_loop
+from bench.machine import pin_cpus
 from bench.report import Section, markdown_table
 from bench.resolver_bench import demo_redis
-from bench.servers import base_env, serve
-from bench.sustained import pin_cpus
-from service.harness.served import train_small_model
+from service.harness.served import running_service, train_small_model
 
 __all__ = ["LIMITS", "LimitRun", "measure", "section"]
 
@@ -78,30 +77,32 @@ def measure(
     """Serve every bound at once and load each in interleaved rounds."""
     payloads = bodies(0)
     limiters = _limiters()
-    parts: dict[tuple[int, int], list[LoadResult]] = {}
+    parts: dict[tuple[int, int], list[LoadRun]] = {}
     cpus = None if server_cpu is None else str(server_cpu)
     with ExitStack() as stack:
-        ports = []
+        urls = []
         for limiter in limiters:
             home = own_home(bentoml_home, log_dir / f"limit-{limiter.by}-{limiter.limit}")
-            env = base_env(home) | {"REDIS_URL": redis_url}
+            env = {"REDIS_URL": redis_url}
             if limiter.by == "featserve":
                 service = "service.service:FraudScorer"
                 env |= {"FEATSERVE_MAX_IN_FLIGHT": str(limiter.limit)}
             else:
                 service = "bench.bentoml_limit_service:LimitedScorer"
                 env |= {"FEATSERVE_MAX_IN_FLIGHT": "0", "BENCH_MAX_CONCURRENCY": str(limiter.limit)}
-            ports.append(stack.enter_context(serve(service, env, cpus, log_dir))[1])
+            _, url = stack.enter_context(running_service(home, None, log_dir, service, cpus, **env))
+            urls.append(url + "/score")
         for round_index in range(1 if quick else ROUNDS):
             for connections in CONNECTIONS:
                 for offset in range(len(limiters)):
                     index = (round_index + offset) % len(limiters)
-                    target = Target("127.0.0.1", ports[index], "/score", payloads, is_real)
-                    result = asyncio.run(run_load(target, connections, ROUND_S, warmup_s=0.5))
+                    result = asyncio.run(
+                        closed_loop(urls[index], payloads, connections, ROUND_S, warmup_s=0.5)
+                    )
                     parts.setdefault((index, connections), []).append(result)
     runs = []
     for (index, connections), results in sorted(parts.items()):
-        whole = LoadResult.joined(results)
+        whole = LoadRun.joined(results)
         runs.append(LimitRun(limiters[index], connections, whole.window(0.0, whole.duration_s)))
     return runs
 

@@ -59,9 +59,9 @@ MUTATIONS = (
         "every fallback answers training defaults as 'default' (a real 'no data')",
         "features/serving/resolver.py",
         "    if failure is None:\n        return _default_values(request), request.fields, "
-        "Source.DEFAULT, None, None",
+        "None, Source.DEFAULT, None, None",
         "    if True:\n        return _default_values(request), request.fields, "
-        "Source.DEFAULT, None, None",
+        "None, Source.DEFAULT, None, None",
         (*RESOLVER_UNITS, f"{FAULTS_STALE}[blackhole]"),
     ),
     Mutation(
@@ -81,15 +81,15 @@ MUTATIONS = (
     Mutation(
         "stale answers report no age",
         "features/serving/resolver.py",
-        "return values, defaulted, Source.STALE, age_s, failure",
-        "return values, defaulted, Source.STALE, None, failure",
+        "return values, defaulted, event_ms, Source.STALE, age_s, failure",
+        "return values, defaulted, event_ms, Source.STALE, None, failure",
         (*RESOLVER_UNITS, f"{FAULTS_STALE}[latency]"),
     ),
     Mutation(
         "stale answers serve the training defaults under the stale label",
         "features/serving/resolver.py",
-        "return values, defaulted, Source.STALE, age_s, failure",
-        "return _default_values(request), defaulted, Source.STALE, age_s, failure",
+        "return values, defaulted, event_ms, Source.STALE, age_s, failure",
+        "return _default_values(request), defaulted, event_ms, Source.STALE, age_s, failure",
         (*RESOLVER_UNITS, f"{FAULTS_STALE}[kill]"),
     ),
     Mutation(
@@ -102,8 +102,8 @@ MUTATIONS = (
     Mutation(
         "degraded answers are cached like real ones",
         "features/serving/resolver.py",
-        "                if slot[4] is None:\n                    self._cache.put(key, slot[:2])",
-        "                self._cache.put(key, slot[:2])",
+        "                if slot[5] is None:\n                    self._cache.put(key, slot[:3])",
+        "                self._cache.put(key, slot[:3])",
         (*RESOLVER_UNITS, f"{FAULTS_BACKED}[blackhole]"),
     ),
     Mutation(
@@ -183,7 +183,7 @@ MUTATIONS = (
     ),
     Mutation(
         "the breaker never opens",
-        "features/serving/breaker.py",
+        "features/breaker.py",
         "if permit.probe or self._failures >= self._failure_threshold:",
         "if permit.probe:",
         (*RESOLVER_UNITS, "tests/test_breaker.py", f"{FAULTS_BACKED}[latency]"),

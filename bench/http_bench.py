@@ -11,7 +11,7 @@ Servers, each a ``bentoml serve`` on a free 127.0.0.1 port, all started at once:
   workers (``FEATSERVE_WORKERS``);
 - naive: ``bench/naive_service.py``, one ``HGETALL`` per entity and group.
 
-Each is driven by ``bench.load`` (closed loop, keep-alive) with ``/score``
+Each is driven by ``bench.load_run`` (closed loop, keep-alive) with ``/score``
 bodies at 1, 16 and 64 connections and ``/score_batch`` bodies of 1, 10 and
 100 entities at 1 and 16 (the echo gets the same bodies wrapped in
 ``{"payload": ...}``).  Each case runs for 10 s in ``ROUNDS`` interleaved
@@ -48,22 +48,20 @@ from statistics import mean
 
 import httpx
 
-from bench.load import CpuSnapshot, LoadResult, Target, WindowStats, run_load
+from bench.load_run import LoadRun, WindowStats, closed_loop
+from bench.machine import CpuSnapshot, pin_cpus
 from bench.report import Section, markdown_table, ratio
 from bench.resolver_bench import demo_redis
-from bench.servers import base_env, serve
-from bench.sustained import pin_cpus
 from features.budgets import PROFILES
 from service.cli import sla
 from service.harness.load import Endpoint, LoadPlan, Sample, drive
-from service.harness.served import train_small_model
+from service.harness.served import running_service, train_small_model
 
 __all__ = [
     "HttpRun",
     "ServerSpec",
     "StageRun",
     "bodies",
-    "is_real",
     "measure",
     "own_home",
     "section",
@@ -72,12 +70,6 @@ __all__ = [
 USERS = 10_000
 
 SOURCES_METRIC = "featserve_feature_groups_total{"
-REAL_SOURCES = ("redis", "cache")
-NOT_REAL = tuple(
-    f'"{source}"'.encode() for source in ("backing", "stale", "default", "unavailable")
-)
-"""How a featserve body names a source that is not Redis or the cache (no other value of its
-body is one of these words)."""
 
 SCORE_CONNECTIONS = (1, 16, 64)
 BATCH_CONNECTIONS = (1, 16)
@@ -100,6 +92,7 @@ class ServerSpec:
     target: str
     workers: int
     env: dict[str, str]
+    """The service's settings (``start_service`` drops the caller's own)."""
 
     @property
     def key(self) -> str:
@@ -138,13 +131,6 @@ class HttpRun:
         )
 
     @property
-    def real_share(self) -> float:
-        """Real answers as a share of the 200 answers."""
-        answered = self.stats.requests - self.stats.errors - self.stats.refused
-        duration = self.stats.end_s - self.stats.start_s
-        return self.stats.real_rps * duration / answered if answered else 0.0
-
-    @property
     def endpoint(self) -> str:
         """``/score`` or ``/score_batch xN``."""
         return "/score" if self.entities == 0 else f"/score_batch x{self.entities}"
@@ -168,14 +154,9 @@ def _echo_bodies(entities: int) -> list[bytes]:
     return [b'{"payload": ' + body + b"}" for body in bodies(entities)]
 
 
-def is_real(body: bytes) -> bool:
-    """Whether a featserve answer's every feature group came from Redis or the cache."""
-    return not any(word in body for word in NOT_REAL)
-
-
-def servers(bentoml_home: Path, redis_url: str, quick: bool) -> list[ServerSpec]:
+def servers(redis_url: str, quick: bool) -> list[ServerSpec]:
     """The configurations to serve, the echo first."""
-    env = base_env(bentoml_home) | {"REDIS_URL": redis_url}
+    env = {"REDIS_URL": redis_url}
     specs = [
         ServerSpec(
             "echo",
@@ -196,9 +177,9 @@ def servers(bentoml_home: Path, redis_url: str, quick: bool) -> list[ServerSpec]
     return specs
 
 
-def feature_sources(port: int) -> Counter[str]:
+def feature_sources(base_url: str) -> Counter[str]:
     """featserve's ``featserve_feature_groups_total`` from ``/metrics``, summed by source."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10.0).text
+    text = httpx.get(f"{base_url}/metrics", timeout=10.0).text
     counts: Counter[str] = Counter()
     for line in text.splitlines():
         if line.startswith(SOURCES_METRIC):
@@ -210,21 +191,20 @@ def feature_sources(port: int) -> Counter[str]:
 def _load(
     name: str,
     pid: int,
-    port: int,
-    path: str,
+    url: str,
     payloads: Sequence[bytes],
     connections: int,
     duration_s: float,
 ) -> _Part:
+    base_url = url.rsplit("/", 1)[0]
     featserve = name == "featserve"
-    sources_before = feature_sources(port) if featserve else None
+    sources_before = feature_sources(base_url) if featserve else None
     before = CpuSnapshot.take(pid)
-    target = Target("127.0.0.1", port, path, payloads, is_real if featserve else None)
-    result = asyncio.run(run_load(target, connections, duration_s, warmup_s=1.0))
+    result = asyncio.run(closed_loop(url, payloads, connections, duration_s, warmup_s=1.0))
     cpu = CpuSnapshot.take(pid).shares_since(before)
     sources: Counter[str] = Counter()
     if sources_before is not None:
-        sources = feature_sources(port)
+        sources = feature_sources(base_url)
         sources.subtract(sources_before)
     return _Part(result, cpu, sources)
 
@@ -233,7 +213,7 @@ def _load(
 class _Part:
     """One round of one case: what the load generator saw, CPU shares, featserve's sources."""
 
-    result: LoadResult
+    result: LoadRun
     cpu: dict[str, float]
     sources: Counter[str]
 
@@ -275,7 +255,7 @@ def measure(
     sizes = (0, 100) if quick else (0, 1, 10, 100)
     rounds = 1 if quick else ROUNDS
     round_s = (3.0 if quick else 10.0) / rounds
-    specs = servers(bentoml_home, redis_url, quick)
+    specs = servers(redis_url, quick)
     cases = [
         (entities, connections)
         for entities in sizes
@@ -286,11 +266,13 @@ def measure(
     with ExitStack() as stack:
         served = [
             stack.enter_context(
-                serve(
-                    spec.target,
-                    spec.env | {"BENTOML_HOME": str(own_home(bentoml_home, log_dir / spec.key))},
-                    _cpus_of(spec, split),
+                running_service(
+                    own_home(bentoml_home, log_dir / spec.key),
+                    None,
                     log_dir,
+                    spec.target,
+                    cpus=_cpus_of(spec, split),
+                    **spec.env,
                 )
             )
             for spec in specs
@@ -300,16 +282,18 @@ def measure(
                 # Each round starts with another server, so none is always first after a switch.
                 for offset in range(len(specs)):
                     index = (round_index + offset) % len(specs)
-                    spec, (pid, port) = specs[index], served[index]
+                    spec, (process, base_url) = specs[index], served[index]
                     path, payloads = _request(spec.name, entities)
-                    part = _load(spec.name, pid, port, path, payloads, connections, round_s)
+                    part = _load(
+                        spec.name, process.pid, base_url + path, payloads, connections, round_s
+                    )
                     parts.setdefault((index, entities, connections), []).append(part)
-        for spec, (_, port) in zip(specs, served, strict=True):
+        for spec, (_, base_url) in zip(specs, served, strict=True):
             if spec.name == "featserve" and spec.workers == 1:
                 for entities in sizes:
                     path, payloads = _request(spec.name, entities)
                     plan = LoadPlan(duration_s=rounds * round_s, concurrency=1, warmup_s=0.5)
-                    samples = asyncio.run(drive(Endpoint("127.0.0.1", port, path), payloads, plan))
+                    samples = asyncio.run(drive(Endpoint.parse(base_url + path), payloads, plan))
                     stage_runs.append(StageRun(entities, samples))
     # Sorted keys list the servers in serving order, then body sizes, then connections.
     runs = [
@@ -321,7 +305,7 @@ def measure(
 
 def _merged(spec: ServerSpec, entities: int, connections: int, parts: Sequence[_Part]) -> HttpRun:
     """One case's rounds as one run: requests pooled, CPU shares averaged, sources summed."""
-    whole = LoadResult.joined([part.result for part in parts])
+    whole = LoadRun.joined([part.result for part in parts])
     sources: Counter[str] = Counter()
     for part in parts:
         sources.update(part.sources)
@@ -382,10 +366,10 @@ def section(
     targets = markdown_table(["target", "measured", "holds"], _targets(runs), left=1)
     http = Section(
         "HTTP end to end: featserve against the echo floor and the naive service",
-        "Closed-loop keep-alive load from `bench/load.py`; `/score` bodies pick one of 10,000 "
-        "demo users at random, `/score_batch xN` bodies N of them. featserve runs at its "
-        "shipped defaults (10 ms feature deadline, 5 s cache, 16 requests in flight per "
-        "worker, beyond which it answers 503 at once); the echo gets the "
+        "Closed-loop keep-alive load from `service.harness.load` (`bench/load_run.py`); "
+        "`/score` bodies pick one of 10,000 demo users at random, `/score_batch xN` bodies N "
+        "of them. featserve runs at its shipped defaults (10 ms feature deadline, 5 s cache, "
+        "16 requests in flight per worker, beyond which it answers 503 at once); the echo gets the "
         'same bodies wrapped in `{"payload": ...}`; the naive service reads the same hashes '
         f"with one `HGETALL` per entity. Core split: {split_text} Every server is up at once, "
         f"and each case runs in {ROUNDS} rounds (every server in turn, then the next round; "
@@ -478,9 +462,9 @@ def _targets(runs: Sequence[HttpRun]) -> list[list[str]]:
                     [
                         f"/score, {connections} connections, {workers} worker(s): >= 99 % of "
                         "answers real, the rest refused, no errors",
-                        f"{run.real_share:.1%} real, {run.stats.refused_share:.0%} refused, "
+                        f"{run.stats.real_share:.1%} real, {run.stats.refused_share:.0%} refused, "
                         f"{run.stats.errors} errors",
-                        _yes(run.real_share >= 0.99 and run.stats.errors == 0),
+                        _yes(run.stats.real_share >= 0.99 and run.stats.errors == 0),
                     ]
                 )
     if sixteen:

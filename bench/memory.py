@@ -1,12 +1,12 @@
-"""Bytes per entity in Redis for each shipped feature group, and MISSION.md's sizing formula.
+"""Bytes per entity in Redis for each shipped feature group, and the sizing rule on them.
 
 Usage: ``python -m bench.memory [--quick]`` (starts its own Redis with demo data)
 
 After ``service.cli.demo.load_demo_data``, ``MEMORY USAGE key SAMPLES 0`` is
 read for a sample of keys of each group of ``FRAUD_REGISTRY``; the mean
-per group and per entity (all groups) is scaled by the sizing rule of
-MISSION.md: bytes x active entities x 1.3, here for 10 M users, plus the
-30-40 % headroom it asks for.
+per group and per entity (all groups) is scaled by the sizing rule
+(``features.stores.capacity``): bytes x active entities x 1.3, here for 10 M
+users, plus 30-40 % headroom.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = ["GroupSize", "measure", "run"]
 USERS_AT_SCALE = 10_000_000
 OVERHEAD = 1.3
 HEADROOM = 0.35
-"""The middle of MISSION.md's 30-40 %: provision size / (1 - headroom)."""
+"""The middle of the usual 30-40 % kept free: provision size / (1 - headroom)."""
 GB = 1e9
 
 
@@ -99,7 +99,7 @@ def section(sizes: list[GroupSize], n_users: int) -> Section:
         "Memory: bytes per entity and sizing",
         f"`MEMORY USAGE key SAMPLES 0` of sampled keys after loading the demo data of "
         f"{n_users:,} users with `service.cli.demo.load_demo_data` (the key, its hash or "
-        "sorted set or string, and the TTL). MISSION.md's rule: bytes per entity x active "
+        "sorted set or string, and the TTL). The sizing rule: bytes per entity x active "
         "entities x 1.3.",
         [table],
         notes=[

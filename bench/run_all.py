@@ -48,10 +48,10 @@ from bench import (
     plots,
     resolver_bench,
 )
+from bench.machine import pin_cpus
 from bench.report import Section, machine_lines
-from bench.sustained import ROOT, pin_cpus
 from service.cli import sla
-from service.harness.served import train_small_model
+from service.harness.served import ROOT, train_small_model
 
 __all__ = ["main"]
 

@@ -33,9 +33,7 @@ import io
 import os
 import platform
 import random
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -47,35 +45,17 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bench.load import CpuSnapshot, LoadResult, Target, WindowStats, run_load, worker_rss
-from service.cli.demo import load_demo_data, wait_until_ready
-from service.harness.local_redis import LocalRedis, free_port
-from service.harness.served import stop, train_small_model
+from bench.load_run import LoadRun, WindowStats, closed_loop
+from bench.machine import CpuSnapshot, CpuSplit, pin_cpus, worker_rss
+from service.cli.demo import load_demo_data
+from service.harness.local_redis import LocalRedis
+from service.harness.served import start_service, stop, train_small_model
 
 __all__ = ["main"]
 
-ROOT = Path(__file__).resolve().parents[1]
 DEMO_USERS = 10_000
-READY_TIMEOUT_S = 120.0
 ECHO_BODY = b'{"payload": {"entity_id": "u000123", "amount": 250.0}}'
 MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class CpuSplit:
-    """Which CPU the server gets and which the load generator (and Redis) get."""
-
-    server: int | None
-    load: int | None
-
-    def describe(self) -> str:
-        """One line for the report."""
-        if self.server is None:
-            return "not pinned: server, load generator and Redis share every CPU"
-        return (
-            f"pinned with taskset: bentoml serve and its worker on CPU {self.server}; "
-            f"load generator and Redis on CPU {self.load}"
-        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +66,7 @@ class Scenario:
     service: str
     path: str
     env: Mapping[str, str]
+    """The service's settings (``start_service`` drops the caller's own)."""
     bodies: Sequence[bytes]
 
 
@@ -97,16 +78,7 @@ class Outcome:
     idle_rss_bytes: int
     cpu_shares: dict[str, float]
     """Percent of one CPU used during the run (warm-up included), by whom."""
-    result: LoadResult
-
-
-def pin_cpus() -> CpuSplit:
-    """Move this process (and so Redis and the trainer it starts) to the second CPU."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2 or shutil.which("taskset") is None:
-        return CpuSplit(None, None)
-    os.sched_setaffinity(0, {cpus[1]})
-    return CpuSplit(cpus[0], cpus[1])
+    result: LoadRun
 
 
 def load_features(redis_url: str, table_dir: Path) -> None:
@@ -128,77 +100,55 @@ def score_bodies(n_users: int, seed: int = 7) -> list[bytes]:
     ]
 
 
-def scenarios(bentoml_home: Path, redis_url: str) -> list[Scenario]:
+def scenarios(redis_url: str) -> list[Scenario]:
     """The three configurations, in the order they run."""
-    base = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("BENCH_", "FEATSERVE_"))
-    }
-    base |= {"BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
     echo = "bench.echo_service:Echo"
     return [
         Scenario(
             "A echo, BentoML as shipped",
             echo,
             "/echo",
-            base | {"BENCH_PATCH_TIMEOUT": "0", "BENCH_GC_FREEZE": "0"},
+            {"BENCH_PATCH_TIMEOUT": "0", "BENCH_GC_FREEZE": "0"},
             [ECHO_BODY],
         ),
         Scenario(
             "B echo, timeout fix + gc.freeze",
             echo,
             "/echo",
-            base | {"BENCH_PATCH_TIMEOUT": "1", "BENCH_GC_FREEZE": "1"},
+            {"BENCH_PATCH_TIMEOUT": "1", "BENCH_GC_FREEZE": "1"},
             [ECHO_BODY],
         ),
         Scenario(
             "C FraudScorer /score over Redis",
             "service.service:FraudScorer",
             "/score",
-            base | {"REDIS_URL": redis_url},
+            {"REDIS_URL": redis_url},
             score_bodies(DEMO_USERS),
         ),
     ]
 
 
-def start_server(
-    scenario: Scenario, cpus: CpuSplit, log_path: Path
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``bentoml serve`` for ``scenario`` on a free port; return once ``/readyz`` answers."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "bentoml", "serve", scenario.service,
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    if cpus.server is not None:
-        command = ["taskset", "-c", str(cpus.server), *command]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=dict(scenario.env), stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}", process, READY_TIMEOUT_S)
-    except RuntimeError as exc:
-        stop(process)
-        raise RuntimeError(f"{scenario.name}: {exc}\n{log_path.read_text()}") from None
-    except BaseException:  # Ctrl-C or SIGTERM while waiting: still stop the server.
-        stop(process)
-        raise
-    return process, port
-
-
 def run_scenario(
-    scenario: Scenario, cpus: CpuSplit, connections: int, duration_s: float, log_dir: Path
+    scenario: Scenario,
+    bentoml_home: Path,
+    cpus: CpuSplit,
+    connections: int,
+    duration_s: float,
+    log_dir: Path,
 ) -> Outcome:
     """Serve ``scenario`` afresh, load it, stop it."""
-    slug = scenario.name.split()[0]
-    process, port = start_server(scenario, cpus, log_dir / f"server-{slug}.log")
+    server_cpu = None if cpus.server is None else str(cpus.server)
+    process, url, _ = start_service(
+        bentoml_home, None, log_dir, scenario.service, cpus=server_cpu, **scenario.env
+    )
     try:
         idle_rss = worker_rss(process.pid)
-        target = Target("127.0.0.1", port, scenario.path, scenario.bodies)
         before = CpuSnapshot.take(process.pid)
-        result = asyncio.run(run_load(target, connections, duration_s, rss_of=process.pid))
+        result = asyncio.run(
+            closed_loop(
+                url + scenario.path, scenario.bodies, connections, duration_s, rss_of=process.pid
+            )
+        )
         cpu_shares = CpuSnapshot.take(process.pid).shares_since(before)
     finally:
         stop(process)
@@ -312,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
             train_small_model(workdir / "bentoml")
             load_features(redis.url, workdir / "demo")
             outcomes = []
-            for scenario in scenarios(workdir / "bentoml", redis.url):
+            for scenario in scenarios(redis.url):
                 console.print(f"Running {scenario.name} ...")
-                outcomes.append(run_scenario(scenario, cpus, args.connections, duration_s, workdir))
+                outcomes.append(
+                    run_scenario(
+                        scenario, workdir / "bentoml", cpus, args.connections, duration_s, workdir
+                    )
+                )
     except KeyboardInterrupt:
         console.print("Interrupted: every process started was stopped.")
         return 130

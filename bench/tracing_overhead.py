@@ -19,10 +19,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.util.types import AttributeValue
 
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 from service.tracing import StageSpans
 
-STAGES = ("total", "features", "cache", "redis", "decode", "derive", "inference")
+STAGES = (
+    Stage.TOTAL, Stage.FEATURES, Stage.CACHE, Stage.REDIS, Stage.DECODE, Stage.DERIVE,
+    Stage.INFERENCE,
+)  # fmt: skip
+"""The stages of a /score read from Redis, in the order they start."""
 ATTRIBUTES: dict[str, AttributeValue] = {"featserve.entities": 1, "featserve.groups": ["features"]}
 
 

@@ -1,4 +1,4 @@
-"""Latency budgets by use case (MISSION.md): the whole SLA and the feature-retrieval share.
+"""Latency budgets by use case: the whole SLA and the feature-retrieval share, at p99.
 
 The service takes its feature deadline from a profile; ``featserve sla``
 checks a deployment against one.
@@ -32,4 +32,5 @@ PROFILES = MappingProxyType(
         "personalization": LatencyBudget(total_ms=200, features_ms=40),
     }
 )
-"""The use-case table of MISSION.md."""
+"""The usual budgets of each use case: feature retrieval gets a small share, so that the
+model, not the lookups, dominates a request."""

@@ -7,7 +7,7 @@ bytes wake, and only a read still waiting after that is cancelled (raising
 ``TimeoutError``, as ``asyncio.timeout`` does).  So a reply that arrived in
 time is used, however late a busy worker got round to it; only a store that
 has not answered is abandoned.  The resolver's feature deadline and the Redis
-store's socket timeout are both of this kind.
+store's read timeout are both of this kind.
 
 How: ``asyncio.timeout`` cancels the task as soon as its timer fires, and a
 task whose reply has already woken it (its step queued on a busy loop) is

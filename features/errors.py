@@ -6,7 +6,7 @@
     ├── InvalidUpdate        a feature update (pushed or materialized) that is refused
     └── StoreError           a store could not answer
         ├── StoreUnavailable   connection refused or dropped
-        └── StoreTimeout       no answer within the socket timeout
+        └── StoreTimeout       no answer within the store's timeout
 
 Third-party errors (redis-py's) are translated into these once, at the
 store boundary; the rest of the code sees only these.
@@ -64,6 +64,6 @@ class StoreUnavailable(StoreError):
 
 
 class StoreTimeout(StoreError):
-    """The store did not answer within its socket timeout."""
+    """The store did not answer within its timeout."""
 
     reason = "timeout"

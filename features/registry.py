@@ -271,4 +271,4 @@ USER_EMBEDDING = FeatureGroup(
 )
 
 FRAUD_REGISTRY = Registry([USER_FEATURES, USER_RECENT_ITEMS, USER_EMBEDDING])
-"""The shipped registry: the fraud-detection example from MISSION.md."""
+"""The shipped registry: the fraud-detection example (README, "Architecture")."""

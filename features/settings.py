@@ -150,7 +150,8 @@ class Settings(BaseSettings):
     ``/push``); more are refused at once with 503 and ``Retry-After``; 0: no bound."""
 
     access_log: bool = False
-    """Whether BentoML writes an access-log line per request (costs about 25 % throughput)."""
+    """Whether BentoML writes an access-log line per request (it costs throughput:
+    docs/benchmarks.md)."""
 
     @field_validator("write_token", "read_token", mode="after")
     @classmethod

@@ -1,12 +1,11 @@
 """The fraud model's trees as lookup tables: scikit-learn's probabilities, bit for bit, sooner.
 
 Why not ``GradientBoostingClassifier.predict_proba``: on the production
-model (100 trees of depth 3) it takes about 200 us for one row on a shared
-2-core host, 235 us for 100 and 295 us for 256, so nearly all of it is per
-call and per tree (input validation, the init estimator's own
-``predict_proba``, one entry into Cython per tree), not arithmetic.
-``CompiledGradientBoosting`` takes about 11 us for one row, 86 us for 100
-and 205 us for 256 (``timeit``, best of 5).
+model (100 trees of depth 3) nearly all of its time is per call and per tree
+(input validation, the init estimator's own ``predict_proba``, one entry into
+Cython per tree), not arithmetic, so one row costs almost as much as a
+hundred.  ``CompiledGradientBoosting`` spends a small fraction of that on one
+row and less on a batch (docs/benchmarks.md, "What was changed").
 
 How: at build time each tree is padded to a complete tree of the model's
 depth, 3 at most (a leaf above the bottom, which a third of the production
@@ -182,7 +181,8 @@ def _leaf_of_code(codes: npt.NDArray[np.intp], depth: int) -> npt.NDArray[np.int
     for _ in range(depth):
         goes_left = (codes >> node) & 1
         node = 2 * node + 2 - goes_left
-    return node - n_nodes
+    slot: npt.NDArray[np.intp] = node - n_nodes
+    return slot
 
 
 def _float32_at_most(threshold: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:

@@ -218,7 +218,7 @@ def _fraud_logit(
     merchants = np.maximum(profile["distinct_merchants_7d"] - 6, 0)
     days_away = (timestamp - profile["last_login_ts"]) / _DAY
     dormant = np.maximum(np.log1p(days_away) - 2.5, 0)
-    return (
+    log_odds: npt.NDArray[np.float64] = (
         -6.0
         + 1.2 * velocity
         + 1.8 * new_account
@@ -229,6 +229,7 @@ def _fraud_logit(
         + 0.25 * (2 - profile["credit_score_bucket"])
         - 0.5 * profile["is_premium"]
     )
+    return log_odds
 
 
 def _frozen(array: _Array) -> _Array:

@@ -12,9 +12,10 @@ need no scaling and isolate the training defaults (``last_login_ts = 0``
 makes ``seconds_since_last_login`` an epoch-sized value no real user has)
 without letting them distort the other rows, which a linear model cannot.
 Its single-row ``predict_proba`` runs single-threaded, mostly sklearn's
-input validation (a few hundred microseconds).  ``HistGradientBoostingClassifier``
-scores as well but predicts through an OpenMP pool: on a 2-core host shared
-with other processes its single-row p99 reached hundreds of milliseconds.
+input validation (the service compiles the trees to skip it:
+``models.compiled_trees``).  ``HistGradientBoostingClassifier`` scores as
+well but predicts through an OpenMP pool, whose threads compete with the
+other processes of a small shared host and stretch the single-row tail.
 
 Threshold: the score that maximises F1 on the held-out set; a transaction is
 flagged when its fraud probability is at least the threshold.

@@ -45,12 +45,14 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from features.breaker import BreakerState, CircuitBreaker
 from features.budgets import LatencyBudget
 from features.registry import FeatureGroup
-from features.serving.breaker import BreakerState, CircuitBreaker
-from features.serving.resolver import Degraded, ResolvedBatch, ResolvedGroup, Source, Tier
+from features.serving.resolver import ResolvedBatch, ResolvedGroup, Tier
+from features.sources import Degraded, Source
 from features.stores.redis import AsyncRedisStore
 from features.stores.redis_cluster import AsyncRedisClusterStore
+from features.timing import Stage
 
 __all__ = [
     "AGE_BUCKETS_S",
@@ -73,8 +75,8 @@ class BatchHistogram(Histogram):
     """A ``Histogram`` that also takes many observations in one call.
 
     prometheus_client has no bulk observation, and in multiprocess mode each
-    ``observe`` costs about 4 us (two locked writes to a memory-mapped file):
-    a batch of 100 entities would pay 0.4 ms.  ``observe_many`` writes the sum
+    ``observe`` takes two locked writes to a memory-mapped file, which a batch
+    would pay per entity (docs/benchmarks.md).  ``observe_many`` writes the sum
     once and each bucket it touches once.  It relies on ``Histogram``'s own
     fields (``_upper_bounds``, ``_buckets``, ``_sum``), so a test checks that it
     records exactly what ``observe`` would, one amount at a time.
@@ -82,7 +84,8 @@ class BatchHistogram(Histogram):
 
     def observe_many(self, amounts: Sequence[float]) -> None:
         """Observe each of ``amounts``."""
-        self._raise_if_not_observable()
+        # prometheus_client leaves this private check unannotated.
+        self._raise_if_not_observable()  # type: ignore[no-untyped-call]
         if not amounts:
             return
         counts = [0] * len(self._upper_bounds)
@@ -111,8 +114,7 @@ AGE_BUCKETS_S = (
 
 STAGE_SECONDS = Histogram(
     "featserve_stage_seconds",
-    "Time spent in each stage of a request (features, cache, redis, backing, decode, derive, "
-    "inference, total).",
+    f"Time spent in each stage of a request ({', '.join(Stage)}).",
     ["endpoint", "stage"],
     buckets=_STAGE_BUCKETS,
 )
@@ -254,7 +256,7 @@ def _observe_ages(group: ResolvedGroup, now_s: float) -> None:
 @functools.cache
 def _child(metric: MetricWrapperBase, *labels: str) -> Any:
     """``metric.labels(*labels)``, looked up once: ``labels`` takes a lock and validates its
-    arguments, about 1 us, and a request records a dozen values.  Label values come from
+    arguments, and a request records a dozen values.  Label values come from
     fixed sets (endpoints, stages, groups, sources, reasons, guarded paths)."""
     return metric.labels(*labels)
 
@@ -291,8 +293,8 @@ def publish_settings(
     """Publish what the service was configured with, once at start-up: the profile's budget,
     the feature deadline and each group's freshness window, for dashboards and alerts to
     compare with."""
-    LATENCY_BUDGET.labels("total").set(budget.total_ms / 1000.0)
-    LATENCY_BUDGET.labels("features").set(budget.features_ms / 1000.0)
+    LATENCY_BUDGET.labels(Stage.TOTAL).set(budget.total_ms / 1000.0)
+    LATENCY_BUDGET.labels(Stage.FEATURES).set(budget.features_ms / 1000.0)
     FEATURE_DEADLINE.set(deadline_s)
     for group in groups:
         FRESHNESS_WINDOW.labels(group.name).set(group.freshness.total_seconds())

@@ -13,10 +13,11 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver
-from features.timing import StageTimer
+from features.sources import Degraded, Source
+from features.timing import Stage, StageTimer
 from models.schema import ModelSchema, build_matrix, build_row
 
-__all__ = ["Classifier", "DegradedGroups", "ScoreRequest", "ScoreResult", "Scorer"]
+__all__ = ["Classifier", "ScoreRequest", "ScoreResult", "Scorer"]
 
 
 class Classifier(Protocol):
@@ -40,7 +41,10 @@ Score = Annotated[float, Field(description="Probability of fraud, 0 to 1.")]
 IsFraud = Annotated[bool, Field(description="True when the score is at or above the threshold.")]
 Sources = Annotated[
     dict[str, str],
-    Field(description="Per feature group: cache, redis, backing, stale, default or unavailable."),
+    Field(
+        description=f"Per feature group, where its values came from: {', '.join(Source)}.",
+        json_schema_extra={"additionalProperties": {"type": "string", "enum": list(Source)}},
+    ),
 ]
 StaleAges = Annotated[
     dict[str, float],
@@ -50,18 +54,16 @@ DegradedGroups = Annotated[
     dict[str, str],
     Field(
         description="Only when a fault shaped some group's answer (stale, unavailable, or backing "
-        "because Redis failed): per such group, why (breaker_open, deadline, store_error, "
-        "error_reply, abandoned)."
+        f"because Redis failed): per such group, why ({', '.join(Degraded)}).",
+        json_schema_extra={"additionalProperties": {"type": "string", "enum": list(Degraded)}},
     ),
 ]
 
 
+# A plain dict, as the HTTP API answers it: a batch of 100 builds no other object per result.
+# Its fields are declared here only; service.responses builds the response bodies on it.
 class ScoreResult(TypedDict):
-    """The model's answer for one transaction, and where its features came from.
-
-    A plain dict, as the HTTP API answers it: a batch of 100 builds no other object
-    per result (``service.responses`` declares it in the response schema).
-    """
+    """The model's answer for one transaction, and where its features came from."""
 
     entity_id: str
     score: Score
@@ -92,16 +94,16 @@ class Scorer:
         self, requests: Sequence[ScoreRequest], timer: StageTimer
     ) -> tuple[list[ScoreResult], ResolvedBatch]:
         """Score every request; also return the resolved features, for metrics."""
-        with timer.stage("features"):
+        with timer.stage(Stage.FEATURES):
             resolved = await self._resolver.resolve_batch(
                 [request.entity_id for request in requests], self._selection, timer
             )
-        with timer.stage("derive"):
+        with timer.stage(Stage.DERIVE):
             inputs = self._inputs(requests, resolved)
         # Inputs are finite by construction (validated amounts, decoded or default features),
         # so scikit-learn's finiteness scan is skipped when the model runs in scikit-learn
         # (models.compiled_trees.fastest_classifier's fallback).
-        with timer.stage("inference"), sklearn.config_context(assume_finite=True):
+        with timer.stage(Stage.INFERENCE), sklearn.config_context(assume_finite=True):
             scores = self._classifier.predict_proba(inputs)[:, 1].tolist()
         threshold = self._threshold
         groups = resolved.groups

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from features.breaker import CircuitBreaker
 from features.budgets import PROFILES
 from features.errors import (
     InvalidUpdate,
@@ -33,23 +34,17 @@ from features.errors import (
 from features.ingest.updates import parse_update
 from features.redaction import install_log_redaction
 from features.registry import FRAUD_REGISTRY
-from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
-from features.serving.resolver import (
-    CachedGroup,
-    Degraded,
-    EntityFeatures,
-    ResolvedBatch,
-    Resolver,
-)
+from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
+from features.sources import Degraded
 from features.stores.backing import AsyncBackingStore, epoch_ms, is_live
 from features.stores.base import AsyncOnlineStore
 from features.stores.factory import async_backing_store, async_online_store
 from features.stores.redis_cluster import AsyncRedisClusterStore
 from features.stores.write_through import AsyncWriteThrough
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
@@ -190,7 +185,7 @@ class FraudScorer:
     ) -> ScoreResponse:
         """Score one transaction."""
         timer = StageTimer()
-        with timer.stage("total"):
+        with timer.stage(Stage.TOTAL):
             request = ScoreRequest(entity_id, amount, _now() if timestamp is None else timestamp)
             [scored], resolved = await self.scorer.score([request], timer)
         body = {**scored, "threshold": self.scorer.threshold}
@@ -204,7 +199,7 @@ class FraudScorer:
     ) -> BatchScoreResponse:
         """Score many transactions with one Redis round trip and one model call."""
         timer = StageTimer()
-        with timer.stage("total"):
+        with timer.stage(Stage.TOTAL):
             now = _now()
             batch = [
                 ScoreRequest(r.entity_id, r.amount, now if r.timestamp is None else r.timestamp)
@@ -232,7 +227,7 @@ class FraudScorer:
         except RegistryError as exc:
             ctx.response.status_code = 400
             return {"error": f"groups: {exc}"}
-        with timer.stage("total"):
+        with timer.stage(Stage.TOTAL):
             resolved = await self.resolver.resolve_batch(entity_ids, selection, timer)
         now_s = time.time()
         body = {"entities": [_describe(entity, now_s) for entity in resolved.entities()]}
@@ -380,7 +375,7 @@ FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
 # BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
-# pick its media type (about 0.6 ms of CPU per request here); say it once.
+# pick its media type, a large share of a request's CPU (docs/benchmarks.md); say it once.
 for _api in FraudScorer.apis.values():  # type: ignore[attr-defined]
     _api.output_spec.media_type = "application/json"
 

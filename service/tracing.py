@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
 from features.settings import Settings
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = ["StageSpans", "tracing_config"]
 
@@ -81,6 +81,6 @@ class StageSpans:
                 name,
                 context=context,
                 start_time=start_ns,
-                attributes=attributes if name == "features" else None,
+                attributes=attributes if name is Stage.FEATURES else None,
             )
             span.end(end_time=start_ns + round(durations_ms[name] * _NS_PER_MS))

@@ -28,9 +28,10 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY, Feature, FeatureGroup, Structure
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, GroupResult, Resolver, Source
+from features.serving.resolver import CachedGroup, GroupResult, Resolver
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
+from features.sources import Source
 from features.stores.backing import (
     AsyncBackingStore,
     BackingStore,
@@ -57,6 +58,7 @@ from features.stores.sqlite import SqliteStore
 from features.stores.write_through import WriteThrough
 from features.timing import StageTimer
 from service.harness.local_redis import free_port
+from tests.support.clock import ManualClock
 from tests.support.moto_server import aws_env
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -64,16 +66,6 @@ RECENT = FRAUD_REGISTRY.group("user", "recent_items")
 EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
-
-
-class ManualClock:
-    """Epoch seconds that move only when a test sets ``now``."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -85,7 +77,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def clock() -> ManualClock:
     """The stores' clock, at ``NOW`` until the test moves it."""
-    return ManualClock()
+    return ManualClock(NOW)
 
 
 @pytest.fixture
@@ -443,7 +435,7 @@ def test_racing_sqlite_writers_lose_nothing_and_end_at_the_newest(tmp_path: Path
     start = threading.Barrier(2)
 
     def writer(offset: int) -> None:
-        store = SqliteStore(path, clock=ManualClock())
+        store = SqliteStore(path, clock=ManualClock(NOW))
         start.wait()
         for i in range(offset, 40, 2):
             store.write(
@@ -459,7 +451,7 @@ def test_racing_sqlite_writers_lose_nothing_and_end_at_the_newest(tmp_path: Path
         thread.start()
     for thread in threads:
         thread.join()
-    store = SqliteStore(path, clock=ManualClock())
+    store = SqliteStore(path, clock=ManualClock(NOW))
     recent, features = store.read(
         [
             ReadRequest("u1", RECENT, RECENT.feature_names),
@@ -472,7 +464,7 @@ def test_racing_sqlite_writers_lose_nothing_and_end_at_the_newest(tmp_path: Path
 
 
 def async_store(kind: str, where: str, max_pending: int = 64) -> AsyncBackingStore:
-    return async_backing_store(f"{kind}:{where}", clock=ManualClock(), max_pending=max_pending)
+    return async_backing_store(f"{kind}:{where}", clock=ManualClock(NOW), max_pending=max_pending)
 
 
 @pytest.fixture
@@ -554,7 +546,7 @@ def test_a_stored_value_the_registry_no_longer_declares_is_left_out(tmp_path: Pa
             ("user:{u1}:features", "user:features", NOW * 1000,
              '{"retired_feature": 1, "tx_count_1h": 3, "is_premium": 1}'),
         )  # fmt: skip
-    with closing(SqliteStore(path, clock=ManualClock())) as store:
+    with closing(SqliteStore(path, clock=ManualClock(NOW))) as store:
         [values] = store.read([ReadRequest("u1", FEATURES, FEATURES.feature_names)])
     assert values == {"tx_count_1h": 3, "is_premium": 1}
 
@@ -654,11 +646,11 @@ def _leave_unprocessed(times: int) -> Callable[..., None]:
 def _throttled_store(table: str, times: int, read_budget_s: float) -> DynamoDbStore:
     client = dynamodb_client()
     client.meta.events.register("after-call.dynamodb.BatchGetItem", _leave_unprocessed(times))
-    return DynamoDbStore(table, client, read_budget_s=read_budget_s, clock=ManualClock())
+    return DynamoDbStore(table, client, read_budget_s=read_budget_s, clock=ManualClock(NOW))
 
 
 def _held_in(table: str, *updates: FeatureUpdate) -> None:
-    store = DynamoDbStore(table, dynamodb_client(), clock=ManualClock())
+    store = DynamoDbStore(table, dynamodb_client(), clock=ManualClock(NOW))
     store.write(updates)
     store.close()
 
@@ -708,7 +700,7 @@ def test_items_dynamodb_ttl_has_not_deleted_yet_are_misses(
 
 
 def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
-    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock(NOW))
     store.write(
         [
             parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 3, "tx_sum_1h": 2.5}),
@@ -745,7 +737,7 @@ def test_dynamodb_items_have_the_documented_layout(dynamodb_table: str) -> None:
 
 def test_a_record_sqlite_cannot_decode_refuses_writes_to_its_key_only(tmp_path: Path) -> None:
     path = tmp_path / "backing.sqlite3"
-    store = SqliteStore(path, clock=ManualClock())
+    store = SqliteStore(path, clock=ManualClock(NOW))
     store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1})])
     with closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE feature_groups SET event_ms = 'soon' WHERE key = 'user:{u1}:features'")
@@ -782,7 +774,7 @@ def test_a_database_made_before_per_value_times_gets_its_column(tmp_path: Path) 
             "INSERT INTO feature_groups VALUES "
             f"('user:{{u1}}:features', 'user:features', {NOW * 1000}, '{{\"tx_count_1h\": 4}}');"
         )
-    store = SqliteStore(path, clock=ManualClock())
+    store = SqliteStore(path, clock=ManualClock(NOW))
     store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 2.0})])
     [update] = list(store.scan(FEATURES))
     assert update.values == {"tx_count_1h": 4, "tx_sum_1h": 2.0}
@@ -796,7 +788,7 @@ def test_a_database_made_before_per_value_times_gets_its_column(tmp_path: Path) 
 def test_numbers_dynamodb_cannot_hold_refuse_their_update_only(
     dynamodb_table: str, value: float, problem: str
 ) -> None:
-    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock(NOW))
     refused, written = store.write(
         [
             parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 1, "tx_sum_1h": value}),
@@ -825,7 +817,7 @@ def test_an_item_dynamodb_refuses_as_too_large_refuses_its_update_only(
         (Feature("wide", "str_list", (), dim=2000),),
         top_n=2000,
     )
-    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock(NOW))
     members = [f"{i:04d}" + "m" * 252 for i in range(2000)]
     refused, written = store.write(
         [
@@ -848,7 +840,7 @@ def test_an_item_dynamodb_cannot_decode_refuses_writes_to_its_key(dynamodb_table
             "tx_count_1h": {"N": "1"},
         },
     )
-    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock(NOW))
     [outcome] = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 2})])
     assert (
         outcome.refused is not None and "unreadable item at user:{u1}:features" in outcome.refused
@@ -860,7 +852,7 @@ def test_an_item_dynamodb_cannot_decode_refuses_writes_to_its_key(dynamodb_table
 def test_an_update_the_backing_store_refuses_never_reaches_redis(
     dynamodb_table: str, redis_store: RedisStore, redis_client: redis.Redis
 ) -> None:
-    backing = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    backing = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock(NOW))
     through = WriteThrough(redis_store, backing)
     refused, written = through.write(
         [
@@ -877,7 +869,7 @@ def test_an_update_the_backing_store_refuses_never_reaches_redis(
 def test_a_dynamodb_write_that_lost_a_race_merges_again(dynamodb_table: str) -> None:
     # Another writer changes the item between this store's read and its put, once.
     client = dynamodb_client()
-    rival = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock())
+    rival = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock(NOW))
     raced: list[bool] = []
 
     def write_first(**_: Any) -> None:
@@ -886,7 +878,7 @@ def test_a_dynamodb_write_that_lost_a_race_merges_again(dynamodb_table: str) -> 
             rival.write([parse_update(FEATURES, "u1", NOW + 5, {"tx_sum_1h": 7.5})])
 
     client.meta.events.register("before-call.dynamodb.PutItem", write_first)
-    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock(NOW))
     [outcome] = store.write([parse_update(FEATURES, "u1", NOW, {"tx_count_1h": 2})])
     assert raced and outcome == WriteOutcome(frozenset({"tx_count_1h"}))
     [values] = store.read([ReadRequest("u1", FEATURES, ("tx_count_1h", "tx_sum_1h"))])
@@ -908,7 +900,7 @@ def test_a_dynamodb_item_written_before_revisions_is_merged_into(dynamodb_table:
             "tx_count_1h": {"N": "4"},
         },
     )
-    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock())
+    store = DynamoDbStore(dynamodb_table, client, clock=ManualClock(NOW))
     store.write([parse_update(FEATURES, "u1", NOW + 1, {"tx_sum_1h": 1.5})])
     [values] = store.read([ReadRequest("u1", FEATURES, ("tx_count_1h", "tx_sum_1h"))])
     assert values == {"tx_count_1h": 4, "tx_sum_1h": 1.5}

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from features.serving.breaker import BreakerState, CircuitBreaker, Permit
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from features.breaker import BreakerState, CircuitBreaker, Permit
+from tests.support.clock import ManualClock
 
 
 def breaker(clock: ManualClock) -> CircuitBreaker:
@@ -24,7 +17,7 @@ def permit(b: CircuitBreaker) -> Permit:
 
 
 def test_opens_after_consecutive_failures_only() -> None:
-    clock = ManualClock()
+    clock = ManualClock(100.0)
     b = breaker(clock)
     b.record_failure(permit(b), "x")
     b.record_failure(permit(b), "x")
@@ -38,7 +31,7 @@ def test_opens_after_consecutive_failures_only() -> None:
 
 
 def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
-    clock = ManualClock()
+    clock = ManualClock(100.0)
     b = breaker(clock)
     b.trip("pool exhausted")
     clock.now += 0.999
@@ -54,7 +47,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
 
 
 def test_a_failed_probe_opens_again_for_a_full_timeout() -> None:
-    clock = ManualClock()
+    clock = ManualClock(100.0)
     b = breaker(clock)
     b.trip("x")
     clock.now += 1.5
@@ -67,7 +60,7 @@ def test_a_failed_probe_opens_again_for_a_full_timeout() -> None:
 
 
 def test_a_probe_that_never_reports_back_expires() -> None:
-    clock = ManualClock()
+    clock = ManualClock(100.0)
     b = breaker(clock)
     b.trip("x")
     clock.now += 1.0
@@ -80,7 +73,7 @@ def test_a_probe_that_never_reports_back_expires() -> None:
 
 def test_calls_in_flight_when_it_tripped_do_not_close_it() -> None:
     """A pool-saturation trip holds: the reads that filled the pool end successfully."""
-    clock = ManualClock()
+    clock = ManualClock(100.0)
     b = breaker(clock)
     in_flight = [permit(b) for _ in range(4)]
     b.trip("connection pool over 80 % in use")
@@ -91,7 +84,7 @@ def test_calls_in_flight_when_it_tripped_do_not_close_it() -> None:
 
 
 def test_calls_in_flight_when_it_tripped_do_not_reopen_it_after_the_probe() -> None:
-    clock = ManualClock()
+    clock = ManualClock(100.0)
     b = breaker(clock)
     in_flight = [permit(b) for _ in range(3)]
     b.trip("x")
@@ -104,7 +97,7 @@ def test_calls_in_flight_when_it_tripped_do_not_reopen_it_after_the_probe() -> N
 
 def test_under_partial_failure_it_stays_open_until_the_probe_decides() -> None:
     """Half the answers fail: an open breaker must not flap closed with every success."""
-    clock = ManualClock()
+    clock = ManualClock(100.0)
     b = breaker(clock)
     in_flight = [permit(b) for _ in range(12)]
     states = []
@@ -136,7 +129,7 @@ def test_under_partial_failure_it_stays_open_until_the_probe_decides() -> None:
 
 
 def test_it_remembers_the_last_failure_and_whether_it_is_still_failing() -> None:
-    clock = ManualClock()
+    clock = ManualClock(100.0)
     b = breaker(clock)
     assert (b.failing, b.last_failure_age_s) == (False, None)
     b.record_failure(permit(b), "NOPERM No permissions to access a key")

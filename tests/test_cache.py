@@ -7,20 +7,11 @@ import asyncio
 import pytest
 
 from features.serving.cache import FeatureCache, SingleFlight
-
-
-class ManualClock:
-    """A clock tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import ManualClock
 
 
 def test_entries_expire_after_ttl() -> None:
-    clock = ManualClock()
+    clock = ManualClock(1000.0)
     cache: FeatureCache[str] = FeatureCache(ttl_s=5.0, maxsize=10, timer=clock)
     cache.put("k", "v")
     clock.now += 4.999
@@ -30,7 +21,7 @@ def test_entries_expire_after_ttl() -> None:
 
 
 def test_least_recently_used_entry_goes_first_when_full() -> None:
-    cache: FeatureCache[int] = FeatureCache(ttl_s=60.0, maxsize=2, timer=ManualClock())
+    cache: FeatureCache[int] = FeatureCache(ttl_s=60.0, maxsize=2, timer=ManualClock(1000.0))
     cache.put("a", 1)
     cache.put("b", 2)
     assert cache.get("a") == 1
@@ -63,7 +54,7 @@ def test_single_flight_hands_the_leaders_value_to_waiters() -> None:
 
 
 def test_discard_drops_one_entry() -> None:
-    cache: FeatureCache[int] = FeatureCache(ttl_s=60.0, maxsize=10, timer=ManualClock())
+    cache: FeatureCache[int] = FeatureCache(ttl_s=60.0, maxsize=10, timer=ManualClock(1000.0))
     cache.put("a", 1)
     cache.put("b", 2)
     cache.discard("a")

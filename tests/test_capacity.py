@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from features.capacity import (
+from features.registry import FRAUD_REGISTRY
+from features.settings import Settings
+from features.stores.capacity import (
     CapacityInputs,
     estimate_entity_bytes,
     measure_entity_bytes,
     plan_capacity,
 )
-from features.registry import FRAUD_REGISTRY
-from features.settings import Settings
 from service import cli
 from service.cli.demo import load_demo_data
 
@@ -24,7 +24,7 @@ GROUPS = FRAUD_REGISTRY.groups_of("user")
 
 
 def test_the_sizing_example_of_the_field() -> None:
-    # MISSION.md: 200 B x 10 M users x 1.3 = 2.6 GB.  With 2 GiB nodes kept 35 % free,
+    # The usual sizing example: 200 B x 10 M users x 1.3 = 2.6 GB.  With 2 GiB nodes kept 35 % free,
     # one node may hold 2 x 2**30 x 0.65 = 1.396e9 B: two shards of 1.3e9 B each (61 %).
     # 20,000 rps x 3 groups = 60,000 commands/s: one node would do.  20 workers (4 x 5)
     # take 1,000 rps each: 1,000 x 0.002 s x 1.5 = 3 connections, 60 per node.

@@ -14,12 +14,13 @@ import asyncio
 
 import pytest
 
+from features.breaker import CircuitBreaker
 from features.budgets import ProfileName
 from features.registry import FRAUD_REGISTRY
-from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, Degraded, Resolver, Source, Tier
+from features.serving.resolver import CachedGroup, Resolver, Tier
 from features.settings import Settings
+from features.sources import Degraded, Source
 from tests.support.virtual_time import PromptStore, SilentStore, VirtualTimeLoop
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -31,7 +32,7 @@ BUDGET_MS: dict[ProfileName, int] = {
     "ads": 3,
     "personalization": 40,
 }
-"""The feature budgets of MISSION.md's use-case table, copied here by hand."""
+"""The usual feature budget of each use case, copied here by hand (not read from the code)."""
 
 
 def waited_s(deadline_s: float) -> tuple[float, Source, Degraded | None]:

@@ -11,7 +11,15 @@ HEAVY = ("redis", "hiredis", "pyarrow", "boto3")
 
 
 @pytest.mark.parametrize(
-    "modules", ["features.registry", "features.derive", "features.settings", "models.schema"]
+    "modules",
+    [
+        "features.registry",
+        "features.derive",
+        "features.settings",
+        "features.sources",
+        "models.schema",
+        "models.train",
+    ],
 )
 def test_definitions_load_no_store_client(modules: str) -> None:
     probe = f"import sys, {modules}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"

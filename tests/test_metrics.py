@@ -7,10 +7,11 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from features.breaker import BreakerState, CircuitBreaker
 from features.registry import FRAUD_REGISTRY, FeatureGroup
-from features.serving.breaker import BreakerState, CircuitBreaker
-from features.serving.resolver import Degraded, ResolvedBatch, ResolvedGroup, Source, Tier
+from features.serving.resolver import ResolvedBatch, ResolvedGroup, Tier
 from features.settings import Settings
+from features.sources import Degraded, Source
 from features.stores.base import ReadRequest
 from features.stores.redis import async_redis_store
 from service.metrics import (

@@ -22,9 +22,10 @@ from features.errors import StoreError
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, Resolver, Source
+from features.serving.resolver import CachedGroup, Resolver
 from features.serving.tiers import redis_tier
 from features.settings import Settings
+from features.sources import Source
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from service.cli import main
 from service.harness.local_redis import LocalRedis

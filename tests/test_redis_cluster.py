@@ -19,13 +19,14 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from features.breaker import BreakerState, CircuitBreaker
 from features.ingest.rewarm import rewarm
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.serving.breaker import BreakerState, CircuitBreaker
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, Degraded, Resolver, Source, Tier
+from features.serving.resolver import CachedGroup, Resolver, Tier
 from features.settings import Settings
+from features.sources import Degraded, Source
 from features.stores.base import FailedRead, ReadAnswer, ReadRequest, WriteOutcome
 from features.stores.factory import async_online_store, open_online_store
 from features.stores.redis_cluster import AsyncRedisClusterStore, async_cluster_client

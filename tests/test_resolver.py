@@ -7,25 +7,27 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
 import pytest
 import redis
 
+from features.breaker import CircuitBreaker
 from features.burst_log import BurstLog
 from features.errors import InvalidEntityId
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, Degraded, GroupResult, Resolver, Source, Tier
+from features.serving.resolver import CachedGroup, GroupResult, Resolver, Tier
 from features.serving.tiers import redis_tier
 from features.settings import Settings
-from features.stores.base import FeatureUpdate, ReadFailure
+from features.sources import Degraded, Source
+from features.stores.base import FeatureUpdate
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.timing import StageTimer
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
+from tests.support.clock import ManualClock
 from tests.support.virtual_time import SilentStore, VirtualTimeLoop
 
 USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
@@ -36,14 +38,6 @@ DEFAULTS = dict(USER_FEATURES.defaults)
 T = TypeVar("T")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -459,8 +453,3 @@ def test_waiters_on_a_fetch_whose_request_was_cancelled_answer_saying_abandoned(
     assert (result.source, result.degraded) == (Source.UNAVAILABLE, Degraded.ABANDONED)
     assert dict(result.values) == DEFAULTS
     assert store.reads == 1, "the waiter shared the leader's read instead of sending its own"
-
-
-def test_every_reason_a_store_gives_for_a_failed_read_is_a_degraded_reason() -> None:
-    """The resolver passes a ``FailedRead``'s reason on as the group's ``Degraded`` reason."""
-    assert set(get_args(ReadFailure)) <= {reason.value for reason in Degraded}

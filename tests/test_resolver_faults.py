@@ -16,27 +16,22 @@ import pytest
 import redis
 import uvloop
 
+from features.breaker import BreakerState
 from features.burst_log import BurstLog
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
-from features.serving.breaker import BreakerState
 from features.serving.cache import FeatureCache
-from features.serving.resolver import (
-    CachedGroup,
-    Degraded,
-    GroupResult,
-    Resolver,
-    Source,
-    Tier,
-)
+from features.serving.resolver import CachedGroup, GroupResult, Resolver, Tier
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
+from features.sources import Degraded, Source
 from features.stores.factory import async_backing_store
 from features.stores.redis import AsyncRedisStore, RedisStore, async_redis_store, sync_client
 from features.timing import StageTimer
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
 from service.harness.waiting import wait_until
+from tests.support.clock import ManualClock
 
 FEATURES = FRAUD_REGISTRY.group("user", "features")
 SELECTION = ((FEATURES, FEATURES.feature_names),)
@@ -51,14 +46,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 """The service runs on uvloop (BentoML's default); tools and tests on asyncio's own loop."""
 
 _LOG = logging.getLogger("test.faults")
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def patient(url: str, **overrides: Any) -> Settings:

@@ -26,8 +26,9 @@ from models.schema import (
 
 NOW = 1_767_225_600
 
-# The fraud feature table of MISSION.md: name, dtype, default.
-MISSION_FEATURES = [
+# The fraud example's feature table, as specified (not read from the registry): name, dtype,
+# default.
+SPECIFIED_FEATURES = [
     ("tx_count_1h", "int", 0),
     ("tx_sum_1h", "float", 0.0),
     ("tx_count_24h", "int", 0),
@@ -57,9 +58,9 @@ def test_fraud_schema_is_stored_features_then_amount_then_derived() -> None:
     assert schema.entity_type == "user"
     assert schema.groups == ("features",)
     stored = [(s.name, s.dtype, s.default) for s in schema.inputs if s.source == "stored"]
-    assert stored == MISSION_FEATURES
+    assert stored == SPECIFIED_FEATURES
     assert schema.names == (
-        *(name for name, _, _ in MISSION_FEATURES),
+        *(name for name, _, _ in SPECIFIED_FEATURES),
         "amount",
         *DERIVED_FEATURES,
     )

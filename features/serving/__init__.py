@@ -1,1 +1,1 @@
-"""The read path inside the service: resolver, cache, circuit breakers and the tiers they guard."""
+"""The read path inside the service: the resolver, its cache, and the store tiers it asks."""

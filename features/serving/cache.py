@@ -8,9 +8,9 @@ key wait on one fetch instead of each asking Redis.
 
 Why not cachetools' ``TTLCache`` for the fresh entries: it links its entries
 through one Python object each, which the garbage collector tracks, and a
-full collection walks them all.  With 100,000 entries a full collection took
-about 70 ms with ``TTLCache`` and 10 ms with ``LRUCache`` (in process, this
-machine): a pause every request in flight waits for.  An entry here expires
+full collection walks them all: with the default sizes, a pause several times
+longer than with ``LRUCache`` that every request in flight waits for
+(docs/benchmarks.md, "What was changed").  An entry here expires
 when it is next looked up, and the LRU bound keeps the size.  Store values
 the collector need not track (tuples of numbers and strings) to keep it so.
 """

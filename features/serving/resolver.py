@@ -44,17 +44,17 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, cast
 
+from features.breaker import CircuitBreaker
 from features.burst_log import BurstLog
 from features.deadline import ReplyDeadline
 from features.errors import StoreError
 from features.keys import validate_entity_id
 from features.registry import FeatureGroup, Registry
-from features.serving.breaker import CircuitBreaker
 from features.serving.cache import FeatureCache, SingleFlight
+from features.sources import Degraded, Source
 from features.stores.base import (
     AsyncOnlineStore,
     FailedRead,
@@ -64,61 +64,32 @@ from features.stores.base import (
     StoredValues,
     event_ms_of,
 )
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = [
     "CachedGroup",
-    "Degraded",
     "EntityFeatures",
     "GroupResult",
     "ResolvedBatch",
     "ResolvedGroup",
     "Resolver",
-    "Source",
     "Tier",
 ]
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 0.010
-"""The feature budget of the fraud profile: 10 ms."""
+"""The feature budget of the fraud profile (``features.budgets``)."""
 
 TIMER_SLACK_S = 0.002
 """How much earlier than the deadline a store read is abandoned: event-loop timers (libuv's
-under uvloop) have millisecond resolution and fire up to about 1 ms late, and a timer due
-while another request's Python code runs waits for it (about 0.5 ms per /score request).
-With 1 ms, 3 of 15 fault-drill phases had a feature stage more than 2 ms past a 10 ms
-deadline (``make faults``); with 2 ms the store still gets 80 % of that budget.  Short
-deadlines give up at most ``SLACK_SHARE`` of themselves instead (ads: 0.6 ms of 3 ms)."""
+under uvloop) have millisecond resolution and fire late, and a timer due while another
+request's Python code runs waits for it.  Half as much let fault-drill phases end well past
+the deadline (``make faults``; docs/benchmarks.md has the figures).  Short deadlines give up
+at most ``SLACK_SHARE`` of themselves instead, so the store keeps most of its budget."""
 
 SLACK_SHARE = 0.2
 """The largest share of the deadline kept back as ``TIMER_SLACK_S``."""
-
-
-class Source(StrEnum):
-    """Where a group's values came from."""
-
-    CACHE = "cache"
-    REDIS = "redis"
-    BACKING = "backing"
-    STALE = "stale"
-    DEFAULT = "default"
-    UNAVAILABLE = "unavailable"
-
-
-class Degraded(StrEnum):
-    """Why a fault shaped a group's answer: the first failure the resolver met for it."""
-
-    BREAKER_OPEN = "breaker_open"
-    """A store was skipped: its breaker was open (failures, or its pool nearly exhausted)."""
-    DEADLINE = "deadline"
-    """A store had not answered when the deadline passed, or no time was left to ask it."""
-    STORE_ERROR = "store_error"
-    """A store failed the whole read: refused or dropped connection, its own timeout."""
-    ERROR_REPLY = "error_reply"
-    """The store answered this key with an error (``NOPERM``, ``WRONGTYPE``, ``LOADING``...)."""
-    ABANDONED = "abandoned"
-    """The request that was fetching this key for everyone was cancelled mid-read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +211,8 @@ class Tier:
     store: AsyncOnlineStore
     breaker: CircuitBreaker
     saturated: Callable[[], bool] = lambda: False
-    """True when the store should be spared (its pool over 80 % in use): trips the breaker."""
+    """True when the store should be spared (more of its pool in use than the breaker's pool
+    setting allows): trips the breaker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +296,7 @@ class Resolver:
         slots: list[_Slot | None] = [None] * len(requests)
         misses: list[int] = []
         waits: list[tuple[int, asyncio.Future[_Slot]]] = []
-        with timer.stage("cache"):
+        with timer.stage(Stage.CACHE):
             for index, key in enumerate(keys):
                 hit = self._cache.get(key)
                 if hit is not None:
@@ -400,7 +372,7 @@ class Resolver:
                 if answer is None:
                     still_missing.append(index)
                 elif type(answer) is FailedRead:
-                    failures[index] = failures[index] or Degraded(answer.reason)
+                    failures[index] = failures[index] or answer.reason
                     still_missing.append(index)
                 else:
                     slots[index] = _from_store(
@@ -428,7 +400,7 @@ class Resolver:
             self._error_log.error(f"{tier.source} read failed; falling back", exc)
             return _TierAnswer(None, Degraded.STORE_ERROR)
         except TimeoutError:
-            tier.breaker.record_failure(permit, "deadline")
+            tier.breaker.record_failure(permit, Degraded.DEADLINE)
             self._error_log.error(
                 f"{tier.source} read got no reply within the {self._deadline_s * 1000:g} ms "
                 "feature deadline; falling back"

@@ -58,7 +58,7 @@ from features.stores.base import (
     WriteOutcome,
     newest_members,
 )
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = [
     "AsyncBackingStore",
@@ -357,7 +357,7 @@ class AsyncBackingStore:
         """
         if timer is None:
             return await self._run(self._store.read, requests, None)
-        with timer.stage("backing"):
+        with timer.stage(Stage.BACKING):
             return await self._run(self._store.read, requests, None)
 
     async def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:

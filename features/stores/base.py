@@ -16,9 +16,10 @@ import heapq
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from features.registry import FeatureGroup
+from features.sources import Degraded
 from features.timing import StageTimer
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "FeatureUpdate",
     "OnlineStore",
     "ReadAnswer",
-    "ReadFailure",
     "ReadRequest",
     "StoredRow",
     "StoredValues",
@@ -86,10 +86,6 @@ def event_ms_of(answer: object) -> int | None:
     return answer.event_ms if type(answer) is StoredRow else None
 
 
-ReadFailure = Literal["error_reply", "store_error", "deadline", "breaker_open"]
-"""Why a store could not answer one request; each is a degraded-answer reason (``FailedRead``)."""
-
-
 @dataclass(frozen=True, slots=True)
 class FailedRead:
     """The store could not answer one request of a read; its other requests stand.
@@ -108,12 +104,13 @@ class FailedRead:
     error: str
     """What went wrong, for the log: the store's own words (e.g. ``NOPERM No permissions to
     access a key``), which may name hosts and keys."""
-    reason: ReadFailure = "error_reply"
+    reason: Degraded = Degraded.ERROR_REPLY
+    """Why, as the degraded-answer reason of the key's group."""
 
     @property
     def server_failed(self) -> bool:
         """Whether the key's server failed, rather than answering the key with an error."""
-        return self.reason != "error_reply"
+        return self.reason is not Degraded.ERROR_REPLY
 
 
 ReadAnswer = StoredValues | FailedRead | None

@@ -84,7 +84,7 @@ from features.stores.backing import (
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = ["DynamoDbStore", "create_table", "dynamodb_client"]
 
@@ -235,12 +235,13 @@ def _attribute(name: str, value: Any) -> Mapping[str, Any]:
     try:
         if any(number and abs(number) < _SMALLEST for number in numbers):
             raise decimal.Underflow
-        return _serializer.serialize(value)
+        serialized: Mapping[str, Any] = _serializer.serialize(value)
     except decimal.DecimalException:
         raise _OutOfRange(
             f"{name}: a value is outside DynamoDB's numbers "
             "(38 significant digits, magnitude 1e-130 to 9.99e125)"
         ) from None
+    return serialized
 
 
 def _item(key: str, group: FeatureGroup, held: HeldGroup, rev: int) -> dict[str, Any]:
@@ -316,7 +317,7 @@ class DynamoDbStore:
         """Values for each request, in order; one ``BatchGetItem`` per 100 distinct keys."""
         if timer is None:
             return self._read(requests)
-        with timer.stage("backing"):
+        with timer.stage(Stage.BACKING):
             return self._read(requests)
 
     def _read(self, requests: Sequence[ReadRequest]) -> list[StoredValues | None]:

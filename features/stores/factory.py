@@ -44,7 +44,8 @@ __all__ = [
 
 NODE_SHARE_OF_DEADLINE = 0.6
 """The longest a cluster read waits for one node, as a share of the feature deadline: the
-resolver abandons a read at 80 % of a short deadline (``TIMER_SLACK_S``), so the healthy
+resolver abandons a read ``TIMER_SLACK_S`` before the deadline, and a short deadline
+``SLACK_SHARE`` of itself before (``features.serving.resolver``), so the healthy
 nodes' answers are back, with a hung node's requests marked failed, before it does."""
 
 

@@ -5,11 +5,9 @@ which is decoded as one more int column.
 
 Decoding value by value costs a few Python calls per field.  Here every value
 of the batch is parsed by one pyarrow cast (C++), checked with numpy, and
-handed back as Python numbers.  For 100 replies of the fraud group's 10
-fields: 0.43 -> 0.14 ms in a hot loop, but only 0.69-0.78 -> 0.59-0.61 ms on
-the same fresh replies inside a running resolver, where all Python code here
-runs 3-5x slower than in a hot loop (in process, this machine, alternating
-the order of the two).
+handed back as Python numbers.  It wins by less inside a running resolver
+than in a hot loop, where all Python code runs faster (docs/benchmarks.md,
+"What was changed").
 
 The per-value decoder (``features.dtypes``) stays the authority: whenever the
 batch holds anything but well-formed, finite numbers (a malformed or
@@ -34,7 +32,7 @@ __all__ = ["MIN_REPLIES", "decode_hash_columns"]
 
 MIN_REPLIES = 16
 """Fewer replies than this are decoded value by value: pyarrow's fixed cost per batch
-(about 30 us in a hot loop) is more than per-value decoding spends on a few replies."""
+is more than per-value decoding spends on a few replies (docs/benchmarks.md)."""
 
 _EXACT_INT_LIMIT = 2.0**53
 """From this magnitude on, a float64 no longer holds every integer exactly: 2**53 + 1

@@ -8,27 +8,27 @@ answer carries its event time (``StoredRow.event_ms``).  The blocking
 store (tools, tests) queues them on a ``pipeline(transaction=False)``.  The
 service's asyncio store packs them with ``hiredis.pack_command`` and sends
 and reads them on one of redis-py's pooled connections, under one timeout
-for the whole round trip: for 100 entities that takes 0.4 ms where
-redis-py's asyncio ``Pipeline`` takes 1.8 ms (its pure-Python packer and a
-timeout per reply), and 46 us for one entity where ``hmget`` takes 70 us
-(Redis on the same CPU; ``bench/resolver_bench.py`` measures both across
-CPUs).  redis-py still owns the pool, connecting, the hiredis reply parser
-and disconnecting a connection left mid-reply.  Replies come back as
-``StoredRow``s; 16 or more complete hash replies of one group are decoded in
-bulk (``hash_columns``), the rest value by value.  The stores are built
-fail-fast (50 ms per read round trip, 100 ms to connect, no retries, a
-bounded pool that refuses rather than queues), since redis-py's defaults
-(5 s timeouts, retries) would spend a whole latency budget on one sick
-connection; ``async_redis_store`` says why the asyncio one applies its
-timeout itself rather than through redis-py's socket timeout.  redis-py errors are
-translated into ``StoreError`` leaves here and nowhere else.
+for the whole round trip: a fraction of what redis-py's asyncio ``Pipeline``
+spends (its pure-Python packer and a timeout per reply), and less than a
+plain ``hmget`` for one entity (docs/benchmarks.md, "What was changed";
+``bench/resolver_bench.py`` measures both).  redis-py still owns the pool,
+connecting, the hiredis reply parser and disconnecting a connection left
+mid-reply.  Replies come back as ``StoredRow``s; ``hash_columns.MIN_REPLIES``
+or more complete hash replies of one group are decoded in bulk, the rest
+value by value.  The stores are built fail-fast (short read and connect
+timeouts from the settings, no retries, a bounded pool that refuses rather
+than queues), since redis-py's defaults (no read timeout, retries) would
+spend a whole latency budget on one sick connection; ``async_redis_store``
+says why the asyncio one applies its timeout itself rather than through
+redis-py's socket timeout.  redis-py errors are translated into
+``StoreError`` leaves here and nowhere else.
 
 An error reply to one command (``WRONGTYPE``, ``NOPERM``, ``LOADING``, ``MOVED``,
 ``BUSY``, ``OOM``, ...) is that request's answer, a ``FailedRead`` naming the
 error: never "nothing stored".  Connections are kept: the service opens some
 at start-up (``AsyncRedisStore.warm``), and a read whose caller stops waiting
 (the resolver's deadline) leaves its connection to a background task that reads
-the rest of the replies, within the socket timeout, and returns it to the pool.
+the rest of the replies, within the read's own timeout, and returns it to the pool.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ from features.stores.redis_scripts import (
     STRING_WRITE,
     Script,
 )
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = [
     "AsyncRedisStore",
@@ -130,8 +130,8 @@ def async_redis_store(settings: Settings, for_writes: bool = False) -> AsyncRedi
     ``asyncio.timeout``.  With a socket timeout redis-py sends under
     ``asyncio.wait_for``, which on Python 3.11 returns normally when the caller
     is cancelled just as the send completes, so the resolver's deadline was lost
-    and the read waited on (seen in ``make faults``: a 25 ms feature stage with a
-    10 ms deadline after a Redis restart).
+    and the read waited on past it (``make faults`` showed it after a Redis restart;
+    docs/benchmarks.md has the figures).
     """
     if not settings.redis_url:
         raise StoreError("REDIS_URL is not set")
@@ -303,7 +303,7 @@ def decode_replies(
     ``decode``."""
     if timer is None:
         return _decoded(requests, replies)
-    with timer.stage("decode"):
+    with timer.stage(Stage.DECODE):
         return _decoded(requests, replies)
 
 
@@ -478,7 +478,7 @@ class RedisStore:
             if timer is None:
                 replies = pipe.execute(raise_on_error=False)
             else:
-                with timer.stage("redis"):
+                with timer.stage(Stage.REDIS):
                     replies = pipe.execute(raise_on_error=False)
         return decode_replies(requests, fold_replies(requests, replies), timer)
 
@@ -554,8 +554,8 @@ class AsyncRedisStore:
         """Open up to ``count`` connections now and keep them in the pool; how many are open.
 
         Each connect is bounded by the connect timeout.  Meant for start-up, so
-        that no request's deadline pays for connecting: with Redis 5 ms away a
-        connect costs one more round trip than the read itself.
+        that no request's deadline pays for connecting: a connect costs at least
+        one more network round trip, as much again as the read itself.
         """
         wanted = min(count, self._pool_size)
         opened = await asyncio.gather(
@@ -584,7 +584,7 @@ class AsyncRedisStore:
             if timer is None:
                 replies = await self._round_trip(requests)
             else:
-                with timer.stage("redis"):
+                with timer.stage(Stage.REDIS):
                     replies = await self._round_trip(requests)
         return decode_replies(requests, replies, timer)
 
@@ -657,7 +657,7 @@ class AsyncRedisStore:
             await self._drop(connection)
             raise
         except Exception as exc:
-            # Redis slower than the socket timeout, or gone: the resolver has already
+            # Redis slower than the read's timeout, or gone: the resolver has already
             # logged that the read missed its deadline.
             _log.debug("dropping a Redis connection whose abandoned reply did not come: %r", exc)
             await self._drop(connection)

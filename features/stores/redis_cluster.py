@@ -70,15 +70,15 @@ from redis.exceptions import (
 )
 from redis.retry import Retry as SyncRetry
 
+from features.breaker import CircuitBreaker, Permit
 from features.burst_log import BurstLog
 from features.deadline import ReplyDeadline
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
-from features.serving.breaker import CircuitBreaker, Permit
+from features.sources import Degraded
 from features.stores.base import (
     FailedRead,
     FeatureUpdate,
     ReadAnswer,
-    ReadFailure,
     ReadRequest,
     WriteOutcome,
 )
@@ -90,7 +90,7 @@ from features.stores.redis import (
     read_reply,
     translated_errors,
 )
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = [
     "REFRESH_INTERVAL_S",
@@ -218,7 +218,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             if timer is None:
                 replies = await self._round_trips(requests)
             else:
-                with timer.stage("redis"):
+                with timer.stage(Stage.REDIS):
                     replies = await self._round_trips(requests)
         finally:
             self._reads_in_flight -= 1
@@ -279,7 +279,9 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 host, port = self._nodes.remap_host_port(reply.host, reply.port)
                 node = self._nodes.get_node(host=host, port=port)
                 if node is None:
-                    replies[index] = FailedRead(f"ASK to an unknown node: {reply}", "store_error")
+                    replies[index] = FailedRead(
+                        f"ASK to an unknown node: {reply}", Degraded.STORE_ERROR
+                    )
                 else:
                     asked.setdefault(node, []).append(index)
         if moved:
@@ -314,7 +316,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 node = (self._pick(shard) if replicas_allowed else shard[0]) if shard else None
                 by_entity[entity_id] = node
             if node is None:
-                replies[index] = FailedRead("no node serves the slot", "store_error")
+                replies[index] = FailedRead("no node serves the slot", Degraded.STORE_ERROR)
                 self._refresh_soon()
             else:
                 batches.setdefault(node, []).append(index)
@@ -370,7 +372,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         permit = breaker.allow()
         if permit is None:
             self._refresh_soon(node.name)
-            return FailedRead(f"Redis node {node.name} is skipped for now", "breaker_open")
+            return FailedRead(f"Redis node {node.name} is skipped for now", Degraded.BREAKER_OPEN)
         batch = [requests[i] for i in indexes]
         # hiredis' stub types the argument as a one-element tuple; it takes any length.
         commands = [hiredis.pack_command(c) for r in batch for c in read_commands(r)]  # type: ignore[arg-type]
@@ -380,7 +382,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             connection = node.acquire_connection()
         except MaxConnectionsError:
             # Our pool is exhausted, not the node: no breaker failure.
-            return FailedRead(f"no free connection to Redis node {node.name}", "store_error")
+            return FailedRead(f"no free connection to Redis node {node.name}", Degraded.STORE_ERROR)
         bound = ReplyDeadline(asyncio.get_running_loop().time() + self._node_timeout_s)
         replies: list[Any] = []
         try:
@@ -391,7 +393,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                     for _ in commands:
                         replies.append(await read_reply(connection))
         except StoreError as exc:
-            reason: ReadFailure = "deadline" if bound.expired() else "store_error"
+            reason = Degraded.DEADLINE if bound.expired() else Degraded.STORE_ERROR
             return self._node_failed(node, breaker, permit, reason, exc)
         finally:
             if len(replies) < len(commands):
@@ -405,13 +407,13 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         node: ClusterNode,
         breaker: CircuitBreaker,
         permit: Permit,
-        reason: ReadFailure,
+        reason: Degraded,
         exc: StoreError,
     ) -> FailedRead:
         # The breaker keeps a category (exc.reason); the log gets the node and the error.
         breaker.record_failure(permit, exc.reason)
         self._error_log.error(f"Redis node {node.name} failed; its entities fall back", exc)
-        if reason == "store_error":
+        if reason is Degraded.STORE_ERROR:
             # Refused or reset: the node may be gone for good.  A node that is only slow
             # leads to a refresh once its breaker opens.
             self._refresh_soon(node.name)
@@ -509,7 +511,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
 
 
 def _refused(reply: Exception) -> FailedRead:
-    return FailedRead(f"Redis refused the slot for now: {reply}", "store_error")
+    return FailedRead(f"Redis refused the slot for now: {reply}", Degraded.STORE_ERROR)
 
 
 async def _open_connections(node: ClusterNode, count: int) -> int:
@@ -601,7 +603,9 @@ class _ClosingRedisCluster(SyncRedisCluster):
     nodes' clients do not own their pools): this one disconnects them too."""
 
     def close(self) -> None:
-        self.disconnect_connection_pools()
+        # Called through redis-py's class: mypy's untyped_calls_exclude (redis-py leaves the
+        # method unannotated) recognises the method by the class it is looked up on.
+        SyncRedisCluster.disconnect_connection_pools(self)
         super().close()
 
 

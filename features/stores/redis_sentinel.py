@@ -88,4 +88,5 @@ def sentinel_client(settings: Settings, options: dict[str, Any]) -> redis.Redis:
         sentinel_kwargs=_sentinel_options(settings),
         **_connection_options(settings),
     )
-    return sentinel.master_for(settings.sentinel_master or "", **options)
+    client: redis.Redis = sentinel.master_for(settings.sentinel_master or "", **options)
+    return client

@@ -57,7 +57,7 @@ from features.stores.backing import (
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
-from features.timing import StageTimer
+from features.timing import Stage, StageTimer
 
 __all__ = ["SqliteStore"]
 
@@ -161,7 +161,7 @@ class SqliteStore:
         """Values for each request, in order; one query per ``KEYS_PER_QUERY`` distinct keys."""
         if timer is None:
             return self._read(requests)
-        with timer.stage("backing"):
+        with timer.stage(Stage.BACKING):
             return self._read(requests)
 
     def _read(self, requests: Sequence[ReadRequest]) -> list[StoredValues | None]:

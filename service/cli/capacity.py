@@ -1,4 +1,4 @@
-"""``featserve capacity``: memory, shards and connections for a load (``features.capacity``).
+"""``featserve capacity``: memory, shards and connections for a load (``features.stores.capacity``).
 
 featserve capacity --entities N --peak-rps R --latency-ms L
                    [--bytes-per-entity B | --measure [--samples 200]] [--json] ...
@@ -12,16 +12,16 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from features.capacity import (
+from features.errors import RegistryError, StoreError
+from features.registry import FRAUD_REGISTRY, FeatureGroup
+from features.settings import Settings
+from features.stores.capacity import (
     CapacityInputs,
     CapacityPlan,
     estimate_entity_bytes,
     measure_entity_bytes,
     plan_capacity,
 )
-from features.errors import RegistryError, StoreError
-from features.registry import FRAUD_REGISTRY, FeatureGroup
-from features.settings import Settings
 from features.stores.factory import open_redis_client
 from features.stores.redis import translated_errors
 

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import bentoml
-import httpx
 
 from features.redaction import install_log_redaction, redact
 from features.settings import Settings
@@ -38,11 +37,16 @@ from service import cli
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis, free_port
 from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
+from service.harness.served import (
+    READY_TIMEOUT_S,
+    SERVICE,
+    bentoml_serve_command,
+    wait_until_ready,
+)
 
-__all__ = ["load_demo_data", "main", "wait_until_ready"]
+__all__ = ["load_demo_data", "main"]
 
 DEMO_USERS = 10_000
-READY_TIMEOUT_S = 120.0
 
 
 def load_demo_data(
@@ -70,21 +74,6 @@ def ensure_model(tag: str) -> None:
         pass
     print(f"No model {tag} in the BentoML model store: training one.", flush=True)
     subprocess.run([sys.executable, "-m", "models.train"], check=True)
-
-
-def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Poll ``/readyz`` until it answers 200; raise if the server exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with code {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"bentoml serve was not ready within {timeout_s:.0f} s")
 
 
 def ready_message(base_url: str, settings: Settings, token_was_set: bool) -> str:
@@ -172,13 +161,7 @@ def _serve(args: argparse.Namespace, settings: Settings, token_was_set: bool) ->
     print(f"Loaded demo features for u000000..u{args.users - 1:06d}", flush=True)
     ensure_model(settings.model_tag)
     base_url = f"http://127.0.0.1:{args.port}"
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "bentoml", "serve", "service.service:FraudScorer",
-            "--host", "127.0.0.1", "--port", str(args.port),
-        ],
-        env=dict(os.environ),
-    )  # fmt: skip
+    server = subprocess.Popen(bentoml_serve_command(SERVICE, args.port), env=dict(os.environ))
     try:
         wait_until_ready(base_url, server, READY_TIMEOUT_S)
         print(ready_message(base_url, settings, token_was_set), flush=True)

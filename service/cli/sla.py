@@ -46,6 +46,7 @@ from rich.table import Table
 
 from features.budgets import PROFILES, LatencyBudget
 from features.redaction import redact
+from features.timing import Stage
 from service.harness.load import MAX_DURATION_S, Endpoint, LoadPlan, Sample, drive
 from service.harness.stats import percentiles
 
@@ -67,9 +68,6 @@ EXIT_USAGE = 2
 
 CLIENT = "client"
 """The row of the latency the load generator measured, end to end."""
-
-FEATURES = "features"
-"""The ``Server-Timing`` stage checked against the feature budget."""
 
 DEFAULT_BATCH = 10
 """Entities per ``/score_batch`` body when ``--batch`` does not say."""
@@ -249,7 +247,7 @@ def evaluate(by_url: Mapping[str, Sequence[Sample]], limits: Limits, duration_s:
     statuses = Counter(sample.status for sample in samples)
     stages = [_stats(name, values) for name, values in stage_samples(samples).items()]
     by_name = {stage.name: stage for stage in stages}
-    features = by_name.get(FEATURES)
+    features = by_name.get(Stage.FEATURES)
     endpoints = [endpoint_mix(url, url_samples) for url, url_samples in by_url.items()]
     shed = sum(1 for sample in samples if is_shed(sample))
     answers = sum(endpoint.answers for endpoint in endpoints)
@@ -339,7 +337,7 @@ def render(console: Console, verdict: Verdict, budget: LatencyBudget) -> None:
     table = Table(title="Latency by stage (ms; client = end to end, others from Server-Timing)")
     for column in ("stage", "count", "p50", "p90", "p99", "max", "budget (p99)"):
         table.add_column(column, justify="left" if column == "stage" else "right")
-    budgets = {CLIENT: budget.total_ms, FEATURES: budget.features_ms}
+    budgets = {CLIENT: budget.total_ms, Stage.FEATURES: budget.features_ms}
     for stage in verdict.stages:
         limit = budgets.get(stage.name)
         table.add_row(

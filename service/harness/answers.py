@@ -17,10 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEGRADED_SOURCES", "AnswerMix", "answer_mix"]
+from features.sources import FAULT_SOURCES
 
-DEGRADED_SOURCES = frozenset({"stale", "unavailable"})
-"""Sources that only a fault produces."""
+__all__ = ["AnswerMix", "answer_mix"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +49,7 @@ def answer_mix(body: bytes) -> AnswerMix | None:
     degraded = 0
     for by_group, marked in answers:
         sources.update(by_group.values())
-        if marked or not DEGRADED_SOURCES.isdisjoint(by_group.values()):
+        if marked or not FAULT_SOURCES.isdisjoint(by_group.values()):
             degraded += 1
     return AnswerMix(len(answers), degraded, tuple(sorted(sources.items())))
 

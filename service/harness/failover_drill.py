@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from features.sources import Source
 from service.harness.fault_drill import Answer, Load
 
 __all__ = ["FailoverResult", "run_failover"]
@@ -148,10 +149,10 @@ def _back_on_redis(
     """Seconds from the kill to the last affected answer not from Redis (0: there was none);
     None while no affected answer since then came from Redis."""
     mine = [s for s in samples if affected is None or s.entity_id in affected]
-    last_other = max((s.sent_at for s in mine if s.source != "redis"), default=None)
+    last_other = max((s.sent_at for s in mine if s.source != Source.REDIS), default=None)
     if last_other is None:
         return 0.0 if mine else None
-    if not any(s.source == "redis" and s.sent_at > last_other for s in mine):
+    if not any(s.source == Source.REDIS and s.sent_at > last_other for s in mine):
         return None
     return last_other - killed_at
 
@@ -163,7 +164,7 @@ def _first_redis(
     firsts = (
         s.sent_at
         for s in samples
-        if s.source == "redis" and (affected is None or s.entity_id in affected)
+        if s.source == Source.REDIS and (affected is None or s.entity_id in affected)
     )
     first = min(firsts, default=None)
     return None if first is None else first - killed_at

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from features.sources import REAL_SOURCES, Source
+from features.timing import Stage
 from service.harness.load import (
     MAX_DURATION_S,
     Endpoint,
@@ -48,7 +50,6 @@ from service.harness.stats import percentiles
 
 __all__ = [
     "GROUP",
-    "REAL_SOURCES",
     "Answer",
     "DrillResult",
     "Fault",
@@ -60,9 +61,6 @@ __all__ = [
 
 GROUP = "features"
 """The feature group ``/score`` reads, whose answers the drills follow."""
-
-REAL_SOURCES = frozenset({"redis", "cache"})
-"""Sources of answers no fault shaped."""
 
 STATUS_POLL_S = 0.05
 """How often ``/ops/status`` is asked for the Redis breaker's state."""
@@ -176,8 +174,8 @@ def _answer(
         degraded=body.get("degraded", {}).get(GROUP),
         stale_age_s=body.get("stale_age_s", {}).get(GROUP),
         score=body["score"],
-        features_ms=sample.stages_ms.get("features"),
-        total_ms=sample.stages_ms.get("total"),
+        features_ms=sample.stages_ms.get(Stage.FEATURES),
+        total_ms=sample.stages_ms.get(Stage.TOTAL),
     )
 
 
@@ -290,7 +288,7 @@ def run_drill(
     with httpx.Client(base_url=url, timeout=5.0) as status_client:
 
         def breaker_state() -> str:
-            state: str = status_client.get("/ops/status").json()["breakers"]["redis"]["state"]
+            state: str = status_client.get("/ops/status").json()["breakers"][Source.REDIS]["state"]
             return state
 
         def hold(seconds: float) -> None:
@@ -345,7 +343,7 @@ def _recovery(
         if closed_at is None and breaker_state() == "closed":
             closed_at = time.monotonic()
         if closed_at is not None:
-            recovered = [a for a in load.answers(closed_at) if a.source == "redis"]
+            recovered = [a for a in load.answers(closed_at) if a.source == Source.REDIS]
             if recovered:
                 return min(a.sent_at for a in recovered)
         time.sleep(STATUS_POLL_S)

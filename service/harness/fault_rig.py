@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import redis
 
+from features.sources import Source
 from service import cli
 from service.harness.fault_drill import Fault, Load
 from service.harness.local_redis import LocalRedis
@@ -211,7 +212,7 @@ def _read_every_entity(url: str, entity_ids: list[str]) -> dict[str, float]:
             for entity_id in entity_ids:
                 if entity_id not in scores:
                     answer = client.post("/score", json=drill_request(entity_id)).json()
-                    if answer["sources"] == {"features": "redis"}:
+                    if answer["sources"] == {"features": Source.REDIS}:
                         scores[entity_id] = answer["score"]
     return scores
 

@@ -20,7 +20,12 @@ stage durations, and its body into the sources of its features
 (``answers.answer_mix``).  A caller that needs more of each answer (the fault
 drills check the values and ages in every body) passes ``observe``, which
 sees each recorded sample with its response as it comes in.  ``exchange`` is
-the one HTTP client routine; ``bench.load`` uses it too.
+the one HTTP client routine; the benchmarks build their windows, worker RSS
+and real answers per second on these samples (``bench.load_run``).
+
+Raw asyncio streams rather than ``httpx``: ``httpx.AsyncClient`` needs far
+more CPU per request than one BentoML worker spends answering it, so it
+cannot saturate the server it measures (docs/benchmarks.md).
 """
 
 from __future__ import annotations

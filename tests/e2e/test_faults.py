@@ -39,7 +39,8 @@ from pathlib import Path
 import pytest
 
 from features.registry import FRAUD_REGISTRY
-from service.harness.fault_drill import REAL_SOURCES, Answer, DrillResult, PhaseStats, run_drill
+from features.sources import REAL_SOURCES
+from service.harness.fault_drill import Answer, DrillResult, PhaseStats, run_drill
 from service.harness.fault_rig import (
     BREAKS_REQUESTS,
     FAULTS,

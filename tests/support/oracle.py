@@ -3,7 +3,7 @@ on a row built here from values the test chose.
 
 The model is read straight from the BentoML home (its pickled estimator, and the input
 order, defaults and threshold its metadata declares); the derived features are worked out
-from their definitions (README, MISSION.md) with ``datetime``.
+from what each one means (the hour, the day of the week, ...) with ``datetime``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Capacity planning: memory, shards and connections for an entity count and a peak load.
 
-The rules (MISSION.md, "Sizing and scale"):
+The rules (the usual rules of thumb for sizing Redis):
 
 - memory = bytes per entity (``MEMORY USAGE`` of its keys) x entities x
   overhead (1.3: the keyspace's own tables, expiry entries, fragmentation);
