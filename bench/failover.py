@@ -211,8 +211,8 @@ asserts on it.
 **Setup.** One `bentoml serve` worker over a Redis Cluster of 3 primaries and 3 replicas
 (`cluster-node-timeout 2000`, `cluster-require-full-coverage no`; `REDIS_URL` names one
 node, the first one killed) and over a primary, two replicas and three sentinels
-(`down-after-milliseconds 1000`), all on loopback. Load: 2 connections at {args.rate:g}
-requests/s each (`POST /score`, random users among {USERS}), cache TTL 0, feature deadline
+(`down-after-milliseconds 1000`), all on loopback. Load: {args.rate:g} requests/s over 2
+connections (`POST /score`, random users among {USERS}), cache TTL 0, feature deadline
 {args.deadline_ms:g} ms. Each drill: {args.before_s:g} s of load, then a primary is killed
 (`SIGKILL`); the drill watches until the lost primary's entities have been read from Redis
 again and for {args.settle_s:g} s more. Between drills the killed node comes back as a replica.
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one drill of each, short phases")
     parser.add_argument("--runs", type=int, default=2, help="drills per setup")
-    parser.add_argument("--rate", type=float, default=100.0, help="requests/s per connection")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests/s, all connections")
     parser.add_argument("--deadline-ms", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=DOC)
     args = parser.parse_args(argv)

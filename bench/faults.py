@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import platform
 import subprocess
 import tempfile
@@ -98,6 +99,11 @@ RIGS = {
 """The two rigs, by the title of their section: whether each has the cache and a backing store."""
 
 
+def _ms(value: float) -> str:
+    """A time in a table cell: ``-`` for a phase without answers (its percentile is NaN)."""
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
 def _table(results: Sequence[DrillResult]) -> str:
     lines = [
         "| fault | phase | requests | failed | real | degraded | wrong scores "
@@ -112,9 +118,9 @@ def _table(results: Sequence[DrillResult]) -> str:
             lines.append(
                 f"| {result.fault} | {phase.name} | {phase.requests} | {phase.failed} "
                 f"| {phase.real} | {phase.degraded} | {phase.wrong_scores} "
-                f"| {phase.features_p50_ms:.2f} | {phase.features_p99_ms:.2f} "
-                f"| {phase.features_max_ms:.2f} | {phase.total_p99_ms:.2f} | {oldest} "
-                f"| {sources} |"
+                f"| {_ms(phase.features_p50_ms)} | {_ms(phase.features_p99_ms)} "
+                f"| {_ms(phase.features_max_ms)} | {_ms(phase.total_p99_ms)} | {oldest} "
+                f"| {sources or '-'} |"
             )
     return "\n".join(lines)
 

@@ -367,9 +367,12 @@ def section(
     http = Section(
         "HTTP end to end: featserve against the echo floor and the naive service",
         "Closed-loop keep-alive load from `service.harness.load` (`bench/load_run.py`); "
-        "`/score` bodies pick one of 10,000 demo users at random, `/score_batch xN` bodies N "
-        "of them. featserve runs at its shipped defaults (10 ms feature deadline, 5 s cache, "
-        "16 requests in flight per worker, beyond which it answers 503 at once); the echo gets the "
+        "each case sends 500 bodies, built once: a `/score` body names one of the 10,000 demo "
+        "users drawn at random, a `/score_batch xN` body N of them; users recur (a `/score` "
+        "case names about 500), and with the 5 s cache most feature groups come from the "
+        "cache (the source mix says how many). featserve runs at its shipped defaults "
+        "(10 ms feature deadline, 5 s cache, 16 requests in flight per worker, beyond which it "
+        "answers 503 at once); the echo gets the "
         'same bodies wrapped in `{"payload": ...}`; the naive service reads the same hashes '
         f"with one `HGETALL` per entity. Core split: {split_text} Every server is up at once, "
         f"and each case runs in {ROUNDS} rounds (every server in turn, then the next round; "
