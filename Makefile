@@ -1,26 +1,50 @@
 # featserve: `make serve` runs the demo service, `make test` runs every check.
 # Both create .venv and install the project on first use; nothing else is needed.
+#
+# Every package of .venv comes from requirements/dev.txt (exact versions with hashes), the
+# Bento's from requirements/bento.txt (the same versions, runtime only): both are compiled
+# from pyproject.toml by `make lock`, which `make lint` checks is still the case.
 SHELL := bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UV := $(BIN)/uv
 export BENTOML_DO_NOT_TRACK := true
+# uv uses the Python it is given; it never downloads one.
+export UV_PYTHON_DOWNLOADS := never
 
 LOWEST := var/lowest-venv
+LATEST := var/latest-venv
+LOCK_CHECK := var/lock-check
 PROMTOOL := .tools/bin/promtool
 
-.PHONY: install lint promtool test test-lowest serve train faults bench clean
+# One way to compile each requirements file, for `make lock` and its check alike. The
+# resolution stops at [tool.uv] exclude-newer in pyproject.toml, so it is repeatable.
+COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 \
+	--custom-compile-command "make lock"
+compile_dev = $(COMPILE) pyproject.toml --extra dev --extra bench --extra spark \
+	--generate-hashes -o $(1)/dev.txt
+compile_bento = $(COMPILE) pyproject.toml --no-annotate -c $(1)/dev.txt -o $(1)/bento.txt
+compile_uv = $(COMPILE) requirements/uv.in --generate-hashes -o $(1)/uv.txt
 
-$(STAMP): pyproject.toml
+.PHONY: install lint lock lock-check promtool test test-lowest test-latest serve train faults \
+	bench clean
+
+# pip (the one python -m venv gives) installs only the pinned uv, once; uv installs the
+# rest, exactly requirements/dev.txt (which holds the same uv), then the project itself.
+$(UV):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/uv.txt
+
+$(STAMP): pyproject.toml requirements/dev.txt requirements/uv.txt | $(UV)
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes requirements/dev.txt
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
 install: $(STAMP)
 
-lint: $(STAMP)
+lint: $(STAMP) lock-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -39,12 +63,46 @@ test: lint promtool
 
 # The dependency floors are tested: a fresh virtualenv with every direct dependency at the
 # lowest version pyproject.toml allows (uv's lowest-direct resolution; its cache keeps reruns
-# to seconds) runs the unit tests. The end-to-end tests run on the current versions above.
+# to seconds) runs the unit tests. The end-to-end tests run on the locked versions above.
+# Transitive packages resolve as of the lock's date ([tool.uv] exclude-newer), so the set
+# is the same on any day.
 test-lowest: $(STAMP) promtool
 	rm -rf $(LOWEST)
-	$(BIN)/uv venv --quiet --python $(BIN)/python $(LOWEST)
-	$(BIN)/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[test]'
+	$(UV) venv --quiet --python $(BIN)/python $(LOWEST)
+	$(UV) pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[test]'
 	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e
+
+# Drift, on purpose: the whole suite in a fresh virtualenv holding the newest release of
+# every dependency today (--no-config drops the lock's date). Not part of make test: a new
+# release must not turn an unrelated change red. What it finds is fixed together with
+# `make lock`, in one commit. bentoml is pinned exactly, so it stays at the locked version.
+test-latest: $(STAMP) promtool
+	rm -rf $(LATEST)
+	$(UV) venv --quiet --python $(BIN)/python $(LATEST)
+	$(UV) pip install --quiet --no-config --python $(LATEST)/bin/python -e '.[dev,bench]'
+	$(UV) pip freeze --python $(LATEST)/bin/python | diff requirements/bento.txt - \
+		| grep '^[<>] [A-Za-z]' || true
+	$(LATEST)/bin/python -m pytest -p no:cacheprovider
+
+# Upgrade on purpose: resolve every requirements file again as of now (the date goes into
+# pyproject.toml), then run make test on the new versions and commit all of it together.
+lock: | $(UV)
+	sed -i -E 's/^exclude-newer = .*/exclude-newer = "'"$$(date -u +%Y-%m-%dT%H:%M:%SZ)"'"/' \
+		pyproject.toml
+	$(call compile_uv,requirements) --upgrade
+	$(call compile_dev,requirements) --upgrade
+	$(call compile_bento,requirements) --upgrade
+
+# The committed requirements are what pyproject.toml resolves to as of the lock's date.
+lock-check: | $(UV)
+	rm -rf $(LOCK_CHECK) && mkdir -p $(LOCK_CHECK)
+	$(call compile_uv,$(LOCK_CHECK))
+	$(call compile_dev,$(LOCK_CHECK))
+	$(call compile_bento,$(LOCK_CHECK))
+	@for name in uv dev bento; do \
+		diff -q requirements/$$name.txt $(LOCK_CHECK)/$$name.txt >/dev/null || { \
+		echo "requirements/$$name.txt is not what pyproject.toml resolves to: run make lock" >&2; \
+		diff requirements/$$name.txt $(LOCK_CHECK)/$$name.txt | head -20 >&2; exit 1; }; done
 
 # Embedded Redis (unless REDIS_URL is set), demo data, a model if the store has none,
 # then `bentoml serve` on 127.0.0.1:3000.
@@ -66,4 +124,4 @@ faults: $(STAMP)
 	$(BIN)/python -m bench.failover
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache .tools
+	rm -rf $(VENV) $(LOWEST) $(LATEST) $(LOCK_CHECK) .pytest_cache .ruff_cache .tools

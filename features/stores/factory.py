@@ -78,7 +78,11 @@ def async_online_store(settings: Settings, for_writes: bool = False) -> AsyncRed
         from features.stores.redis_sentinel import async_sentinel_store
 
         # As async_redis_store builds its client: nothing sent on connect, no socket timeout.
-        options = {**client_options(settings, None), "protocol": 2, "driver_info": None}
+        options = {
+            **client_options(settings, None, for_asyncio=True),
+            "protocol": 2,
+            "driver_info": None,
+        }
         return async_sentinel_store(
             settings, options, call_timeout_s(settings, for_writes), for_reads=not for_writes
         )
@@ -106,7 +110,8 @@ def open_redis_client(
         from features.stores.redis_sentinel import sentinel_client
 
         return sentinel_client(
-            settings, client_options(settings, call_timeout_s(settings, for_writes))
+            settings,
+            client_options(settings, call_timeout_s(settings, for_writes), for_asyncio=False),
         )
     return sync_client(settings, for_writes)
 

@@ -45,6 +45,7 @@ from typing import Any
 import hiredis
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -110,12 +111,20 @@ def call_timeout_s(settings: Settings, for_writes: bool) -> float:
     return timeout_ms / 1000.0
 
 
-def client_options(settings: Settings, socket_timeout_s: float | None) -> dict[str, Any]:
-    """redis-py client options for failing fast: the timeouts, no retries, a bounded pool."""
+def client_options(
+    settings: Settings, socket_timeout_s: float | None, *, for_asyncio: bool
+) -> dict[str, Any]:
+    """redis-py client options for failing fast: the timeouts, no retries, a bounded pool.
+
+    ``for_asyncio`` picks the retry policy's kind: an asyncio client takes
+    ``redis.asyncio.retry.Retry``, a blocking one ``redis.retry.Retry`` (redis-py 8.2
+    converts a blocking policy handed to an asyncio client, with a warning).
+    """
+    retry = AsyncRetry(NoBackoff(), 0) if for_asyncio else Retry(NoBackoff(), 0)
     return {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000.0,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": retry,
         "retry_on_timeout": False,
         "max_connections": settings.redis_pool_size,
     }
@@ -141,7 +150,7 @@ def async_redis_store(settings: Settings, for_writes: bool = False) -> AsyncRedi
         # deadline cancels cannot leave a reply behind for the next command to read.
         protocol=2,
         driver_info=None,
-        **client_options(settings, None),
+        **client_options(settings, None, for_asyncio=True),
     )
     return AsyncRedisStore(client, call_timeout_s(settings, for_writes))
 
@@ -151,7 +160,8 @@ def sync_client(settings: Settings, for_writes: bool = False) -> redis.Redis:
     if not settings.redis_url:
         raise StoreError("REDIS_URL is not set")
     return redis.Redis.from_url(
-        settings.redis_url, **client_options(settings, call_timeout_s(settings, for_writes))
+        settings.redis_url,
+        **client_options(settings, call_timeout_s(settings, for_writes), for_asyncio=False),
     )
 
 
