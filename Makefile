@@ -80,8 +80,10 @@ test-latest: $(STAMP) promtool
 	rm -rf $(LATEST)
 	$(UV) venv --quiet --python $(BIN)/python $(LATEST)
 	$(UV) pip install --quiet --no-config --python $(LATEST)/bin/python -e '.[dev,bench]'
-	$(UV) pip freeze --python $(LATEST)/bin/python | diff requirements/bento.txt - \
-		| grep '^[<>] [A-Za-z]' || true
+	@echo "Versions newer than requirements/dev.txt's:"
+	@$(UV) pip freeze --python $(LATEST)/bin/python | grep '==' | sort > $(LATEST)/versions.txt
+	@grep -oE '^[A-Za-z0-9._-]+==[^ ;\\]+' requirements/dev.txt | sort \
+		| comm -13 - $(LATEST)/versions.txt | sed 's/^/  /'
 	$(LATEST)/bin/python -m pytest -p no:cacheprovider
 
 # Upgrade on purpose: resolve every requirements file again as of now (the date goes into

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -119,7 +120,7 @@ def test_a_request_read_in_several_chunks_is_one_round_trip(
 
 def test_async_client_pipeline_and_sequential_round_trips(proxy: TcpProxy) -> None:
     async def scenario() -> tuple[list[Any], int, int]:
-        client = redis.asyncio.Redis.from_url(proxy.redis_url, retry=Retry(NoBackoff(), 0))
+        client = redis.asyncio.Redis.from_url(proxy.redis_url, retry=AsyncRetry(NoBackoff(), 0))
         try:
             await client.ping()
             proxy.reset_counters()

@@ -1,12 +1,14 @@
 """The built Bento starts from its own requirements, as a container would start it.
 
 `bentoml build` writes the Bento's `env/python/requirements.txt` from
-bentofile.yaml's python packages, which must be pyproject.toml's [project]
-dependencies, entry for entry (checked first, without building).  The test installs that file, and
-nothing else, into a fresh virtualenv (with uv and its cache, so a warm run
-takes seconds), copies the Bento to a folder of its own and serves it from
-there against a real Redis holding demo data: no file of the repository and
-no package of the development environment can stand in for a missing one.
+requirements/bento.txt: the runtime closure, every package pinned exactly at
+the version requirements/dev.txt (what this suite runs on) holds.  The test
+installs that file, and nothing else, into a fresh virtualenv made by
+``python -m venv`` with the pip it brings (no upgrade first, as a container
+built from a plain Python would), copies the Bento to a folder of its own and
+serves it from there against a real Redis holding demo data: no file of the
+repository and no package of the development environment can stand in for a
+missing one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,14 +60,19 @@ def bento(bentoml_home: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def bento_python(bento: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv holding only what the Bento's requirements.txt asks for."""
+    """A fresh virtualenv holding only what the Bento's requirements.txt asks for, installed
+    by the pip that ``python -m venv`` puts there."""
     venv = tmp_path_factory.mktemp("bento-venv")
-    subprocess.run([UV, "venv", "--quiet", "--python", sys.executable, venv], check=True)
+    base_python = Path(sys.base_prefix) / "bin" / "python3"
+    subprocess.run([base_python, "-m", "venv", venv], check=True)
     python = venv / "bin" / "python"
     requirements = bento / "env" / "python" / "requirements.txt"
-    subprocess.run(
-        [UV, "pip", "install", "--quiet", "--python", python, "-r", requirements], check=True
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-input", "-r", requirements],
+        capture_output=True,
+        text=True,
     )
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
     return python
 
 
@@ -98,21 +105,45 @@ def served_bento(
             stop(process)
 
 
-def test_bentofile_packages_are_the_project_dependencies() -> None:
-    with (ROOT / "pyproject.toml").open("rb") as handle:
-        declared = tomllib.load(handle)["project"]["dependencies"]
-    packages = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]["packages"]
-    assert packages == declared, (
-        "bentofile.yaml's python.packages drifted from pyproject.toml's [project] dependencies"
-    )
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^ ;\\]+)\s*(?:;\s*(?P<marker>[^\\]*?))?\s*\\?$")
+"""An exact requirement line, ``name==version`` with an optional environment marker."""
 
 
-def test_the_bento_requires_exactly_the_project_dependencies(bento: Path) -> None:
-    with (ROOT / "pyproject.toml").open("rb") as handle:
-        declared = tomllib.load(handle)["project"]["dependencies"]
-    lines = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
-    required = [line.replace('"', "'") for line in lines if line.strip()]
-    assert set(required) == set(declared)
+def requirements(path: Path) -> set[tuple[str, str, str]]:
+    """The requirements of a file as (name, version, marker); any other requirement fails."""
+    found = set()
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith(("#", "--hash")):
+            continue
+        pinned = PIN.match(line.strip())
+        assert pinned, f"{path.name}: not an exact pin: {line!r}"
+        name = pinned["name"].lower().replace("_", "-")
+        found.add((name, pinned["version"], (pinned["marker"] or "").replace('"', "'")))
+    return found
+
+
+def test_bentofile_installs_the_locked_runtime_requirements() -> None:
+    python = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]
+    assert python["requirements_txt"] == "./requirements/bento.txt"
+    assert "packages" not in python
+    # True would resolve the requirements again when the Bento is built.
+    assert python["lock_packages"] is False
+
+
+def test_the_runtime_requirements_are_the_tested_versions() -> None:
+    runtime = requirements(ROOT / "requirements" / "bento.txt")
+    tested = requirements(ROOT / "requirements" / "dev.txt")
+    assert {"bentoml", "redis", "scikit-learn"} <= {name for name, _, _ in runtime}
+    # Markers may differ (cffi is needed everywhere by the tests, on PyPy only at run time).
+    versions = {(name, version) for name, version, _ in runtime}
+    assert versions <= {(name, version) for name, version, _ in tested}
+    # The transitive packages are pinned too, not only pyproject.toml's direct ones.
+    assert len(runtime) > 50
+
+
+def test_the_bento_requires_exactly_the_tested_versions(bento: Path) -> None:
+    packed = requirements(bento / "env" / "python" / "requirements.txt")
+    assert packed == requirements(ROOT / "requirements" / "bento.txt")
 
 
 def test_the_bento_holds_the_service_and_no_dev_tools(bento: Path) -> None:
