@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,7 +105,10 @@ def served_bento(
             stop(process)
 
 
-PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^ ;\\]+)\s*(?:;\s*(?P<marker>[^\\]*?))?\s*\\?$")
+PIN = re.compile(
+    r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^ ;\\]+)"
+    r"\s*(?:;\s*(?P<marker>[^\\]*?))?\s*\\?$"
+)
 """An exact requirement line, ``name==version`` with an optional environment marker."""
 
 
