@@ -28,8 +28,8 @@ compile_dev = $(COMPILE) pyproject.toml --extra dev --extra bench --extra spark 
 compile_bento = $(COMPILE) pyproject.toml --no-annotate -c $(1)/dev.txt -o $(1)/bento.txt
 compile_uv = $(COMPILE) requirements/uv.in --generate-hashes -o $(1)/uv.txt
 
-.PHONY: install lint lock lock-check promtool test test-lowest test-latest serve train faults \
-	bench clean
+.PHONY: install lint lock lock-check promtool test test-lowest test-latest serve train container \
+	faults bench clean
 
 # pip (the one python -m venv gives) installs only the pinned uv, once; uv installs the
 # rest, exactly requirements/dev.txt (which holds the same uv), then the project itself.
@@ -114,6 +114,11 @@ serve: $(STAMP)
 # Train the fraud model and save it to the BentoML model store.
 train: $(STAMP)
 	$(BIN)/python -m models.train
+
+# The OCI image localhost/featserve:<bento version> (and :latest) from the Bento, with podman:
+# no Docker daemon, no Docker Hub (.ci/container/build-image; needs root).
+container: $(STAMP)
+	.ci/container/build-image
 
 # Every benchmark (~15 min); rewrites the generated end of docs/benchmarks.md and docs/img/*.png.
 bench: $(STAMP)

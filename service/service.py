@@ -79,9 +79,25 @@ status_app = Starlette(routes=[Route("/status", _status, methods=["GET"])])
 
 _TRACING = tracing_config(SETTINGS)
 
+CONTAINER_IMAGE = bentoml.images.Image(
+    base_image="localhost/featserve-base:bookworm",
+    # A distro BentoML does not know, so its Dockerfile adds no apt-get step: for Debian it
+    # installs build-essential and git, compilers the running service never needs.
+    distro="featserve-base",
+    python_version="3.11",
+).run(
+    # BentoML makes these under BENTOML_HOME at start-up: made here, they let the container
+    # run with a read-only root, writable only at /tmp and the metrics directory.
+    "mkdir -p /home/bentoml/bentos /home/bentoml/models /home/bentoml/envs /home/bentoml/tmp "
+    "/home/bentoml/prometheus_multiproc_dir"
+)
+"""The container: Debian with Python 3.11 and uv (made by .ci/container/build-image), and
+the folders BentoML expects."""
+
 
 @bentoml.asgi_app(status_app, path="/ops")
 @bentoml.service(
+    image=CONTAINER_IMAGE,
     workers=SETTINGS.workers,
     logging={"access": {"enabled": SETTINGS.access_log}},
     **({} if _TRACING is None else {"tracing": _TRACING}),

@@ -1,4 +1,5 @@
-"""The Grafana dashboard and the Prometheus rules in docs/deploy: valid, and tested by promtool.
+"""The deployment files in docs/deploy: the Grafana dashboard and the Prometheus rules (valid,
+and tested by promtool) and the Kubernetes manifest (consistent with the image).
 
 Whether the metrics they name exist is checked against a running service
 (``tests/e2e/test_dashboard_metrics.py``).
@@ -14,7 +15,10 @@ import pytest
 import yaml
 
 from tests.support.deploy_files import (
+    CONTAINER_UID,
+    CONTAINER_WRITABLE,
     DASHBOARD,
+    KUBERNETES,
     RULES,
     RULES_TESTS,
     Selector,
@@ -143,3 +147,25 @@ def test_selectors_name_each_metric_and_the_labels_it_matches_on() -> None:
     }
     with pytest.raises(ValueError):
         selectors("sum(")
+
+
+def test_the_kubernetes_deployment_probes_runs_and_mounts_what_the_image_needs() -> None:
+    deployment, service = yaml.safe_load_all(KUBERNETES.read_text())
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    port = container["ports"][0]
+    assert container["args"] == ["--port", str(port["containerPort"])]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port["name"]}
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == CONTAINER_UID
+    mounted = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounted == set(CONTAINER_WRITABLE)
+    assert pod["terminationGracePeriodSeconds"] >= 30
+    assert container["resources"]["requests"]["memory"]
+    # Credentials come from a Secret, never from the manifest itself.
+    assert container["envFrom"] == [{"secretRef": {"name": "featserve"}}]
+    assert not [env for env in container.get("env", []) if "TOKEN" in env["name"]]

@@ -21,7 +21,10 @@ import pytest
 import yaml
 
 __all__ = [
+    "CONTAINER_UID",
+    "CONTAINER_WRITABLE",
     "DASHBOARD",
+    "KUBERNETES",
     "RULES",
     "RULES_TESTS",
     "Selector",
@@ -37,6 +40,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs/deploy/grafana/featserve-dashboard.json"
 RULES = ROOT / "docs/deploy/prometheus/featserve-rules.yml"
 RULES_TESTS = ROOT / "docs/deploy/prometheus/featserve-rules.test.yml"
+KUBERNETES = ROOT / "docs/deploy/kubernetes/featserve.yaml"
+CONTAINER_WRITABLE = ("/tmp", "/home/bentoml/prometheus_multiproc_dir")
+"""What the image writes at run time (BentoML's metrics files, temporary files): the only
+writable paths of a container run with a read-only root."""
+CONTAINER_UID = 1034
+"""The image's user, ``bentoml``: BentoML's generated Dockerfile makes it with this uid."""
 
 _GRAFANA_VARIABLES = {"$__rate_interval": "5m", "${__rate_interval}": "5m"}
 """Grafana's variables in the dashboard's queries, and what stands in for them when the
