@@ -50,6 +50,12 @@ class Degraded(StrEnum):
     STORE_ERROR = "store_error"
     """A store failed the whole read: refused or dropped connection, its own timeout."""
     ERROR_REPLY = "error_reply"
-    """The store answered this key with an error (``NOPERM``, ``WRONGTYPE``, ``LOADING``...)."""
+    """The store answered this key with an error that says the store is unwell or refuses
+    (``NOPERM``, ``LOADING``, ``BUSY``...)."""
+    BAD_VALUE = "bad_value"
+    """The store holds something for this key that the registry's declaration cannot hold (a
+    key of another structure, ``WRONGTYPE``; a value that does not decode, or outside its
+    declared range or length): the key's fault, never the store's, so its breaker is not
+    touched and the other keys stand."""
     ABANDONED = "abandoned"
     """The request that was fetching this key for everyone was cancelled mid-read."""

@@ -154,6 +154,13 @@ DEGRADED_ANSWERS = Counter(
     "endpoint and the reason of their first degraded feature group.",
     ["endpoint", "reason"],
 )
+BAD_KEYS = Counter(
+    "featserve_bad_keys_total",
+    "Feature groups read from a key holding a bad value (a key of another structure, a value "
+    "that does not decode or lies outside its declared range), by group: served from the "
+    "fallbacks, never to the model; the log names the key.",
+    ["group"],
+)
 OVERLOAD_REFUSALS = Counter(
     "featserve_overload_refusals_total",
     "Requests refused at once (503) because the worker already had FEATSERVE_MAX_IN_FLIGHT "
@@ -227,6 +234,9 @@ def observe_request(
             _child(FEATURE_SOURCES, group.group.name, source.value).inc(count)
             _child(CACHE_LOOKUPS, "hit" if source is Source.CACHE else "miss").inc(count)
         _observe_ages(group, now_s)
+        bad = group.degraded.count(Degraded.BAD_VALUE)
+        if bad:
+            _child(BAD_KEYS, group.group.name).inc(bad)
         if group.degraded.count(None) < len(group.degraded):
             degraded.append(group.degraded)
     if degraded:
@@ -279,6 +289,7 @@ def start_series(
     for path in guarded_paths:
         _child(OVERLOAD_REFUSALS, path)
     for group in groups:
+        _child(BAD_KEYS, group.name)
         for source in Source:
             _child(FEATURE_SOURCES, group.name, source.value)
             if source not in (Source.DEFAULT, Source.UNAVAILABLE):

@@ -214,15 +214,17 @@ def test_under_partial_failure_the_breaker_stays_open_until_the_probe(
     not close the breaker that the failures opened; only the probe may.
 
     Two resolvers share one Redis breaker, as two paths to one server would: one reads
-    through a proxy 0.3 s away, the other reaches Redis directly and meets keys of the
-    wrong type.
+    through a proxy 0.3 s away, the other reaches Redis directly as a user whose ACL
+    refuses the keys of u7 and u8 (NOPERM: an error reply about the store, not the key).
     """
     with redis.Redis(port=own_redis.port) as admin:
-        for i in (7, 8):
-            admin.delete(f"user:{{u{i}}}:features")
-            admin.set(f"user:{{u{i}}}:features", "not a hash")
+        admin.acl_setuser(
+            "partial", enabled=True, passwords=["+partial"], keys=["user:{u[0-6]}:*"],
+            commands=["+@all"],
+        )  # fmt: skip
     slow_settings = patient(proxy.redis_url, breaker_failures=2, cache_ttl_s=0)
-    fast_settings = slow_settings.model_copy(update={"redis_url": own_redis.url})
+    partial_url = f"redis://partial:partial@127.0.0.1:{own_redis.port}/0"
+    fast_settings = slow_settings.model_copy(update={"redis_url": partial_url})
     clock = ManualClock()
     proxy.set_latency(0.3)
 
@@ -437,16 +439,45 @@ def test_a_wrong_type_degrades_that_entity_group_only_and_is_never_cached(
         await store.close()
         return [entity.groups["features"] for entity in batch], again, failure
 
-    with caplog.at_level(logging.ERROR, logger="test.faults"):
+    with caplog.at_level(logging.ERROR):
         (one, five, two), again, failure = asyncio.run(scenario())
     assert [(r.source, r.degraded) for r in (one, two)] == [(Source.REDIS, None)] * 2
-    assert (five.source, five.degraded) == (Source.UNAVAILABLE, Degraded.ERROR_REPLY)
+    assert (five.source, five.degraded) == (Source.UNAVAILABLE, Degraded.BAD_VALUE)
     assert dict(five.values) == dict(FEATURES.defaults)
     assert (again.source, again.values["tx_count_1h"]) == (Source.REDIS, 5)
-    assert failure == "error_reply WRONGTYPE"
+    # The key's fault, not the store's: the breaker heard nothing of it.
+    assert failure == ""
     [record] = caplog.records
-    assert "1 of 3 keys" in record.getMessage()
+    assert record.getMessage().startswith(f"{key} holds a bad value")
     assert "WRONGTYPE" in record.getMessage()
+
+
+def test_many_bad_keys_never_open_the_breaker_for_the_healthy_ones(
+    own_redis: LocalRedis,
+) -> None:
+    """A producer bug overwrote twenty users' hashes: reading them again and again, more
+    times than the breaker's failure count, leaves every other user's answer real."""
+    write_users(own_redis.url, 2)
+    with redis.Redis(port=own_redis.port) as admin:
+        for i in range(10, 30):
+            admin.set(f"user:{{u{i}}}:features", "a string where a hash belongs")
+    settings = patient(own_redis.url, breaker_failures=2, cache_ttl_s=0)
+
+    async def scenario() -> tuple[list[GroupResult], list[GroupResult], BreakerState]:
+        resolver, store = resolver_for(settings, ManualClock(), deadline_s=5.0)
+        bad: list[GroupResult] = []
+        healthy: list[GroupResult] = []
+        for _ in range(3):
+            bad += [await source_of(resolver, f"u{i}") for i in range(10, 30)]
+            healthy.append(await source_of(resolver, "u1"))
+        state = resolver.tiers[0].breaker.state
+        await store.close()
+        return bad, healthy, state
+
+    bad, healthy, state = asyncio.run(scenario())
+    assert {(r.source, r.degraded) for r in bad} == {(Source.UNAVAILABLE, Degraded.BAD_VALUE)}
+    assert {(r.source, r.degraded) for r in healthy} == {(Source.REDIS, None)}
+    assert state is BreakerState.CLOSED
 
 
 def test_an_acl_that_refuses_the_keys_is_a_failure_until_it_is_fixed(

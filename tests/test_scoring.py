@@ -89,7 +89,7 @@ def test_only_results_a_fault_shaped_say_degraded_and_why(
     batch, _, _ = score(settings, trained, requests)
     assert [(b["sources"]["features"], b.get("degraded")) for b in batch] == [
         ("redis", None),
-        ("unavailable", {"features": "error_reply"}),
+        ("unavailable", {"features": "bad_value"}),
         ("redis", None),
         ("default", None),
     ]

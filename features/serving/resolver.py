@@ -15,11 +15,12 @@ its declared type, and says where the values came from:
 
 When a fault shaped the answer (``stale``, ``unavailable``, or ``backing``
 because Redis failed) the group also carries a ``Degraded`` reason: the first
-failure met on the way (``breaker_open``, ``deadline``, ``store_error``,
-``error_reply``).  A store may fail some keys of a read only (``FailedRead``):
-a key answered with an error, or, on a Redis Cluster, the keys of a node that
-is down, too slow or skipped by its own breaker; only those groups fall back,
-with the reason the store gave.  Only answers no fault shaped are cached.
+failure met on the way (``features.sources.Degraded``).  A store may fail some
+keys of a read only (``FailedRead``): a key answered with an error, a key that
+holds a bad value, or, on a Redis Cluster, the keys of a node that is down, too
+slow or skipped by its own breaker; only those groups fall back, with the
+reason the store gave.  A bad value never counts against a breaker.  Only
+answers no fault shaped are cached.
 
 Each group also carries its event time (``event_ms``: the newest of its
 values, as the store answered it in the same command as the values), kept
@@ -409,9 +410,12 @@ class Resolver:
         # A server of the store that failed (a cluster node: ``FailedRead.server_failed``)
         # costs only its own keys and is the store's own breakers' business: the store
         # answered, so the tier counts a success, and one node down never opens the
-        # breaker of every node's entities.  Error replies count against the tier.
+        # breaker of every node's entities.  A bad value speaks of its key alone (the store
+        # logged it).  Error replies, which speak of the store, count against the tier.
         refused = [
-            answer for answer in answers if type(answer) is FailedRead and not answer.server_failed
+            answer
+            for answer in answers
+            if type(answer) is FailedRead and answer.reason is Degraded.ERROR_REPLY
         ]
         if refused:
             error = refused[0].error

@@ -92,8 +92,10 @@ class FailedRead:
 
     Not "nothing stored": the store could not say what it holds for that key.  ``reason``:
 
-    - ``error_reply``: the store answered the key with an error (Redis' ``WRONGTYPE``,
-      ``NOPERM``, ``LOADING``...).  Any store may answer this.
+    - ``error_reply``: the store answered the key with an error that speaks of the store
+      (Redis' ``NOPERM``, ``LOADING``...).  Any store may answer this.
+    - ``bad_value``: the key holds what its declaration cannot (``features.sources.Degraded``).
+      Any store may answer this; it speaks of the key alone.
     - ``store_error``, ``deadline``, ``breaker_open``: the server that holds the key
       failed (refused or dropped the connection, or the cluster refused the slot), did
       not answer in time, or failed recently and was not asked.  Only a store spread over
@@ -109,8 +111,8 @@ class FailedRead:
 
     @property
     def server_failed(self) -> bool:
-        """Whether the key's server failed, rather than answering the key with an error."""
-        return self.reason is not Degraded.ERROR_REPLY
+        """Whether the key's server failed, rather than answering for the key."""
+        return self.reason not in (Degraded.ERROR_REPLY, Degraded.BAD_VALUE)
 
 
 ReadAnswer = StoredValues | FailedRead | None

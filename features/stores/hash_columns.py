@@ -10,10 +10,11 @@ than in a hot loop, where all Python code runs faster (docs/benchmarks.md,
 "What was changed").
 
 The per-value decoder (``features.dtypes``) stays the authority: whenever the
-batch holds anything but well-formed, finite numbers (a malformed or
-non-finite value, an int field with a fraction or beyond 2**53, where float64
-stops being exact), ``decode_hash_columns`` returns ``None`` and the caller
-decodes value by value, logging what it leaves out.
+batch holds anything but well-formed, finite numbers within their declared
+ranges (a malformed or non-finite value, an int field with a fraction or
+beyond 2**53, where float64 stops being exact, a value outside its feature's
+minimum or maximum), ``decode_hash_columns`` returns ``None`` and the caller
+decodes value by value, failing the entity-group that holds the bad value.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def decode_hash_columns(
     ints = matrix[:, int_indexes]
     if np.abs(ints).max() >= _EXACT_INT_LIMIT or (ints != np.trunc(ints)).any():
         return None
+    if not _within_ranges(group, fields, matrix):
+        return None
     columns: list[list[Any]] = matrix.T.tolist()
     for index, column in zip(int_indexes, ints.astype(np.int64).T.tolist(), strict=True):
         columns[index] = column
@@ -74,3 +77,17 @@ def decode_hash_columns(
         StoredRow(fields, row, event_ms)
         for row, event_ms in zip(zip(*columns, strict=True), events, strict=True)
     ]
+
+
+def _within_ranges(
+    group: FeatureGroup, fields: tuple[str, ...], matrix: np.ndarray[Any, np.dtype[np.float64]]
+) -> bool:
+    """Whether every column lies within its feature's declared minimum and maximum."""
+    for index, name in enumerate(fields):
+        feature = group.by_name[name]
+        column = matrix[:, index]
+        if feature.minimum is not None and (column < feature.minimum).any():
+            return False
+        if feature.maximum is not None and (column > feature.maximum).any():
+            return False
+    return True

@@ -54,8 +54,9 @@ from features.deadline import ReplyDeadline
 from features.dtypes import DTYPES
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
-from features.registry import Structure
+from features.registry import Feature, Structure
 from features.settings import Settings
+from features.sources import Degraded
 from features.stores.base import (
     FailedRead,
     FeatureUpdate,
@@ -100,6 +101,9 @@ WRITE_CHUNK_BYTES = 1 << 20
 """Most argument bytes per pipelined write round trip, whatever the number of updates."""
 
 _INT = DTYPES["int"]
+
+_WRONG_TYPE = "WRONGTYPE"
+"""The error reply to a read of a key that holds another structure: that key is bad."""
 
 _TRANSIENT_REPLIES = ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "LOADING")
 """First words of error replies that say "not now" (a failover, a busy or loading server)."""
@@ -238,11 +242,18 @@ def fold_replies(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> lis
 def _error_text(error: Exception) -> str:
     """An error reply as Redis said it: redis-py keeps the code (``NOPERM``) apart."""
     code = getattr(error, "status_code", None)
-    return f"{code} {error}" if code else str(error)
+    text = str(error)
+    return f"{code} {text}" if code and not text.startswith(code) else text
+
+
+class _BadValue(ValueError):
+    """A stored value that cannot be what the registry declares: the key's fault, not the
+    store's."""
 
 
 def _event_ms(group_name: str, raw: Any) -> int | None:
-    """An ``_event_ms`` reply as epoch milliseconds; ``None`` when absent or not an integer."""
+    """An ``_event_ms`` reply as epoch milliseconds; ``None`` when absent or not an integer
+    (the values stand; only their age is unknown)."""
     if raw is None or isinstance(raw, Exception):
         return None
     try:
@@ -263,28 +274,54 @@ def _newest_score_ms(group_name: str, raw: bytes | float) -> int | None:
     return round(seconds * 1000) if math.isfinite(seconds) else None
 
 
+def _checked(feature: Feature, raw: Any) -> Any:
+    """``raw`` decoded as ``feature`` declares it; ``_BadValue`` naming what is wrong."""
+    try:
+        value = feature.dtype.decode(raw, feature.dim)
+    except ValueError as exc:
+        raise _BadValue(f"{feature.name}: {exc}") from None
+    problem = feature.out_of_range(value) or _too_long(feature, value)
+    if problem:
+        raise _BadValue(f"{feature.name}: {problem}")
+    return value
+
+
+def _too_long(feature: Feature, value: Any) -> str | None:
+    if feature.dim is not None and isinstance(value, tuple) and len(value) > feature.dim:
+        return f"holds {len(value)} items, at most {feature.dim} declared"
+    return None
+
+
 def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
-    """The valid values in one reply, with their event time; invalid values are logged and
-    left out."""
+    """The values in one reply, with their event time.  A value the registry's declaration
+    cannot hold (or a key of the wrong type) fails the whole entity-group as ``bad_value``:
+    its fallbacks stand in, the model never sees the value, and the log names the key."""
+    try:
+        return _decoded_reply(request, reply)
+    except _BadValue as exc:
+        group = request.group
+        key = feature_key(group.entity.name, request.entity_id, group.name)
+        _bad_value_log.error(f"{key} holds a bad value, served from the fallbacks: {exc}")
+        return FailedRead(f"{key}: {exc}", Degraded.BAD_VALUE)
+
+
+def _decoded_reply(request: ReadRequest, reply: Any) -> ReadAnswer:
     group = request.group
     if isinstance(reply, Exception):
-        return FailedRead(_error_text(reply))
+        text = _error_text(reply)
+        if text.startswith(_WRONG_TYPE):
+            raise _BadValue(text)
+        return FailedRead(text)
     if group.structure is Structure.HASH:
         by_name = group.by_name
-        values: list[Any] = []
         # The reply is one longer than the fields: _event_ms comes last.
-        for name, raw in zip(request.fields, reply, strict=False):
-            value = None
-            if raw is not None:
-                feature = by_name[name]
-                try:
-                    value = feature.dtype.decode(raw, feature.dim)
-                except ValueError as exc:
-                    _bad_value_log.error(f"ignoring a stored {group.name}.{name} value", exc)
-            values.append(value)
+        values = tuple(
+            None if raw is None else _checked(by_name[name], raw)
+            for name, raw in zip(request.fields, reply, strict=False)
+        )
         if values.count(None) == len(values):
             return None
-        return StoredRow(request.fields, tuple(values), _event_ms(group.name, reply[-1]))
+        return StoredRow(request.fields, values, _event_ms(group.name, reply[-1]))
     feature = group.features[0]
     if group.structure is Structure.SORTED_SET:
         if not reply:
@@ -299,11 +336,7 @@ def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
         if not raw:
             return None
         event_ms = _event_ms(group.name, event_raw)
-    try:
-        return StoredRow((feature.name,), (feature.dtype.decode(raw, feature.dim),), event_ms)
-    except ValueError as exc:
-        _bad_value_log.error(f"ignoring a stored {group.name} value", exc)
-        return None
+    return StoredRow((feature.name,), (_checked(feature, raw),), event_ms)
 
 
 def decode_replies(
