@@ -47,17 +47,21 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from features.breaker import BreakerState, CircuitBreaker
 from features.budgets import LatencyBudget
+from features.burst_log import BurstLog
+from features.errors import StoreError
 from features.registry import FeatureGroup
 from features.serving.resolver import ResolvedBatch, ResolvedGroup, Tier
 from features.sources import Degraded, Source
 from features.stores.redis import AsyncRedisStore
 from features.stores.redis_cluster import AsyncRedisClusterStore
+from features.stores.redis_memory import MemoryReport
 from features.timing import Stage
 
 __all__ = [
     "AGE_BUCKETS_S",
     "BREAKER_STATE_VALUES",
     "GAUGE_INTERVAL_S",
+    "MEMORY_INTERVAL_S",
     "BatchHistogram",
     "StoreGauges",
     "observe_refusal",
@@ -69,6 +73,10 @@ __all__ = [
 GAUGE_INTERVAL_S = 1.0
 """How often ``StoreGauges`` samples the stores: well under a scrape interval, and no cost
 per request."""
+
+MEMORY_INTERVAL_S = 5.0
+"""How often ``StoreGauges`` asks Redis how full it is (``INFO``): memory fills over
+minutes, and each worker asks on its own."""
 
 
 class BatchHistogram(Histogram):
@@ -208,6 +216,26 @@ FEATURE_DEADLINE = Gauge(
     "How long feature resolution waits for the stores (FEATSERVE_FEATURE_DEADLINE_MS).",
     multiprocess_mode="livemax",
 )
+REDIS_USED_MEMORY = Gauge(
+    "featserve_redis_used_memory_bytes",
+    "Memory Redis uses (INFO used_memory), sampled every few seconds; on a cluster per "
+    "primary, node its role and slots, empty for a single server.",
+    ["node"],
+    multiprocess_mode="livemax",
+)
+REDIS_MAX_MEMORY = Gauge(
+    "featserve_redis_maxmemory_bytes",
+    "Redis' maxmemory (0: no limit), sampled with featserve_redis_used_memory_bytes.",
+    ["node"],
+    multiprocess_mode="livemax",
+)
+REDIS_EVICTED_KEYS = Gauge(
+    "featserve_redis_evicted_keys",
+    "Keys Redis evicted for maxmemory since it started (INFO evicted_keys): any increase "
+    "means feature hashes were dropped and read as absent until written again.",
+    ["node"],
+    multiprocess_mode="livemax",
+)
 FRESHNESS_WINDOW = Gauge(
     "featserve_feature_freshness_window_seconds",
     "Each feature group's freshness window, as the registry declares it.",
@@ -312,17 +340,31 @@ def publish_settings(
 
 
 class StoreGauges:
-    """Samples the stores' breakers and the Redis pool into gauges (``run``: every second).
+    """Samples the stores' breakers and the Redis pool into gauges (``run``: every second),
+    and how full Redis is (every ``MEMORY_INTERVAL_S``, through ``memory_source``: a client
+    apart from the reads', outside every breaker).
 
     A cluster node's breaker is published (``store="redis"``, ``node`` its role and
     slots) while the node serves slots; a node that stops serving any (a primary lost
     in a failover) is set back to 0, so a node nobody reads from holds no alert open.
     """
 
-    def __init__(self, tiers: Sequence[Tier], redis: AsyncRedisStore) -> None:
+    def __init__(
+        self,
+        tiers: Sequence[Tier],
+        redis: AsyncRedisStore,
+        memory_source: AsyncRedisStore,
+        error_log: BurstLog,
+    ) -> None:
         self._tiers = tuple(tiers)
         self._redis = redis
+        self._memory_source = memory_source
+        self._error_log = error_log
         self._nodes: set[str] = set()
+        self.memory: list[MemoryReport] = []
+        """The last memory sample, one report per server; empty until one succeeds."""
+        self.memory_error = ""
+        """Why the last memory sample failed (the error's category); empty when it did not."""
 
     def publish(self) -> None:
         """Set every gauge from the stores' state now."""
@@ -333,6 +375,21 @@ class StoreGauges:
         POOL_IN_USE.set(self._redis.take_peak_connections())
         POOL_LIMIT.set(self._redis.pool_size)
 
+    async def sample_memory(self) -> None:
+        """Ask Redis how full it is and publish it; a failure is logged once per burst and
+        kept for the status page, and the gauges keep their last values."""
+        try:
+            reports = await self._memory_source.memory()
+        except StoreError as exc:
+            self.memory_error = exc.reason
+            self._error_log.error("sampling Redis' memory (INFO) failed", exc)
+            return
+        self.memory, self.memory_error = reports, ""
+        for report in reports:
+            REDIS_USED_MEMORY.labels(report.node).set(report.used_bytes)
+            REDIS_MAX_MEMORY.labels(report.node).set(report.max_bytes)
+            REDIS_EVICTED_KEYS.labels(report.node).set(report.evicted_keys)
+
     def _publish_nodes(self, breakers: Mapping[str, CircuitBreaker]) -> None:
         serving = {label: b for label, b in breakers.items() if not label.startswith("node")}
         redis = Source.REDIS.value
@@ -342,10 +399,18 @@ class StoreGauges:
             BREAKER_STATE.labels(redis, label).set(_state_value(breaker))
         self._nodes = set(serving)
 
-    async def run(self, interval_s: float = GAUGE_INTERVAL_S) -> None:
-        """Publish now and every ``interval_s`` until cancelled."""
+    async def run(
+        self, interval_s: float = GAUGE_INTERVAL_S, memory_interval_s: float = MEMORY_INTERVAL_S
+    ) -> None:
+        """Publish now and every ``interval_s``, sample memory now and every
+        ``memory_interval_s``, until cancelled."""
+        loop = asyncio.get_running_loop()
+        memory_due = loop.time()
         while True:
             self.publish()
+            if loop.time() >= memory_due:
+                memory_due = loop.time() + memory_interval_s
+                await self.sample_memory()
             await asyncio.sleep(interval_s)
 
 

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from features.breaker import CircuitBreaker
 from features.budgets import PROFILES
+from features.burst_log import BurstLog
 from features.errors import (
     InvalidUpdate,
     RegistryError,
@@ -64,6 +65,11 @@ SETTINGS = Settings()
 """This process's configuration, read from the environment once."""
 
 _log = logging.getLogger(__name__)
+
+PUSH_RETRY_AFTER_S = 2
+"""Seconds a client should wait before retrying a /push that a store could not take (Redis
+full, failing over, unreachable): about when a Sentinel or Cluster failover has promoted a
+replica (2.3-4.5 s in docs/reliability.md), without holding a producer back long."""
 
 request_timeout.install()
 install_log_redaction()
@@ -154,7 +160,9 @@ class FraudScorer:
             [api.route for api in FraudScorer.apis.values()],  # type: ignore[attr-defined]
             groups,
         )
-        self.gauges = StoreGauges(self.resolver.tiers, self.store)
+        self.gauges = StoreGauges(
+            self.resolver.tiers, self.store, self.redis_writes, BurstLog(_log)
+        )
         self.gauges_task: asyncio.Task[None] | None = None
         status_app.state.scorer = self
 
@@ -290,11 +298,13 @@ class FraudScorer:
             outcomes = await self.write_store.write([parsed[i] for i in live]) if live else []
         except (StoreUnavailable, StoreTimeout) as exc:
             ctx.response.status_code = 503
+            ctx.response.headers["Retry-After"] = str(PUSH_RETRY_AFTER_S)
             return {"error": f"{exc}; retrying is safe: older values never replace newer ones"}
         except StoreError as exc:
             # The store's own words (hosts, script hashes) go to the log, not to the client.
             _log.error("POST /push: a store failed to take %d updates: %s", len(parsed), exc)
             ctx.response.status_code = 503
+            ctx.response.headers["Retry-After"] = str(PUSH_RETRY_AFTER_S)
             return {
                 "error": "a feature store failed to take the write (details in the server log); "
                 "retrying is safe: older writes never replace newer ones"
@@ -369,6 +379,7 @@ class FraudScorer:
             "breakers": {
                 tier.source.value: _breaker_status(tier.breaker) for tier in self.resolver.tiers
             },
+            "redis_memory": _memory_status(self.gauges),
             "feature_deadline_ms": SETTINGS.deadline_s * 1000,
             "cache_ttl_s": SETTINGS.cache_ttl_s,
             "max_in_flight": SETTINGS.max_in_flight,
@@ -449,6 +460,22 @@ def _describe(entity: EntityFeatures, now_s: float) -> dict[str, Any]:
 
 def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
+
+
+def _memory_status(gauges: StoreGauges) -> dict[str, Any]:
+    """The last memory sample of each Redis server, by node (empty name: a single server)."""
+    if gauges.memory_error:
+        return {"unknown": gauges.memory_error}
+    return {
+        report.node: {
+            "used_bytes": report.used_bytes,
+            "max_bytes": report.max_bytes,
+            "used_share": None if report.used_share is None else round(report.used_share, 3),
+            "policy": report.policy,
+            "evicted_keys": report.evicted_keys,
+        }
+        for report in gauges.memory
+    }
 
 
 def _breaker_status(breaker: CircuitBreaker) -> dict[str, Any]:

@@ -100,6 +100,25 @@ def test_the_command_prints_the_plan_as_json(capsys: pytest.CaptureFixture[str])
     assert printed["entity_bytes_source"] == "given"
 
 
+@pytest.mark.parametrize(("headroom", "warned"), [("0.35", False), ("0.30", False), ("0.2", True)])
+def test_a_plan_that_leaves_under_30_percent_free_warns(
+    capsys: pytest.CaptureFixture[str], headroom: str, warned: bool
+) -> None:
+    # 1.6 GB in memory (123 B x 10 M x 1.3) on 2 GiB nodes: keeping 35 % or 30 % free
+    # takes two nodes, 37 % full; keeping only 20 % fits it on one, 74.5 % full.
+    argv = ["--entities", "10000000", "--peak-rps", "100", "--latency-ms", "1",
+            "--bytes-per-entity", "123", "--node-memory-gb", "2", "--headroom", headroom,
+            "--json"]  # fmt: skip
+    assert run_cli(*argv) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert bool(printed["warnings"]) is warned
+    assert ("leaving" in captured.err) is warned
+    if warned:
+        assert printed["node_fill"] > 0.7
+        assert "keep at least 30%" in printed["warnings"][0]
+
+
 def test_the_command_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("--entities", "1000", "--peak-rps", "100", "--latency-ms", "1") == 0
     out = capsys.readouterr().out

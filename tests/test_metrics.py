@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
+import redis
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from features.breaker import BreakerState, CircuitBreaker
+from features.burst_log import BurstLog
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.serving.resolver import ResolvedBatch, ResolvedGroup, Tier
 from features.settings import Settings
 from features.sources import Degraded, Source
 from features.stores.base import ReadRequest
 from features.stores.redis import async_redis_store
+from service.harness.local_redis import LocalRedis
 from service.metrics import (
     AGE_BUCKETS_S,
     BREAKER_STATE_VALUES,
@@ -196,7 +200,7 @@ def test_store_gauges_follow_the_breakers_and_the_pools_peak(redis_url: str) -> 
             Tier(Source.REDIS, store, redis_breaker),
             Tier(Source.BACKING, store, backing_breaker),
         ]
-        gauges = StoreGauges(tiers, store)
+        gauges = StoreGauges(tiers, store, store, BurstLog(logging.getLogger(__name__)))
         seen = []
 
         def publish() -> None:
@@ -228,3 +232,60 @@ def test_store_gauges_follow_the_breakers_and_the_pools_peak(redis_url: str) -> 
     assert half_open["redis"] == BREAKER_STATE_VALUES[BreakerState.HALF_OPEN] == 1
     assert (opened["backing"], half_open["backing"]) == (0, 0)
     assert (opened["in use"], half_open["in use"]) == (3, 0)
+
+
+def memory_samples(node: str = "") -> dict[str, float | None]:
+    return {
+        name: sample(f"featserve_redis_{name}", node=node)
+        for name in ("used_memory_bytes", "maxmemory_bytes", "evicted_keys")
+    }
+
+
+def test_redis_memory_and_evictions_are_sampled_into_gauges_and_kept_for_the_status() -> None:
+    """A Redis with a small maxmemory that evicts: the gauges show its limit, its use and
+    the keys it dropped, as INFO says them."""
+    with LocalRedis() as server, redis.Redis(port=server.port) as admin:
+        admin.config_set("maxmemory", 2_000_000)
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        for start in range(0, 5000, 100):
+            admin.mset({f"user:{{u{i}}}:embedding": b"x" * 1000 for i in range(start, start + 100)})
+        info = admin.info("stats")
+        assert info["evicted_keys"] > 0
+
+        async def scenario() -> StoreGauges:
+            store = async_redis_store(Settings(redis_url=server.url))
+            gauges = StoreGauges([], store, store, BurstLog(logging.getLogger(__name__)))
+            await gauges.sample_memory()
+            await store.close()
+            return gauges
+
+        gauges = asyncio.run(scenario())
+        evicted_then = admin.info("stats")["evicted_keys"]
+    [report] = gauges.memory
+    assert (report.node, report.max_bytes, report.policy) == ("", 2_000_000, "allkeys-lru")
+    assert 0 < report.used_bytes <= 2_000_000 * 1.1
+    assert info["evicted_keys"] <= report.evicted_keys <= evicted_then
+    assert gauges.memory_error == ""
+    assert memory_samples() == {
+        "used_memory_bytes": report.used_bytes,
+        "maxmemory_bytes": 2_000_000,
+        "evicted_keys": report.evicted_keys,
+    }
+
+
+def test_a_user_that_may_not_run_info_leaves_the_memory_unknown_not_the_service() -> None:
+    with LocalRedis() as server, redis.Redis(port=server.port) as admin:
+        admin.acl_setuser(
+            "reader", enabled=True, passwords=["+reader"], keys=["*"], commands=["+@read"]
+        )
+
+        async def scenario() -> StoreGauges:
+            url = f"redis://reader:reader@127.0.0.1:{server.port}/0"
+            store = async_redis_store(Settings(redis_url=url))
+            gauges = StoreGauges([], store, store, BurstLog(logging.getLogger(__name__)))
+            await gauges.sample_memory()
+            await store.close()
+            return gauges
+
+        gauges = asyncio.run(scenario())
+    assert (gauges.memory, gauges.memory_error) == ([], "store_error")

@@ -88,23 +88,26 @@ def test_the_writer_materializes_and_the_reader_serves(
     materialize_demo(acl_server, tmp_path, monkeypatch)
     settings = acl_server.settings("featserve-reader")
 
-    async def resolve() -> tuple[dict[str, Source], bool]:
+    async def resolve() -> tuple[dict[str, Source], bool, int]:
         store = async_redis_store(settings)
         cache: FeatureCache[CachedGroup] = FeatureCache(0, 0, 0)
         resolver = Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, 5.0)
         try:
             [entity] = await resolver.resolve(["u000003"], resolver.selection("user"))
-            return {name: group.source for name, group in entity.groups.items()}, await store.ping()
+            sources = {name: group.source for name, group in entity.groups.items()}
+            [memory] = await store.memory()
+            return sources, await store.ping(), memory.used_bytes
         finally:
             await store.close()
 
-    sources, answers_ping = asyncio.run(resolve())
+    sources, answers_ping, used_bytes = asyncio.run(resolve())
     assert sources == {
         "features": Source.REDIS,
         "recent_items": Source.REDIS,
         "embedding": Source.REDIS,
     }
     assert answers_ping
+    assert used_bytes > 0
 
 
 def test_the_reader_cannot_write_or_reach_other_keys(acl_server: AclServer) -> None:

@@ -30,6 +30,7 @@ from features.sources import Degraded, Source
 from features.stores.base import FailedRead, ReadAnswer, ReadRequest, WriteOutcome
 from features.stores.factory import async_online_store, open_online_store
 from features.stores.redis_cluster import AsyncRedisClusterStore, async_cluster_client
+from features.stores.redis_memory import MemoryReport
 from features.stores.redis_scripts import HASH_WRITE
 from features.stores.sqlite import SqliteStore
 from service import cli
@@ -579,3 +580,30 @@ def test_capacity_measures_entities_on_the_cluster(
     printed = json.loads(capsys.readouterr().out)
     assert printed["entity_bytes_source"] == "measured: MEMORY USAGE of 20 entities"
     assert printed["inputs"]["entity_bytes"] > 0
+
+
+def test_memory_is_reported_for_each_primary_by_role_and_slots(
+    cluster: LocalCluster, settings: Settings
+) -> None:
+    primaries = cluster.primaries()
+    with redis.Redis(port=primaries[0].port) as first:
+        first.config_set("maxmemory", 50_000_000)
+    try:
+
+        async def scenario() -> list[MemoryReport]:
+            store = async_online_store(settings)
+            try:
+                return await store.memory()
+            finally:
+                await store.close()
+
+        reports = run(scenario)
+    finally:
+        with redis.Redis(port=primaries[0].port) as first:
+            first.config_set("maxmemory", 0)
+    assert len(reports) == len(primaries)
+    assert all(report.node.startswith("primary ") for report in reports)
+    assert sorted(report.max_bytes for report in reports) == [0] * (len(primaries) - 1) + [
+        50_000_000
+    ]
+    assert all(report.used_bytes > 0 for report in reports)

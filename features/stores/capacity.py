@@ -31,6 +31,7 @@ from features.stores.redis_scripts import EVENT_MS_FIELD
 
 __all__ = [
     "COMMANDS_PER_NODE",
+    "MIN_HEADROOM",
     "CapacityInputs",
     "CapacityPlan",
     "estimate_entity_bytes",
@@ -40,6 +41,11 @@ __all__ = [
 
 COMMANDS_PER_NODE = 100_000
 """Commands a second one Redis node serves comfortably."""
+
+MIN_HEADROOM = 0.30
+"""The least share of a node's memory a plan should leave free: below it, fragmentation,
+replication buffers and a burst of writes reach ``maxmemory`` (refused writes or
+evictions)."""
 
 POOL_MARGIN = 1.5
 """Connections per worker beyond the mean in flight (peak rps x latency)."""
@@ -109,9 +115,21 @@ class CapacityPlan:
     pool_per_worker: int
     connections_per_node: int
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the plan risks, for a person to read; empty when nothing."""
+        free = 1 - self.node_fill
+        if free < MIN_HEADROOM:
+            return (
+                f"each node would be {self.node_fill:.0%} full, leaving {free:.0%} of its memory "
+                f"free: keep at least {MIN_HEADROOM:.0%} (more nodes, or more memory per node), "
+                "or Redis refuses writes or evicts feature hashes when it fills",
+            )
+        return ()
+
     def as_dict(self) -> dict[str, Any]:
-        """The inputs and the plan, for JSON."""
-        return asdict(self)
+        """The inputs, the plan and its warnings, for JSON."""
+        return {**asdict(self), "warnings": list(self.warnings)}
 
 
 def plan_capacity(inputs: CapacityInputs) -> CapacityPlan:

@@ -67,6 +67,7 @@ from features.stores.base import (
     newest_members,
 )
 from features.stores.hash_columns import MIN_REPLIES, decode_hash_columns
+from features.stores.redis_memory import INFO_SECTIONS, MemoryReport, memory_report
 from features.stores.redis_scripts import (
     DATA_ERRORS,
     EVENT_MS_FIELD,
@@ -736,6 +737,13 @@ class AsyncRedisStore:
                     return bool(await self._client.ping())
         except StoreError:
             return False
+
+    async def memory(self) -> list[MemoryReport]:
+        """How full the server is (``INFO memory stats``); ``StoreError`` when it cannot say."""
+        with translated_errors():
+            async with asyncio.timeout(self._timeout_s):
+                info = await self._client.info(*INFO_SECTIONS)
+        return [memory_report("", info)]
 
     async def close(self) -> None:
         """Stop draining abandoned replies and close the client's connections."""

@@ -90,6 +90,7 @@ from features.stores.redis import (
     read_reply,
     translated_errors,
 )
+from features.stores.redis_memory import INFO_SECTIONS, MemoryReport, memory_report
 from features.timing import Stage, StageTimer
 
 __all__ = [
@@ -501,6 +502,21 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         except StoreError:
             return False
         return all(answers)
+
+    async def memory(self) -> list[MemoryReport]:
+        """How full each primary is (``INFO memory stats``), labelled as ``node_breakers``
+        labels nodes; ``StoreError`` when one cannot say."""
+        with translated_errors():
+            async with asyncio.timeout(self._timeout_s):
+                await self._ensure_ready()
+                primaries = self._nodes.get_nodes_by_server_type(PRIMARY)
+                infos = await asyncio.gather(
+                    *(node.execute_command("INFO", *INFO_SECTIONS) for node in primaries)
+                )
+        return [
+            memory_report(_label(node.name, self._nodes.slots_cache), info)
+            for node, info in zip(primaries, infos, strict=True)
+        ]
 
     async def close(self) -> None:
         """Close every node's connections."""

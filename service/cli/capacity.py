@@ -114,6 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({**plan.as_dict(), "entity_bytes_source": source}, indent=2))
     else:
         Console().print(_table(plan, source))
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     return 0
 
 
