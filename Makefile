@@ -29,7 +29,7 @@ compile_bento = $(COMPILE) pyproject.toml --no-annotate -c $(1)/dev.txt -o $(1)/
 compile_uv = $(COMPILE) requirements/uv.in --generate-hashes -o $(1)/uv.txt
 
 .PHONY: install lint lock lock-check promtool test test-lowest test-latest serve train container \
-	faults bench clean
+	faults soak bench clean
 
 # pip (the one python -m venv gives) installs only the pinned uv, once; uv installs the
 # rest, exactly requirements/dev.txt (which holds the same uv), then the project itself.
@@ -129,6 +129,12 @@ bench: $(STAMP)
 faults: $(STAMP)
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.failover
+
+# /score and /push together for 10 minutes at 64 connections that honour Retry-After: per
+# minute latency, real answers, refusals, worker RSS and open descriptors, into
+# docs/reliability.md (bench/soak.py).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --write
 
 clean:
 	rm -rf $(VENV) $(LOWEST) $(LATEST) $(LOCK_CHECK) .pytest_cache .ruff_cache .tools

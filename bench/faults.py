@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.report import marked_sections
 from bench.stall_watch import STALL_S, Stall, StallWatch, overlapping
 from service.harness.fault_drill import DrillResult, PhaseStats, run_drill
 from service.harness.fault_rig import FAULTS, backing_lock, open_rig
@@ -87,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         drills.append(result)
                         print(_table([result]), flush=True)
         stalls = watch.stalls() if watch is not None else None
-    args.out.write_text(_report(results, args, during_s, after_s, stalls))
+    # The sections other commands write (bench.failover, bench.soak) stay as they were.
+    kept = marked_sections(args.out.read_text()) if args.out.exists() else ""
+    report = _report(results, args, during_s, after_s, stalls)
+    args.out.write_text(report.rstrip("\n") + ("\n\n" + kept if kept else "\n"))
     print(f"wrote {args.out}")
     return 0
 

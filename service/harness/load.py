@@ -179,6 +179,9 @@ class LoadPlan:
     """The most requests sent, warm-up included."""
     warmup_s: float = 0.0
     """Unrecorded load before the measured ``duration_s``."""
+    honour_retry_after: bool = False
+    """Whether a connection refused with ``Retry-After`` (503, 429) waits that long before
+    its next request, as a well-behaved client does; otherwise it sends again at once."""
 
     def __post_init__(self) -> None:
         if not 0 < self.duration_s <= MAX_DURATION_S:
@@ -311,9 +314,21 @@ async def _connection(
             if (response is None or not response.keep_alive) and streams is not None:
                 streams[1].close()
                 streams = None
+            if schedule.plan.honour_retry_after and response is not None:
+                await asyncio.sleep(_retry_after_s(response))
     finally:
         if streams is not None:
             streams[1].close()
+
+
+def _retry_after_s(response: Response) -> float:
+    """The wait a refusal asks for, in seconds (``Retry-After`` in seconds); 0 otherwise."""
+    if response.status not in (429, 503):
+        return 0.0
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "0")))
+    except ValueError:
+        return 0.0
 
 
 def _sample(due_s: float, latency_s: float, response: Response | None, index: int) -> Sample:
