@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -65,7 +67,7 @@ class TableChunk:
     malformed ones."""
 
     batch: pa.RecordBatch
-    row_numbers: Sequence[int]
+    row_numbers: Sequence[int] | npt.NDArray[np.int64]
     """The 1-based number of each row of ``batch``, ascending."""
     malformed: Sequence[MalformedRow] = ()
 

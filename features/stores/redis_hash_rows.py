@@ -2,7 +2,8 @@
 
 The rows are cut into calls of ``HASH_WRITE_MANY`` (at most ``keys_per_call``
 keys, about ``WRITE_CHUNK_BYTES`` of arguments), each packed by hiredis and
-sent on one connection per node.  Up to ``in_flight`` calls are sent to a
+sent on one connection per node (by SHA; a node without the script gets that
+call again as ``EVAL``, which caches it there).  Up to ``in_flight`` calls are sent to a
 node before the first reply is read, so the client builds the next call
 while Redis runs the last; the bound is also what a materialization can
 take from a node at once, so online reads queue behind at most that many
@@ -89,8 +90,9 @@ class _Lane:
 
     pool: Any
     connection: Any
-    calls: deque[npt.NDArray[np.intp]]
-    waiting: deque[npt.NDArray[np.intp]] = field(default_factory=deque)
+    calls: deque[tuple[npt.NDArray[np.intp], bool]]
+    """Calls to send: their entities, and whether by SHA (else with the script's source)."""
+    waiting: deque[tuple[npt.NDArray[np.intp], bool]] = field(default_factory=deque)
 
 
 def write_hash_rows_to_redis(
@@ -106,25 +108,21 @@ def write_hash_rows_to_redis(
     arguments = _per_key_arguments(rows)
     per_call = _keys_per_call(keys, arguments, keys_per_call)
     sent = SentHashRows(rows)
-    head = [
-        "EVALSHA",
-        HASH_WRITE_MANY.sha,
-        0,
-        group.ttl // timedelta(milliseconds=1),
-        len(rows.fields),
-    ]
+    tail = [0, group.ttl // timedelta(milliseconds=1), len(rows.fields)]
+    heads = {
+        True: ["EVALSHA", HASH_WRITE_MANY.sha, *tail],
+        False: ["EVAL", HASH_WRITE_MANY.source, *tail],
+    }
     lanes = _lanes(client, keys, per_call)
     try:
-        for lane in lanes:
-            _load_script(lane.connection)
         while any(lane.calls or lane.waiting for lane in lanes):
             for lane in lanes:
                 while lane.calls and len(lane.waiting) < in_flight:
-                    call = lane.calls.popleft()
+                    call, by_sha = lane.calls.popleft()
                     lane.connection.send_packed_command(
-                        [_packed(head, rows.fields, call, keys, arguments)]
+                        [_packed(heads[by_sha], rows.fields, call, keys, arguments)]
                     )
-                    lane.waiting.append(call)
+                    lane.waiting.append((call, by_sha))
             for lane in lanes:
                 if lane.waiting:
                     _receive(lane, sent)
@@ -138,12 +136,12 @@ def write_hash_rows_to_redis(
 
 def _receive(lane: _Lane, sent: SentHashRows) -> None:
     """Read the reply to ``lane``'s oldest call waiting."""
-    call = lane.waiting.popleft()
+    call, _ = lane.waiting.popleft()
     try:
         reply = lane.connection.read_response()
     except redis.exceptions.NoScriptError:
-        _load_script(lane.connection)
-        lane.calls.appendleft(call)
+        # The node does not have the script (yet): this call again as EVAL, which caches it.
+        lane.calls.appendleft((call, False))
         return
     except redis.exceptions.ResponseError as exc:
         if str(exc).split(" ", 1)[0] not in _REDIRECTS:
@@ -194,8 +192,11 @@ def _packed(
     return packed
 
 
-def _calls(indexes: npt.NDArray[np.intp], per_call: int) -> deque[npt.NDArray[np.intp]]:
-    return deque(indexes[start : start + per_call] for start in range(0, len(indexes), per_call))
+def _calls(
+    indexes: npt.NDArray[np.intp], per_call: int
+) -> deque[tuple[npt.NDArray[np.intp], bool]]:
+    starts = range(0, len(indexes), per_call)
+    return deque((indexes[start : start + per_call], True) for start in starts)
 
 
 def _lanes(client: redis.Redis | redis.RedisCluster, keys: list[str], per_call: int) -> list[_Lane]:
@@ -219,8 +220,3 @@ def _lanes(client: redis.Redis | redis.RedisCluster, keys: list[str], per_call: 
             lane.pool.release(lane.connection)
         raise
     return lanes
-
-
-def _load_script(connection: Any) -> None:
-    connection.send_command("SCRIPT", "LOAD", HASH_WRITE_MANY.source)
-    connection.read_response()
