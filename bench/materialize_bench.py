@@ -58,6 +58,8 @@ class Measured:
     entities: int
     peak_rss_mb: float
     redis_cpu_s: float
+    client_cpu_s: float
+    """The child's own CPU (user + system, its descendants included, e.g. Spark's JVM)."""
 
     @property
     def per_second(self) -> float:
@@ -74,6 +76,7 @@ class Measured:
             f"{self.peak_rss_mb:,.0f}",
             f"{self.redis_cpu_s:.2f}",
             f"{1e6 * self.redis_cpu_s / max(self.entities, 1):.1f}",
+            f"{1e6 * self.client_cpu_s / max(self.entities, 1):.1f}",
         ]
 
 
@@ -85,6 +88,7 @@ HEADER = [
     "peak RSS MB",
     "Redis CPU s",
     "Redis CPU µs/entity",
+    "client CPU µs/entity",
 ]
 
 
@@ -124,12 +128,17 @@ def measure(
     """Run ``featserve materialize`` as a child on an empty store and measure it."""
     _flush(node_urls)
     child_env = {**os.environ, **(env or {}), "REDIS_URL": redis_url}
+    entry = "from service.cli.main import main; sys.exit(main())"
     if source is not None:
-        child_env["PYTHONPATH"] = str(source)
+        # The editable install's import hook would still find this tree's packages first.
+        entry = (
+            "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in "
+            f"getattr(f, '__module__', '')]; sys.path.insert(0, {str(source)!r}); " + entry
+        )
     command = [
         sys.executable,
         "-c",
-        "import sys; from service.cli.main import main; sys.exit(main())",
+        "import sys; " + entry,
         "materialize",
         str(table),
         "--group",
@@ -158,6 +167,7 @@ def measure(
         int(report["entity_groups_written"]),
         usage.ru_maxrss / 1024,
         cpu_after - cpu_before,
+        usage.ru_utime + usage.ru_stime,
     )
 
 
@@ -218,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
                         env=env,
                     ).cells()
                 )
-            extra = ["--engine", "spark"] if args.engine == "spark" else []
+            extra = (
+                ["--engine", "spark", "--spark-master", "local[2]"]
+                if args.engine == "spark"
+                else []
+            )
             label = "this branch" + (" (spark local[2])" if args.engine == "spark" else "")
             rows.append(
                 measure(

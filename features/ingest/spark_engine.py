@@ -152,7 +152,7 @@ def materialize_dataframe(
     checks them), and ``ROW_NUMBER_COLUMN`` when its rows have numbers (else they are
     numbered in the frame's order).  ``settings`` go to the executors in a broadcast;
     ``None``: each executor reads its own environment.  ``partitions``: how many
-    tasks write (default: ``spark.sql.shuffle.partitions``).  ``on_chunk`` runs on the
+    tasks write (default: one per core of the cluster).  ``on_chunk`` runs on the
     executor after each batch (metrics, or a test that fails a task); ``on_progress``
     on the driver, with rows accounted for so far, as tasks finish.  A job that fails
     (a store down for every retry) raises; nothing is counted then, and running it
@@ -174,7 +174,7 @@ def materialize_dataframe(
     if ROW_NUMBER_COLUMN not in frame.columns:
         frame = frame.withColumn(ROW_NUMBER_COLUMN, F.monotonically_increasing_id() + 1)
     frame = frame.select(*rules.columns, ROW_NUMBER_COLUMN)
-    count = partitions or int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
+    count = partitions or _default_partitions(spark)
     frame = frame.repartition(count, entity_column).sortWithinPartitions(ROW_NUMBER_COLUMN)
     shipped = None if settings is None else spark.sparkContext.broadcast(settings.model_dump())
     progress = spark.sparkContext.accumulator(0) if on_progress is not None else None
@@ -196,6 +196,17 @@ def materialize_dataframe(
         return SparkRun(report, written_to)
     finally:
         results.unpersist()
+
+
+def _default_partitions(spark: SparkSession) -> int:
+    """One task per core the cluster has (Spark Connect: ``spark.sql.shuffle.partitions``).
+
+    Not the shuffle's 200: each task opens its own connections and writes its rows in
+    batches, so many small tasks cost more than they share out."""
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # Spark Connect has no SparkContext
+        return int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
 
 
 def _reported(

@@ -95,7 +95,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--partitions",
         type=int,
-        help="with --engine spark: how many tasks write (default: spark.sql.shuffle.partitions)",
+        help="with --engine spark: how many tasks write (default: one per core of the cluster)",
     )
     parser.add_argument(
         "--backing",
