@@ -16,8 +16,8 @@ the code in ``DIR`` first on the child's path (e.g. ``git archive main | tar
 -x -C DIR``): the figure before this branch's change.  ``--cluster`` writes
 into the 3-primary local Redis Cluster instead (Redis CPU summed over the
 primaries).  ``--engine spark`` runs ``featserve materialize --engine spark``
-(``local[2]``; peak RSS is then the driver's and its Python workers' as
-``wait4`` sees them: the JVM and its workers are the child's descendants).
+(``local[2]``; peak RSS is then what ``wait4`` reports: the largest of the
+command and the descendants it waited for, which need not include the JVM).
 
 Nothing is pinned: the client, Redis and (for Spark) the JVM share the
 machine's CPUs with whatever else runs; the report prints the load average.
