@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ __all__ = [
     "Rejected",
     "Stop",
     "StopCause",
+    "checked_columns",
     "materialize",
     "table_columns",
     "write_rules",
@@ -132,20 +133,32 @@ def table_columns(
     table: OfflineTable, group: FeatureGroup, entity_column: str, timestamp_column: str
 ) -> tuple[str, ...]:
     """The columns to read for ``group``; ``TableError`` for missing or unknown columns."""
-    missing = [c for c in (entity_column, timestamp_column) if c not in table.columns]
-    features = [c for c in table.columns if c in group.by_name]
-    unknown = [c for c in table.columns if c not in {entity_column, timestamp_column, *features}]
+    return checked_columns(table.columns, str(table.path), group, entity_column, timestamp_column)
+
+
+def checked_columns(
+    columns: Sequence[str],
+    source: str,
+    group: FeatureGroup,
+    entity_column: str,
+    timestamp_column: str,
+) -> tuple[str, ...]:
+    """Of ``columns`` (a table's or a data frame's, named ``source`` in errors), the entity id,
+    the event time and the features of ``group``; ``TableError`` for missing or unknown ones."""
+    missing = [c for c in (entity_column, timestamp_column) if c not in columns]
+    features = [c for c in columns if c in group.by_name]
+    unknown = [c for c in columns if c not in {entity_column, timestamp_column, *features}]
     if group.structure is not Structure.HASH and group.features[0].name not in features:
         missing.append(group.features[0].name)
     if missing:
-        raise TableError(f"{table.path}: missing column(s) {missing}")
+        raise TableError(f"{source}: missing column(s) {missing}")
     if unknown:
         raise TableError(
-            f"{table.path}: column(s) {unknown} are not features of "
+            f"{source}: column(s) {unknown} are not features of "
             f"{group.entity.name}:{group.name} ({', '.join(group.feature_names)})"
         )
     if not features:
-        raise TableError(f"{table.path}: no feature columns of {group.entity.name}:{group.name}")
+        raise TableError(f"{source}: no feature columns of {group.entity.name}:{group.name}")
     return (entity_column, timestamp_column, *features)
 
 

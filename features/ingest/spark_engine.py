@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from features.ingest.materialize import MaterializeReport, Stop, write_rules
+from features.ingest.materialize import MaterializeReport, Stop, checked_columns, write_rules
 from features.ingest.tables import TableChunk, epoch_seconds
 from features.ingest.writer import ChunkTally, WriteRules, write_chunk
 from features.registry import FeatureGroup
@@ -148,10 +149,11 @@ def materialize_dataframe(
 ) -> SparkRun:
     """Write ``frame`` into the online store as ``group``; see the module docstring.
 
-    ``frame`` holds the entity id, event time and feature columns (``table_columns``
-    checks them), and ``ROW_NUMBER_COLUMN`` when its rows have numbers (else they are
-    numbered in the frame's order).  ``settings`` go to the executors in a broadcast;
-    ``None``: each executor reads its own environment.  ``partitions``: how many
+    ``frame`` holds the entity id, event time and feature columns (``TableError`` for
+    a missing or unknown one, before anything runs), and ``ROW_NUMBER_COLUMN`` when
+    its rows have numbers (else they are numbered in the frame's order).  ``settings``
+    go to the executors in a broadcast; ``None``: each executor reads its own
+    environment.  ``partitions``: how many
     tasks write (default: one per core of the cluster).  ``on_chunk`` runs on the
     executor after each batch (metrics, or a test that fails a task); ``on_progress``
     on the driver, with rows accounted for so far, as tasks finish.  A job that fails
@@ -161,12 +163,10 @@ def materialize_dataframe(
     from pyspark.sql import functions as F
 
     spark = frame.sparkSession
-    feature_columns = tuple(
-        c for c in frame.columns if c not in (entity_column, timestamp_column, ROW_NUMBER_COLUMN)
-    )
+    columns = [c for c in frame.columns if c != ROW_NUMBER_COLUMN]
     rules = write_rules(
         group,
-        (entity_column, timestamp_column, *feature_columns),
+        checked_columns(columns, "the data frame", group, entity_column, timestamp_column),
         now_ms=epoch_ms(clock),
         max_clock_skew_s=(settings or Settings()).max_clock_skew_s,
         from_csv=from_csv,
@@ -236,8 +236,6 @@ class _ProgressWatch:
     """Reports the accumulator of rows accounted for every second, while a job runs."""
 
     def __init__(self, progress: Any, on_progress: Callable[[int], None] | None) -> None:
-        import threading
-
         self._progress = progress
         self._on_progress = on_progress
         self._done = threading.Event()
