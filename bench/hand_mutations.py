@@ -143,7 +143,7 @@ MUTATIONS = (
     ),
     Mutation(
         "ISO 8601 times in CSV lose their offset",
-        "features/ingest/materialize.py",
+        "features/ingest/writer.py",
         "return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()",
         "return value.replace(tzinfo=UTC).timestamp()",
         ("tests/test_materialize.py",),
@@ -159,8 +159,10 @@ MUTATIONS = (
         "`featserve materialize` checks --entity-column/--timestamp-column but writes by "
         "the default names",
         "service/cli/materialize.py",
+        "                store,\n"
         "                entity_column=args.entity_column,\n"
         "                timestamp_column=args.timestamp_column,\n",
+        "                store,\n"
         '                entity_column="entity_id",\n'
         '                timestamp_column="event_timestamp",\n',
         ("tests/test_materialize.py",),
@@ -207,9 +209,20 @@ MUTATIONS = (
     Mutation(
         "hash writes ignore the event time (an older value replaces a newer one)",
         "features/stores/redis_scripts.py",
-        "if at >= held_at then",
-        "if true then",
+        "at_of[name] or update_ms, -1\n  if present[name] then held_at = own[name] or group_ms "
+        "end\n  if at >= held_at then",
+        "at_of[name] or update_ms, -1\n  if present[name] then held_at = own[name] or group_ms "
+        "end\n  if true then",
         WRITE_UNITS,
+    ),
+    Mutation(
+        "materialization's many-hash script ignores the event time",
+        "features/stores/redis_scripts.py",
+        "uniform or ats[j], -1\n      if present[name] then held_at = own[name] or group_ms "
+        "end\n      if at >= held_at then",
+        "uniform or ats[j], -1\n      if present[name] then held_at = own[name] or group_ms "
+        "end\n      if true then",
+        (*WRITE_UNITS, "tests/test_writer.py"),
     ),
     Mutation(
         "the backing store ignores the event time",

@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 
 from features.errors import InvalidEntityId
 
-__all__ = ["ENTITY_ID_MAX_LENGTH", "ENTITY_ID_PATTERN", "feature_key", "validate_entity_id"]
+__all__ = [
+    "ENTITY_ID_MAX_LENGTH",
+    "ENTITY_ID_PATTERN",
+    "feature_key",
+    "feature_keys",
+    "validate_entity_id",
+]
 
 ENTITY_ID_MAX_LENGTH = 128
 """The longest entity id accepted, in characters."""
@@ -75,3 +82,10 @@ def _describe(char: str) -> str:
 def feature_key(entity_type: str, entity_id: str, group: str) -> str:
     """The Redis key of one entity's feature group; the id is validated first."""
     return f"{entity_type}:{{{validate_entity_id(entity_id)}}}:{group}"
+
+
+def feature_keys(entity_type: str, entity_ids: Sequence[str], group: str) -> list[str]:
+    """``feature_key`` of each id, in order (the ids validated likewise)."""
+    plain = _ASCII_ENTITY_ID.fullmatch
+    checked = (i if plain(i) else validate_entity_id(i) for i in entity_ids)
+    return [f"{entity_type}:{{{entity_id}}}:{group}" for entity_id in checked]

@@ -122,6 +122,14 @@ class Settings(BaseSettings):
 
     A value dated ahead would outrank every real write after it until its time came."""
 
+    materialize_keys_per_call: int = Field(default=256, ge=1)
+    """Entity groups (hashes) one materialization script call writes: more per call costs less
+    Redis CPU per entity, and holds Redis (and the online reads queued behind it) longer."""
+
+    materialize_in_flight: int = Field(default=4, ge=1)
+    """Script calls a materialization (one process, or each Spark task) sends to one Redis node
+    before it waits for the first reply: the most of a node's time it can claim at once."""
+
     batch_max: int = Field(default=256, ge=1)
     """The most items one ``/score_batch``, ``/features`` or ``/push`` call may carry."""
 

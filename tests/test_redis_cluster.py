@@ -15,12 +15,16 @@ from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 from redis.crc import key_slot
 
 from features.breaker import BreakerState, CircuitBreaker
+from features.ingest.materialize import materialize
 from features.ingest.rewarm import rewarm
+from features.ingest.tables import open_table
 from features.ingest.updates import parse_update
 from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
@@ -28,7 +32,8 @@ from features.serving.resolver import CachedGroup, Resolver, Tier
 from features.settings import Settings
 from features.sources import Degraded, Source
 from features.stores.base import FailedRead, ReadAnswer, ReadRequest, WriteOutcome
-from features.stores.factory import async_online_store, open_online_store
+from features.stores.factory import async_online_store, open_online_store, open_redis_client
+from features.stores.redis import RedisStore
 from features.stores.redis_cluster import AsyncRedisClusterStore, async_cluster_client
 from features.stores.redis_memory import MemoryReport
 from features.stores.redis_scripts import HASH_WRITE
@@ -568,6 +573,35 @@ def test_materialize_and_rewarm_write_into_the_cluster(
         assert as_dicts(answers) == [{"tx_count_1h": 5}] * 60
     finally:
         store.close()
+
+
+def test_materialize_writes_the_keys_of_a_moved_slot_through_redirects(
+    cluster: LocalCluster, settings: Settings, tmp_path: Path
+) -> None:
+    """A client whose slot map is out of date (as after a slot migration) sends some keys to
+    a node that does not serve them; those are written again, following redirects."""
+    path = tmp_path / "features.parquet"
+    rows = [
+        {"entity_id": u, "event_timestamp": NOW - 5, "tx_count_1h": i} for i, u in enumerate(USERS)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    client = open_redis_client(settings, for_writes=True)
+    assert isinstance(client, redis.RedisCluster)
+    primaries = client.get_primaries()
+    moved = [key_slot(f"user:{{{u}}}:features".encode()) for u in USERS[:10]]
+    for slot in moved:
+        owner = client.nodes_manager.slots_cache[slot][0]
+        client.nodes_manager.slots_cache[slot] = [next(n for n in primaries if n != owner)]
+    store = RedisStore(client, keys_per_call=16)
+    try:
+        report = materialize(open_table(path), FEATURES, store)
+        answers = store.read([ReadRequest(u, FEATURES, ("tx_count_1h",)) for u in USERS])
+        refreshed = [client.nodes_manager.slots_cache[slot][0].port for slot in moved]
+    finally:
+        store.close()
+    assert (report.written, report.entity_groups_written, report.stopped) == (100, 100, None)
+    assert as_dicts(answers) == [{"tx_count_1h": i} for i in range(100)]
+    assert refreshed == [shard_of(cluster, u).port for u in USERS[:10]]
 
 
 def test_capacity_measures_entities_on_the_cluster(

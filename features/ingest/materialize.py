@@ -27,20 +27,18 @@ id per row) or string group (a list of floats; a JSON array in CSV).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-from features.errors import InvalidUpdate, StoreError, StoreTimeout, StoreUnavailable
-from features.ingest.tables import OfflineTable, TableChunk, TableError
-from features.ingest.updates import parse_update
-from features.registry import Feature, FeatureGroup, Structure
-from features.stores.backing import Clock, HeldGroup, as_update, epoch_ms, held_after_write, is_live
-from features.stores.base import FeatureUpdate, OnlineStore
+from features.errors import StoreError, StoreTimeout, StoreUnavailable
+from features.ingest.tables import OfflineTable, TableError
+from features.ingest.writer import ChunkTally, Rejected, WriteRules, write_chunk
+from features.registry import FeatureGroup, Structure
+from features.stores.backing import Clock, epoch_ms
+from features.stores.base import OnlineStore
 
 __all__ = [
     "Materialization",
@@ -48,27 +46,11 @@ __all__ = [
     "Rejected",
     "Stop",
     "StopCause",
+    "checked_columns",
     "materialize",
     "table_columns",
+    "write_rules",
 ]
-
-STORE_FIELD = "store"
-"""The ``Rejected.field`` of a row a store refused for its data."""
-
-MALFORMED_FIELD = "row"
-"""The ``Rejected.field`` of a CSV line that is not a row of the table."""
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A row that was not written, and why."""
-
-    row: int
-    """1-based position among the table's data rows."""
-    field: str
-    problem: str
-    record: Mapping[str, Any]
-
 
 StopCause = Literal["store", "table", "crash"]
 """What stopped a run: a store failed, the table could not be read further, or anything else."""
@@ -115,6 +97,15 @@ class MaterializeReport:
         """Entity groups written per second of the run."""
         return self.entity_groups_written / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def add(self, tally: ChunkTally) -> None:
+        """Count a chunk's rows (``features.ingest.writer.write_chunk``'s answer)."""
+        self.rows += tally.rows
+        self.written += tally.written
+        self.skipped_older += tally.skipped_older
+        self.expired += tally.expired
+        self.entity_groups_written += tally.entity_groups_written
+        self.rejected_by_field.update(rejected.field for rejected in tally.rejects)
+
     def as_json(self) -> dict[str, Any]:
         """The report as plain JSON types (``featserve materialize --json``)."""
         stopped = self.stopped
@@ -142,29 +133,33 @@ def table_columns(
     table: OfflineTable, group: FeatureGroup, entity_column: str, timestamp_column: str
 ) -> tuple[str, ...]:
     """The columns to read for ``group``; ``TableError`` for missing or unknown columns."""
-    missing = [c for c in (entity_column, timestamp_column) if c not in table.columns]
-    features = [c for c in table.columns if c in group.by_name]
-    unknown = [c for c in table.columns if c not in {entity_column, timestamp_column, *features}]
+    return checked_columns(table.columns, str(table.path), group, entity_column, timestamp_column)
+
+
+def checked_columns(
+    columns: Sequence[str],
+    source: str,
+    group: FeatureGroup,
+    entity_column: str,
+    timestamp_column: str,
+) -> tuple[str, ...]:
+    """Of ``columns`` (a table's or a data frame's, named ``source`` in errors), the entity id,
+    the event time and the features of ``group``; ``TableError`` for missing or unknown ones."""
+    missing = [c for c in (entity_column, timestamp_column) if c not in columns]
+    features = [c for c in columns if c in group.by_name]
+    unknown = [c for c in columns if c not in {entity_column, timestamp_column, *features}]
     if group.structure is not Structure.HASH and group.features[0].name not in features:
         missing.append(group.features[0].name)
     if missing:
-        raise TableError(f"{table.path}: missing column(s) {missing}")
+        raise TableError(f"{source}: missing column(s) {missing}")
     if unknown:
         raise TableError(
-            f"{table.path}: column(s) {unknown} are not features of "
+            f"{source}: column(s) {unknown} are not features of "
             f"{group.entity.name}:{group.name} ({', '.join(group.feature_names)})"
         )
     if not features:
-        raise TableError(f"{table.path}: no feature columns of {group.entity.name}:{group.name}")
+        raise TableError(f"{source}: no feature columns of {group.entity.name}:{group.name}")
     return (entity_column, timestamp_column, *features)
-
-
-@dataclass
-class _Merging:
-    """One entity's rows of a chunk, merged: what they hold, and which row each value is from."""
-
-    held: HeldGroup | None = None
-    row_of: dict[str, int] = field(default_factory=dict)
 
 
 class Materialization:
@@ -185,13 +180,16 @@ class Materialization:
         on_progress: Callable[[int], None] = lambda _: None,
     ) -> None:
         self._columns = table_columns(table, group, entity_column, timestamp_column)
-        self._features = [(name, group.by_name[name]) for name in self._columns[2:]]
         self._table = table
-        self._group = group
         self._store = store
         self._chunk_rows = chunk_rows
-        self._max_skew_ms = round(max_clock_skew_s * 1000)
-        self._clock = clock
+        self._rules = write_rules(
+            group,
+            self._columns,
+            now_ms=epoch_ms(clock),
+            max_clock_skew_s=max_clock_skew_s,
+            from_csv=table.kind == "csv",
+        )
         self._on_reject = on_reject
         self._on_progress = on_progress
         self.report = MaterializeReport()
@@ -201,7 +199,10 @@ class Materialization:
         started = time.perf_counter()
         try:
             for chunk in self._table.chunks(self._columns, self._chunk_rows):
-                self._load(chunk)
+                tally = write_chunk(chunk, self._rules, self._store)
+                for rejected in tally.rejects:
+                    self._on_reject(rejected)
+                self.report.add(tally)
                 self._on_progress(chunk.size)
         except StoreError as exc:
             self._stop("store", str(exc), isinstance(exc, StoreUnavailable | StoreTimeout))
@@ -217,81 +218,27 @@ class Materialization:
     def _stop(self, cause: StopCause, error: str, retry_safe: bool) -> None:
         self.report.stopped = Stop(self.report.rows + 1, cause, error, retry_safe)
 
-    def _load(self, chunk: TableChunk) -> None:
-        """Account for every row of ``chunk``; nothing is counted unless all of it is."""
-        group = self._group
-        now_ms = epoch_ms(self._clock)
-        rejects = [
-            Rejected(bad.row, MALFORMED_FIELD, bad.problem, {"line": bad.text})
-            for bad in chunk.malformed
-        ]
-        expired = 0
-        merging: dict[str, _Merging] = {}
-        records = dict(chunk.rows)
-        for row, record in chunk.rows:
-            try:
-                update = self._parse(record, now_ms)
-            except InvalidUpdate as exc:
-                rejects.append(Rejected(row, exc.field, exc.problem, record))
-                continue
-            if not is_live(group, update.event_ms, now_ms):
-                expired += 1
-                continue
-            entity = merging.setdefault(update.entity_id, _Merging())
-            merged_row = held_after_write(entity.held, update, now_ms)
-            if merged_row.after is not None:
-                entity.held = merged_row.after
-                entity.row_of.update(dict.fromkeys(merged_row.landed, row))
-        merged = [(e, m.held, m.row_of) for e, m in merging.items() if m.held is not None]
-        outcomes = self._store.write([as_update(e, group, held) for e, held, _ in merged])
-        written: set[int] = set()
-        groups_written = 0
-        for (_, held, row_of), outcome in zip(merged, outcomes, strict=True):
-            # A value pushed out of a sorted set by newer members in this chunk has no row.
-            from_rows = {row for name, row in row_of.items() if name in held.values}
-            if outcome.refused is not None:
-                for row in sorted(from_rows):
-                    rejects.append(Rejected(row, STORE_FIELD, outcome.refused, records[row]))
-                continue
-            groups_written += outcome.applied
-            written.update(row for name, row in row_of.items() if name in outcome.landed)
-        self._account(chunk.size, len(written), expired, rejects, groups_written)
 
-    def _account(
-        self, rows: int, written: int, expired: int, rejects: list[Rejected], groups: int
-    ) -> None:
-        report = self.report
-        report.entity_groups_written += groups
-        for rejected in sorted(rejects, key=lambda r: r.row):
-            report.rejected_by_field[rejected.field] += 1
-            self._on_reject(rejected)
-        report.rows += rows
-        report.written += written
-        report.expired += expired
-        report.skipped_older += rows - written - expired - len(rejects)
-
-    def _parse(self, record: Mapping[str, Any], now_ms: int) -> FeatureUpdate:
-        """The row as a validated update; ``InvalidUpdate`` names the column and the problem."""
-        entity_column, timestamp_column, *_ = self._columns
-        from_csv = self._table.kind == "csv"
-        values: dict[str, Any] = {}
-        for name, feature in self._features:
-            value = record[name]
-            if value is None:
-                pass
-            elif from_csv:
-                value = _text_cell(feature, _text(name, value))
-            elif feature.type_name == "int" and isinstance(value, float) and value.is_integer():
-                value = int(value)  # Parquet writers often store int columns with nulls as floats.
-            values[name] = value
-        return parse_update(
-            self._group,
-            _text(entity_column, record[entity_column]),
-            _event_seconds(_text(timestamp_column, record[timestamp_column]), from_csv),
-            values,
-            now_ms=now_ms,
-            max_skew_ms=self._max_skew_ms,
-        )
+def write_rules(
+    group: FeatureGroup,
+    columns: tuple[str, ...],
+    *,
+    now_ms: int,
+    max_clock_skew_s: float,
+    from_csv: bool,
+) -> WriteRules:
+    """The rules of one run over ``columns`` (as ``table_columns`` gives them), judged at
+    ``now_ms``."""
+    entity_column, timestamp_column, *features = columns
+    return WriteRules(
+        group=group,
+        entity_column=entity_column,
+        timestamp_column=timestamp_column,
+        feature_columns=tuple(features),
+        now_ms=now_ms,
+        max_skew_ms=round(max_clock_skew_s * 1000),
+        from_csv=from_csv,
+    )
 
 
 def materialize(
@@ -303,48 +250,3 @@ def materialize(
     """Write ``table`` into ``store`` as ``group``; see the module docstring and ``Materialization``
     for the options."""
     return Materialization(table, group, store, **options).run()
-
-
-def _text(column: str, value: Any) -> Any:
-    """A CSV cell that is not UTF-8 text (pyarrow hands it over as bytes) as text, or a reject;
-    other values as they are."""
-    if not isinstance(value, bytes):
-        return value
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        raise InvalidUpdate(column, f"{value[:40]!r} is not UTF-8 text") from None
-
-
-def _event_seconds(value: Any, from_csv: bool) -> Any:
-    """Epoch seconds from a number, a datetime (naive means UTC) or, in CSV, text."""
-    if isinstance(value, datetime):
-        try:
-            return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-        except (OverflowError, ValueError):
-            raise InvalidUpdate("event_timestamp", f"{value!r} is out of range") from None
-    if from_csv and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-        try:
-            return _event_seconds(datetime.fromisoformat(value), from_csv)
-        except ValueError:
-            raise InvalidUpdate(
-                "event_timestamp", f"{value!r} is neither epoch seconds nor ISO 8601"
-            ) from None
-    return value
-
-
-def _text_cell(feature: Feature, text: str) -> Any:
-    try:
-        if feature.type_name == "float32_vector":
-            return json.loads(text)
-        if feature.type_name in ("int", "float"):
-            return feature.dtype.decode(text.encode(), feature.dim)
-    except (ValueError, OverflowError) as exc:
-        raise InvalidUpdate(
-            feature.name, f"{text!r} is not a valid {feature.type_name}: {exc}"
-        ) from None
-    return text

@@ -27,12 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-__all__ = ["MalformedRow", "OfflineTable", "TableChunk", "TableError", "open_table"]
+__all__ = [
+    "MalformedRow",
+    "OfflineTable",
+    "TableChunk",
+    "TableError",
+    "epoch_seconds",
+    "open_table",
+]
 
 TableKind = Literal["parquet", "csv"]
 
@@ -54,15 +63,23 @@ class MalformedRow:
 
 @dataclass(frozen=True)
 class TableChunk:
-    """Consecutive rows of a table: the readable ones, numbered, and the malformed ones."""
+    """Rows of a table: the readable ones as an Arrow batch with their numbers, and the
+    malformed ones."""
 
-    rows: Sequence[tuple[int, Mapping[str, Any]]]
-    malformed: Sequence[MalformedRow]
+    batch: pa.RecordBatch
+    row_numbers: Sequence[int] | npt.NDArray[np.int64]
+    """The 1-based number of each row of ``batch``, ascending."""
+    malformed: Sequence[MalformedRow] = ()
 
     @property
     def size(self) -> int:
         """Rows in the chunk, malformed ones included."""
-        return len(self.rows) + len(self.malformed)
+        return int(self.batch.num_rows) + len(self.malformed)
+
+    @property
+    def rows(self) -> list[tuple[int, Mapping[str, Any]]]:
+        """The readable rows as numbered records."""
+        return list(zip(self.row_numbers, self.batch.to_pylist(), strict=True))
 
 
 @dataclass(frozen=True)
@@ -93,8 +110,8 @@ class OfflineTable:
             batch_size=chunk_rows, columns=list(columns)
         )
         for batch in _readable(batches, self.path):
-            records = _epoch_seconds(batch).to_pylist()
-            yield TableChunk(list(enumerate(records, start=next_row)), ())
+            numbers = range(next_row, next_row + batch.num_rows)
+            yield TableChunk(epoch_seconds(batch), numbers)
             next_row += batch.num_rows
 
     def _csv_chunks(self, columns: Sequence[str], chunk_rows: int) -> Iterator[TableChunk]:
@@ -118,12 +135,11 @@ class OfflineTable:
             raise TableError(f"{self.path}: cannot be read: {exc}") from exc
         next_row = 1
         for batch in _readable(reader, self.path):
-            records = _as_text(batch).to_pylist()
-            numbered, met, next_row = _number_rows(records, pending, next_row)
+            numbers, met, next_row = _number_rows(batch.num_rows, pending, next_row)
             pending = [row for row in pending if row not in met]
-            yield from _split(numbered, met, chunk_rows)
+            yield from _split(_as_text(batch), numbers, met, chunk_rows)
         if pending:
-            yield TableChunk((), pending)
+            yield TableChunk(pa.RecordBatch.from_pylist([]), (), pending)
 
     def _open_csv(
         self, columns: Sequence[str], chunk_rows: int, malformed: Callable[[Any], str]
@@ -161,40 +177,41 @@ def _readable(batches: Iterator[pa.RecordBatch], path: Path) -> Iterator[pa.Reco
 
 
 def _number_rows(
-    records: list[dict[str, Any]], malformed: list[MalformedRow], first: int
-) -> tuple[list[tuple[int, Mapping[str, Any]]], list[MalformedRow], int]:
-    """Number ``records`` from ``first``, leaving out the numbers of malformed rows among them.
+    count: int, malformed: list[MalformedRow], first: int
+) -> tuple[list[int], list[MalformedRow], int]:
+    """Numbers for ``count`` records from ``first``, leaving out those of malformed rows.
 
-    Returns the numbered records, the malformed rows they passed, and the next number.
+    Returns the numbers, the malformed rows they passed, and the next number.
     """
     taken = {row.row for row in malformed}
-    numbered: list[tuple[int, Mapping[str, Any]]] = []
+    numbers: list[int] = []
     number = first
-    for record in records:
+    for _ in range(count):
         while number in taken:
             number += 1
-        numbered.append((number, record))
+        numbers.append(number)
         number += 1
-    met = [row for row in malformed if row.row < number or not records]
-    return numbered, met, max([number, *(row.row + 1 for row in met)])
+    met = [row for row in malformed if row.row < number or not count]
+    return numbers, met, max([number, *(row.row + 1 for row in met)])
 
 
 def _split(
-    numbered: Sequence[tuple[int, Mapping[str, Any]]],
+    batch: pa.RecordBatch,
+    numbers: Sequence[int],
     malformed: Sequence[MalformedRow],
     chunk_rows: int,
 ) -> Iterator[TableChunk]:
     """Chunks of at most ``chunk_rows`` readable rows (a CSV block holds any number of rows),
     each with the malformed rows numbered before its end."""
     left = sorted(malformed, key=lambda row: row.row)
-    for start in range(0, len(numbered), chunk_rows):
-        rows = numbered[start : start + chunk_rows]
-        last = start + chunk_rows >= len(numbered)
-        taken = [row for row in left if last or row.row < rows[-1][0]]
+    for start in range(0, len(numbers), chunk_rows):
+        rows = numbers[start : start + chunk_rows]
+        last = start + chunk_rows >= len(numbers)
+        taken = [row for row in left if last or row.row < rows[-1]]
         left = left[len(taken) :]
-        yield TableChunk(rows, taken)
+        yield TableChunk(batch.slice(start, len(rows)), rows, taken)
     if left:
-        yield TableChunk((), left)
+        yield TableChunk(batch.slice(0, 0), (), left)
 
 
 def _as_text(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -209,7 +226,7 @@ def _as_text(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
-def _epoch_seconds(batch: pa.RecordBatch) -> pa.RecordBatch:
+def epoch_seconds(batch: pa.RecordBatch) -> pa.RecordBatch:
     """``batch`` with every timestamp column as float epoch seconds (naive read as UTC)."""
     columns = []
     for column in batch.columns:

@@ -118,7 +118,11 @@ def open_redis_client(
 
 def open_online_store(settings: Settings, for_writes: bool = False) -> RedisStore:
     """The blocking Redis store for tools (``materialize``, ``rewarm``) and tests."""
-    return RedisStore(open_redis_client(settings, for_writes))
+    return RedisStore(
+        open_redis_client(settings, for_writes),
+        keys_per_call=settings.materialize_keys_per_call,
+        in_flight=settings.materialize_in_flight,
+    )
 
 
 def open_backing_store(spec: str, clock: Clock = time.time) -> BackingStore:

@@ -67,6 +67,12 @@ from features.stores.base import (
     newest_members,
 )
 from features.stores.hash_columns import MIN_REPLIES, decode_hash_columns
+from features.stores.hash_rows import HashRows, HashRowsWritten
+from features.stores.redis_hash_rows import (
+    DEFAULT_IN_FLIGHT,
+    DEFAULT_KEYS_PER_CALL,
+    write_hash_rows_to_redis,
+)
 from features.stores.redis_memory import INFO_SECTIONS, MemoryReport, memory_report
 from features.stores.redis_scripts import (
     DATA_ERRORS,
@@ -506,8 +512,16 @@ class RedisStore:
     """The Redis store over a blocking client (``sync_client``, or a cluster's or a sentinel's
     from ``factory.open_redis_client``: their pipelines work alike here)."""
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        *,
+        keys_per_call: int = DEFAULT_KEYS_PER_CALL,
+        in_flight: int = DEFAULT_IN_FLIGHT,
+    ) -> None:
         self._client = client
+        self._keys_per_call = keys_per_call
+        self._in_flight = in_flight
 
     def read(
         self, requests: Sequence[ReadRequest], timer: StageTimer | None = None
@@ -544,6 +558,23 @@ class RedisStore:
                         replies[index] = reply
                 outcomes += [_outcome(c, r) for c, r in zip(chunk, replies, strict=True)]
         return outcomes
+
+    def write_hash_rows(self, rows: HashRows) -> HashRowsWritten:
+        """See ``HashRowsStore``: many entities per script call, at most ``in_flight`` calls
+        waiting per node (``redis_hash_rows``)."""
+        with translated_errors():
+            sent = write_hash_rows_to_redis(
+                self._client, rows, keys_per_call=self._keys_per_call, in_flight=self._in_flight
+            )
+            if sent.redirected:
+                if not isinstance(self._client, redis.RedisCluster):
+                    raise StoreError("a standalone Redis answered a write with a redirect")
+                self._client.nodes_manager.initialize()
+                updates = rows.updates()
+                outcomes = self.write([updates[index] for index in sent.redirected])
+                for index, outcome in zip(sent.redirected, outcomes, strict=True):
+                    sent.settle(index, outcome, rows)
+        return sent.written()
 
     def _execute(self, calls: Sequence[_ScriptCall], by_sha: bool) -> list[Any]:
         with self._client.pipeline(transaction=False) as pipe:

@@ -15,6 +15,14 @@ written by hand counts as written at the time featserve last recorded for it
 counts as older than any event, so the first featserve write replaces what
 it names and leaves the other fields as they are.
 
+**Many hashes in one call** (``HASH_WRITE_MANY``, for materialization): the
+same merge, key after key, so one call carries hundreds of entities.  Its
+keys need not share a slot, only a node: they are passed as arguments, not
+``KEYS`` (which a cluster node requires in one slot), and the
+``allow-cross-slot-keys`` flag lets the script touch them; the caller groups
+them by the node that serves them.  A key's error answers that key alone
+(a data error, or a key the node does not serve); the other keys are written.
+
 **String (an embedding)**: the blob and a sibling ``<key>:_event_ms`` key;
 an older write is skipped.  **Sorted set**: members are scored by event time
 in seconds; ``ZADD GT`` never lowers a score and the newest ``top_n`` are
@@ -43,6 +51,7 @@ __all__ = [
     "EVENT_MS_FIELD",
     "FIELD_EVENT_MS_PREFIX",
     "HASH_WRITE",
+    "HASH_WRITE_MANY",
     "SORTED_SET_WRITE",
     "STRING_WRITE",
     "Script",
@@ -226,5 +235,150 @@ for first = 1, #members, 200 do
   end
 end
 return table.concat(flags)
+"""
+)
+
+_HASH_MERGE = f"""
+local MARK, PREFIX = '{EVENT_MS_FIELD}', '{FIELD_EVENT_MS_PREFIX}'
+-- One hash's update: field j's value is ARGV[base + j] ('' where the update has none), at
+-- uniform when that is set, else at ats[j].
+
+-- Write a hash where none is held: every value lands; the same fields as merge_hash writes.
+local function write_new(key, ttl, names, base, uniform, ats)
+  local written, count, newest, complete = {{}}, 0, 0, true
+  for j = 1, #names do
+    local value = ARGV[base + j]
+    if value ~= '' then
+      written[count + 1] = names[j]
+      written[count + 2] = value
+      count = count + 2
+      local at = uniform or ats[j]
+      if at > newest then newest = at end
+    else
+      complete = false
+    end
+  end
+  if count == 0 then return string.rep('-', #names) end
+  written[count + 1] = MARK
+  written[count + 2] = ms(newest)
+  if not uniform then
+    for j = 1, #names do
+      if ARGV[base + j] ~= '' and ats[j] ~= newest then
+        written[#written + 1] = PREFIX .. names[j]
+        written[#written + 1] = ms(ats[j])
+      end
+    end
+  end
+  in_slices('HSET', key, written)
+  redis.call('PEXPIREAT', key, ms(newest + ttl))
+  if complete then return string.rep('1', #names) end
+  local flags = {{}}
+  for j = 1, #names do
+    if ARGV[base + j] ~= '' then flags[j] = '1' else flags[j] = '-' end
+  end
+  return table.concat(flags)
+end
+
+-- Merge one hash.  Returns one character per name ('1' landed, '0' a newer value held, '-' not
+-- in the update), or nil and the data error, or nil, nil and any other error (nothing written).
+local function merge_hash(key, ttl, names, base, uniform, ats)
+  local held = redis.pcall('HGETALL', key)
+  if type(held) == 'table' and held['err'] then
+    -- A key of another node's slot (a slot moved) fails TYPE as well: not a data error.
+    local kind = redis.pcall('TYPE', key)
+    if kind['err'] then return nil, nil, kind['err'] end
+    if kind['ok'] ~= 'hash' and kind['ok'] ~= 'none' then
+      return nil, 'WRONGTYPE ' .. key .. ' holds a ' .. kind['ok'] .. ', not a hash'
+    end
+    return nil, nil, held['err']
+  end
+  if #held == 0 then return write_new(key, ttl, names, base, uniform, ats) end
+  local group_ms, own, present, order = 0, {{}}, {{}}, {{}}
+  for i = 1, #held, 2 do
+    local name, value = held[i], held[i + 1]
+    if name == MARK or string.sub(name, 1, #PREFIX) == PREFIX then
+      local at = event_time(value)
+      if at == nil then return nil, bad_time(key, name, value) end
+      if name == MARK then group_ms = at else own[string.sub(name, #PREFIX + 1)] = at end
+    elseif string.sub(name, 1, 1) ~= '_' then
+      present[name] = true
+      order[#order + 1] = name
+    end
+  end
+  local flags, landed, written = {{}}, {{}}, {{}}
+  local newest = group_ms
+  for j = 1, #names do
+    local name, value = names[j], ARGV[base + j]
+    if value == '' then
+      flags[j] = '-'
+    else
+      local at, held_at = uniform or ats[j], -1
+      if present[name] then held_at = own[name] or group_ms end
+      if at >= held_at then
+        flags[j] = '1'
+        if not present[name] then order[#order + 1] = name end
+        landed[name] = at
+        written[#written + 1] = name
+        written[#written + 1] = value
+        if at > newest then newest = at end
+      else
+        flags[j] = '0'
+      end
+    end
+  end
+  if #written == 0 then return table.concat(flags) end
+  written[#written + 1] = MARK
+  written[#written + 1] = ms(newest)
+  local cleared = {{}}
+  for _, name in ipairs(order) do
+    local at = landed[name] or own[name] or group_ms
+    if at ~= newest then
+      written[#written + 1] = PREFIX .. name
+      written[#written + 1] = ms(at)
+    elseif own[name] then
+      cleared[#cleared + 1] = PREFIX .. name
+    end
+  end
+  in_slices('HSET', key, written)
+  if #cleared > 0 then in_slices('HDEL', key, cleared) end
+  redis.call('PEXPIREAT', key, ms(newest + ttl))
+  return table.concat(flags)
+end
+"""
+
+HASH_WRITE_MANY = Script(
+    "#!lua flags=allow-cross-slot-keys\n"
+    + _COMMON
+    + _HASH_MERGE
+    + """
+-- No KEYS: the keys are arguments, so that one call names keys of many slots of one node.
+-- ARGV[1]: the group's TTL ms, ARGV[2]: n, ARGV[3]: k; ARGV[4..3+n]: the field names, then the
+-- k keys; then per key: its event times (one number for all its values, or n numbers joined by
+-- commas, one per field) and n values ('' where the update has none).
+-- Returns one string per key: its flags (see merge_hash), or '!' and its data error, or '~'
+-- and any other error (say, a key this node does not serve).
+local ttl, n, k = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local names = {}
+for j = 1, n do names[j] = ARGV[3 + j] end
+local replies = {}
+for i = 1, k do
+  local base = 4 + n + k + (i - 1) * (n + 1)
+  local spec, uniform, ats = ARGV[base], nil, nil
+  if string.find(spec, ',', 1, true) then
+    ats = {}
+    for part in string.gmatch(spec, '[^,]+') do ats[#ats + 1] = tonumber(part) end
+  else
+    uniform = tonumber(spec)
+  end
+  local flags, problem, failure = merge_hash(ARGV[3 + n + i], ttl, names, base, uniform, ats)
+  if flags then
+    replies[i] = flags
+  elseif problem then
+    replies[i] = '!' .. problem
+  else
+    replies[i] = '~' .. failure
+  end
+end
+return replies
 """
 )

@@ -1,6 +1,11 @@
 """``featserve materialize``: load an offline table into Redis (``features.ingest.materialize``).
 
 featserve materialize TABLE [--group user:features] [--rejects FILE] [--allow-rejects] [--json]
+    [--engine local|spark] [--spark-master local[2]] [--partitions N]
+
+``--engine spark`` reads the table with Spark and writes it from the executors
+(``features.ingest.spark_engine``): the same rules, the same summary; rejects go to a
+CSV dataset (a directory, default ``TABLE.rejects``).
 
 Exit codes: 0 every row accounted for and none rejected (or ``--allow-rejects``),
 1 rows were rejected, 2 a bad invocation (nothing written), 3 a store failed
@@ -29,7 +34,7 @@ from features.ingest.materialize import (
     Rejected,
     table_columns,
 )
-from features.ingest.tables import TableError, open_table
+from features.ingest.tables import OfflineTable, TableError, open_table
 from features.redaction import redact
 from features.registry import FRAUD_REGISTRY, FeatureGroup
 from features.settings import Settings
@@ -76,6 +81,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "to every user of the machine",
     )
     parser.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="local: this process reads and writes; spark: Spark reads the table and its "
+        "executors write (pip install featserve[spark], or run under spark-submit)",
+    )
+    parser.add_argument(
+        "--spark-master",
+        help="with --engine spark: where to run (local[2], spark://host:7077, ...); default: "
+        "what spark-submit set, else local[*]",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        help="with --engine spark: how many tasks write (default: one per core of the cluster)",
+    )
+    parser.add_argument(
         "--backing",
         help="also write to this backing store first: sqlite:PATH or dynamodb:TABLE "
         "(default: $FEATSERVE_BACKING_STORE; none when unset)",
@@ -98,6 +120,8 @@ def _run_materialize(args: argparse.Namespace) -> int:
     if settings.redis_missing:
         console.print(f"[red]error:[/] {settings.redis_missing}")
         return EXIT_USAGE
+    if args.engine == "spark":
+        return _run_on_spark(args, console, group, table, settings)
     rejects_path = args.rejects or args.table.with_name(args.table.name + ".rejects.csv")
     try:
         redis_store = open_online_store(settings, for_writes=True)
@@ -146,6 +170,65 @@ def _run_materialize(args: argparse.Namespace) -> int:
     if report.rows_rejected == 0:
         rejects_path.unlink()
     return code
+
+
+def _run_on_spark(
+    args: argparse.Namespace,
+    console: Console,
+    group: FeatureGroup,
+    table: OfflineTable,
+    settings: Settings,
+) -> int:
+    """``--engine spark``: the same summary and exit codes; the rejects are a CSV dataset."""
+    if args.backing or settings.backing_store:
+        console.print("[red]error:[/] --engine spark writes Redis only; unset --backing")
+        return EXIT_USAGE
+    # Imported here: only this engine needs pyspark (an extra the Bento does not install).
+    from features.ingest.spark_engine import (
+        failed_run,
+        materialize_dataframe,
+        read_table,
+        spark_session,
+    )
+
+    rejects_path = args.rejects or args.table.with_name(args.table.name + ".rejects")
+    spark = spark_session(args.spark_master, args.chunk_rows)
+    frame = read_table(spark, str(args.table), table.kind)
+    with _progress(console) as progress:
+        task = progress.add_task(f"{args.table.name} -> {args.group}", total=table.total_rows)
+        try:
+            run = materialize_dataframe(
+                frame,
+                group,
+                settings=settings,
+                entity_column=args.entity_column,
+                timestamp_column=args.timestamp_column,
+                from_csv=table.kind == "csv",
+                partitions=args.partitions,
+                rejects_path=str(rejects_path),
+                on_progress=lambda rows: progress.update(task, completed=rows),
+            )
+            report, written_to = run.report, run.rejects_path
+        except Exception as exc:
+            error = redact(str(exc))
+            if not any(name in error for name in _STORE_ERRORS):
+                raise
+            # The line of the job's error that names the store error that stopped it.
+            cause = next(
+                line for line in error.splitlines() if any(n in line for n in _STORE_ERRORS)
+            )
+            report = failed_run(cause.strip(), retry_safe=True)
+            written_to = None
+    shown_path = Path(written_to) if written_to else rejects_path
+    _print_summary(console, report, shown_path)
+    code = _exit_code(report, args.allow_rejects)
+    if args.json:
+        _print_json(report, args, shown_path, code)
+    return code
+
+
+_STORE_ERRORS = ("StoreUnavailable", "StoreTimeout", "StoreError")
+"""Names in a failed Spark job's error that say a store, not the data or the code, stopped it."""
 
 
 def _exit_code(report: MaterializeReport, allow_rejects: bool) -> int:

@@ -1,0 +1,249 @@
+"""Materialization throughput: one process, one local Redis, the 10-feature ``user:features`` table.
+
+Usage::
+
+    python -m bench.materialize_bench [--users 200000 1000000] [--baseline-source DIR]
+        [--cluster] [--engine local|spark]
+
+For each table size it writes the demo ``user:features`` table (``featserve
+demo-data``) into a fresh, empty Redis with ``featserve materialize --json``
+run as a child process, and reports entities per second, the child's peak
+RSS (``wait4``'s ``ru_maxrss``), and Redis' own CPU (``INFO cpu``,
+``used_cpu_sys + used_cpu_user`` before and after) per entity written.
+
+``--baseline-source DIR`` runs the same measurement, in the same run, with
+the code in ``DIR`` first on the child's path (e.g. ``git archive main | tar
+-x -C DIR``): the figure before this branch's change.  ``--cluster`` writes
+into the 3-primary local Redis Cluster instead (Redis CPU summed over the
+primaries).  ``--engine spark`` runs ``featserve materialize --engine spark``
+(``local[2]``; peak RSS is then what ``wait4`` reports: the largest of the
+command and the descendants it waited for, which need not include the JVM).
+
+Nothing is pinned: the client, Redis and (for Spark) the JVM share the
+machine's CPUs with whatever else runs; the report prints the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from bench.report import markdown_table
+from service.harness.local_cluster import LocalCluster
+from service.harness.local_redis import LocalRedis
+
+__all__ = ["Measured", "main", "measure"]
+
+GROUP = "user:features"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One run of ``featserve materialize``."""
+
+    label: str
+    users: int
+    seconds: float
+    entities: int
+    peak_rss_mb: float
+    redis_cpu_s: float
+    client_cpu_s: float
+    """The child's own CPU (user + system, its descendants included, e.g. Spark's JVM)."""
+
+    @property
+    def per_second(self) -> float:
+        """Entity groups written per second of wall time (process start to exit)."""
+        return self.entities / self.seconds
+
+    def cells(self) -> list[str]:
+        """The row of the report table."""
+        return [
+            self.label,
+            f"{self.users:,}",
+            f"{self.seconds:.1f}",
+            f"{self.per_second:,.0f}",
+            f"{self.peak_rss_mb:,.0f}",
+            f"{self.redis_cpu_s:.2f}",
+            f"{1e6 * self.redis_cpu_s / max(self.entities, 1):.1f}",
+            f"{1e6 * self.client_cpu_s / max(self.entities, 1):.1f}",
+        ]
+
+
+HEADER = [
+    "code",
+    "users",
+    "wall s",
+    "entities/s",
+    "peak RSS MB",
+    "Redis CPU s",
+    "Redis CPU µs/entity",
+    "client CPU µs/entity",
+]
+
+
+def _redis_cpu_s(urls: Sequence[str]) -> float:
+    total = 0.0
+    for url in urls:
+        client = redis.Redis.from_url(url)
+        try:
+            info = client.info("cpu")
+        finally:
+            client.close()
+        total += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    return total
+
+
+def _flush(urls: Sequence[str]) -> None:
+    for url in urls:
+        client = redis.Redis.from_url(url)
+        try:
+            if client.info("replication")["role"] == "master":
+                client.flushall()
+        finally:
+            client.close()
+
+
+def measure(
+    label: str,
+    table: Path,
+    users: int,
+    redis_url: str,
+    node_urls: Sequence[str],
+    *,
+    source: Path | None,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> Measured:
+    """Run ``featserve materialize`` as a child on an empty store and measure it."""
+    _flush(node_urls)
+    child_env = {**os.environ, **(env or {}), "REDIS_URL": redis_url}
+    entry = "from service.cli.main import main; sys.exit(main())"
+    if source is not None:
+        # The editable install's import hook would still find this tree's packages first.
+        entry = (
+            "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in "
+            f"getattr(f, '__module__', '')]; sys.path.insert(0, {str(source)!r}); " + entry
+        )
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; " + entry,
+        "materialize",
+        str(table),
+        "--group",
+        GROUP,
+        "--json",
+        *extra,
+    ]
+    cpu_before = _redis_cpu_s(node_urls)
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        command, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert child.stdout is not None
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    cpu_after = _redis_cpu_s(node_urls)
+    if child.returncode != 0:
+        raise RuntimeError(f"{label}: featserve materialize exited {child.returncode}: {output!r}")
+    report = json.loads(output.decode().strip().splitlines()[-1])
+    return Measured(
+        label,
+        users,
+        seconds,
+        int(report["entity_groups_written"]),
+        usage.ru_maxrss / 1024,
+        cpu_after - cpu_before,
+        usage.ru_utime + usage.ru_stime,
+    )
+
+
+@contextmanager
+def _store(cluster: bool) -> Iterator[tuple[str, list[str], str]]:
+    """The URL to write to, every node's URL, and the mode (for ``FEATSERVE_REDIS_MODE``)."""
+    if cluster:
+        with LocalCluster() as nodes:
+            yield nodes.url, [node.url for node in nodes.primaries()], "cluster"
+    else:
+        with LocalRedis() as server:
+            yield server.url, [server.url], "standalone"
+
+
+def _demo_table(users: int, out: Path) -> Path:
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from service.cli.main import main; sys.exit(main())",
+            "demo-data",
+            "--users",
+            str(users),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return out / "user_features.parquet"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--users", type=int, nargs="+", default=[200_000])
+    parser.add_argument("--baseline-source", type=Path)
+    parser.add_argument("--cluster", action="store_true")
+    parser.add_argument("--engine", choices=["local", "spark"], default="local")
+    args = parser.parse_args(argv)
+    rows: list[list[str]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="materialize-bench-") as work,
+        _store(args.cluster) as (url, node_urls, mode),
+    ):
+        env = {"FEATSERVE_REDIS_MODE": mode}
+        for users in args.users:
+            table = _demo_table(users, Path(work) / f"u{users}")
+            if args.baseline_source is not None:
+                rows.append(
+                    measure(
+                        "baseline",
+                        table,
+                        users,
+                        url,
+                        node_urls,
+                        source=args.baseline_source,
+                        env=env,
+                    ).cells()
+                )
+            extra = (
+                ["--engine", "spark", "--spark-master", "local[2]"]
+                if args.engine == "spark"
+                else []
+            )
+            label = "this branch" + (" (spark local[2])" if args.engine == "spark" else "")
+            rows.append(
+                measure(
+                    label, table, users, url, node_urls, source=None, extra=extra, env=env
+                ).cells()
+            )
+    print(f"store: {mode}; load average before the run: {os.getloadavg()}")
+    print(markdown_table(HEADER, rows))
+    print(f"load average after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
