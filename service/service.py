@@ -18,6 +18,7 @@ import bentoml
 from opentelemetry.util.types import AttributeValue
 from pydantic import Field
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -48,10 +49,11 @@ from features.timing import Stage, StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
+from service.bentoml_adapter import install_adaptations
 from service.inputs import Amount, EntityId, GroupNames, PushUpdate, ScoreInput, Timestamp
 from service.metrics import StoreGauges, observe_request, publish_settings, start_series
-from service.middleware import admission, request_timeout
 from service.middleware.access_tokens import BearerTokenMiddleware
+from service.middleware.admission import AdmissionMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
 from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
@@ -65,7 +67,6 @@ SETTINGS = Settings()
 
 _log = logging.getLogger(__name__)
 
-request_timeout.install()
 install_log_redaction()
 
 
@@ -359,9 +360,14 @@ class FraudScorer:
         }
 
 
-admission.install(
-    SETTINGS.max_in_flight,
-    {api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
+install_adaptations(
+    edge=[
+        Middleware(
+            AdmissionMiddleware,
+            limit=SETTINGS.max_in_flight,
+            paths={api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
+        )
+    ]
 )
 # Outermost first: a request without its token is refused before its body is read.
 FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
