@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.budgets import PROFILES, ProfileName
@@ -131,8 +131,17 @@ class Settings(BaseSettings):
     read_token: SecretStr | None = None
     """A bearer token the read endpoints require (the write token also works); unset: open."""
 
+    metrics_access: Literal["open", "read"] = "open"
+    """Who may read ``/metrics``: ``open`` (anyone who reaches the port, as probes) or
+    ``read`` (the read token or the write token, as ``/score``; needs ``read_token``)."""
+
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     """The largest request body accepted; a larger one is refused with 413 before it is read."""
+
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a request's whole body may take to arrive once its headers are in; a later one
+    is answered 408 and its connection closed.  A request takes an in-flight slot
+    (``max_in_flight``) only once its body is in, so slow senders never hold one."""
 
     workers: int = Field(default=1, ge=1)
     """BentoML worker processes."""
@@ -164,6 +173,15 @@ class Settings(BaseSettings):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return token
+
+    @model_validator(mode="after")
+    def _metrics_token_is_set(self) -> Settings:
+        if self.metrics_access == "read" and self.read_token is None:
+            raise ValueError(
+                "FEATSERVE_METRICS_ACCESS=read needs FEATSERVE_READ_TOKEN: the token a "
+                "scraper sends"
+            )
+        return self
 
     @field_validator("sentinels")
     @classmethod

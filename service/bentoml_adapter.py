@@ -12,32 +12,97 @@ moves one fails a test instead of silently undoing a protection.
   per request, so its class is swapped for ``CancellingTimeoutMiddleware``
   (``service.middleware.request_timeout``).
 - The middleware stack: ``ServiceAppFactory.middlewares`` is wrapped so the
-  ``edge`` middlewares run ahead of BentoML's own layers (see
-  ``service.middleware.admission`` for why admission must).
+  ``edge`` middlewares (tokens, bodies, admission) run right after BentoML's
+  traffic metrics (which then count their refusals too) and ahead of the rest
+  of BentoML's layers: tracing, access log, the request timeout, and the
+  service's own middlewares (see ``service.middleware.admission`` for why
+  admission must come before them).
+- The traffic metrics' labels: BentoML labels its request counters and
+  histograms (``bentoml_service_request_total`` ...) with the request's path,
+  whatever a client sends, so a scanner's 20,000 paths became 20,000 series
+  for ever (memory, a ``/metrics`` of many megabytes, and the paths published).
+  Its layer is built here behind ``RouteLabelledTrafficMetrics``, which shows
+  it the path only when it is one of the service's own routes and
+  ``UNMATCHED_PATH_LABEL`` otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import cast
 
 import bentoml
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http import traffic
+from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
 
-__all__ = ["ADAPTED_BENTOML_VERSION", "install_adaptations"]
+__all__ = [
+    "ADAPTED_BENTOML_VERSION",
+    "BENTOML_ROUTES",
+    "UNMATCHED_PATH_LABEL",
+    "RouteLabelledTrafficMetrics",
+    "install_adaptations",
+]
 
 ADAPTED_BENTOML_VERSION = "1.4.40"
 """The BentoML release these adaptations were written against; any other is refused."""
+
+BENTOML_ROUTES = frozenset(
+    {"/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz", "/metrics"}
+)
+"""The paths BentoML itself serves on a service's app (its static files aside)."""
+
+UNMATCHED_PATH_LABEL = "other"
+"""The ``endpoint`` label of every request whose path is not one of the service's routes."""
+
+_REAL_PATH = "featserve.path"
+"""Where ``RouteLabelledTrafficMetrics`` keeps a request's path while BentoML's layer runs."""
+
+_TRAFFIC_METRICS: object = RunnerTrafficMetricsMiddleware
+"""BentoML's per-request HTTP metrics layer, which the edge follows."""
 
 _BENTOML_MIDDLEWARES = ServiceAppFactory.middlewares
 """BentoML's own ``middlewares`` property, kept to build on (and for tests to restore)."""
 
 
-def install_adaptations(edge: Sequence[Middleware]) -> None:
-    """Apply every adaptation; ``edge`` runs first in each service's middleware stack.
+class RouteLabelledTrafficMetrics:
+    """BentoML's traffic-metrics layer, shown ``UNMATCHED_PATH_LABEL`` for any path outside
+    ``routes``; the layers after it see the request's own path."""
+
+    def __init__(
+        self, app: ASGIApp, routes: Collection[str], namespace: str, skip_paths: Sequence[str]
+    ) -> None:
+        self._app = app
+        self._routes = frozenset(routes)
+        self._metrics = RunnerTrafficMetricsMiddleware(
+            self._with_real_path, namespace=namespace, skip_paths=skip_paths
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+        elif scope["path"] in self._routes:
+            await self._metrics(scope, receive, send)
+        else:
+            labelled = {**scope, "path": UNMATCHED_PATH_LABEL, _REAL_PATH: scope["path"]}
+            await self._metrics(labelled, receive, send)
+
+    async def _with_real_path(self, scope: Scope, receive: Receive, send: Send) -> None:
+        real_path = scope.get(_REAL_PATH)
+        if real_path is not None:
+            scope = {**scope, "path": real_path}
+            del scope[_REAL_PATH]
+        await self._app(scope, receive, send)
+
+
+def install_adaptations(edge: Sequence[Middleware], routes: Collection[str] = ()) -> None:
+    """Apply every adaptation; ``edge`` runs first in each service's middleware stack, after
+    BentoML's traffic metrics, which label requests by path only for ``routes`` and BentoML's
+    own (``BENTOML_ROUTES``).
 
     Calling it again replaces the edge.
     """
@@ -49,8 +114,21 @@ def install_adaptations(edge: Sequence[Middleware]) -> None:
         )
     traffic.TimeoutMiddleware = CancellingTimeoutMiddleware  # type: ignore[misc,assignment]
     edge = list(edge)
+    labelled = BENTOML_ROUTES | frozenset(routes)
 
     def edge_first(factory: ServiceAppFactory) -> list[Middleware]:
-        return [*edge, *_BENTOML_MIDDLEWARES.fget(factory)]
+        bentoml_layers: list[Middleware] = _BENTOML_MIDDLEWARES.fget(factory)
+        metrics = [
+            Middleware(
+                RouteLabelledTrafficMetrics,
+                routes=labelled,
+                namespace=str(m.kwargs["namespace"]),
+                skip_paths=list(cast(Sequence[str], m.kwargs["skip_paths"])),
+            )
+            for m in bentoml_layers
+            if m.cls is _TRAFFIC_METRICS
+        ]
+        others = [m for m in bentoml_layers if m.cls is not _TRAFFIC_METRICS]
+        return [*metrics, *edge, *others]
 
     ServiceAppFactory.middlewares = property(edge_first)

@@ -360,23 +360,29 @@ class FraudScorer:
         }
 
 
+_API_ROUTES = frozenset(api.route for api in FraudScorer.apis.values())  # type: ignore[attr-defined]
+# Outermost first: a request without its token is refused before its body is read, and a
+# request takes an in-flight slot only once its whole body is in.
 install_adaptations(
     edge=[
         Middleware(
+            BearerTokenMiddleware,
+            write_token=SETTINGS.write_token.get_secret_value() if SETTINGS.write_token else None,
+            read_token=SETTINGS.read_token.get_secret_value() if SETTINGS.read_token else None,
+            metrics_open=SETTINGS.metrics_access == "open",
+        ),
+        Middleware(
+            RequestBodyMiddleware,
+            max_bytes=SETTINGS.max_body_bytes,
+            read_timeout_s=SETTINGS.body_timeout_s,
+        ),
+        Middleware(
             AdmissionMiddleware,
             limit=SETTINGS.max_in_flight,
-            paths={api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
-        )
-    ]
-)
-# Outermost first: a request without its token is refused before its body is read.
-FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
-    BearerTokenMiddleware,
-    write_token=SETTINGS.write_token.get_secret_value() if SETTINGS.write_token else None,
-    read_token=SETTINGS.read_token.get_secret_value() if SETTINGS.read_token else None,
-)
-FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
-    RequestBodyMiddleware, max_bytes=SETTINGS.max_body_bytes
+            paths=_API_ROUTES,
+        ),
+    ],
+    routes=[*_API_ROUTES, *(f"/ops{route.path}" for route in status_app.routes)],  # type: ignore[attr-defined]
 )
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 

@@ -6,15 +6,23 @@ These fail when a BentoML upgrade moves or renames something that
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import bentoml
 import pytest
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http import traffic
+from prometheus_client import generate_latest
 from starlette.middleware import Middleware
 
-from service.bentoml_adapter import ADAPTED_BENTOML_VERSION, install_adaptations
+from service.bentoml_adapter import (
+    ADAPTED_BENTOML_VERSION,
+    UNMATCHED_PATH_LABEL,
+    RouteLabelledTrafficMetrics,
+    install_adaptations,
+)
 from service.middleware.admission import AdmissionMiddleware
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
 
@@ -54,14 +62,15 @@ def test_bentoml_builds_its_stack_with_the_cancelling_timeout(restored: None) ->
     assert traffic.TimeoutMiddleware is CancellingTimeoutMiddleware
 
 
-def test_the_edge_runs_first_in_the_stack_bentoml_builds(restored: None) -> None:
+def test_the_edge_runs_right_after_bentoml_traffic_metrics(restored: None) -> None:
     admission = Middleware(AdmissionMiddleware, limit=3, paths={"/ping"})
     install_adaptations(edge=[admission])
     app = Tiny.to_asgi()  # type: ignore[attr-defined]
-    first = app.user_middleware[0]
-    assert first.cls is AdmissionMiddleware
-    assert first.kwargs == {"limit": 3, "paths": {"/ping"}}
-    assert len(app.user_middleware) > 1, "BentoML's own layers follow it"
+    metrics, edge, *others = app.user_middleware
+    assert metrics.cls is RouteLabelledTrafficMetrics
+    assert edge.cls is AdmissionMiddleware
+    assert edge.kwargs == {"limit": 3, "paths": {"/ping"}}
+    assert CancellingTimeoutMiddleware in [middleware.cls for middleware in others]
 
 
 def test_installing_again_replaces_the_edge(restored: None) -> None:
@@ -69,3 +78,36 @@ def test_installing_again_replaces_the_edge(restored: None) -> None:
     install_adaptations(edge=[])
     app = Tiny.to_asgi()  # type: ignore[attr-defined]
     assert AdmissionMiddleware not in [middleware.cls for middleware in app.user_middleware]
+
+
+def test_bentoml_metrics_see_only_known_routes_and_the_app_sees_the_real_path() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        layer = RouteLabelledTrafficMetrics(
+            app, routes={"/score"}, namespace="adapter_test", skip_paths=()
+        )
+        for path in ("/score", "/scan-SECRET-1", "/scan-SECRET-2"):
+            scope: dict[str, Any] = {"type": "http", "path": path, "method": "GET", "headers": []}
+            await layer(scope, _no_body, _discard)
+
+    asyncio.run(scenario())
+    assert seen == ["/score", "/scan-SECRET-1", "/scan-SECRET-2"]
+    text = generate_latest().decode()
+    counted = [line for line in text.splitlines() if line.startswith("adapter_test_request_total")]
+    assert any('endpoint="/score"' in line for line in counted), counted
+    assert any(f'endpoint="{UNMATCHED_PATH_LABEL}"' in line for line in counted), counted
+    assert "SECRET" not in text
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _discard(message: Any) -> None:
+    return None

@@ -9,15 +9,17 @@ worker; beyond ``limit`` a request is answered at once with 503, a
 Other paths (``/metrics``, ``/readyz``, ``/ops/status``) are never refused,
 so an overloaded worker can still be watched.
 
-``service.bentoml_adapter`` puts it first in the stack BentoML builds, ahead of BentoML's
-traffic metrics, tracing and request-timeout layers.  Where
-``add_asgi_middleware`` puts a middleware (after those), a request has
-already cost a good part of a ``/score`` and waited two turns of a busy
-event loop (the timeout layer runs the rest in a task of its own) before it
-is counted, so few were refused and the answers' latency grew with the
-connections all the same; counted first, a refusal costs little
-(docs/benchmarks.md has both).  Refused requests then skip BentoML's HTTP
-metrics; ``featserve_overload_refusals_total`` counts them.
+``service.bentoml_adapter`` puts it ahead of BentoML's tracing and
+request-timeout layers, right after the token and body checks (so a request
+counts only once its whole body is in: a slow sender never holds a slot).
+Where ``add_asgi_middleware`` puts a middleware (after BentoML's layers), a
+request has already cost a good part of a ``/score`` and waited two turns of
+a busy event loop (the timeout layer runs the rest in a task of its own)
+before it is counted, so few were refused and the answers' latency grew with
+the connections all the same; counted early, a refusal costs little
+(docs/benchmarks.md has both).  BentoML's traffic metrics, which come first,
+count its refusals (``http_response_code="503"``), and
+``featserve_overload_refusals_total`` counts them by path.
 
 Why not BentoML's ``traffic.max_concurrency``: it answers 429 without
 ``Retry-After``, which a client needs to back off rather than retry at once,
