@@ -24,21 +24,31 @@ moves one fails a test instead of silently undoing a protection.
   Its layer is built here behind ``RouteLabelledTrafficMetrics``, which shows
   it the path only when it is one of the service's own routes and
   ``UNMATCHED_PATH_LABEL`` otherwise.
+- BentoML's ``log_exception``: it wrote every refused request body (a
+  pydantic ``ValidationError`` of the API's input, a ``BentoMLException`` with
+  a 4xx status) at ERROR with its traceback, pieces of the input included.
+  The adapted one keeps that for server faults only; a refusal is
+  written once, without input, by ``service.middleware.refusal_log``.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection, Sequence
-from typing import cast
+from typing import Any, cast
 
 import bentoml
+import pydantic
+from _bentoml_impl.server import app as bentoml_app
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http import traffic
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+from bentoml.exceptions import BentoMLException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
+from service.middleware.route_labels import UNMATCHED_PATH_LABEL, route_label
 
 __all__ = [
     "ADAPTED_BENTOML_VERSION",
@@ -46,6 +56,7 @@ __all__ = [
     "UNMATCHED_PATH_LABEL",
     "RouteLabelledTrafficMetrics",
     "install_adaptations",
+    "is_client_error",
 ]
 
 ADAPTED_BENTOML_VERSION = "1.4.40"
@@ -56,14 +67,14 @@ BENTOML_ROUTES = frozenset(
 )
 """The paths BentoML itself serves on a service's app (its static files aside)."""
 
-UNMATCHED_PATH_LABEL = "other"
-"""The ``endpoint`` label of every request whose path is not one of the service's routes."""
-
 _REAL_PATH = "featserve.path"
 """Where ``RouteLabelledTrafficMetrics`` keeps a request's path while BentoML's layer runs."""
 
 _TRAFFIC_METRICS: object = RunnerTrafficMetricsMiddleware
 """BentoML's per-request HTTP metrics layer, which the edge follows."""
+
+_BENTOML_LOG_EXCEPTION = bentoml_app.log_exception
+"""BentoML's own ``log_exception``, still called for server faults."""
 
 _BENTOML_MIDDLEWARES = ServiceAppFactory.middlewares
 """BentoML's own ``middlewares`` property, kept to build on (and for tests to restore)."""
@@ -88,8 +99,8 @@ class RouteLabelledTrafficMetrics:
         elif scope["path"] in self._routes:
             await self._metrics(scope, receive, send)
         else:
-            labelled = {**scope, "path": UNMATCHED_PATH_LABEL, _REAL_PATH: scope["path"]}
-            await self._metrics(labelled, receive, send)
+            label = route_label(scope["path"], self._routes)
+            await self._metrics({**scope, "path": label, _REAL_PATH: scope["path"]}, receive, send)
 
     async def _with_real_path(self, scope: Scope, receive: Receive, send: Send) -> None:
         real_path = scope.get(_REAL_PATH)
@@ -99,10 +110,24 @@ class RouteLabelledTrafficMetrics:
         await self._app(scope, receive, send)
 
 
-def install_adaptations(edge: Sequence[Middleware], routes: Collection[str] = ()) -> None:
+def is_client_error(exc: BaseException | None, input_models: Collection[str]) -> bool:
+    """Whether BentoML answers ``exc`` with a 4xx because of the request: the API's input failed
+    validation (a ``ValidationError`` of an input model; one of any other model is a server
+    fault), or a ``BentoMLException`` with a 4xx status."""
+    if isinstance(exc, pydantic.ValidationError):
+        return exc.title in input_models
+    if isinstance(exc, BentoMLException):
+        return 400 <= exc.error_code.value < 500
+    return False
+
+
+def install_adaptations(
+    edge: Sequence[Middleware], routes: Collection[str] = (), input_models: Collection[str] = ()
+) -> None:
     """Apply every adaptation; ``edge`` runs first in each service's middleware stack, after
     BentoML's traffic metrics, which label requests by path only for ``routes`` and BentoML's
-    own (``BENTOML_ROUTES``).
+    own (``BENTOML_ROUTES``); ``input_models``: the names of the API's input models, whose
+    validation errors are logged as refusals rather than server faults.
 
     Calling it again replaces the edge.
     """
@@ -113,6 +138,14 @@ def install_adaptations(edge: Sequence[Middleware], routes: Collection[str] = ()
             "new release, then run tests/test_bentoml_adapter.py"
         )
     traffic.TimeoutMiddleware = CancellingTimeoutMiddleware  # type: ignore[misc,assignment]
+    input_names = frozenset(input_models)
+
+    def log_server_faults(request: Any, exc_info: Any = True) -> None:
+        # BentoML's log_exception for a server fault; nothing for a client's mistake.
+        if not is_client_error(sys.exc_info()[1], input_names):
+            _BENTOML_LOG_EXCEPTION(request, exc_info)
+
+    bentoml_app.log_exception = log_server_faults
     edge = list(edge)
     labelled = BENTOML_ROUTES | frozenset(routes)
 

@@ -49,12 +49,13 @@ from features.timing import Stage, StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
-from service.bentoml_adapter import install_adaptations
+from service.bentoml_adapter import BENTOML_ROUTES, install_adaptations
 from service.inputs import Amount, EntityId, GroupNames, PushUpdate, ScoreInput, Timestamp
 from service.metrics import StoreGauges, observe_request, publish_settings, start_series
 from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.admission import AdmissionMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
+from service.middleware.refusal_log import REFUSAL_LOGGER, RefusalLog, RefusalLogMiddleware
 from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
@@ -361,10 +362,16 @@ class FraudScorer:
 
 
 _API_ROUTES = frozenset(api.route for api in FraudScorer.apis.values())  # type: ignore[attr-defined]
+_ROUTES = _API_ROUTES | BENTOML_ROUTES | {f"/ops{route.path}" for route in status_app.routes}  # type: ignore[attr-defined]
+"""Every path the service answers; any other is named ``other`` in metrics and logs."""
+logging.getLogger(REFUSAL_LOGGER).setLevel(logging.INFO)
 # Outermost first: a request without its token is refused before its body is read, and a
 # request takes an in-flight slot only once its whole body is in.
 install_adaptations(
     edge=[
+        Middleware(
+            RefusalLogMiddleware, routes=_ROUTES, log=RefusalLog(logging.getLogger(REFUSAL_LOGGER))
+        ),
         Middleware(
             BearerTokenMiddleware,
             write_token=SETTINGS.write_token.get_secret_value() if SETTINGS.write_token else None,
@@ -382,7 +389,8 @@ install_adaptations(
             paths=_API_ROUTES,
         ),
     ],
-    routes=[*_API_ROUTES, *(f"/ops{route.path}" for route in status_app.routes)],  # type: ignore[attr-defined]
+    routes=_ROUTES,
+    input_models={api.input_spec.__name__ for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
 )
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 

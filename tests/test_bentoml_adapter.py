@@ -7,24 +7,31 @@ These fail when a BentoML upgrade moves or renames something that
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 import bentoml
+import pydantic
 import pytest
+from _bentoml_impl.server import app as bentoml_app
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http import traffic
+from bentoml.exceptions import BentoMLException
 from prometheus_client import generate_latest
 from starlette.middleware import Middleware
+from starlette.requests import Request
 
 from service.bentoml_adapter import (
     ADAPTED_BENTOML_VERSION,
-    UNMATCHED_PATH_LABEL,
     RouteLabelledTrafficMetrics,
     install_adaptations,
+    is_client_error,
 )
 from service.middleware.admission import AdmissionMiddleware
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
+from service.middleware.route_labels import UNMATCHED_PATH_LABEL
 
 
 @pytest.fixture
@@ -32,6 +39,7 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Undo every adaptation after the test (monkeypatch restores each attribute)."""
     monkeypatch.setattr(ServiceAppFactory, "middlewares", ServiceAppFactory.middlewares)
     monkeypatch.setattr(traffic, "TimeoutMiddleware", traffic.TimeoutMiddleware)
+    monkeypatch.setattr(bentoml_app, "log_exception", bentoml_app.log_exception)
     yield
 
 
@@ -111,3 +119,47 @@ async def _no_body() -> dict[str, Any]:
 
 async def _discard(message: Any) -> None:
     return None
+
+
+class Input(pydantic.BaseModel):
+    amount: float
+
+
+class Output(pydantic.BaseModel):
+    score: float
+
+
+def _validation_error(model: type[pydantic.BaseModel]) -> pydantic.ValidationError:
+    try:
+        model.model_validate({"amount": "café", "score": "café"})
+    except pydantic.ValidationError as exc:
+        return exc
+    raise AssertionError("the model accepted a string for a number")
+
+
+@pytest.mark.parametrize(
+    ("exc", "client"),
+    [
+        (_validation_error(Input), True),
+        (_validation_error(Output), False),  # our answer failed its model: a server fault
+        (BentoMLException("no", error_code=HTTPStatus.UNSUPPORTED_MEDIA_TYPE), True),
+        (BentoMLException("boom"), False),
+        (RuntimeError("boom"), False),
+    ],
+)
+def test_what_is_a_client_error(exc: BaseException, client: bool) -> None:
+    assert is_client_error(exc, {"Input"}) is client
+
+
+def test_bentoml_logs_server_faults_only(restored: None, caplog: pytest.LogCaptureFixture) -> None:
+    install_adaptations(edge=[], input_models={"Input"})
+    request = Request({"type": "http", "path": "/score", "method": "POST", "headers": []})
+    with caplog.at_level(logging.INFO):
+        for exc in (_validation_error(Input), RuntimeError("a bug of ours")):
+            try:
+                raise exc
+            except Exception:
+                bentoml_app.log_exception(request)  # what BentoML's API wrapper calls
+    [fault] = caplog.records
+    assert fault.levelno == logging.ERROR
+    assert fault.exc_info is not None and fault.exc_info[0] is RuntimeError

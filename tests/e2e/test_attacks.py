@@ -22,12 +22,12 @@ import httpx
 import psutil
 import pytest
 
-from service.bentoml_adapter import UNMATCHED_PATH_LABEL
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
 from service.harness.slow_clients import SlowSenders, slow_body_request
 from service.harness.stats import percentile
 from service.harness.waiting import wait_until
+from service.middleware.route_labels import UNMATCHED_PATH_LABEL
 from tests.e2e.conftest import PATIENT, start_service, stop
 
 TOKEN = "w" * 24
@@ -177,3 +177,28 @@ def test_20000_unknown_paths_leave_metrics_and_memory_flat(served: Served) -> No
         assert client_text not in text
     assert f'endpoint="{UNMATCHED_PATH_LABEL}"' in text
     assert 'endpoint="/score"' in text
+
+
+def test_client_mistakes_log_one_line_per_kind_without_the_input(served: Served) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    mistakes = [
+        ("/score", {"entity_id": "caf\u00e9 MARKER-ID", "amount": 1.0}),
+        ("/score", {"entity_id": "u000001", "amount": "MARKER-AMOUNT"}),
+        ("/push", {"updates": [{"entity_id": "u1", "event_timestamp": 1, "MARKER-KEY": 1}]}),
+    ]
+    started = time.monotonic()
+    with httpx.Client(base_url=served.url, timeout=10.0, headers=headers) as client:
+        for _ in range(100):
+            for path, body in mistakes:
+                assert client.post(path, json=body).status_code == 400
+    elapsed_s = time.monotonic() - started
+    wait_until(lambda: "refused 400 POST /push" in served.log_path.read_text(), timeout_s=10)
+    text = served.log_path.read_text()
+    lines = [line for line in text.splitlines() if "refused 400 POST" in line]
+    # One line per kind (status and route) per 10 s quiet period, the rest counted.
+    assert 2 <= len(lines) <= 2 * (2 + elapsed_s // 10), lines
+    assert any("/score: entity_id" in line for line in lines), lines
+    assert any("<unknown key>" in line for line in lines), lines
+    assert "MARKER" not in text
+    assert "caf\u00e9" not in text
+    assert server_errors(served.log_path) == []
