@@ -35,6 +35,9 @@ FAULTS_BACKED = (
     "tests/e2e/test_faults.py::"
     "test_with_a_backing_store_it_stands_in_then_stale_values_when_it_fails_too"
 )
+SECURITY_TOKENS = (
+    "tests/e2e/test_security.py::test_near_miss_tokens_are_refused_on_every_route_class"
+)
 RESOLVER_UNITS = ("tests/test_resolver.py", "tests/test_resolver_faults.py", "tests/test_cache.py")
 WRITE_UNITS = (
     "tests/test_write_ordering.py",
@@ -254,6 +257,27 @@ MUTATIONS = (
         "            self.resolver.forget(written.entity_id, written.group)\n",
         "            pass\n",
         ("tests/e2e/test_push.py",),
+    ),
+    Mutation(
+        "a bearer token is accepted when it is a prefix of the right one",
+        "service/middleware/access_tokens.py",
+        "any(hmac.compare_digest(presented, t) for t in accepted)",
+        "any(t.startswith(presented) for t in accepted)",
+        (SECURITY_TOKENS,),
+    ),
+    Mutation(
+        "bearer tokens are compared without regard to case",
+        "service/middleware/access_tokens.py",
+        "any(hmac.compare_digest(presented, t) for t in accepted)",
+        "any(hmac.compare_digest(presented.lower(), t.lower()) for t in accepted)",
+        (SECURITY_TOKENS,),
+    ),
+    Mutation(
+        "the read token opens writes",
+        "service/middleware/access_tokens.py",
+        "            return (self._write,) if self._write is not None else ()\n",
+        "            return tuple(t for t in (self._write, self._read) if t is not None)\n",
+        ("tests/e2e/test_security.py",),
     ),
     Mutation(
         "a push that a store fails mid-way answers 200",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ def guarded(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             log_dir,
             FEATSERVE_WRITE_TOKEN=write_token,
             FEATSERVE_READ_TOKEN=read_token,
+            FEATSERVE_METRICS_ACCESS="read",
             FEATSERVE_CACHE_TTL_S="0",
             **PATIENT,
         )
@@ -144,9 +146,94 @@ def test_reads_need_the_read_or_the_write_token(
     assert guarded.client.post(path, json=body, headers=guarded.as_writer()).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/readyz", "/livez", "/metrics"])
-def test_probes_and_metrics_stay_open(guarded: Guarded, path: str) -> None:
+@pytest.mark.parametrize("path", ["/readyz", "/livez"])
+def test_probes_stay_open(guarded: Guarded, path: str) -> None:
     assert guarded.client.get(path).status_code == 200
+
+
+def test_metrics_can_be_put_behind_the_read_token(guarded: Guarded) -> None:
+    assert guarded.client.get("/metrics").status_code == 401
+    scraped = guarded.client.get("/metrics", headers=guarded.as_reader())
+    assert scraped.status_code == 200
+    assert "featserve_answers_total" in scraped.text
+
+
+# --- near misses: each route class refuses every token that is almost right ---------------
+
+ROUTE_CLASSES = {
+    "write": ("POST", "/push", {"updates": [update("nm1", tx_count_1h=1)]}),
+    "operations": ("GET", "/ops/status", None),
+    "read": ("POST", "/score", {"entity_id": "u000001", "amount": 5.0}),
+    "metrics": ("GET", "/metrics", None),
+}
+
+
+def near_misses(token: str) -> dict[str, str]:
+    """Authorization values that an off-by-one comparison would let through."""
+    assert token.swapcase() != token
+    return {
+        "prefix": f"Bearer {token[:-1]}",
+        "first half": f"Bearer {token[: len(token) // 2]}",
+        "suffix": f"Bearer {token[1:]}",
+        "token plus a character": f"Bearer {token}x",
+        "case changed": f"Bearer {token.swapcase()}",
+        "empty bearer": "Bearer ",
+        "bearer alone": "Bearer",
+        "another scheme": f"Token {token}",
+    }
+
+
+def raw_status(guarded: Guarded, method: str, path: str, body: Any, authorization: str) -> int:
+    """The status of one request sent as written (httpx refuses a header value ending in a
+    space, such as an empty bearer token)."""
+    url = httpx.URL(str(guarded.client.base_url))
+    content = b"" if body is None else json.dumps(body).encode()
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: featserve\r\nConnection: close\r\n"
+        f"Authorization: {authorization}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(content)}\r\n\r\n"
+    ).encode() + content
+    with socket.create_connection((url.host, url.port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = connection.makefile("rb").readline()
+    return int(answer.split()[1])
+
+
+def test_near_miss_tokens_are_refused_on_every_route_class(guarded: Guarded) -> None:
+    accepted = {
+        "write": [guarded.write_token],
+        "operations": [guarded.write_token],
+        "read": [guarded.read_token, guarded.write_token],
+        "metrics": [guarded.read_token, guarded.write_token],
+    }
+    failures = []
+    for route_class, (method, path, body) in ROUTE_CLASSES.items():
+        for token in accepted[route_class]:
+            for name, authorization in near_misses(token).items():
+                status = raw_status(guarded, method, path, body, authorization)
+                if status != 401:
+                    failures.append((route_class, name, status))
+    assert failures == []
+    assert stored_keys(guarded, "nm1") == []
+
+
+@pytest.mark.parametrize("route_class", ["write", "operations"])
+def test_the_read_token_is_refused_where_the_write_token_is_needed(
+    guarded: Guarded, route_class: str
+) -> None:
+    method, path, body = ROUTE_CLASSES[route_class]
+    response = guarded.client.request(method, path, json=body, headers=guarded.as_reader())
+    assert response.status_code == 401
+    assert stored_keys(guarded, "nm1") == []
+
+
+@pytest.mark.parametrize("route_class", ROUTE_CLASSES)
+def test_the_right_token_still_opens_each_route_class(guarded: Guarded, route_class: str) -> None:
+    method, path, body = ROUTE_CLASSES[route_class]
+    if route_class == "write":
+        body = {"updates": [update("nm2", tx_count_1h=1)]}
+    response = guarded.client.request(method, path, json=body, headers=guarded.as_writer())
+    assert response.status_code == 200, response.text
 
 
 # --- bodies ------------------------------------------------------------------------------
