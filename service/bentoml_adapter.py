@@ -29,12 +29,16 @@ moves one fails a test instead of silently undoing a protection.
   a 4xx status) at ERROR with its traceback, pieces of the input included.
   The adapted one keeps that for server faults only; a refusal is
   written once, without input, by ``service.middleware.refusal_log``.
+- BentoML's input models: it builds each API's body model from the method's
+  signature, with pydantic's default configuration (unknown keys ignored);
+  ``configure_models`` merges a configuration into them (for featserve, the
+  unknown-keys rule of ``service.inputs``) and rebuilds their validators.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, cast
 
 import bentoml
@@ -44,17 +48,18 @@ from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http import traffic
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from bentoml.exceptions import BentoMLException
+from pydantic import ConfigDict
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
-from service.middleware.route_labels import UNMATCHED_PATH_LABEL, route_label
+from service.middleware.route_labels import route_label
 
 __all__ = [
     "ADAPTED_BENTOML_VERSION",
     "BENTOML_ROUTES",
-    "UNMATCHED_PATH_LABEL",
     "RouteLabelledTrafficMetrics",
+    "configure_models",
     "install_adaptations",
     "is_client_error",
 ]
@@ -119,6 +124,13 @@ def is_client_error(exc: BaseException | None, input_models: Collection[str]) ->
     if isinstance(exc, BentoMLException):
         return 400 <= exc.error_code.value < 500
     return False
+
+
+def configure_models(models: Iterable[type[pydantic.BaseModel]], config: ConfigDict) -> None:
+    """Merge ``config`` into each of ``models`` (BentoML's API input models) and rebuild it."""
+    for model in models:
+        model.model_config = {**model.model_config, **config}
+        model.model_rebuild(force=True)
 
 
 def install_adaptations(

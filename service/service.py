@@ -49,8 +49,16 @@ from features.timing import Stage, StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
-from service.bentoml_adapter import BENTOML_ROUTES, install_adaptations
-from service.inputs import Amount, EntityId, GroupNames, PushUpdate, ScoreInput, Timestamp
+from service.bentoml_adapter import BENTOML_ROUTES, configure_models, install_adaptations
+from service.inputs import (
+    UNKNOWN_KEYS_RULE,
+    Amount,
+    EntityId,
+    GroupNames,
+    PushUpdate,
+    ScoreInput,
+    Timestamp,
+)
 from service.metrics import StoreGauges, observe_request, publish_settings, start_series
 from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.admission import AdmissionMiddleware
@@ -393,6 +401,10 @@ install_adaptations(
     input_models={api.input_spec.__name__ for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
 )
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
+configure_models(
+    [api.input_spec for api in FraudScorer.apis.values()],  # type: ignore[attr-defined]
+    UNKNOWN_KEYS_RULE,
+)
 
 # BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
 # pick its media type, a large share of a request's CPU (docs/benchmarks.md); say it once.

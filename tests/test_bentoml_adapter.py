@@ -26,6 +26,7 @@ from starlette.requests import Request
 from service.bentoml_adapter import (
     ADAPTED_BENTOML_VERSION,
     RouteLabelledTrafficMetrics,
+    configure_models,
     install_adaptations,
     is_client_error,
 )
@@ -163,3 +164,18 @@ def test_bentoml_logs_server_faults_only(restored: None, caplog: pytest.LogCaptu
     [fault] = caplog.records
     assert fault.levelno == logging.ERROR
     assert fault.exc_info is not None and fault.exc_info[0] is RuntimeError
+
+
+def test_configure_models_reaches_bentoml_input_models() -> None:
+    @bentoml.service
+    class Strict:
+        @bentoml.api
+        def ping(self, name: str) -> str:
+            return name
+
+    [api] = Strict.apis.values()  # type: ignore[attr-defined]
+    model = api.input_spec
+    assert model.model_validate({"name": "a", "extra": 1}).name == "a"  # pydantic's default
+    configure_models([model], pydantic.ConfigDict(extra="forbid"))
+    with pytest.raises(pydantic.ValidationError, match="extra"):
+        model.model_validate({"name": "a", "extra": 1})

@@ -7,6 +7,10 @@
   request without ``Content-Type`` is read as JSON, as BentoML does.
   BentoML would otherwise pick a parser by the header: ``multipart/form-data``
   without a boundary made it fail with a 500;
+- 415 when such a request declares a ``Content-Encoding`` (``gzip``,
+  ``deflate``, ``br``...) other than ``identity``: bodies are taken
+  uncompressed (BentoML would parse the compressed bytes as JSON and answer
+  "Invalid JSON"), and a compressed body would escape the size bound;
 - 413 when ``Content-Length`` says the body is larger than ``max_bytes``,
   without reading any of it, and also when a body without a length (chunked)
   grows past ``max_bytes`` while it is read: at most ``max_bytes`` plus one
@@ -98,6 +102,16 @@ class RequestBodyMiddleware:
                 {
                     "error": f"Content-Type {shown!r} is not accepted: "
                     "send a JSON body with 'Content-Type: application/json'"
+                },
+                status_code=415,
+            )
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if method in _METHODS_WITH_BODY and encoding not in (b"", b"identity"):
+            shown = encoding.decode("latin-1")[:_MAX_ECHOED_MEDIA_TYPE]
+            return JSONResponse(
+                {
+                    "error": f"Content-Encoding {shown!r} is not accepted: send the JSON body "
+                    "uncompressed"
                 },
                 status_code=415,
             )

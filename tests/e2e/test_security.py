@@ -6,6 +6,7 @@ demo data; every refusal is checked to have written nothing.
 
 from __future__ import annotations
 
+import gzip
 import json
 import secrets
 import socket
@@ -388,3 +389,83 @@ def test_a_store_failure_on_push_is_a_503_without_the_store_error(guarded: Guard
     for internal in ("permission", "evalsha", "127.0.0.1", str(guarded.redis.port)):
         assert internal not in text
     assert "no permissions to run the 'evalsha' command" in guarded.log_path.read_text()
+
+
+# --- one rule for ids and for unknown keys; no encodings ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "entity_id",
+    ["u\u3164", "\u3164", "\ufe0f", "u\ufe0f", "\u0301", "\u0301u1", "a\u0000b", "\u202eevil"],
+    ids=["hangul-filler", "filler-alone", "lone-fe0f", "fe0f", "lone-mark", "mark-first", "nul",
+         "rlo"],
+)  # fmt: skip
+def test_invisible_ids_are_refused_as_entities_and_as_items(
+    guarded: Guarded, entity_id: str
+) -> None:
+    scored = guarded.client.post(
+        "/score", json={"entity_id": entity_id, "amount": 1.0}, headers=guarded.as_reader()
+    )
+    assert scored.status_code == 400, scored.text
+    assert "entity_id" in scored.json()["error"]
+    pushed = guarded.client.post(
+        "/push",
+        json={
+            "updates": [
+                {
+                    "entity_id": "items1",
+                    "group": "recent_items",
+                    "event_timestamp": NOW,
+                    "values": {"recent_items": ["i1", entity_id]},
+                }
+            ]
+        },
+        headers=guarded.as_writer(),
+    )
+    assert pushed.status_code == 422, pushed.text
+    assert pushed.json()["refused"][0]["field"] == "recent_items"
+    assert stored_keys(guarded, "items1") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "place"),
+    [
+        ("/score", {"entity_id": "u000001", "amount": 1.0, "amuont": 2.0}, "amuont"),
+        ("/score_batch", {"requests": [], "extra": 1}, "extra"),
+        ("/score_batch", {"requests": [{"entity_id": "u1", "amount": 1.0, "x": 1}]}, "x"),
+        ("/features", {"entity_ids": ["u000001"], "group": ["features"]}, "group"),
+        ("/push", {"updates": [update("uk1", tx_count_1h=1)], "dry_run": True}, "dry_run"),
+        ("/push", {"updates": [{**update("uk1", tx_count_1h=1), "ttl": 5}]}, "ttl"),
+    ],
+)
+def test_unknown_keys_are_refused_at_every_level(
+    guarded: Guarded, path: str, body: dict[str, Any], place: str
+) -> None:
+    response = guarded.client.post(path, json=body, headers=guarded.as_writer())
+    assert response.status_code == 400, response.text
+    assert place in response.json()["error"]
+    assert stored_keys(guarded, "uk1") == []
+
+
+def test_an_unknown_feature_name_in_a_push_is_refused(guarded: Guarded) -> None:
+    response = push(guarded, update("uk2", tx_count_1h=1, tx_count_1y=2))
+    assert response.status_code == 422, response.text
+    assert "tx_count_1y" in response.text
+    assert stored_keys(guarded, "uk2") == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-gzip, identity"])
+@pytest.mark.parametrize("path", POST_PATHS)
+def test_compressed_bodies_get_415(guarded: Guarded, path: str, encoding: str) -> None:
+    body = gzip.compress(json.dumps({"entity_id": "u000001", "amount": 1.0}).encode())
+    response = guarded.client.post(
+        path,
+        content=body,
+        headers={
+            **guarded.as_writer(),
+            "Content-Type": "application/json",
+            "Content-Encoding": encoding,
+        },
+    )
+    assert response.status_code == 415, response.text
+    assert "Content-Encoding" in response.json()["error"]
