@@ -33,6 +33,9 @@ moves one fails a test instead of silently undoing a protection.
   signature, with pydantic's default configuration (unknown keys ignored);
   ``configure_models`` merges a configuration into them (for featserve, the
   unknown-keys rule of ``service.inputs``) and rebuilds their validators.
+- The page at ``/``: BentoML's loads Google Tag Manager; ``index_page``
+  replaces the method that answers it with ``service.docs_page``'s page and
+  its Content-Security-Policy.
 """
 
 from __future__ import annotations
@@ -50,8 +53,11 @@ from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddle
 from bentoml.exceptions import BentoMLException
 from pydantic import ConfigDict
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.docs_page import CONTENT_SECURITY_POLICY, DOCS_PAGE_HTML
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
 from service.middleware.route_labels import route_label
 
@@ -133,6 +139,13 @@ def configure_models(models: Iterable[type[pydantic.BaseModel]], config: ConfigD
         model.model_rebuild(force=True)
 
 
+async def _docs_page(factory: ServiceAppFactory, request: Request) -> Response:
+    """featserve's API page, in place of BentoML's (``ServiceAppFactory.index_page``)."""
+    return HTMLResponse(
+        DOCS_PAGE_HTML, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY}
+    )
+
+
 def install_adaptations(
     edge: Sequence[Middleware], routes: Collection[str] = (), input_models: Collection[str] = ()
 ) -> None:
@@ -158,6 +171,7 @@ def install_adaptations(
             _BENTOML_LOG_EXCEPTION(request, exc_info)
 
     bentoml_app.log_exception = log_server_faults
+    ServiceAppFactory.index_page = _docs_page
     edge = list(edge)
     labelled = BENTOML_ROUTES | frozenset(routes)
 

@@ -30,6 +30,7 @@ from service.bentoml_adapter import (
     install_adaptations,
     is_client_error,
 )
+from service.docs_page import CONTENT_SECURITY_POLICY, DOCS_PAGE_HTML
 from service.middleware.admission import AdmissionMiddleware
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
 from service.middleware.route_labels import UNMATCHED_PATH_LABEL
@@ -41,6 +42,7 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(ServiceAppFactory, "middlewares", ServiceAppFactory.middlewares)
     monkeypatch.setattr(traffic, "TimeoutMiddleware", traffic.TimeoutMiddleware)
     monkeypatch.setattr(bentoml_app, "log_exception", bentoml_app.log_exception)
+    monkeypatch.setattr(ServiceAppFactory, "index_page", ServiceAppFactory.index_page)
     yield
 
 
@@ -179,3 +181,28 @@ def test_configure_models_reaches_bentoml_input_models() -> None:
     configure_models([model], pydantic.ConfigDict(extra="forbid"))
     with pytest.raises(pydantic.ValidationError, match="extra"):
         model.model_validate({"name": "a", "extra": 1})
+
+
+def test_the_index_page_is_featserve_own(restored: None) -> None:
+    install_adaptations(edge=[])
+    app = Tiny.to_asgi()  # type: ignore[attr-defined]
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "scheme": "http",
+        "path": "/",
+        "method": "GET",
+        "headers": [],
+        "query_string": b"",
+        "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, _no_body, send))
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    assert start["status"] == 200
+    assert body.decode() == DOCS_PAGE_HTML
+    headers = dict(start["headers"])
+    assert headers[b"content-security-policy"].decode() == CONTENT_SECURITY_POLICY

@@ -7,10 +7,12 @@ demo data; every refusal is checked to have written nothing.
 from __future__ import annotations
 
 import gzip
+import html.parser
 import json
 import secrets
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -469,3 +471,60 @@ def test_compressed_bodies_get_415(guarded: Guarded, path: str, encoding: str) -
     )
     assert response.status_code == 415, response.text
     assert "Content-Encoding" in response.json()["error"]
+
+
+# --- the API page calls no third party ----------------------------------------------------
+
+
+class _Loads(html.parser.HTMLParser):
+    """Every URL a page makes the browser load: scripts, styles, images, frames, icons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.inline_scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        for attribute in ("src", "data", "poster", "srcset"):
+            if named.get(attribute):
+                self.urls.append(str(named[attribute]))
+        if tag == "link" and named.get("href"):
+            self.urls.append(str(named["href"]))
+        self._in_script = tag == "script" and not named.get("src")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.inline_scripts.append(data)
+
+
+TRACKERS = ("googletagmanager", "google-analytics", "gtag(", "analytics.js")
+
+
+def test_the_api_page_loads_nothing_from_another_origin(guarded: Guarded) -> None:
+    page = guarded.client.get("/")
+    assert page.status_code == 200
+    loads = _Loads()
+    loads.feed(page.text)
+    assert loads.urls, "the page loads Swagger UI"
+    for url in loads.urls:
+        parts = urllib.parse.urlsplit(url)
+        assert not parts.scheme and not parts.netloc, url
+        served = guarded.client.get(urllib.parse.urljoin("/", url))
+        assert served.status_code == 200, url
+        if url.endswith(".js"):
+            for tracker in TRACKERS:
+                assert tracker not in served.text, (url, tracker)
+    for tracker in TRACKERS:
+        assert tracker not in page.text
+    # Swagger UI's bundle defaults to an online validator whose badge is an image from
+    # validator.swagger.io (carrying the spec's URL): the page's own start-up turns it off.
+    assert "validatorUrl: null" in "".join(loads.inline_scripts)
+    assert "validator.swagger.io" not in page.text
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy
+    assert "https:" not in policy and "*" not in policy
