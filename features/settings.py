@@ -143,6 +143,21 @@ class Settings(BaseSettings):
     is answered 408 and its connection closed.  A request takes an in-flight slot
     (``max_in_flight``) only once its body is in, so slow senders never hold one."""
 
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a request's line and headers may take to arrive (from its first byte, or from
+    the connect on a new connection); a later one gets 408 and its connection is closed, so a
+    connection that sends nothing is closed after this long too."""
+
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    """The most bytes a request line and its headers may take; more: 431, connection closed."""
+
+    max_headers: int = Field(default=100, ge=10)
+    """The most header fields a request may carry; more: 431, connection closed."""
+
+    max_connections: int = Field(default=1000, ge=1)
+    """HTTP connections one worker holds at once; one more closes the oldest idle connection
+    (serving no request), or is itself closed when every connection is serving one."""
+
     workers: int = Field(default=1, ge=1)
     """BentoML worker processes."""
 

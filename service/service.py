@@ -49,7 +49,12 @@ from features.timing import Stage, StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
-from service.bentoml_adapter import BENTOML_ROUTES, configure_models, install_adaptations
+from service.bentoml_adapter import (
+    BENTOML_ROUTES,
+    ConnectionLimits,
+    configure_models,
+    install_adaptations,
+)
 from service.inputs import (
     UNKNOWN_KEYS_RULE,
     Amount,
@@ -398,6 +403,12 @@ install_adaptations(
         ),
     ],
     routes=_ROUTES,
+    limits=ConnectionLimits(
+        header_timeout_s=SETTINGS.header_timeout_s,
+        max_header_bytes=SETTINGS.max_header_bytes,
+        max_headers=SETTINGS.max_headers,
+        max_connections=SETTINGS.max_connections,
+    ),
     input_models={api.input_spec.__name__ for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
 )
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]

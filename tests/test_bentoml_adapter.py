@@ -7,6 +7,7 @@ These fail when a BentoML upgrade moves or renames something that
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Iterator
 from http import HTTPStatus
@@ -15,8 +16,10 @@ from typing import Any
 import bentoml
 import pydantic
 import pytest
+import uvicorn
 from _bentoml_impl.server import app as bentoml_app
 from _bentoml_impl.server.app import ServiceAppFactory
+from _bentoml_impl.worker import service as bentoml_worker
 from bentoml._internal.server.http import traffic
 from bentoml.exceptions import BentoMLException
 from prometheus_client import generate_latest
@@ -25,6 +28,8 @@ from starlette.requests import Request
 
 from service.bentoml_adapter import (
     ADAPTED_BENTOML_VERSION,
+    BoundedHttpToolsProtocol,
+    ConnectionLimits,
     RouteLabelledTrafficMetrics,
     configure_models,
     install_adaptations,
@@ -43,7 +48,11 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(traffic, "TimeoutMiddleware", traffic.TimeoutMiddleware)
     monkeypatch.setattr(bentoml_app, "log_exception", bentoml_app.log_exception)
     monkeypatch.setattr(ServiceAppFactory, "index_page", ServiceAppFactory.index_page)
+    monkeypatch.setattr(uvicorn, "Config", uvicorn.Config)
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    filters = list(uvicorn_errors.filters)
     yield
+    uvicorn_errors.filters[:] = filters
 
 
 @bentoml.service
@@ -206,3 +215,34 @@ def test_the_index_page_is_featserve_own(restored: None) -> None:
     assert body.decode() == DOCS_PAGE_HTML
     headers = dict(start["headers"])
     assert headers[b"content-security-policy"].decode() == CONTENT_SECURITY_POLICY
+
+
+def test_bentoml_workers_build_their_server_from_uvicorn_config() -> None:
+    # The bounded protocol reaches the server only through uvicorn.Config, looked up when
+    # BentoML's worker starts its server (after the service module was imported).
+    source = inspect.getsource(bentoml_worker.main.callback)  # a click command
+    assert "import uvicorn" in source
+    assert "config = uvicorn.Config(" in source
+    assert "uvicorn.Server(config).run(" in source
+    assert "http=" not in source, "BentoML now picks the protocol itself"
+
+
+def test_uvicorn_serves_with_the_bounded_protocol(restored: None) -> None:
+    limits = ConnectionLimits(header_timeout_s=3.0, max_header_bytes=2048, max_headers=20)
+    install_adaptations(edge=[], limits=limits)
+    config = uvicorn.Config(app=Tiny.to_asgi(), http="auto")  # type: ignore[attr-defined]
+    config.load()
+    assert issubclass(config.http_protocol_class, BoundedHttpToolsProtocol)
+    assert config.http_protocol_class.limits == limits
+
+
+def test_uvicorn_invalid_request_warnings_become_refusal_lines(
+    restored: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_adaptations(edge=[])
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    with caplog.at_level(logging.INFO):
+        for _ in range(50):
+            uvicorn_errors.warning("Invalid HTTP request received.")
+    assert [record.levelno for record in caplog.records] == [logging.INFO]
+    assert caplog.records[0].getMessage().startswith("refused 400")

@@ -7,11 +7,16 @@ and no read token (the README's default).
   compared with its own p99 without the attack, measured in the same test.
 - A path scan: 20,000 distinct unknown paths once became 20,000 label values of BentoML's
   request metrics, for ever (memory, a ``/metrics`` of 78 MB, the paths published).
+- Client mistakes: each wrote a 2 KB ERROR traceback with pieces of the input.
+- Headers without bounds: headers sent a byte a second, connections that send nothing, a
+  1 MB header and 20,000 headers were all kept and read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ import pytest
 
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
-from service.harness.slow_clients import SlowSenders, slow_body_request
+from service.harness.slow_clients import SlowSenders, slow_body_request, slow_header_request
 from service.harness.stats import percentile
 from service.harness.waiting import wait_until
 from service.middleware.route_labels import UNMATCHED_PATH_LABEL
@@ -32,6 +37,8 @@ from tests.e2e.conftest import PATIENT, start_service, stop
 
 TOKEN = "w" * 24
 BODY_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 2.0
+MAX_CONNECTIONS = 100
 ATTACKERS = 64
 
 
@@ -58,6 +65,8 @@ def served(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             tmp_path_factory.mktemp("logs"),
             FEATSERVE_WRITE_TOKEN=TOKEN,
             FEATSERVE_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+            FEATSERVE_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+            FEATSERVE_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
             **PATIENT,
         )
         try:
@@ -202,3 +211,69 @@ def test_client_mistakes_log_one_line_per_kind_without_the_input(served: Served)
     assert "MARKER" not in text
     assert "caf\u00e9" not in text
     assert server_errors(served.log_path) == []
+
+
+def raw_answer(served: Served, request: bytes) -> bytes:
+    """What the server sends back to ``request`` until it closes the connection."""
+    with socket.create_connection(served.address, timeout=10) as connection:
+        with contextlib.suppress(ConnectionError):
+            connection.sendall(request)
+        chunks = []
+        with contextlib.suppress(ConnectionError):
+            while chunk := connection.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        (f"Authorization: Bearer {'a' * (1 << 20)}\r\n", "bytes"),
+        ("".join(f"X-H{i}: {i}\r\n" for i in range(20_000)), "header fields"),
+        ("".join(f"X-H{i}: {i}\r\n" for i in range(101)), "header fields"),
+        (f"X-Long: {'b' * 17_000}\r\n", "bytes"),
+    ],
+    ids=["1-MB-authorization", "20000-headers", "101-headers", "17-kB-header"],
+)
+def test_oversized_headers_get_431_and_the_connection_closed(
+    served: Served, headers: str, problem: str
+) -> None:
+    answer = raw_answer(served, f"GET /readyz HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert problem.encode() in answer
+    # raw_answer returned: the server closed the connection.
+
+
+def test_headers_within_the_bounds_are_served(served: Served) -> None:
+    headers = "".join(f"X-H{i}: {'v' * 100}\r\n" for i in range(90))
+    answer = raw_answer(
+        served, f"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def test_slow_headers_get_408_at_the_header_timeout(served: Served) -> None:
+    with SlowSenders(*served.address, 5, slow_header_request(), head_start=0) as attack:
+        wait_until(lambda: attack.statuses[408] >= 5, timeout_s=HEADER_TIMEOUT_S * 10)
+    assert set(attack.statuses) == {408}, attack.statuses
+    assert attack.longest_open_s < HEADER_TIMEOUT_S + 1.0
+    assert server_errors(served.log_path) == []
+
+
+def test_idle_connections_are_bounded_and_closed_at_the_header_timeout(served: Served) -> None:
+    idle = [
+        socket.create_connection(served.address, timeout=30) for _ in range(MAX_CONNECTIONS + 20)
+    ]
+    try:
+        with httpx.Client(base_url=served.url, timeout=10.0) as client:
+            assert client.get("/readyz").status_code == 200
+        # Each connection gets either nothing (closed at once, the oldest idle ones, to make
+        # room) or a 408 at the header timeout: none stays open.
+        first_bytes = [connection.recv(64) for connection in idle]
+    finally:
+        for connection in idle:
+            connection.close()
+    evicted = sum(1 for data in first_bytes if data == b"")
+    timed_out = sum(1 for data in first_bytes if data.startswith(b"HTTP/1.1 408 "))
+    assert evicted + timed_out == len(idle), first_bytes
+    assert evicted >= 21  # 120 idle plus one client, 100 allowed
