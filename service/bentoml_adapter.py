@@ -23,7 +23,9 @@ moves one fails a test instead of silently undoing a protection.
   for ever (memory, a ``/metrics`` of many megabytes, and the paths published).
   Its layer is built here behind ``RouteLabelledTrafficMetrics``, which shows
   it the path only when it is one of the service's own routes and
-  ``UNMATCHED_PATH_LABEL`` otherwise.
+  ``UNMATCHED_PATH_LABEL`` otherwise.  Its tracing layer (OpenTelemetry's)
+  named each request's span after the path too: it is given span names by
+  route the same way.
 - BentoML's ``log_exception``: it wrote every refused request body (a
   pydantic ``ValidationError`` of the API's input, a ``BentoMLException`` with
   a 4xx status) at ERROR with its traceback, pieces of the input included.
@@ -64,6 +66,7 @@ from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http import traffic
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from bentoml.exceptions import BentoMLException
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from pydantic import ConfigDict
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -100,6 +103,9 @@ _REAL_PATH = "featserve.path"
 
 _TRAFFIC_METRICS: object = RunnerTrafficMetricsMiddleware
 """BentoML's per-request HTTP metrics layer, which the edge follows."""
+
+_TRACING: object = OpenTelemetryMiddleware
+"""BentoML's tracing layer, whose span names ``_named_by_route`` sets."""
 
 _BENTOML_LOG_EXCEPTION = bentoml_app.log_exception
 """BentoML's own ``log_exception``, still called for server faults."""
@@ -147,6 +153,19 @@ def is_client_error(exc: BaseException | None, input_models: Collection[str]) ->
     if isinstance(exc, BentoMLException):
         return 400 <= exc.error_code.value < 500
     return False
+
+
+def _named_by_route(layer: Middleware, routes: Collection[str]) -> Middleware:
+    """``layer``, or BentoML's tracing layer naming spans by route instead of by path."""
+    if layer.cls is not _TRACING:
+        return layer
+
+    def span_details(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return f"{scope.get('method', 'HTTP')} {route_label(scope.get('path', ''), routes)}", {}
+
+    # BentoML builds its list afresh each time the stack is built: this layer is ours to set.
+    layer.kwargs["default_span_details"] = span_details
+    return layer
 
 
 def configure_models(models: Iterable[type[pydantic.BaseModel]], config: ConfigDict) -> None:
@@ -374,7 +393,9 @@ def install_adaptations(
             for m in bentoml_layers
             if m.cls is _TRAFFIC_METRICS
         ]
-        others = [m for m in bentoml_layers if m.cls is not _TRAFFIC_METRICS]
+        others = [
+            _named_by_route(m, labelled) for m in bentoml_layers if m.cls is not _TRAFFIC_METRICS
+        ]
         return [*metrics, *edge, *others]
 
     ServiceAppFactory.middlewares = property(edge_first)

@@ -22,6 +22,7 @@ from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_impl.worker import service as bentoml_worker
 from bentoml._internal.server.http import traffic
 from bentoml.exceptions import BentoMLException
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from prometheus_client import generate_latest
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -246,3 +247,12 @@ def test_uvicorn_invalid_request_warnings_become_refusal_lines(
             uvicorn_errors.warning("Invalid HTTP request received.")
     assert [record.levelno for record in caplog.records] == [logging.INFO]
     assert caplog.records[0].getMessage().startswith("refused 400")
+
+
+def test_tracing_names_spans_by_route(restored: None) -> None:
+    install_adaptations(edge=[], routes={"/score"})
+    app = Tiny.to_asgi()  # type: ignore[attr-defined]
+    [tracing] = [m for m in app.user_middleware if m.cls is OpenTelemetryMiddleware]
+    name_of = tracing.kwargs["default_span_details"]
+    assert name_of({"method": "POST", "path": "/score"}) == ("POST /score", {})
+    assert name_of({"method": "GET", "path": "/user/alice/SECRET"}) == ("GET other", {})
