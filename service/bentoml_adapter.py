@@ -12,7 +12,7 @@ moves one fails a test instead of silently undoing a protection.
   per request, so its class is swapped for ``CancellingTimeoutMiddleware``
   (``service.middleware.request_timeout``).
 - The middleware stack: ``ServiceAppFactory.middlewares`` is wrapped so the
-  ``edge`` middlewares (tokens, bodies, admission) run right after BentoML's
+  ``edge`` middlewares (refusal log, tokens, bodies, admission) run right after BentoML's
   traffic metrics (which then count their refusals too) and ahead of the rest
   of BentoML's layers: tracing, access log, the request timeout, and the
   service's own middlewares (see ``service.middleware.admission`` for why
