@@ -17,7 +17,7 @@ from typing import Any
 
 import bentoml
 
-from service.middleware import request_timeout
+from service.bentoml_adapter import install_adaptations
 
 __all__ = ["Echo"]
 
@@ -28,7 +28,7 @@ GC_FREEZE = os.environ.get("BENCH_GC_FREEZE") == "1"
 """Whether to ``gc.freeze()`` once the worker has started."""
 
 if PATCH_TIMEOUT:
-    request_timeout.install()
+    install_adaptations(edge=[])
 
 
 @bentoml.service(logging={"access": {"enabled": False}})

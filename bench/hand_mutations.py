@@ -35,6 +35,10 @@ FAULTS_BACKED = (
     "tests/e2e/test_faults.py::"
     "test_with_a_backing_store_it_stands_in_then_stale_values_when_it_fails_too"
 )
+ATTACKS = "tests/e2e/test_attacks.py"
+SECURITY_TOKENS = (
+    "tests/e2e/test_security.py::test_near_miss_tokens_are_refused_on_every_route_class"
+)
 RESOLVER_UNITS = ("tests/test_resolver.py", "tests/test_resolver_faults.py", "tests/test_cache.py")
 WRITE_UNITS = (
     "tests/test_write_ordering.py",
@@ -267,6 +271,51 @@ MUTATIONS = (
         "            self.resolver.forget(written.entity_id, written.group)\n",
         "            pass\n",
         ("tests/e2e/test_push.py",),
+    ),
+    Mutation(
+        "a bearer token is accepted when it is a prefix of the right one",
+        "service/middleware/access_tokens.py",
+        "any(hmac.compare_digest(presented, t) for t in accepted)",
+        "any(t.startswith(presented) for t in accepted)",
+        (SECURITY_TOKENS,),
+    ),
+    Mutation(
+        "bearer tokens are compared without regard to case",
+        "service/middleware/access_tokens.py",
+        "any(hmac.compare_digest(presented, t) for t in accepted)",
+        "any(hmac.compare_digest(presented.lower(), t.lower()) for t in accepted)",
+        (SECURITY_TOKENS,),
+    ),
+    Mutation(
+        "the read token opens writes",
+        "service/middleware/access_tokens.py",
+        "            return (self._write,) if self._write is not None else ()\n",
+        "            return tuple(t for t in (self._write, self._read) if t is not None)\n",
+        ("tests/e2e/test_security.py",),
+    ),
+    Mutation(
+        "a slow body is waited for without a deadline",
+        "service/middleware/request_body.py",
+        "            async with asyncio.timeout(self.read_timeout_s):\n",
+        "            async with asyncio.timeout(None):\n",
+        (f"{ATTACKS}::test_64_slow_bodies_leave_other_clients_their_latency",),
+    ),
+    Mutation(
+        "BentoML's request metrics labelled with the raw path again",
+        "service/bentoml_adapter.py",
+        '            label = route_label(scope["path"], self._routes)\n',
+        '            label = scope["path"]\n',
+        (
+            "tests/test_bentoml_adapter.py",
+            f"{ATTACKS}::test_20000_unknown_paths_leave_metrics_and_memory_flat",
+        ),
+    ),
+    Mutation(
+        "any number of header fields is read",
+        "service/bentoml_adapter.py",
+        "        if self._header_count > self.limits.max_headers:\n",
+        "        if False:\n",
+        (f"{ATTACKS}::test_oversized_headers_get_431_and_the_connection_closed",),
     ),
     Mutation(
         "a push that a store fails mid-way answers 200",

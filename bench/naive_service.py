@@ -25,12 +25,12 @@ from features.keys import feature_key
 from features.registry import FRAUD_REGISTRY
 from models.schema import build_row
 from models.train import load
+from service.bentoml_adapter import install_adaptations
 from service.inputs import Amount, EntityId, ScoreInput, Timestamp
-from service.middleware import request_timeout
 
 __all__ = ["NaiveScorer"]
 
-request_timeout.install()
+install_adaptations(edge=[])
 
 
 @bentoml.service(logging={"access": {"enabled": False}})

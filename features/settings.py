@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.budgets import PROFILES, ProfileName
@@ -139,8 +139,32 @@ class Settings(BaseSettings):
     read_token: SecretStr | None = None
     """A bearer token the read endpoints require (the write token also works); unset: open."""
 
+    metrics_access: Literal["open", "read"] = "open"
+    """Who may read ``/metrics``: ``open`` (anyone who reaches the port, as probes) or
+    ``read`` (the read token or the write token, as ``/score``; needs ``read_token``)."""
+
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     """The largest request body accepted; a larger one is refused with 413 before it is read."""
+
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a request's whole body may take to arrive once its headers are in; a later one
+    is answered 408 and its connection closed.  A request takes an in-flight slot
+    (``max_in_flight``) only once its body is in, so slow senders never hold one."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a request's line and headers may take to arrive (from its first byte, or from
+    the connect on a new connection); a later one gets 408 and its connection is closed, so a
+    connection that sends nothing is closed after this long too."""
+
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    """The most bytes a request line and its headers may take; more: 431, connection closed."""
+
+    max_headers: int = Field(default=100, ge=10)
+    """The most header fields a request may carry; more: 431, connection closed."""
+
+    max_connections: int = Field(default=1000, ge=1)
+    """HTTP connections one worker holds at once; one more closes the oldest idle connection
+    (serving no request), or is itself closed when every connection is serving one."""
 
     workers: int = Field(default=1, ge=1)
     """BentoML worker processes."""
@@ -172,6 +196,15 @@ class Settings(BaseSettings):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return token
+
+    @model_validator(mode="after")
+    def _metrics_token_is_set(self) -> Settings:
+        if self.metrics_access == "read" and self.read_token is None:
+            raise ValueError(
+                "FEATSERVE_METRICS_ACCESS=read needs FEATSERVE_READ_TOKEN: the token a "
+                "scraper sends"
+            )
+        return self
 
     @field_validator("sentinels")
     @classmethod

@@ -1,4 +1,10 @@
-"""The request bodies of the HTTP API, validated by pydantic before any work is done."""
+"""The request bodies of the HTTP API, validated by pydantic before any work is done.
+
+Unknown keys are refused at every level of every body (``UNKNOWN_KEYS_RULE``):
+the top level of each endpoint's body (BentoML's input models, configured in
+``service.service``), each batch item and each update; feature names in a
+push's ``values`` are checked against the group by ``parse_update``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,18 @@ from features.ingest.updates import MAX_EVENT_TIMESTAMP
 from features.keys import ENTITY_ID_MAX_LENGTH, ENTITY_ID_PATTERN, validate_entity_id
 from features.registry import FRAUD_REGISTRY
 
-__all__ = ["Amount", "EntityId", "GroupNames", "PushUpdate", "ScoreInput", "Timestamp"]
+__all__ = [
+    "UNKNOWN_KEYS_RULE",
+    "Amount",
+    "EntityId",
+    "GroupNames",
+    "PushUpdate",
+    "ScoreInput",
+    "Timestamp",
+]
+
+UNKNOWN_KEYS_RULE = ConfigDict(extra="forbid")
+"""The one rule for keys a body's model does not declare: refused, naming the key's place."""
 
 _USER_GROUPS = tuple(group.name for group in FRAUD_REGISTRY.groups_of("user"))
 
@@ -32,7 +49,8 @@ EntityId = Annotated[
     AfterValidator(validate_entity_id),
     Field(
         description="1-128 printable Unicode characters in normal form NFC, without "
-        "whitespace or braces (no control or invisible format characters).",
+        "whitespace or braces (no control, invisible or default-ignorable characters, no "
+        "combining mark first).",
         examples=["u000123"],
         json_schema_extra={"pattern": ENTITY_ID_PATTERN},
     ),
@@ -96,7 +114,7 @@ def _value_schema(type_name: str, dim: int | None) -> dict[str, Any]:
 class ScoreInput(BaseModel):
     """One transaction to score."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**UNKNOWN_KEYS_RULE, frozen=True)
 
     entity_id: EntityId
     amount: Amount
@@ -106,7 +124,7 @@ class ScoreInput(BaseModel):
 class PushUpdate(BaseModel):
     """New values of one entity's feature group, as of ``event_timestamp``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**UNKNOWN_KEYS_RULE, frozen=True)
 
     # Checked by parse_update (a refusal names the update's index); the schema says the rules.
     entity_id: str = Field(

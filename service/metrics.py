@@ -19,11 +19,11 @@ dead worker's last state does not linger.
 
 Request rate, errors and duration per endpoint are BentoML's own
 (``bentoml_service_request_total{endpoint,http_response_code}``,
-``bentoml_service_request_duration_seconds``): they count every answer that
-passed its middleware, the token and body checks' 401, 403, 413 and 415
-included.  Only requests refused for overload never reach it (the admission
-middleware sits first, see ``service.middleware.admission``):
-``featserve_overload_refusals_total`` counts them.
+``bentoml_service_request_duration_seconds``): they count every answer,
+the refusals of the token, body and admission checks (401, 403, 408, 413,
+415, 503) included, since BentoML's metrics layer runs before them
+(``service.bentoml_adapter``).  ``featserve_overload_refusals_total`` also
+counts overload refusals, by path.
 
 What a request changes is recorded once per request, aggregated: a batch of
 100 entities makes one increment per (group, source), not 100

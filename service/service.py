@@ -18,6 +18,7 @@ import bentoml
 from opentelemetry.util.types import AttributeValue
 from pydantic import Field
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -49,11 +50,26 @@ from features.timing import Stage, StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
 from models.schema import fraud_schema, require_same_schema
 from models.train import load
-from service.inputs import Amount, EntityId, GroupNames, PushUpdate, ScoreInput, Timestamp
+from service.bentoml_adapter import (
+    BENTOML_ROUTES,
+    ConnectionLimits,
+    configure_models,
+    install_adaptations,
+)
+from service.inputs import (
+    UNKNOWN_KEYS_RULE,
+    Amount,
+    EntityId,
+    GroupNames,
+    PushUpdate,
+    ScoreInput,
+    Timestamp,
+)
 from service.metrics import StoreGauges, observe_request, publish_settings, start_series
-from service.middleware import admission, request_timeout
 from service.middleware.access_tokens import BearerTokenMiddleware
+from service.middleware.admission import AdmissionMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
+from service.middleware.refusal_log import REFUSAL_LOGGER, RefusalLog, RefusalLogMiddleware
 from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
 from service.scoring import Scorer, ScoreRequest
@@ -71,7 +87,6 @@ PUSH_RETRY_AFTER_S = 2
 full, failing over, unreachable): about when a Sentinel or Cluster failover has promoted a
 replica (2.3-4.5 s in docs/reliability.md), without holding a producer back long."""
 
-request_timeout.install()
 install_log_redaction()
 
 
@@ -386,20 +401,48 @@ class FraudScorer:
         }
 
 
-admission.install(
-    SETTINGS.max_in_flight,
-    {api.route for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
-)
-# Outermost first: a request without its token is refused before its body is read.
-FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
-    BearerTokenMiddleware,
-    write_token=SETTINGS.write_token.get_secret_value() if SETTINGS.write_token else None,
-    read_token=SETTINGS.read_token.get_secret_value() if SETTINGS.read_token else None,
-)
-FraudScorer.add_asgi_middleware(  # type: ignore[attr-defined]
-    RequestBodyMiddleware, max_bytes=SETTINGS.max_body_bytes
+_API_ROUTES = frozenset(api.route for api in FraudScorer.apis.values())  # type: ignore[attr-defined]
+_ROUTES = _API_ROUTES | BENTOML_ROUTES | {f"/ops{route.path}" for route in status_app.routes}  # type: ignore[attr-defined]
+"""Every path the service answers; any other is named ``other`` in metrics and logs."""
+logging.getLogger(REFUSAL_LOGGER).setLevel(logging.INFO)
+# Outermost first: a request without its token is refused before its body is read, and a
+# request takes an in-flight slot only once its whole body is in.
+install_adaptations(
+    edge=[
+        Middleware(
+            RefusalLogMiddleware, routes=_ROUTES, log=RefusalLog(logging.getLogger(REFUSAL_LOGGER))
+        ),
+        Middleware(
+            BearerTokenMiddleware,
+            write_token=SETTINGS.write_token.get_secret_value() if SETTINGS.write_token else None,
+            read_token=SETTINGS.read_token.get_secret_value() if SETTINGS.read_token else None,
+            metrics_open=SETTINGS.metrics_access == "open",
+        ),
+        Middleware(
+            RequestBodyMiddleware,
+            max_bytes=SETTINGS.max_body_bytes,
+            read_timeout_s=SETTINGS.body_timeout_s,
+        ),
+        Middleware(
+            AdmissionMiddleware,
+            limit=SETTINGS.max_in_flight,
+            paths=_API_ROUTES,
+        ),
+    ],
+    routes=_ROUTES,
+    limits=ConnectionLimits(
+        header_timeout_s=SETTINGS.header_timeout_s,
+        max_header_bytes=SETTINGS.max_header_bytes,
+        max_headers=SETTINGS.max_headers,
+        max_connections=SETTINGS.max_connections,
+    ),
+    input_models={api.input_spec.__name__ for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
 )
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
+configure_models(
+    [api.input_spec for api in FraudScorer.apis.values()],  # type: ignore[attr-defined]
+    UNKNOWN_KEYS_RULE,
+)
 
 # BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
 # pick its media type, a large share of a request's CPU (docs/benchmarks.md); say it once.

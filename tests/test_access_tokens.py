@@ -44,3 +44,8 @@ def test_each_path_has_its_access_class(path: str, access: Access) -> None:
 )
 def test_json_media_types(content_type: str, is_json: bool) -> None:
     assert is_json_media_type(content_type) is is_json
+
+
+def test_metrics_is_a_read_when_it_is_not_open() -> None:
+    assert access_of("/metrics", metrics_open=False) is Access.READ
+    assert access_of("/readyz", metrics_open=False) is Access.OPEN

@@ -1,4 +1,4 @@
-"""The admission middleware, driven as a plain ASGI app, and its place in BentoML's stack."""
+"""The admission middleware, driven as a plain ASGI app."""
 
 from __future__ import annotations
 
@@ -6,11 +6,6 @@ import asyncio
 import json
 from typing import Any
 
-import bentoml
-import pytest
-from _bentoml_impl.server.app import ServiceAppFactory
-
-from service.middleware import admission
 from service.middleware.admission import AdmissionMiddleware
 
 Message = dict[str, Any]
@@ -92,22 +87,3 @@ def test_a_limit_of_zero_admits_everything() -> None:
         return [messages[0]["status"] for messages in await asyncio.gather(*calls)]
 
     assert asyncio.run(scenario()) == [200] * 50
-
-
-def test_install_puts_it_first_in_the_stack_bentoml_builds(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(ServiceAppFactory, "middlewares", ServiceAppFactory.middlewares)
-
-    @bentoml.service
-    class Tiny:
-        @bentoml.api
-        def ping(self) -> str:
-            return "pong"
-
-    admission.install(3, {"/ping"})
-    app = Tiny.to_asgi()  # type: ignore[attr-defined]
-    first = app.user_middleware[0]
-    assert first.cls is AdmissionMiddleware
-    assert first.kwargs == {"limit": 3, "paths": {"/ping"}}
-    assert len(app.user_middleware) > 1, "BentoML's own layers follow it"

@@ -808,17 +808,18 @@ def test_numbers_dynamodb_cannot_hold_refuse_their_update_only(
 def test_an_item_dynamodb_refuses_as_too_large_refuses_its_update_only(
     dynamodb_table: str,
 ) -> None:
-    # A group whose items can outgrow DynamoDB's 400 KB: 2,000 members of 256 characters.
+    # A group whose items can outgrow DynamoDB's 400 KB: 4,000 members of 128 characters
+    # (the longest id features.keys allows).
     wide = FeatureGroup(
         "wide",
         FEATURES.entity,
         Structure.SORTED_SET,
         timedelta(hours=1),
-        (Feature("wide", "str_list", (), dim=2000),),
-        top_n=2000,
+        (Feature("wide", "str_list", (), dim=4000),),
+        top_n=4000,
     )
     store = DynamoDbStore(dynamodb_table, dynamodb_client(), clock=ManualClock(NOW))
-    members = [f"{i:04d}" + "m" * 252 for i in range(2000)]
+    members = [f"{i:04d}" + "m" * 124 for i in range(4000)]
     refused, written = store.write(
         [
             parse_update(wide, "u1", NOW, {"wide": members}),

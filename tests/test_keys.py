@@ -62,6 +62,15 @@ def test_bad_ids_are_refused_with_the_reason(entity_id: object, reason: str) -> 
         ("u\U000e0001", "an invisible format character (U+E0001)"),  # language tag
         ("u\ud800", "not printable (U+D800, Unicode category Cs)"),  # a lone surrogate
         ("e\u0301", "not in Unicode normal form NFC"),  # e + combining acute accent
+        ("u\u3164", "an invisible character (U+3164"),  # HANGUL FILLER, a letter drawn blank
+        ("\u3164", "an invisible character (U+3164"),
+        ("\ufe0f", "an invisible character (U+FE0F"),  # a lone variation selector
+        ("u\ufe0f", "an invisible character (U+FE0F"),
+        ("u\u034f1", "an invisible character (U+034F"),  # combining grapheme joiner
+        ("u\uffa0", "an invisible character (U+FFA0"),  # HALFWIDTH HANGUL FILLER
+        ("\u0301", "starts with a combining mark (U+0301)"),  # a lone combining mark
+        ("\u0301u1", "starts with a combining mark (U+0301)"),
+        ("\u20dd", "starts with a combining mark (U+20DD)"),  # an enclosing mark, alone
     ],
 )
 def test_ids_outside_the_printable_nfc_alphabet_are_refused(entity_id: str, reason: str) -> None:

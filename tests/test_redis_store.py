@@ -515,16 +515,17 @@ def test_replies_are_parsed_by_hiredis(settings: Settings) -> None:
 def test_a_write_is_cut_into_round_trips_by_bytes_as_well_as_by_updates(
     store: RedisStore, redis_client: redis.Redis
 ) -> None:
-    # 1,000 sorted-set updates of 10 long members: about 2.6 MB, more than one round trip holds.
+    # 2,000 sorted-set updates of 10 members of 128 characters (the longest id allowed):
+    # about 2.9 MB, more than two round trips hold.
     updates = [
         parse_update(
-            RECENT_ITEMS, f"u{i}", NOW, {"recent_items": [f"{j}" * 256 for j in range(10)]}
+            RECENT_ITEMS, f"u{i}", NOW, {"recent_items": [f"{j}" * 128 for j in range(10)]}
         )
-        for i in range(1000)
+        for i in range(2000)
     ]
     chunks = list(_chunks([_script_call(update) for update in updates]))
     assert len(chunks) > 2
     assert all(sum(c.size_bytes for c in chunk) <= WRITE_CHUNK_BYTES for chunk in chunks)
-    assert sum(len(chunk) for chunk in chunks) == 1000
+    assert sum(len(chunk) for chunk in chunks) == 2000
     assert all(outcome.applied for outcome in store.write(updates))
-    assert redis_client.zcard("user:{u999}:recent_items") == 10
+    assert redis_client.zcard("user:{u1999}:recent_items") == 10

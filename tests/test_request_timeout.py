@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from bentoml._internal.server.http import traffic
 
-from service.middleware.request_timeout import CancellingTimeoutMiddleware, install
+from service.middleware.request_timeout import CancellingTimeoutMiddleware
 
 ORIGINAL = traffic.TimeoutMiddleware
 
@@ -84,11 +84,3 @@ def test_an_app_that_fails_before_answering_fails_at_once() -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         asyncio.run(scenario())
-
-
-def test_install_swaps_the_class_bentoml_builds_its_stack_with() -> None:
-    try:
-        install()
-        assert traffic.TimeoutMiddleware is CancellingTimeoutMiddleware
-    finally:
-        traffic.TimeoutMiddleware = ORIGINAL  # type: ignore[misc]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from features.settings import Settings
 
@@ -51,3 +51,9 @@ def test_the_mode_and_replica_reads_come_from_the_environment(
         "m",
         True,
     )
+
+
+def test_metrics_behind_the_read_token_needs_one() -> None:
+    with pytest.raises(ValidationError, match="FEATSERVE_READ_TOKEN"):
+        Settings(metrics_access="read")
+    assert Settings(metrics_access="read", read_token=SecretStr("r" * 16)).metrics_access == "read"

@@ -66,7 +66,13 @@ def test_an_embedding_is_rounded_to_float32() -> None:
         ("embedding", "u1", NOW, {"embedding": [0.0] * 15}, "embedding", "expected 16 values"),
         ("embedding", "u1", NOW, {"embedding": "0 1"}, "embedding", "expected a sequence"),
         ("recent_items", "u1", NOW, {"recent_items": []}, "recent_items", "non-empty list"),
-        ("recent_items", "u1", NOW, {"recent_items": [7]}, "recent_items", "item 7"),
+        ("recent_items", "u1", NOW, {"recent_items": [7]}, "recent_items", "item id must be"),
+        # Item ids follow the entity ids' rule (features.keys.validate_id).
+        ("recent_items", "u1", NOW, {"recent_items": ["a\x00b"]}, "recent_items", "U+0000"),
+        ("recent_items", "u1", NOW, {"recent_items": ["\u202eevil"]}, "recent_items", "U+202E"),
+        ("recent_items", "u1", NOW, {"recent_items": ["i\u3164"]}, "recent_items", "U+3164"),
+        ("recent_items", "u1", NOW, {"recent_items": ["i1", ""]}, "recent_items", "empty"),
+        ("recent_items", "u1", NOW, {"recent_items": ["i" * 129]}, "recent_items", "at most 128"),
     ],
 )
 def test_bad_updates_are_refused_naming_the_field(

@@ -24,7 +24,7 @@ from typing import Any
 
 from features.dtypes import shown_value
 from features.errors import InvalidEntityId, InvalidUpdate
-from features.keys import validate_entity_id
+from features.keys import validate_entity_id, validate_id
 from features.registry import FeatureGroup, Structure
 from features.stores.base import FeatureUpdate
 
@@ -32,8 +32,6 @@ __all__ = ["MAX_EVENT_TIMESTAMP", "event_ms", "parse_update"]
 
 MAX_EVENT_TIMESTAMP = 4_102_444_800
 """2100-01-01 in epoch seconds: later event times are refused as mistakes (milliseconds?)."""
-
-_MAX_MEMBER_LENGTH = 256
 
 
 def event_ms(event_timestamp: Any, now_ms: int | None = None, max_skew_ms: int = 0) -> int:
@@ -129,9 +127,8 @@ def _members(name: str, items: Any, when: int) -> dict[str, float]:
     if not isinstance(items, list | tuple) or not items:
         raise InvalidUpdate(name, "expected an item id or a non-empty list of item ids")
     for item in items:
-        if not isinstance(item, str) or not item or len(item) > _MAX_MEMBER_LENGTH:
-            raise InvalidUpdate(
-                name,
-                f"item {shown_value(item)} is not a string of 1-{_MAX_MEMBER_LENGTH} characters",
-            )
+        try:
+            validate_id(item, "item id")
+        except InvalidEntityId as exc:
+            raise InvalidUpdate(name, str(exc)) from None
     return dict.fromkeys(items, when / 1000)

@@ -4,7 +4,8 @@ Every HTTP request falls in one of four classes by its path:
 
 - open: ``/readyz``, ``/livez``, ``/healthz``, ``/metrics`` and the API
   description (``/``, ``/docs.json``, ``/static_content/...``), which load
-  balancers, scrapers and people reading the docs need without a secret;
+  balancers, scrapers and people reading the docs need without a secret
+  (``/metrics`` is a read instead when ``metrics_open`` is false);
 - write: ``POST /push``.  Refused with 403 when no write token is configured
   (the body says how to enable writes), else it needs the write token;
 - operations: ``/ops/...``.  The write token when one is configured, else
@@ -29,7 +30,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["Access", "BearerTokenMiddleware", "access_of"]
 
-_OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics", "/", "/docs.json"})
+_OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/", "/docs.json"})
+_METRICS_PATH = "/metrics"
 _OPEN_PREFIXES = ("/static_content/",)
 _WRITE_PATHS = frozenset({"/push"})
 _OPERATIONS_PREFIX = "/ops/"
@@ -49,8 +51,10 @@ class Access(Enum):
     WRITE = "write"
 
 
-def access_of(path: str) -> Access:
+def access_of(path: str, metrics_open: bool = True) -> Access:
     """The access class of a request path (see the module docstring)."""
+    if path == _METRICS_PATH:
+        return Access.OPEN if metrics_open else Access.READ
     if path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
         return Access.OPEN
     if path in _WRITE_PATHS:
@@ -64,9 +68,14 @@ class BearerTokenMiddleware:
     """Refuses requests that lack the token their path needs; see the module docstring."""
 
     def __init__(
-        self, app: ASGIApp, write_token: str | None = None, read_token: str | None = None
+        self,
+        app: ASGIApp,
+        write_token: str | None = None,
+        read_token: str | None = None,
+        metrics_open: bool = True,
     ) -> None:
         self.app = app
+        self._metrics_open = metrics_open
         self._write = write_token.encode() if write_token else None
         self._read = read_token.encode() if read_token else None
 
@@ -74,7 +83,7 @@ class BearerTokenMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        access = access_of(scope["path"])
+        access = access_of(scope["path"], self._metrics_open)
         if access is Access.OPEN:
             await self.app(scope, receive, send)
             return

@@ -9,15 +9,17 @@ worker; beyond ``limit`` a request is answered at once with 503, a
 Other paths (``/metrics``, ``/readyz``, ``/ops/status``) are never refused,
 so an overloaded worker can still be watched.
 
-``install`` puts it first in the stack BentoML builds, ahead of BentoML's
-traffic metrics, tracing and request-timeout layers.  Where
-``add_asgi_middleware`` puts a middleware (after those), a request has
-already cost a good part of a ``/score`` and waited two turns of a busy
-event loop (the timeout layer runs the rest in a task of its own) before it
-is counted, so few were refused and the answers' latency grew with the
-connections all the same; counted first, a refusal costs little
-(docs/benchmarks.md has both).  Refused requests then skip BentoML's HTTP
-metrics; ``featserve_overload_refusals_total`` counts them.
+``service.bentoml_adapter`` puts it ahead of BentoML's tracing and
+request-timeout layers, right after the token and body checks (so a request
+counts only once its whole body is in: a slow sender never holds a slot).
+Where ``add_asgi_middleware`` puts a middleware (after BentoML's layers), a
+request has already cost a good part of a ``/score`` and waited two turns of
+a busy event loop (the timeout layer runs the rest in a task of its own)
+before it is counted, so few were refused and the answers' latency grew with
+the connections all the same; counted early, a refusal costs little
+(docs/benchmarks.md has both).  BentoML's traffic metrics, which come first,
+count its refusals (``http_response_code="503"``), and
+``featserve_overload_refusals_total`` counts them by path.
 
 Why not BentoML's ``traffic.max_concurrency``: it answers 429 without
 ``Retry-After``, which a client needs to back off rather than retry at once,
@@ -30,18 +32,11 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 
-import bentoml
-from _bentoml_impl.server.app import ServiceAppFactory
-from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.metrics import observe_refusal
-from service.middleware.request_timeout import PATCHED_BENTOML_VERSION
 
-__all__ = ["RETRY_AFTER_S", "AdmissionMiddleware", "install"]
-
-_BENTOML_MIDDLEWARES = ServiceAppFactory.middlewares
-"""BentoML's own list of middlewares for a service's app, kept to build on."""
+__all__ = ["RETRY_AFTER_S", "AdmissionMiddleware"]
 
 RETRY_AFTER_S = 1
 """What ``Retry-After`` asks of a refused client, in whole seconds as HTTP wants."""
@@ -87,22 +82,3 @@ class AdmissionMiddleware:
         ]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": self._refusal})
-
-
-def install(limit: int, paths: Collection[str]) -> None:
-    """Make BentoML put ``AdmissionMiddleware`` first in every service's middleware stack.
-
-    Calling it again replaces the bound and the paths.
-    """
-    if bentoml.__version__ != PATCHED_BENTOML_VERSION:
-        raise RuntimeError(
-            f"service.middleware.admission extends BentoML {PATCHED_BENTOML_VERSION}'s "
-            f"middleware stack, found {bentoml.__version__}: check that it still builds it "
-            "in ServiceAppFactory.middlewares"
-        )
-
-    def admission_first(factory: ServiceAppFactory) -> list[Middleware]:
-        admission = Middleware(AdmissionMiddleware, limit=limit, paths=paths)
-        return [admission, *_BENTOML_MIDDLEWARES.fget(factory)]
-
-    ServiceAppFactory.middlewares = property(admission_first)

@@ -7,22 +7,39 @@
   request without ``Content-Type`` is read as JSON, as BentoML does.
   BentoML would otherwise pick a parser by the header: ``multipart/form-data``
   without a boundary made it fail with a 500;
+- 415 when such a request declares a ``Content-Encoding`` (``gzip``,
+  ``deflate``, ``br``...) other than ``identity``: bodies are taken
+  uncompressed (BentoML would parse the compressed bytes as JSON and answer
+  "Invalid JSON"), and a compressed body would escape the size bound;
 - 413 when ``Content-Length`` says the body is larger than ``max_bytes``,
   without reading any of it, and also when a body without a length (chunked)
   grows past ``max_bytes`` while it is read: at most ``max_bytes`` plus one
   chunk is ever held;
-- 400 when ``Content-Length`` is not a number.
+- 400 when ``Content-Length`` is not a number;
+- 408 when the whole body has not arrived within ``read_timeout_s`` of the
+  request's start, with ``Connection: close``: a client that sends its body a
+  byte at a time holds a connection for that long at most.
 
 A body within the bound is read here and handed on whole; the API reads the
-whole body anyway, so this costs one list join.
+whole body anyway, so this costs one list join.  A client that disconnects
+before its body is in gets no answer, and the API never runs.
+
+It runs ahead of admission (``service.middleware.admission``), so a request
+holds an in-flight slot only once its body is in: slow senders wait here,
+each costing a connection and a timer, never a slot the other clients need.
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["RequestBodyMiddleware", "is_json_media_type"]
+
+_log = logging.getLogger(__name__)
 
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _MAX_ECHOED_MEDIA_TYPE = 100
@@ -40,11 +57,12 @@ class _TooLarge(Exception):
 
 
 class RequestBodyMiddleware:
-    """Refuses non-JSON and oversized bodies; see the module docstring."""
+    """Refuses non-JSON, oversized and late bodies; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,9 +77,16 @@ class RequestBodyMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            first = await self._read_bounded(receive)
+            async with asyncio.timeout(self.read_timeout_s):
+                first = await self._read_bounded(receive)
         except _TooLarge:
             await self._too_large()(scope, receive, send)
+            return
+        except TimeoutError:
+            await self._too_slow()(scope, receive, send)
+            return
+        if first["type"] != "http.request":
+            _log.debug("a client left before its request body was in; nothing answered")
             return
         await self.app(scope, _replaying(first, receive), send)
 
@@ -77,6 +102,16 @@ class RequestBodyMiddleware:
                 {
                     "error": f"Content-Type {shown!r} is not accepted: "
                     "send a JSON body with 'Content-Type: application/json'"
+                },
+                status_code=415,
+            )
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if method in _METHODS_WITH_BODY and encoding not in (b"", b"identity"):
+            shown = encoding.decode("latin-1")[:_MAX_ECHOED_MEDIA_TYPE]
+            return JSONResponse(
+                {
+                    "error": f"Content-Encoding {shown!r} is not accepted: send the JSON body "
+                    "uncompressed"
                 },
                 status_code=415,
             )
@@ -117,6 +152,17 @@ class RequestBodyMiddleware:
                 "(FEATSERVE_MAX_BODY_BYTES)"
             },
             status_code=413,
+            headers={"Connection": "close"},
+        )
+
+    def _too_slow(self) -> JSONResponse:
+        # Connection: close, since the rest of the body is never read.
+        return JSONResponse(
+            {
+                "error": f"the request body did not arrive within {self.read_timeout_s:g} s "
+                "(FEATSERVE_BODY_TIMEOUT_S)"
+            },
+            status_code=408,
             headers={"Connection": "close"},
         )
 

@@ -7,8 +7,8 @@ timeout (60 s by default).  Under sustained load that is tens of thousands
 of live objects per worker: the heap and RSS grow, and full garbage
 collections, which walk them all, stretch p99.  The traffic timeout cannot
 be switched off by configuration (BentoML's schema requires it to be
-positive), so ``install()`` replaces the class BentoML looks up when it
-builds its middleware stack with ``CancellingTimeoutMiddleware``, which
+positive), so ``service.bentoml_adapter`` replaces the class BentoML looks
+up when it builds its middleware stack with ``CancellingTimeoutMiddleware``, which
 behaves the same (504 with a JSON error after the timeout) but cancels its
 timer as soon as the request is done.
 """
@@ -18,15 +18,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import bentoml
-from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["PATCHED_BENTOML_VERSION", "CancellingTimeoutMiddleware", "install"]
-
-PATCHED_BENTOML_VERSION = "1.4.40"
-"""The BentoML release whose middleware this replaces; ``install`` refuses any other."""
+__all__ = ["CancellingTimeoutMiddleware"]
 
 
 class CancellingTimeoutMiddleware:
@@ -74,13 +69,3 @@ def _mark_started(started: asyncio.Future[None]) -> None:
 def _expire(started: asyncio.Future[None]) -> None:
     if not started.done():
         started.set_exception(TimeoutError())
-
-
-def install() -> None:
-    """Make BentoML build its stack with ``CancellingTimeoutMiddleware``; idempotent."""
-    if bentoml.__version__ != PATCHED_BENTOML_VERSION:
-        raise RuntimeError(
-            f"service.middleware.request_timeout patches BentoML {PATCHED_BENTOML_VERSION}, "
-            f"found {bentoml.__version__}: check whether the timer leak is fixed there"
-        )
-    traffic.TimeoutMiddleware = CancellingTimeoutMiddleware  # type: ignore[misc,assignment]

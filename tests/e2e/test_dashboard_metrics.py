@@ -89,6 +89,7 @@ def drive_and_scrape(url: str, proxy: TcpProxy) -> Scrape:
         assert pushed.is_success, pushed.text
         assert client.post("/push", json={"updates": [update]}).status_code == 401
         assert client.post("/score", json={"entity_id": "u 1", "amount": 1.0}).status_code == 400
+        assert client.get("/wp-admin/setup-config.php").status_code == 404
         proxy.set_latency(0.1)  # ten times the feature deadline: the answer is degraded
         try:
             late = client.post("/score", json={"entity_id": "u000006", "amount": 1.0}).json()
@@ -138,3 +139,17 @@ def test_the_drive_shows_in_the_metrics_the_alerts_read(scrape: Scrape) -> None:
     assert scrape.value("featserve_breaker_state", store="backing") == 0
     assert scrape.value("featserve_latency_budget_seconds", stage="total") == 0.05
     assert scrape.value("featserve_redis_pool_connections_limit") == 32
+
+
+def test_request_metrics_are_labelled_by_route_or_other(scrape: Scrape) -> None:
+    requests = "bentoml_service_request_total"
+    assert scrape.value(requests, endpoint="other", http_response_code="404") == 1
+    endpoints = {
+        held["endpoint"]
+        for name, held, _ in scrape.samples
+        if name.startswith("bentoml_service")
+        if "endpoint" in held
+    }
+    assert "other" in endpoints
+    assert all(endpoint == "other" or endpoint.startswith("/") for endpoint in endpoints)
+    assert not any("wp-admin" in endpoint for endpoint in endpoints)

@@ -6,9 +6,13 @@ demo data; every refusal is checked to have written nothing.
 
 from __future__ import annotations
 
+import gzip
+import html.parser
 import json
 import secrets
+import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +59,7 @@ def guarded(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             log_dir,
             FEATSERVE_WRITE_TOKEN=write_token,
             FEATSERVE_READ_TOKEN=read_token,
+            FEATSERVE_METRICS_ACCESS="read",
             FEATSERVE_CACHE_TTL_S="0",
             **PATIENT,
         )
@@ -144,9 +149,94 @@ def test_reads_need_the_read_or_the_write_token(
     assert guarded.client.post(path, json=body, headers=guarded.as_writer()).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/readyz", "/livez", "/metrics"])
-def test_probes_and_metrics_stay_open(guarded: Guarded, path: str) -> None:
+@pytest.mark.parametrize("path", ["/readyz", "/livez"])
+def test_probes_stay_open(guarded: Guarded, path: str) -> None:
     assert guarded.client.get(path).status_code == 200
+
+
+def test_metrics_can_be_put_behind_the_read_token(guarded: Guarded) -> None:
+    assert guarded.client.get("/metrics").status_code == 401
+    scraped = guarded.client.get("/metrics", headers=guarded.as_reader())
+    assert scraped.status_code == 200
+    assert "featserve_answers_total" in scraped.text
+
+
+# --- near misses: each route class refuses every token that is almost right ---------------
+
+ROUTE_CLASSES = {
+    "write": ("POST", "/push", {"updates": [update("nm1", tx_count_1h=1)]}),
+    "operations": ("GET", "/ops/status", None),
+    "read": ("POST", "/score", {"entity_id": "u000001", "amount": 5.0}),
+    "metrics": ("GET", "/metrics", None),
+}
+
+
+def near_misses(token: str) -> dict[str, str]:
+    """Authorization values that an off-by-one comparison would let through."""
+    assert token.swapcase() != token
+    return {
+        "prefix": f"Bearer {token[:-1]}",
+        "first half": f"Bearer {token[: len(token) // 2]}",
+        "suffix": f"Bearer {token[1:]}",
+        "token plus a character": f"Bearer {token}x",
+        "case changed": f"Bearer {token.swapcase()}",
+        "empty bearer": "Bearer ",
+        "bearer alone": "Bearer",
+        "another scheme": f"Token {token}",
+    }
+
+
+def raw_status(guarded: Guarded, method: str, path: str, body: Any, authorization: str) -> int:
+    """The status of one request sent as written (httpx refuses a header value ending in a
+    space, such as an empty bearer token)."""
+    url = httpx.URL(str(guarded.client.base_url))
+    content = b"" if body is None else json.dumps(body).encode()
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: featserve\r\nConnection: close\r\n"
+        f"Authorization: {authorization}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(content)}\r\n\r\n"
+    ).encode() + content
+    with socket.create_connection((url.host, url.port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = connection.makefile("rb").readline()
+    return int(answer.split()[1])
+
+
+def test_near_miss_tokens_are_refused_on_every_route_class(guarded: Guarded) -> None:
+    accepted = {
+        "write": [guarded.write_token],
+        "operations": [guarded.write_token],
+        "read": [guarded.read_token, guarded.write_token],
+        "metrics": [guarded.read_token, guarded.write_token],
+    }
+    failures = []
+    for route_class, (method, path, body) in ROUTE_CLASSES.items():
+        for token in accepted[route_class]:
+            for name, authorization in near_misses(token).items():
+                status = raw_status(guarded, method, path, body, authorization)
+                if status != 401:
+                    failures.append((route_class, name, status))
+    assert failures == []
+    assert stored_keys(guarded, "nm1") == []
+
+
+@pytest.mark.parametrize("route_class", ["write", "operations"])
+def test_the_read_token_is_refused_where_the_write_token_is_needed(
+    guarded: Guarded, route_class: str
+) -> None:
+    method, path, body = ROUTE_CLASSES[route_class]
+    response = guarded.client.request(method, path, json=body, headers=guarded.as_reader())
+    assert response.status_code == 401
+    assert stored_keys(guarded, "nm1") == []
+
+
+@pytest.mark.parametrize("route_class", ROUTE_CLASSES)
+def test_the_right_token_still_opens_each_route_class(guarded: Guarded, route_class: str) -> None:
+    method, path, body = ROUTE_CLASSES[route_class]
+    if route_class == "write":
+        body = {"updates": [update("nm2", tx_count_1h=1)]}
+    response = guarded.client.request(method, path, json=body, headers=guarded.as_writer())
+    assert response.status_code == 200, response.text
 
 
 # --- bodies ------------------------------------------------------------------------------
@@ -301,3 +391,140 @@ def test_a_store_failure_on_push_is_a_503_without_the_store_error(guarded: Guard
     for internal in ("permission", "evalsha", "127.0.0.1", str(guarded.redis.port)):
         assert internal not in text
     assert "no permissions to run the 'evalsha' command" in guarded.log_path.read_text()
+
+
+# --- one rule for ids and for unknown keys; no encodings ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "entity_id",
+    ["u\u3164", "\u3164", "\ufe0f", "u\ufe0f", "\u0301", "\u0301u1", "a\u0000b", "\u202eevil"],
+    ids=["hangul-filler", "filler-alone", "lone-fe0f", "fe0f", "lone-mark", "mark-first", "nul",
+         "rlo"],
+)  # fmt: skip
+def test_invisible_ids_are_refused_as_entities_and_as_items(
+    guarded: Guarded, entity_id: str
+) -> None:
+    scored = guarded.client.post(
+        "/score", json={"entity_id": entity_id, "amount": 1.0}, headers=guarded.as_reader()
+    )
+    assert scored.status_code == 400, scored.text
+    assert "entity_id" in scored.json()["error"]
+    pushed = guarded.client.post(
+        "/push",
+        json={
+            "updates": [
+                {
+                    "entity_id": "items1",
+                    "group": "recent_items",
+                    "event_timestamp": NOW,
+                    "values": {"recent_items": ["i1", entity_id]},
+                }
+            ]
+        },
+        headers=guarded.as_writer(),
+    )
+    assert pushed.status_code == 422, pushed.text
+    assert pushed.json()["refused"][0]["field"] == "recent_items"
+    assert stored_keys(guarded, "items1") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "place"),
+    [
+        ("/score", {"entity_id": "u000001", "amount": 1.0, "amuont": 2.0}, "amuont"),
+        ("/score_batch", {"requests": [], "extra": 1}, "extra"),
+        ("/score_batch", {"requests": [{"entity_id": "u1", "amount": 1.0, "x": 1}]}, "x"),
+        ("/features", {"entity_ids": ["u000001"], "group": ["features"]}, "group"),
+        ("/push", {"updates": [update("uk1", tx_count_1h=1)], "dry_run": True}, "dry_run"),
+        ("/push", {"updates": [{**update("uk1", tx_count_1h=1), "ttl": 5}]}, "ttl"),
+    ],
+)
+def test_unknown_keys_are_refused_at_every_level(
+    guarded: Guarded, path: str, body: dict[str, Any], place: str
+) -> None:
+    response = guarded.client.post(path, json=body, headers=guarded.as_writer())
+    assert response.status_code == 400, response.text
+    assert place in response.json()["error"]
+    assert stored_keys(guarded, "uk1") == []
+
+
+def test_an_unknown_feature_name_in_a_push_is_refused(guarded: Guarded) -> None:
+    response = push(guarded, update("uk2", tx_count_1h=1, tx_count_1y=2))
+    assert response.status_code == 422, response.text
+    assert "tx_count_1y" in response.text
+    assert stored_keys(guarded, "uk2") == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-gzip, identity"])
+@pytest.mark.parametrize("path", POST_PATHS)
+def test_compressed_bodies_get_415(guarded: Guarded, path: str, encoding: str) -> None:
+    body = gzip.compress(json.dumps({"entity_id": "u000001", "amount": 1.0}).encode())
+    response = guarded.client.post(
+        path,
+        content=body,
+        headers={
+            **guarded.as_writer(),
+            "Content-Type": "application/json",
+            "Content-Encoding": encoding,
+        },
+    )
+    assert response.status_code == 415, response.text
+    assert "Content-Encoding" in response.json()["error"]
+
+
+# --- the API page calls no third party ----------------------------------------------------
+
+
+class _Loads(html.parser.HTMLParser):
+    """Every URL a page makes the browser load: scripts, styles, images, frames, icons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.inline_scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        for attribute in ("src", "data", "poster", "srcset"):
+            if named.get(attribute):
+                self.urls.append(str(named[attribute]))
+        if tag == "link" and named.get("href"):
+            self.urls.append(str(named["href"]))
+        self._in_script = tag == "script" and not named.get("src")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.inline_scripts.append(data)
+
+
+TRACKERS = ("googletagmanager", "google-analytics", "gtag(", "analytics.js")
+
+
+def test_the_api_page_loads_nothing_from_another_origin(guarded: Guarded) -> None:
+    page = guarded.client.get("/")
+    assert page.status_code == 200
+    loads = _Loads()
+    loads.feed(page.text)
+    assert loads.urls, "the page loads Swagger UI"
+    for url in loads.urls:
+        parts = urllib.parse.urlsplit(url)
+        assert not parts.scheme and not parts.netloc, url
+        served = guarded.client.get(urllib.parse.urljoin("/", url))
+        assert served.status_code == 200, url
+        if url.endswith(".js"):
+            for tracker in TRACKERS:
+                assert tracker not in served.text, (url, tracker)
+    for tracker in TRACKERS:
+        assert tracker not in page.text
+    # Swagger UI's bundle defaults to an online validator whose badge is an image from
+    # validator.swagger.io (carrying the spec's URL): the page's own start-up turns it off.
+    assert "validatorUrl: null" in "".join(loads.inline_scripts)
+    assert "validator.swagger.io" not in page.text
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy
+    assert "https:" not in policy and "*" not in policy
