@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     is answered 408 and its connection closed.  A request takes an in-flight slot
     (``max_in_flight``) only once its body is in, so slow senders never hold one."""
 
+    drain_s: float = Field(default=5.0, ge=0)
+    """How long a worker drains on SIGTERM before it stops accepting: ``/readyz`` answers 503
+    and every answer closes its connection meanwhile, so a load balancer and its clients move
+    away before the socket closes.  5 s: a Kubernetes Service's endpoints change within a few
+    seconds of a pod's deletion; 0 stops at once, as uvicorn does."""
+
     header_timeout_s: float = Field(default=10.0, gt=0)
     """How long a request's line and headers may take to arrive (from its first byte, or from
     the connect on a new connection); a later one gets 408 and its connection is closed, so a

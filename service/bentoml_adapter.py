@@ -46,16 +46,23 @@ moves one fails a test instead of silently undoing a protection.
   which enforces ``ConnectionLimits`` (see there), and uvicorn's
   "Invalid HTTP request received." warning, one per malformed request, is
   turned into a rate-limited refusal line.
+- The HTTP server's exit: uvicorn stops at the first SIGTERM, closing
+  keep-alive connections that clients may be sending on. ``uvicorn.Server``
+  is replaced by ``DrainingServer``, which on SIGTERM drains for ``drain_s``
+  first (``service.middleware.drain``); a second signal stops it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import sys
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, cast
 
 import bentoml
@@ -75,6 +82,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.docs_page import CONTENT_SECURITY_POLICY, DOCS_PAGE_HTML
+from service.middleware.drain import DRAIN
 from service.middleware.refusal_log import REFUSAL_LOGGER, RefusalLog
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
 from service.middleware.route_labels import UNMATCHED_PATH_LABEL, route_label
@@ -333,6 +341,49 @@ def _bounded_config(protocol: type[asyncio.Protocol]) -> type[uvicorn.Config]:
     return BoundedConfig
 
 
+_UVICORN_SERVER = uvicorn.Server
+"""uvicorn's own ``Server``, which BentoML's worker runs."""
+
+
+def _draining_server(drain_s: float) -> type[uvicorn.Server]:
+    class DrainingServer(_UVICORN_SERVER):
+        """uvicorn's ``Server``: the first SIGTERM or SIGINT starts the drain, and the server
+        stops (as uvicorn does) once ``drain_s`` has passed; another signal stops it now."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if drain_s > 0 and not DRAIN.draining:
+                DRAIN.begin()
+                logging.getLogger(__name__).info(
+                    "signal %d: draining for %g s (unready, closing connections)", sig, drain_s
+                )
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            # uvicorn asks every 0.1 s whether to stop.
+            if DRAIN.over(drain_s) and not self.should_exit:
+                _stop_listening(self.servers)
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    return DrainingServer
+
+
+def _stop_listening(servers: Sequence[asyncio.Server]) -> None:
+    """Refuse new connections from now on. Shut down, not just closed: ``bentoml serve``
+    holds the listening socket too, so closing this worker's copy alone would leave new
+    connections waiting, unanswered, until they are reset when ``bentoml serve`` exits."""
+    for server in servers:
+        for listening in server.sockets:
+            # asyncio's socket wrapper refuses shutdown(); a duplicate of the descriptor
+            # shuts down the one socket they share.
+            with (
+                contextlib.suppress(OSError),
+                socket.fromfd(listening.fileno(), listening.family, listening.type) as duplicate,
+            ):
+                duplicate.shutdown(socket.SHUT_RD)
+
+
 class _InvalidRequestsAsRefusals(logging.Filter):
     """Turns uvicorn's warning per malformed request into a rate-limited refusal line."""
 
@@ -351,12 +402,14 @@ def install_adaptations(
     routes: Collection[str] = (),
     input_models: Collection[str] = (),
     limits: ConnectionLimits = _DEFAULT_LIMITS,
+    drain_s: float = 0.0,
 ) -> None:
     """Apply every adaptation; ``edge`` runs first in each service's middleware stack, after
     BentoML's traffic metrics, which label requests by path only for ``routes`` and BentoML's
     own (``BENTOML_ROUTES``); ``input_models``: the names of the API's input models, whose
     validation errors are logged as refusals rather than server faults; ``limits``: what the
-    HTTP server allows each connection.
+    HTTP server allows each connection; ``drain_s``: how long a worker drains on SIGTERM
+    before its server stops (``service.middleware.drain``).
 
     Calling it again replaces the edge.
     """
@@ -377,6 +430,7 @@ def install_adaptations(
     bentoml_app.log_exception = log_server_faults
     ServiceAppFactory.index_page = _docs_page
     uvicorn.Config = _bounded_config(bounded_protocol(limits))  # type: ignore[misc]
+    uvicorn.Server = _draining_server(drain_s)  # type: ignore[misc]
     logging.getLogger("uvicorn.error").addFilter(_INVALID_REQUESTS_FILTER)
     edge = list(edge)
     labelled = BENTOML_ROUTES | frozenset(routes)

@@ -69,6 +69,7 @@ from service.metrics import StoreGauges, observe_request, publish_settings, star
 from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.admission import AdmissionMiddleware
 from service.middleware.client_errors import ClientErrorMiddleware
+from service.middleware.drain import DRAIN, DrainMiddleware
 from service.middleware.refusal_log import REFUSAL_LOGGER, RefusalLog, RefusalLogMiddleware
 from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import BatchScoreResponse, ScoreResponse
@@ -211,8 +212,9 @@ class FraudScorer:
             await self.backing.close()
 
     def __is_ready__(self) -> bool:
-        # Ready whenever the model is loaded: without Redis, answers come from defaults.
-        return True
+        # Ready whenever the model is loaded (without Redis, answers come from defaults),
+        # until a SIGTERM starts the drain.
+        return not DRAIN.draining
 
     @bentoml.api
     async def score(
@@ -409,6 +411,7 @@ logging.getLogger(REFUSAL_LOGGER).setLevel(logging.INFO)
 # request takes an in-flight slot only once its whole body is in.
 install_adaptations(
     edge=[
+        Middleware(DrainMiddleware),
         Middleware(
             RefusalLogMiddleware, routes=_ROUTES, log=RefusalLog(logging.getLogger(REFUSAL_LOGGER))
         ),
@@ -436,6 +439,7 @@ install_adaptations(
         max_headers=SETTINGS.max_headers,
         max_connections=SETTINGS.max_connections,
     ),
+    drain_s=SETTINGS.drain_s,
     input_models={api.input_spec.__name__ for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
 )
 FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]

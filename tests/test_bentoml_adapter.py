@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import signal
 from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
@@ -27,6 +28,7 @@ from prometheus_client import generate_latest
 from starlette.middleware import Middleware
 from starlette.requests import Request
 
+from service import bentoml_adapter
 from service.bentoml_adapter import (
     ADAPTED_BENTOML_VERSION,
     BoundedHttpToolsProtocol,
@@ -37,6 +39,7 @@ from service.bentoml_adapter import (
     is_client_error,
 )
 from service.docs_page import CONTENT_SECURITY_POLICY, DOCS_PAGE_HTML
+from service.middleware import drain
 from service.middleware.admission import AdmissionMiddleware
 from service.middleware.request_timeout import CancellingTimeoutMiddleware
 from service.middleware.route_labels import UNMATCHED_PATH_LABEL
@@ -50,6 +53,7 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(bentoml_app, "log_exception", bentoml_app.log_exception)
     monkeypatch.setattr(ServiceAppFactory, "index_page", ServiceAppFactory.index_page)
     monkeypatch.setattr(uvicorn, "Config", uvicorn.Config)
+    monkeypatch.setattr(uvicorn, "Server", uvicorn.Server)
     uvicorn_errors = logging.getLogger("uvicorn.error")
     filters = list(uvicorn_errors.filters)
     yield
@@ -235,6 +239,23 @@ def test_uvicorn_serves_with_the_bounded_protocol(restored: None) -> None:
     config.load()
     assert issubclass(config.http_protocol_class, BoundedHttpToolsProtocol)
     assert config.http_protocol_class.limits == limits
+
+
+def test_uvicorn_server_drains_on_the_first_signal_and_stops_after_the_drain(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What DrainingServer relies on: uvicorn asks on_tick whether to stop and stops on
+    # should_exit; handle_exit is the signal handler. Here, on a server that never ran.
+    monkeypatch.setattr(drain, "DRAIN", drain.Drain())
+    monkeypatch.setattr(bentoml_adapter, "DRAIN", drain.DRAIN)
+    install_adaptations(edge=[], drain_s=60.0)
+    server = uvicorn.Server(uvicorn.Config(app=Tiny.to_asgi()))  # type: ignore[attr-defined]
+    assert "on_tick" in vars(uvicorn.Server.__mro__[1]) and hasattr(server, "should_exit")
+    server.handle_exit(signal.SIGTERM, None)
+    assert drain.DRAIN.draining and not server.should_exit
+    assert asyncio.run(server.on_tick(1)) is False  # still draining
+    server.handle_exit(signal.SIGTERM, None)  # a second signal stops it now
+    assert server.should_exit
 
 
 def test_uvicorn_invalid_request_warnings_become_refusal_lines(

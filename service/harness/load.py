@@ -127,12 +127,16 @@ async def exchange(
     for name, _, value in (line.partition(":") for line in header_lines if line):
         key = name.strip().lower()
         headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif headers.get("transfer-encoding", "").lower() == "chunked":
-        body = await _read_chunked(reader)
-    else:
-        raise ValueError(f"unsupported response framing: {sorted(headers)}")
+    try:
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await _read_chunked(reader)
+        else:
+            raise ValueError(f"unsupported response framing: {sorted(headers)}")
+    except ConnectionError as exc:
+        # The head was read: an answer cut short, not one never given.
+        raise asyncio.IncompleteReadError(head, None) from exc
     return Response(status, headers, body)
 
 
@@ -212,6 +216,10 @@ class Sample:
     """Where the answers' features came from, when the body held featserve answers."""
     body_index: int = 0
     """Which of the request bodies was sent (an index into ``drive``'s ``bodies``)."""
+    error: str = ""
+    """Why no answer came (status 0): ``refused``, a new connection refused or closed before
+    any byte of an answer (the server never took the request); ``reset``, a connection that
+    had been served on, or an answer, cut short; ``timeout``; ``framing``."""
 
 
 Observer = Callable[[Sample, Response | None], None]
@@ -296,6 +304,8 @@ async def _connection(
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             index = rng.randrange(len(requests))
             response: Response | None = None
+            error = ""
+            fresh = streams is None
             try:
                 async with asyncio.timeout(schedule.plan.timeout_s):
                     if streams is None:
@@ -303,11 +313,15 @@ async def _connection(
                             endpoint.host, endpoint.port, ssl=tls
                         )
                     response = await exchange(*streams, requests[index])
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
-                response = None
+            except TimeoutError:
+                error = "timeout"
+            except ValueError:
+                error = "framing"
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                error = "refused" if fresh and _nothing_answered(exc) else "reset"
             latency = time.perf_counter() - due
             if due >= schedule.start:
-                sample = _sample(due - schedule.start, latency, response, index)
+                sample = _sample(due - schedule.start, latency, response, index, error)
                 samples.append(sample)
                 if observe is not None:
                     observe(sample, response)
@@ -331,9 +345,18 @@ def _retry_after_s(response: Response) -> float:
         return 0.0
 
 
-def _sample(due_s: float, latency_s: float, response: Response | None, index: int) -> Sample:
+def _nothing_answered(exc: BaseException) -> bool:
+    """Whether ``exc`` ended an exchange before any byte of an answer was read."""
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return not exc.partial
+    return isinstance(exc, ConnectionError)
+
+
+def _sample(
+    due_s: float, latency_s: float, response: Response | None, index: int, error: str = ""
+) -> Sample:
     if response is None:
-        return Sample(due_s, latency_s, 0, {}, body_index=index)
+        return Sample(due_s, latency_s, 0, {}, body_index=index, error=error)
     headers = response.headers
     return Sample(
         due_s,

@@ -91,8 +91,8 @@ def start_service(
     """Serve ``target`` (a service path, a Bento tag or folder) on a free 127.0.0.1 port.
 
     The service's environment is this process's without ``FEATSERVE_*``, ``OTEL_*``,
-    ``BENCH_*`` and ``REDIS_URL``, plus ``REDIS_URL`` of ``redis_server`` (when given) and
-    ``env_overrides``.
+    ``BENCH_*`` and ``REDIS_URL``, plus ``REDIS_URL`` of ``redis_server`` (when given),
+    ``FEATSERVE_DRAIN_S=0`` and ``env_overrides``.
 
     Returns ``(process, base URL, log file)`` once ``/readyz`` answers; stops the server when
     it does not (or the wait is interrupted).  ``cpus`` pins the server and its workers with
@@ -104,6 +104,9 @@ def start_service(
         **clean_environment(),
         "BENTOML_HOME": str(bentoml_home),
         "BENTOML_DO_NOT_TRACK": "true",
+        # Stopped by ``stop`` at the end of a test or benchmark, nobody to drain for: stop at
+        # once unless the caller measures the drain (tests/e2e/test_drain.py).
+        "FEATSERVE_DRAIN_S": "0",
         **({} if redis_server is None else {"REDIS_URL": redis_server.url}),
         **env_overrides,
     }
