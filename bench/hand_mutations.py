@@ -281,8 +281,13 @@ def main(argv: Sequence[str] | None = None, mutations: Sequence[Mutation] = MUTA
     baseline = sorted({test for mutation in chosen for test in mutation.tests})
     _, broken = run_tests(None, baseline)
     if broken:
-        print("The unmutated tree already fails these tests, so a failure under a mutation "
-              "would prove nothing; fix them first:", *broken, sep="\n  ", file=sys.stderr)
+        print(
+            "The unmutated tree already fails these tests, so a failure under a mutation "
+            "would prove nothing; fix them first:",
+            *broken,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return 2
     rows = []
     for mutation in chosen:
