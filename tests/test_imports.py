@@ -15,6 +15,8 @@ HEAVY = ("redis", "hiredis", "pyarrow", "boto3")
     [
         "features.registry",
         "features.derive",
+        "features.project",
+        "features.project_loader",
         "features.settings",
         "features.sources",
         "models.schema",
