@@ -37,7 +37,6 @@ from redis.crc import key_slot
 
 from bench.report import Section, Stats, machine_lines, markdown_table, ratio
 from features.keys import feature_key
-from features.registry import FRAUD_REGISTRY, USER_FEATURES
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Resolver
 from features.serving.tiers import redis_tier
@@ -46,12 +45,14 @@ from features.stores.base import ReadRequest
 from features.stores.factory import async_online_store
 from features.stores.redis import AsyncRedisStore
 from service.cli.demo import load_demo_data
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
 
 SIZES = (1, 100)
 USERS = 1000
 ROUNDS = 10
+USER_FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 FIELDS = USER_FEATURES.feature_names
 DEADLINE_S = 1.0
 """Generous: a shared CPU must not turn a slow call into a fallback that is timed as fast."""
@@ -73,7 +74,7 @@ async def resolver_over(settings: Settings) -> AsyncIterator[tuple[Resolver, Asy
     store = async_online_store(settings)
     cache: FeatureCache[CachedGroup] = FeatureCache(0.0, 0, 0)
     try:
-        yield Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, DEADLINE_S), store
+        yield Resolver(EXAMPLE_REGISTRY, [redis_tier(store, settings)], cache, DEADLINE_S), store
     finally:
         await store.close()
 

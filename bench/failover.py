@@ -1,7 +1,7 @@
 """Failover drills with figures: ``make faults`` runs it after ``bench.faults``
 (``python -m bench.failover [--quick] [--runs 2]``).
 
-Serves the FraudScorer over a real Redis Cluster (3 primaries, 3 replicas,
+Serves the ScoringService over a real Redis Cluster (3 primaries, 3 replicas,
 ``cluster-node-timeout`` 2 s) and over a real Sentinel setup (a primary, two
 replicas, three sentinels, ``down-after-milliseconds`` 1 s), drives steady
 ``/score`` load, kills a primary, and measures the time to the promotion,

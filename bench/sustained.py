@@ -10,7 +10,7 @@ Runs three scenarios one after another, each against a freshly started
   leaves one live 60 s timer per request);
 - B: the echo service with ``service.middleware.request_timeout`` installed and
   ``gc.freeze()`` at start-up, as the product does;
-- C: the real ``FraudScorer`` over an embedded Redis holding the demo
+- C: the real ``ScoringService`` over an embedded Redis holding the demo
   features (``make serve``'s, materialized from tables written to a temporary
   folder), with a small model trained into a temporary ``BENTOML_HOME``.
 
@@ -119,8 +119,8 @@ def scenarios(redis_url: str) -> list[Scenario]:
             [ECHO_BODY],
         ),
         Scenario(
-            "C FraudScorer /score over Redis",
-            "service.service:FraudScorer",
+            "C ScoringService /score over Redis",
+            "service.service:ScoringService",
             "/score",
             {"REDIS_URL": redis_url},
             score_bodies(DEMO_USERS),

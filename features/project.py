@@ -31,7 +31,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
@@ -203,10 +203,19 @@ class ModelSpec:
 
 
 class DemoData(Protocol):
-    """What a project may bring for demos and tests: tables to load and rows to train on."""
+    """What a project may bring for demos and tests: tables to load, rows to train on, and
+    the ids of its demo entities."""
 
-    def write_tables(self, out_dir: Path, n_entities: int, now: int) -> Mapping[str, Path]:
-        """Write one table per feature group for ``featserve materialize``; paths by group."""
+    def entity_id(self, index: int) -> str:
+        """The id of demo entity number ``index`` (``featserve sla --entities N`` asks for
+        the first ``N``)."""
+        ...
+
+    def write_tables(
+        self, out_dir: Path, n_entities: int, now: int, fmt: Literal["parquet", "csv"]
+    ) -> Mapping[str, Path]:
+        """Write one table per feature group for ``featserve materialize``; the paths by
+        qualified group name (``entity:group``)."""
         ...
 
     def training_table(self, n_entities: int, n_rows: int, seed: int, now: int) -> TrainingTable:
@@ -234,7 +243,8 @@ class Project:
     version: str = "0"
     """The API's version (OpenAPI)."""
     key_prefix: str = ""
-    """Put before every Redis key of the project, so projects can share one Redis."""
+    """Put before every Redis key of the project (``cards:user:{u1}:stats`` for the prefix
+    ``cards:``), so projects can share one Redis; empty: ``user:{u1}:stats``."""
     demo: DemoData | None = None
     registry: Registry = field(init=False, repr=False, compare=False)
 
@@ -245,6 +255,8 @@ class Project:
             raise ProjectError(
                 f"key prefix {self.key_prefix!r}: letters, digits, '_', '-', '.', ':' only"
             )
+        if self.key_prefix:
+            self._prefix_keys()
         object.__setattr__(self, "registry", Registry(self.groups))
         self.registry.entity(self.entity.name)
         request_names = [item.name for item in self.request]
@@ -272,6 +284,18 @@ class Project:
         repeated = sorted({n for n in self.model.inputs if self.model.inputs.count(n) > 1})
         if repeated:
             raise ProjectError(f"model inputs named twice: {repeated}")
+
+    def _prefix_keys(self) -> None:
+        """Give every entity of the project the key prefix (its keys become
+        ``{prefix}{entity}:{<id>}:{group}``)."""
+        prefixed = {
+            group.entity.name: replace(group.entity, key_prefix=self.key_prefix)
+            for group in self.groups
+        }
+        groups = tuple(replace(group, entity=prefixed[group.entity.name]) for group in self.groups)
+        object.__setattr__(self, "groups", groups)
+        entity = prefixed.get(self.entity.name, replace(self.entity, key_prefix=self.key_prefix))
+        object.__setattr__(self, "entity", entity)
 
     @property
     def stored_features(self) -> Mapping[str, Feature]:

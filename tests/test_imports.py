@@ -14,7 +14,6 @@ HEAVY = ("redis", "hiredis", "pyarrow", "boto3")
     "modules",
     [
         "features.registry",
-        "features.derive",
         "features.project",
         "features.project_loader",
         "features.settings",
