@@ -7,6 +7,7 @@ featserve sla --url URL [--profile fraud] [--total-ms N --features-ms N]
               [--rate R | --concurrency C] [--duration S] [--entities N|FIRST..LAST] [--plot FILE]
 featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
 featserve capacity --entities N --peak-rps R --latency-ms L [--measure | --bytes-per-entity B]
+featserve train [PROJECT] --data TABLE [--seed S] [--test-size F] [--name NAME]
 
 Every subcommand takes ``--project DIR`` (default: ``FEATSERVE_PROJECT``).
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from features.errors import ProjectError
 from features.redaction import install_log_redaction
 from features.settings import Settings
-from service.cli import capacity, materialize, rewarm, sla
+from service.cli import capacity, materialize, rewarm, sla, train
 from service.cli.project_option import add_project_option, chosen_project
 
 __all__ = ["main"]
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     rewarm.register(commands)
     sla.register(commands)
     capacity.register(commands)
+    train.register(commands)
     _add_demo_data(commands)
     for command in commands.choices.values():
         add_project_option(command)
