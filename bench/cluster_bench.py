@@ -48,6 +48,7 @@ from service.cli.demo import load_demo_data
 from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
+from service.harness.served import EXAMPLE_PROJECT
 
 SIZES = (1, 100)
 USERS = 1000
@@ -200,9 +201,9 @@ def collect(quick: bool) -> tuple[list[Case], dict[int, int]]:
         tempfile.TemporaryDirectory(prefix="featserve-bench-") as tmp,
     ):
         with contextlib.redirect_stderr(io.StringIO()):
-            load_demo_data(one.url, USERS, Path(tmp) / "one")
+            load_demo_data(one.url, USERS, Path(tmp) / "one", project=EXAMPLE_PROJECT)
             settings = Settings(redis_url=cluster.url, redis_mode="cluster")
-            load_demo_data(None, USERS, Path(tmp) / "cluster", settings)
+            load_demo_data(None, USERS, Path(tmp) / "cluster", settings, project=EXAMPLE_PROJECT)
         touched = {size: _nodes_touched(cluster, size) for size in SIZES}
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             cases = runner.run(measure(one.url, cluster.url, 1000 if quick else 10_000))

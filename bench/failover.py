@@ -31,7 +31,7 @@ from service.harness.fault_drill import Load, score_bodies
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
 from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
-from service.harness.served import ROOT, start_service, stop, train_small_model
+from service.harness.served import EXAMPLE_PROJECT, ROOT, start_service, stop, train_small_model
 from service.harness.waiting import wait_until
 
 DOC = ROOT / "docs" / "reliability.md"
@@ -74,7 +74,7 @@ def cluster_drills(home: Path, work: Path, runs: int, args: argparse.Namespace) 
     with LocalCluster() as cluster:
         settings = Settings(redis_url=cluster.url, redis_mode="cluster")
         with contextlib.redirect_stderr(io.StringIO()):
-            load_demo_data(None, USERS, work / "cluster-demo", settings)
+            load_demo_data(None, USERS, work / "cluster-demo", settings, project=EXAMPLE_PROJECT)
         process, url, _ = start_service(
             home, cluster.nodes[0], work, REDIS_URL=cluster.url, FEATSERVE_REDIS_MODE="cluster",
             FEATSERVE_CACHE_TTL_S="0", FEATSERVE_FEATURE_DEADLINE_MS=str(args.deadline_ms),
@@ -115,7 +115,7 @@ def sentinel_drills(home: Path, work: Path, runs: int, args: argparse.Namespace)
             redis_mode="sentinel", sentinels=setup.sentinel_addresses, sentinel_master=MASTER_NAME
         )
         with contextlib.redirect_stderr(io.StringIO()):
-            load_demo_data(None, USERS, work / "sentinel-demo", settings)
+            load_demo_data(None, USERS, work / "sentinel-demo", settings, project=EXAMPLE_PROJECT)
         process, url, _ = start_service(
             home, setup.primary(), work, **where, FEATSERVE_CACHE_TTL_S="0",
             FEATSERVE_FEATURE_DEADLINE_MS=str(args.deadline_ms),

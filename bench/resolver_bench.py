@@ -41,6 +41,7 @@ from features.stores.redis import async_redis_store
 from service.cli.demo import load_demo_data
 from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
+from service.harness.served import EXAMPLE_PROJECT
 
 __all__ = ["Case", "collect", "demo_redis", "measure", "resolver_over", "section"]
 
@@ -76,7 +77,7 @@ def demo_redis(n_users: int) -> Iterator[LocalRedis]:
     """A fresh local Redis holding the demo features of ``n_users`` users."""
     with LocalRedis() as server, tempfile.TemporaryDirectory(prefix="featserve-bench-") as tmp:
         with contextlib.redirect_stderr(io.StringIO()):
-            load_demo_data(server.url, n_users, Path(tmp))
+            load_demo_data(server.url, n_users, Path(tmp), project=EXAMPLE_PROJECT)
         yield server
 
 

@@ -49,7 +49,7 @@ from bench.load_run import LoadRun, WindowStats, closed_loop
 from bench.machine import CpuSnapshot, CpuSplit, pin_cpus, worker_rss
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
-from service.harness.served import start_service, stop, train_small_model
+from service.harness.served import EXAMPLE_PROJECT, start_service, stop, train_small_model
 
 __all__ = ["main"]
 
@@ -86,7 +86,7 @@ def load_features(redis_url: str, table_dir: Path) -> None:
     output = io.StringIO()
     try:
         with contextlib.redirect_stderr(output):
-            load_demo_data(redis_url, DEMO_USERS, table_dir)
+            load_demo_data(redis_url, DEMO_USERS, table_dir, project=EXAMPLE_PROJECT)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}\n{output.getvalue()}") from None
 

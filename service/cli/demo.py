@@ -60,23 +60,21 @@ def load_demo_data(
     n_users: int,
     out_dir: Path,
     settings: Settings | None = None,
-    project: Project | None = None,
+    project: str | Path | None = None,
 ) -> None:
-    """Write ``project``'s demo tables (default: the project of ``settings``, else of the
-    environment) to ``out_dir`` and load them with ``featserve materialize`` into
-    ``redis_url`` (or where ``settings``, else the environment, says), in the Redis mode
-    ``settings`` (else the environment) says."""
-    folder = (settings or Settings()).project
-    if project is None:
-        if not folder:
-            raise RuntimeError("no project: set FEATSERVE_PROJECT or pass --project")
-        project = load_project(folder)
-    if project.demo is None:
-        raise RuntimeError(f"project {project.name!r} brings no demo data (Project.demo)")
-    paths = project.demo.write_tables(out_dir, n_users, int(time.time()), "parquet")
-    project_args = [] if folder is None else ["--project", folder]
+    """Write the demo tables of the project in folder ``project`` (default: the project of
+    ``settings``, else of the environment) to ``out_dir`` and load them with ``featserve
+    materialize`` into ``redis_url`` (or where ``settings``, else the environment, says), in
+    the Redis mode ``settings`` (else the environment) says."""
+    folder = str(project or (settings or Settings()).project or "")
+    if not folder:
+        raise RuntimeError("no project: set FEATSERVE_PROJECT or pass --project")
+    declared = load_project(folder)
+    if declared.demo is None:
+        raise RuntimeError(f"project {declared.name!r} brings no demo data (Project.demo)")
+    paths = declared.demo.write_tables(out_dir, n_users, int(time.time()), "parquet")
     for group, path in paths.items():
-        args = ["materialize", str(path), "--group", group, *project_args]
+        args = ["materialize", str(path), "--group", group, "--project", folder]
         if redis_url:
             args += ["--redis-url", redis_url]
         code = cli.main(args, settings)
@@ -201,7 +199,7 @@ def _serve(args: argparse.Namespace, settings: Settings, token_was_set: bool) ->
     """Load the demo data, make sure there is a model, and serve until interrupted."""
     folder = settings.project or ""
     project = load_project(folder)
-    load_demo_data(None, args.users, args.data, settings, project)
+    load_demo_data(None, args.users, args.data, settings, folder)
     print(f"Loaded demo features of {args.users} {project.entity.name} entities", flush=True)
     ensure_model(settings.model_tag or f"{default_model_name(project)}:latest", folder)
     base_url = f"http://127.0.0.1:{args.port}"
