@@ -8,6 +8,7 @@ featserve sla --url URL [--profile fraud] [--total-ms N --features-ms N]
 featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
 featserve capacity --entities N --peak-rps R --latency-ms L [--measure | --bytes-per-entity B]
 featserve train [PROJECT] --data TABLE [--seed S] [--test-size F] [--name NAME]
+featserve check [PROJECT] [--model TAG]
 
 Every subcommand takes ``--project DIR`` (default: ``FEATSERVE_PROJECT``).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from features.errors import ProjectError
 from features.redaction import install_log_redaction
 from features.settings import Settings
-from service.cli import capacity, materialize, rewarm, sla, train
+from service.cli import capacity, check, materialize, rewarm, sla, train
 from service.cli.project_option import add_project_option, chosen_project
 
 __all__ = ["main"]
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     sla.register(commands)
     capacity.register(commands)
     train.register(commands)
+    check.register(commands)
     _add_demo_data(commands)
     for command in commands.choices.values():
         add_project_option(command)
