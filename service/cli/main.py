@@ -9,6 +9,7 @@ featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
 featserve capacity --entities N --peak-rps R --latency-ms L [--measure | --bytes-per-entity B]
 featserve train [PROJECT] --data TABLE [--seed S] [--test-size F] [--name NAME]
 featserve check [PROJECT] [--model TAG]
+featserve init DIR [--name NAME]
 
 Every subcommand takes ``--project DIR`` (default: ``FEATSERVE_PROJECT``).
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from features.errors import ProjectError
 from features.redaction import install_log_redaction
 from features.settings import Settings
-from service.cli import capacity, check, materialize, rewarm, sla, train
+from service.cli import capacity, check, init, materialize, rewarm, sla, train
 from service.cli.project_option import add_project_option, chosen_project
 
 __all__ = ["main"]
@@ -45,6 +46,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     capacity.register(commands)
     train.register(commands)
     check.register(commands)
+    init.register(commands)
     _add_demo_data(commands)
     for command in commands.choices.values():
         add_project_option(command)
