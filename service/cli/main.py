@@ -10,6 +10,7 @@ featserve capacity --entities N --peak-rps R --latency-ms L [--measure | --bytes
 featserve train [PROJECT] --data TABLE [--seed S] [--test-size F] [--name NAME]
 featserve check [PROJECT] [--model TAG]
 featserve init DIR [--name NAME]
+featserve build [PROJECT] [--name featserve]
 
 Every subcommand takes ``--project DIR`` (default: ``FEATSERVE_PROJECT``).
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from features.errors import ProjectError
 from features.redaction import install_log_redaction
 from features.settings import Settings
-from service.cli import capacity, check, init, materialize, rewarm, sla, train
+from service.cli import build, capacity, check, init, materialize, rewarm, sla, train
 from service.cli.project_option import add_project_option, chosen_project
 
 __all__ = ["main"]
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     train.register(commands)
     check.register(commands)
     init.register(commands)
+    build.register(commands)
     _add_demo_data(commands)
     for command in commands.choices.values():
         add_project_option(command)

@@ -1,4 +1,5 @@
-"""A project of someone else's, served without a line of featserve changed.
+"""A project of someone else's, served without a line of featserve changed, from source
+and from a Bento that ``featserve build`` staged.
 
 The project lives in a temporary folder of its own, with its own ``models/``
 subfolder holding a scikit-learn transformer class: it is trained from a CSV
@@ -12,6 +13,8 @@ trained for another project is refused at start-up, naming why.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -125,6 +128,8 @@ def write_project(folder: Path) -> Path:
     (folder / "derived.py").write_text(DERIVED_PY)
     (folder / "models" / "__init__.py").write_text("")
     (folder / "models" / "scaling.py").write_text(SCALING_PY)
+    # A package of the project's own, beyond featserve's pins (the Bento installs both).
+    (folder / "requirements.txt").write_text("pyyaml>=6.0.1\n")
     return folder
 
 
@@ -250,5 +255,61 @@ def test_a_model_of_another_project_is_refused_at_start_up(
         said = "was trained on inputs this code no longer builds"
         wait_until(lambda: said in log_path.read_text(), timeout_s=90, poll_s=0.2)
         assert "input 'price' added" in log_path.read_text()
+    finally:
+        stop(process)
+
+
+UV = Path(sys.executable).parent / "uv"
+
+
+def test_featserve_build_packs_the_project_into_a_bento_that_serves_its_own_copy(
+    served: Served, bentoml_home: Path, tmp_path: Path
+) -> None:
+    env = {
+        **clean_environment(),
+        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PATH": f"{UV.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    out = featserve("build", str(served.folder), "--name", "cards", env=env)
+    name, _, version = out.strip().splitlines()[-1].removeprefix("__tag__:").partition(":")
+    bento = bentoml_home / "bentos" / name / version
+    packed = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*.py")}
+    assert {"projects/cards/project.py", "projects/cards/models/scaling.py"} <= packed
+    assert "service/service.py" in packed
+    assert not [p for p in packed if p.startswith(("service/cli/", "service/harness/"))]
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "pyyaml>=6.0.1" in requirements
+    venv = tmp_path / "venv"
+    subprocess.run([UV, "venv", "--quiet", "--python", sys.executable, venv], check=True)
+    python = venv / "bin" / "python"
+    requirements_file = bento / "env" / "python" / "requirements.txt"
+    install = ["pip", "install", "--quiet", "--python", str(python), "-r", str(requirements_file)]
+    subprocess.run([str(UV), *install], check=True)
+    subprocess.run([python, "-c", "import yaml"], check=True)
+    deployed = tmp_path / "deployment" / "bento"
+    shutil.copytree(bento, deployed)
+    process, url, _ = start_service(
+        bentoml_home,
+        served.redis,
+        tmp_path,
+        target=str(deployed),
+        cwd=deployed,
+        python=python,
+        PYTHONPATH="",
+        # The Bento's own `--arg project=projects/cards` wins: the folder it was built from
+        # is not read (it could be gone).
+        FEATSERVE_PROJECT=str(tmp_path / "no-such-project"),
+        FEATSERVE_FEATURE_DEADLINE_MS="1000",
+    )
+    try:
+        spec = httpx.get(f"{url}/docs.json").json()
+        assert spec["info"]["title"] == "Card spend"
+        response = httpx.post(f"{url}/score", json={"card_id": "c0003", "price": 50.0})
+        assert response.status_code == 200, response.text
+        from_source = httpx.post(
+            f"{served.url}/score", json={"card_id": "c0003", "price": 50.0}
+        ).json()
+        assert response.json()["score"] == from_source["score"]
     finally:
         stop(process)
