@@ -15,6 +15,7 @@ HEAVY = ("redis", "hiredis", "pyarrow", "boto3")
     [
         "features.registry",
         "features.project",
+        "features.project_check",
         "features.project_loader",
         "features.settings",
         "features.sources",
