@@ -14,7 +14,8 @@ F1 on the held-out set; a row is flagged when its score is at least the
 threshold.
 
 ``save`` stores the estimator with the schema of its inputs, the project's
-name and digest, the answer's kind, the threshold and the held-out metrics;
+name and digest, the answer's kind, the threshold and the held-out metrics
+(``save_trained`` does the same for an estimator fitted some other way);
 ``check_servable`` refuses, naming each difference, a model whose schema,
 project digest or interface does not match the loaded project.
 """
@@ -56,6 +57,7 @@ __all__ = [
     "load",
     "main",
     "save",
+    "save_trained",
     "train",
 ]
 
@@ -180,6 +182,41 @@ def save(result: TrainResult, name: str) -> str:
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         joblib.dump(result.estimator, model.path_of(MODEL_FILE))
     return str(model.tag)
+
+
+def save_trained(
+    project: Project,
+    estimator: Any,
+    threshold: float | None = None,
+    metrics: Mapping[str, float] | None = None,
+    name: str | None = None,
+) -> str:
+    """Save an estimator ``project``'s model was fitted some other way (on rows built by
+    ``InputBuilder(schema_of(project), project.derived)``, columns in the project's input
+    order), with what the service checks: the schema, the project digest and the answer.
+
+    A class probability needs its ``threshold`` (or the project's own); a regression takes
+    none.  Returns the new tag (``name``, default ``<project name>_model``).
+    """
+    answer = project.model.answer
+    if isinstance(answer, ClassProbability):
+        threshold = answer.threshold if threshold is None else threshold
+        if threshold is None:
+            raise ValueError(
+                f"project {project.name!r} answers a class probability: give a threshold"
+            )
+    elif threshold is not None:
+        raise ValueError(f"project {project.name!r} answers a regression value: no threshold")
+    result = TrainResult(
+        estimator,
+        schema_of(project),
+        project.name,
+        project.digest,
+        answer.kind,
+        threshold,
+        dict(metrics or {}),
+    )
+    return save(result, name or default_model_name(project))
 
 
 def load(tag: str | bentoml.Tag) -> LoadedModel:

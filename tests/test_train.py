@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from models.schema import InputBuilder, ModelSchema, schema_of
-from models.train import DEFAULT_NOW, LoadedModel, check_servable, train
+from models.train import DEFAULT_NOW, LoadedModel, check_servable, save_trained, train
 from service.harness.example import EXAMPLE
 from service.harness.served import EXAMPLE_PROJECT, ROOT
 
@@ -203,3 +203,37 @@ def test_a_model_of_other_inputs_is_refused_by_its_schema(result) -> None:
     narrower = ModelSchema("user", ("features",), result.schema.inputs[:-1])
     with pytest.raises(ValueError, match="input 'amount_to_avg_90d' added"):
         check_servable(_loaded(result, schema=narrower), EXAMPLE)
+
+
+OWN_WAY = f"""
+import json
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from features.project_loader import load_project
+from models.schema import InputBuilder, schema_of
+from models.train import DEFAULT_NOW, check_servable, load, save_trained
+
+project = load_project({str(EXAMPLE_PROJECT)!r})
+table = project.demo.training_table(800, 3000, 21, DEFAULT_NOW)
+inputs = InputBuilder(schema_of(project), project.derived).matrix(table, 3000)
+model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+model.fit(inputs, table["label"])
+tag = save_trained(project, model, threshold=0.3, metrics={{"note": 1.0}})
+loaded = load(tag)
+check_servable(loaded, project)
+print(json.dumps({{"tag": tag, "threshold": loaded.threshold, "metadata": loaded.metadata}}))
+"""
+
+
+def test_a_model_trained_another_way_is_saved_so_the_service_accepts_it(tmp_path: Path) -> None:
+    out = json.loads(_run(["-c", OWN_WAY], tmp_path).stdout)
+    assert out["tag"].startswith("fraud_model:")
+    assert out["threshold"] == 0.3
+    assert out["metadata"]["project_digest"] == EXAMPLE.digest
+    assert out["metadata"]["estimator"] == "Pipeline"
+
+
+def test_save_trained_refuses_a_class_probability_without_a_threshold(result) -> None:
+    with pytest.raises(ValueError, match="give a threshold"):
+        save_trained(EXAMPLE, result.estimator)
