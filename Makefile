@@ -106,14 +106,18 @@ lock-check: | $(UV)
 		echo "requirements/$$name.txt is not what pyproject.toml resolves to: run make lock" >&2; \
 		diff requirements/$$name.txt $(LOCK_CHECK)/$$name.txt | head -20 >&2; exit 1; }; done
 
-# Embedded Redis (unless REDIS_URL is set), demo data, a model if the store has none,
-# then `bentoml serve` on 127.0.0.1:3000.
-serve: $(STAMP)
-	$(BIN)/python -m service.cli.demo
+# The project `make serve` and `make train` work on: FEATSERVE_PROJECT when it is set, else
+# the example in examples/fraud (`make serve PROJECT=path/to/project` for another).
+PROJECT ?= $(or $(FEATSERVE_PROJECT),examples/fraud)
 
-# Train the fraud model and save it to the BentoML model store.
+# Embedded Redis (unless REDIS_URL is set), the project's demo data, a model if the store
+# has none, then `bentoml serve` on 127.0.0.1:3000.
+serve: $(STAMP)
+	$(BIN)/python -m service.cli.demo --project $(PROJECT)
+
+# Train the project's model on its demo rows and save it to the BentoML model store.
 train: $(STAMP)
-	$(BIN)/python -m models.train
+	$(BIN)/python -m models.train --project $(PROJECT)
 
 # The OCI image localhost/featserve:<bento version> (and :latest) from the Bento, with podman:
 # no Docker daemon, no Docker Hub (.ci/container/build-image; needs root).

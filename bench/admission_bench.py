@@ -85,7 +85,7 @@ def measure(
             home = own_home(bentoml_home, log_dir / f"limit-{limiter.by}-{limiter.limit}")
             env = {"REDIS_URL": redis_url}
             if limiter.by == "featserve":
-                service = "service.service:FraudScorer"
+                service = "service.service:ScoringService"
                 env |= {"FEATSERVE_MAX_IN_FLIGHT": str(limiter.limit)}
             else:
                 service = "bench.bentoml_limit_service:LimitedScorer"

@@ -1,4 +1,4 @@
-"""FraudScorer behind BentoML's own ``traffic.max_concurrency``, for ``bench.admission_bench``.
+"""ScoringService behind BentoML's own ``traffic.max_concurrency``, for ``bench.admission_bench``.
 
 Usage: ``BENCH_MAX_CONCURRENCY=16 FEATSERVE_MAX_IN_FLIGHT=0 bentoml serve
 bench.bentoml_limit_service:LimitedScorer``
@@ -16,7 +16,7 @@ import os
 
 import bentoml
 
-from service.service import SETTINGS, FraudScorer
+from service.service import SETTINGS, ScoringService
 
 __all__ = ["LimitedScorer"]
 
@@ -25,4 +25,4 @@ LimitedScorer = bentoml.service(
     workers=1,
     traffic={"max_concurrency": int(os.environ.get("BENCH_MAX_CONCURRENCY", "16"))},
     logging={"access": {"enabled": SETTINGS.access_log}},
-)(FraudScorer.inner)  # type: ignore[attr-defined]
+)(ScoringService.inner)  # type: ignore[attr-defined]

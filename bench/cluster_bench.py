@@ -37,7 +37,6 @@ from redis.crc import key_slot
 
 from bench.report import Section, Stats, machine_lines, markdown_table, ratio
 from features.keys import feature_key
-from features.registry import FRAUD_REGISTRY, USER_FEATURES
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Resolver
 from features.serving.tiers import redis_tier
@@ -46,12 +45,15 @@ from features.stores.base import ReadRequest
 from features.stores.factory import async_online_store
 from features.stores.redis import AsyncRedisStore
 from service.cli.demo import load_demo_data
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
+from service.harness.served import EXAMPLE_PROJECT
 
 SIZES = (1, 100)
 USERS = 1000
 ROUNDS = 10
+USER_FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 FIELDS = USER_FEATURES.feature_names
 DEADLINE_S = 1.0
 """Generous: a shared CPU must not turn a slow call into a fallback that is timed as fast."""
@@ -73,7 +75,7 @@ async def resolver_over(settings: Settings) -> AsyncIterator[tuple[Resolver, Asy
     store = async_online_store(settings)
     cache: FeatureCache[CachedGroup] = FeatureCache(0.0, 0, 0)
     try:
-        yield Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, DEADLINE_S), store
+        yield Resolver(EXAMPLE_REGISTRY, [redis_tier(store, settings)], cache, DEADLINE_S), store
     finally:
         await store.close()
 
@@ -199,9 +201,9 @@ def collect(quick: bool) -> tuple[list[Case], dict[int, int]]:
         tempfile.TemporaryDirectory(prefix="featserve-bench-") as tmp,
     ):
         with contextlib.redirect_stderr(io.StringIO()):
-            load_demo_data(one.url, USERS, Path(tmp) / "one")
+            load_demo_data(one.url, USERS, Path(tmp) / "one", project=EXAMPLE_PROJECT)
             settings = Settings(redis_url=cluster.url, redis_mode="cluster")
-            load_demo_data(None, USERS, Path(tmp) / "cluster", settings)
+            load_demo_data(None, USERS, Path(tmp) / "cluster", settings, project=EXAMPLE_PROJECT)
         touched = {size: _nodes_touched(cluster, size) for size in SIZES}
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             cases = runner.run(measure(one.url, cluster.url, 1000 if quick else 10_000))

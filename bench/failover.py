@@ -1,7 +1,7 @@
 """Failover drills with figures: ``make faults`` runs it after ``bench.faults``
 (``python -m bench.failover [--quick] [--runs 2]``).
 
-Serves the FraudScorer over a real Redis Cluster (3 primaries, 3 replicas,
+Serves the ScoringService over a real Redis Cluster (3 primaries, 3 replicas,
 ``cluster-node-timeout`` 2 s) and over a real Sentinel setup (a primary, two
 replicas, three sentinels, ``down-after-milliseconds`` 1 s), drives steady
 ``/score`` load, kills a primary, and measures the time to the promotion,
@@ -31,7 +31,7 @@ from service.harness.fault_drill import Load, score_bodies
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
 from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
-from service.harness.served import ROOT, start_service, stop, train_small_model
+from service.harness.served import EXAMPLE_PROJECT, ROOT, start_service, stop, train_small_model
 from service.harness.waiting import wait_until
 
 DOC = ROOT / "docs" / "reliability.md"
@@ -71,7 +71,7 @@ def cluster_drills(home: Path, work: Path, runs: int, args: argparse.Namespace) 
     with LocalCluster() as cluster:
         settings = Settings(redis_url=cluster.url, redis_mode="cluster")
         with contextlib.redirect_stderr(io.StringIO()):
-            load_demo_data(None, USERS, work / "cluster-demo", settings)
+            load_demo_data(None, USERS, work / "cluster-demo", settings, project=EXAMPLE_PROJECT)
         process, url, _ = start_service(
             home, cluster.nodes[0], work, REDIS_URL=cluster.url, FEATSERVE_REDIS_MODE="cluster",
             FEATSERVE_CACHE_TTL_S="0", FEATSERVE_FEATURE_DEADLINE_MS=str(args.deadline_ms),
@@ -112,7 +112,7 @@ def sentinel_drills(home: Path, work: Path, runs: int, args: argparse.Namespace)
             redis_mode="sentinel", sentinels=setup.sentinel_addresses, sentinel_master=MASTER_NAME
         )
         with contextlib.redirect_stderr(io.StringIO()):
-            load_demo_data(None, USERS, work / "sentinel-demo", settings)
+            load_demo_data(None, USERS, work / "sentinel-demo", settings, project=EXAMPLE_PROJECT)
         process, url, _ = start_service(
             home, setup.primary(), work, **where, FEATSERVE_CACHE_TTL_S="0",
             FEATSERVE_FEATURE_DEADLINE_MS=str(args.deadline_ms),

@@ -1,6 +1,6 @@
 """Fault drills with figures: ``make faults`` (``python -m bench.faults [--quick]``).
 
-Serves the FraudScorer (one worker, pinned to CPU 0) over a real Redis
+Serves the ScoringService (one worker, pinned to CPU 0) over a real Redis
 behind a controllable TCP proxy, drives steady ``/score`` load from CPU 1
 (with Redis and the proxy), and for each fault (added latency, blackhole,
 connection resets, SIGSTOP, kill and restart) measures the phases of

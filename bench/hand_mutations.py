@@ -180,7 +180,7 @@ MUTATIONS = (
     ),
     Mutation(
         "the hour of day is wrong alike in training, single and batch rows",
-        "features/derive.py",
+        "examples/fraud/derived.py",
         "_SECONDS_PER_HOUR = 3600",
         "_SECONDS_PER_HOUR = 60",
         (

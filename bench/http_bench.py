@@ -6,7 +6,7 @@ Servers, each a ``bentoml serve`` on a free 127.0.0.1 port, all started at once:
 
 - echo: ``bench/echo_service.py`` with the timeout fix and ``gc.freeze()``,
   answering each body with itself: the floor of the HTTP stack;
-- featserve: ``FraudScorer`` at its shipped defaults (10 ms feature
+- featserve: ``ScoringService`` at its shipped defaults (10 ms feature
   deadline, 5 s cache, 16 requests in flight per worker), 1 worker and 2
   workers (``FEATSERVE_WORKERS``);
 - naive: ``bench/naive_service.py``, one ``HGETALL`` per entity and group.
@@ -54,6 +54,7 @@ from bench.report import Section, markdown_table, ratio
 from bench.resolver_bench import demo_redis
 from features.budgets import PROFILES
 from service.cli import sla
+from service.harness.example import EXAMPLE
 from service.harness.load import Endpoint, LoadPlan, Sample, drive
 from service.harness.served import running_service, train_small_model
 
@@ -147,7 +148,7 @@ class StageRun:
 def bodies(entities: int, count: int = 500, seed: int = 11) -> list[bytes]:
     """``/score`` bodies (``entities`` 0) or ``/score_batch`` bodies of ``entities`` users."""
     ids = [f"u{i:06d}" for i in range(USERS)]
-    return sla.request_bodies(ids, entities, count, seed)
+    return sla.request_bodies(EXAMPLE, ids, entities, count, seed)
 
 
 def _echo_bodies(entities: int) -> list[bytes]:
@@ -164,14 +165,14 @@ def servers(redis_url: str, quick: bool) -> list[ServerSpec]:
             1,
             env | {"BENCH_PATCH_TIMEOUT": "1", "BENCH_GC_FREEZE": "1"},
         ),
-        ServerSpec("featserve", "service.service:FraudScorer", 1, env),
+        ServerSpec("featserve", "service.service:ScoringService", 1, env),
         ServerSpec("naive", "bench.naive_service:NaiveScorer", 1, env),
     ]
     if not quick:
         specs.insert(
             2,
             ServerSpec(
-                "featserve", "service.service:FraudScorer", 2, env | {"FEATSERVE_WORKERS": "2"}
+                "featserve", "service.service:ScoringService", 2, env | {"FEATSERVE_WORKERS": "2"}
             ),
         )
     return specs

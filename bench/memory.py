@@ -3,7 +3,7 @@
 Usage: ``python -m bench.memory [--quick]`` (starts its own Redis with demo data)
 
 After ``service.cli.demo.load_demo_data``, ``MEMORY USAGE key SAMPLES 0`` is
-read for a sample of keys of each group of ``FRAUD_REGISTRY``; the mean
+read for a sample of keys of each group of ``EXAMPLE_REGISTRY``; the mean
 per group and per entity (all groups) is scaled by the sizing rule
 (``features.stores.capacity``): bytes x active entities x 1.3, here for 10 M
 users, plus 30-40 % headroom.
@@ -22,7 +22,7 @@ import redis
 from bench.report import Section, markdown_table
 from bench.resolver_bench import demo_redis
 from features.keys import feature_key
-from features.registry import FRAUD_REGISTRY
+from service.harness.example import EXAMPLE_REGISTRY
 
 __all__ = ["GroupSize", "measure", "run"]
 
@@ -51,7 +51,7 @@ def measure(redis_url: str, n_users: int, sample: int, seed: int = 3) -> list[Gr
     ids = random.Random(seed).sample(range(n_users), min(sample, n_users))
     sizes = []
     try:
-        for group in FRAUD_REGISTRY.groups_of("user"):
+        for group in EXAMPLE_REGISTRY.groups_of("user"):
             used = [
                 client.memory_usage(feature_key("user", f"u{i:06d}", group.name), samples=0)
                 for i in ids

@@ -2,8 +2,8 @@
 
 Usage: ``REDIS_URL=redis://... bentoml serve bench.naive_service:NaiveScorer``
 
-Same API shape, model, derived features and fixes (request-timeout patch,
-``gc.freeze()``) as ``FraudScorer``, but features are fetched the obvious
+Same API shape (the example project's), model, derived features and fixes
+(request-timeout patch, ``gc.freeze()``) as ``ScoringService``, but features are fetched the obvious
 way: for each entity, for each group the model reads, ``await HGETALL`` in
 turn, with no pipeline, cache, deadline or breaker.  ``bench.http_bench``
 measures it against the real service.
@@ -22,15 +22,17 @@ import redis.asyncio
 import sklearn
 
 from features.keys import feature_key
-from features.registry import FRAUD_REGISTRY
-from models.schema import build_row
-from models.train import load
+from models.schema import InputBuilder
+from models.train import default_model_name, load
 from service.bentoml_adapter import install_adaptations
-from service.inputs import Amount, EntityId, ScoreInput, Timestamp
+from service.harness.example import EXAMPLE, EXAMPLE_REGISTRY
+from service.inputs import request_models
 
 __all__ = ["NaiveScorer"]
 
 install_adaptations(edge=[])
+
+_REQUESTS = request_models(EXAMPLE, 256)
 
 
 @bentoml.service(logging={"access": {"enabled": False}})
@@ -38,15 +40,15 @@ class NaiveScorer:
     """Scores transactions, fetching features with sequential awaits."""
 
     model_ref = bentoml.models.BentoModel(
-        os.environ.get("FEATSERVE_MODEL_TAG", "fraud_model:latest")
+        os.environ.get("FEATSERVE_MODEL_TAG", f"{default_model_name(EXAMPLE)}:latest")
     )
 
     def __init__(self) -> None:
         model = load(self.model_ref.tag)
         self.estimator = model.estimator
-        self.schema = model.schema
-        self.threshold = model.threshold
-        self.groups = [FRAUD_REGISTRY.group("user", name) for name in model.schema.groups]
+        self.builder = InputBuilder(model.schema, EXAMPLE.derived)
+        self.threshold = model.threshold or 0.5
+        self.groups = [EXAMPLE_REGISTRY.group("user", name) for name in model.schema.groups]
         self.client = redis.asyncio.Redis.from_url(os.environ["REDIS_URL"])
 
     @bentoml.on_startup
@@ -73,22 +75,24 @@ class NaiveScorer:
 
     async def _score(self, items: list[tuple[str, float, int]]) -> list[float]:
         rows = [
-            build_row(self.schema, await self._stored(entity_id), amount, timestamp)
+            self.builder.row(
+                {**await self._stored(entity_id), "amount": amount, "timestamp": timestamp}
+            )
             for entity_id, amount, timestamp in items
         ]
         with sklearn.config_context(assume_finite=True):
             return [float(p) for p in self.estimator.predict_proba(np.vstack(rows))[:, 1]]
 
-    @bentoml.api
+    @bentoml.api(input_spec=_REQUESTS.score)
     async def score(
-        self, entity_id: EntityId, amount: Amount, timestamp: Timestamp | None = None
+        self, entity_id: str, amount: float, timestamp: int | None = None
     ) -> dict[str, Any]:
         """Score one transaction."""
         [score] = await self._score([(entity_id, amount, timestamp or int(time.time()))])
         return {"entity_id": entity_id, "score": score, "is_fraud": score >= self.threshold}
 
-    @bentoml.api
-    async def score_batch(self, requests: list[ScoreInput]) -> dict[str, Any]:
+    @bentoml.api(input_spec=_REQUESTS.score_batch)
+    async def score_batch(self, requests: list[Any]) -> dict[str, Any]:
         """Score many transactions, one entity after another."""
         now = int(time.time())
         scores = await self._score([(r.entity_id, r.amount, r.timestamp or now) for r in requests])

@@ -32,7 +32,6 @@ import uvloop
 
 from bench.report import Section, Stats, markdown_table, ratio, time_async
 from features.keys import feature_key
-from features.registry import FRAUD_REGISTRY, USER_FEATURES
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Resolver
 from features.serving.tiers import redis_tier
@@ -40,12 +39,15 @@ from features.settings import Settings
 from features.stores.base import ReadRequest
 from features.stores.redis import async_redis_store
 from service.cli.demo import load_demo_data
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
+from service.harness.served import EXAMPLE_PROJECT
 
 __all__ = ["Case", "collect", "demo_redis", "measure", "resolver_over", "section"]
 
 SIZES = (1, 10, 100)
 HIT_TARGET_MS = 0.020
+USER_FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 FIELDS = USER_FEATURES.feature_names
 
 
@@ -65,7 +67,7 @@ async def resolver_over(
         settings.cache_ttl_s, settings.cache_maxsize, settings.stale_cache_maxsize
     )
     try:
-        yield Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, deadline_s)
+        yield Resolver(EXAMPLE_REGISTRY, [redis_tier(store, settings)], cache, deadline_s)
     finally:
         await store.close()
 
@@ -75,7 +77,7 @@ def demo_redis(n_users: int) -> Iterator[LocalRedis]:
     """A fresh local Redis holding the demo features of ``n_users`` users."""
     with LocalRedis() as server, tempfile.TemporaryDirectory(prefix="featserve-bench-") as tmp:
         with contextlib.redirect_stderr(io.StringIO()):
-            load_demo_data(server.url, n_users, Path(tmp))
+            load_demo_data(server.url, n_users, Path(tmp), project=EXAMPLE_PROJECT)
         yield server
 
 

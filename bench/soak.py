@@ -3,8 +3,9 @@
 Usage: ``python -m bench.soak [--minutes 10] [--connections 64] [--push-connections 8]
 [--write]``
 
-Serves ``FraudScorer`` (shipped settings, one worker, a write token) over an embedded Redis
-holding the demo features, then drives it for ``--minutes`` with the harness's load driver:
+Serves the example project's ``ScoringService`` (shipped settings, one worker, a write
+token) over an embedded Redis holding the demo features, then drives it for ``--minutes``
+with the harness's load driver:
 ``--connections`` closed-loop connections in all, ``--push-connections`` of them sending
 ``POST /push`` (one update of a random demo user, event time now) and the rest ``POST
 /score``. Every connection honours ``Retry-After``: a refused request (503) waits as long as

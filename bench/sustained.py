@@ -10,7 +10,7 @@ Runs three scenarios one after another, each against a freshly started
   leaves one live 60 s timer per request);
 - B: the echo service with ``service.middleware.request_timeout`` installed and
   ``gc.freeze()`` at start-up, as the product does;
-- C: the real ``FraudScorer`` over an embedded Redis holding the demo
+- C: the real ``ScoringService`` over an embedded Redis holding the demo
   features (``make serve``'s, materialized from tables written to a temporary
   folder), with a small model trained into a temporary ``BENTOML_HOME``.
 
@@ -49,7 +49,7 @@ from bench.load_run import LoadRun, WindowStats, closed_loop
 from bench.machine import CpuSnapshot, CpuSplit, pin_cpus, worker_rss
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
-from service.harness.served import start_service, stop, train_small_model
+from service.harness.served import EXAMPLE_PROJECT, start_service, stop, train_small_model
 
 __all__ = ["main"]
 
@@ -86,7 +86,7 @@ def load_features(redis_url: str, table_dir: Path) -> None:
     output = io.StringIO()
     try:
         with contextlib.redirect_stderr(output):
-            load_demo_data(redis_url, DEMO_USERS, table_dir)
+            load_demo_data(redis_url, DEMO_USERS, table_dir, project=EXAMPLE_PROJECT)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}\n{output.getvalue()}") from None
 
@@ -119,8 +119,8 @@ def scenarios(redis_url: str) -> list[Scenario]:
             [ECHO_BODY],
         ),
         Scenario(
-            "C FraudScorer /score over Redis",
-            "service.service:FraudScorer",
+            "C ScoringService /score over Redis",
+            "service.service:ScoringService",
             "/score",
             {"REDIS_URL": redis_url},
             score_bodies(DEMO_USERS),

@@ -2,6 +2,7 @@
 
     FeatureServeError
     ├── RegistryError        a feature declaration that cannot be right
+    │   └── ProjectError       a project folder that cannot be loaded or served as declared
     ├── InvalidEntityId      an entity id that would make a bad key
     ├── InvalidUpdate        a feature update (pushed or materialized) that is refused
     └── StoreError           a store could not answer
@@ -18,6 +19,7 @@ __all__ = [
     "FeatureServeError",
     "InvalidEntityId",
     "InvalidUpdate",
+    "ProjectError",
     "RegistryError",
     "StoreError",
     "StoreTimeout",
@@ -31,6 +33,10 @@ class FeatureServeError(Exception):
 
 class RegistryError(FeatureServeError):
     """A feature declaration or lookup that names something wrong."""
+
+
+class ProjectError(RegistryError):
+    """A project folder that cannot be loaded, or whose declarations cannot be served."""
 
 
 class InvalidEntityId(FeatureServeError, ValueError):

@@ -4,7 +4,7 @@ Everything else (keys, stores, the resolver, training, the service) reads
 these declarations; this module imports nothing else of ours but the dtypes
 and the error tree.  A declaration that cannot be right (a duplicate name, a
 default of the wrong type, an unknown dtype) raises ``RegistryError`` when it
-is made, which for the shipped registry means at import time.
+is made, which for a project means when it is loaded (``features.project``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from features.dtypes import DTYPES, Dtype
 from features.errors import RegistryError
 
 __all__ = [
-    "FRAUD_REGISTRY",
     "Entity",
     "Feature",
     "FeatureGroup",
@@ -46,9 +45,22 @@ class Entity:
 
     name: str
     description: str = ""
+    key_prefix: str = ""
+    """Put before the entity's Redis keys (``features.project.Project`` sets it for every
+    entity of a project that declares one), so projects can share one Redis."""
 
     def __post_init__(self) -> None:
         _check_identifier(self.name, "entity name")
+        if not all(c.isascii() and (c.isalnum() or c in "_-.:") for c in self.key_prefix):
+            raise RegistryError(
+                f"entity {self.name!r}: key prefix {self.key_prefix!r} may hold letters, "
+                "digits, '_', '-', '.' and ':' only"
+            )
+
+    @property
+    def key_name(self) -> str:
+        """The entity as its keys start: the key prefix, then the name (``user``)."""
+        return f"{self.key_prefix}{self.name}"
 
 
 @dataclass(frozen=True)
@@ -215,60 +227,3 @@ class Registry:
 def _check_identifier(name: str, what: str) -> None:
     if not (isinstance(name, str) and name.isidentifier() and name.isascii()):
         raise RegistryError(f"{what} {name!r} must be an ASCII identifier")
-
-
-USER = Entity("user", "A card holder whose transactions are scored.")
-
-USER_FEATURES = FeatureGroup(
-    name="features",
-    entity=USER,
-    structure=Structure.HASH,
-    freshness=timedelta(hours=1),
-    features=(
-        Feature("tx_count_1h", "int", 0, "Transactions in the last hour.", minimum=0),
-        Feature("tx_sum_1h", "float", 0.0, "Amount spent in the last hour.", minimum=0),
-        Feature("tx_count_24h", "int", 0, "Transactions in the last 24 hours.", minimum=0),
-        Feature("tx_sum_24h", "float", 0.0, "Amount spent in the last 24 hours.", minimum=0),
-        Feature("account_age_days", "int", 0, "Days since the account was opened.", minimum=0),
-        Feature("avg_tx_90d", "float", 0.0, "Mean transaction amount over 90 days.", minimum=0),
-        Feature("distinct_merchants_7d", "int", 0, "Distinct merchants in 7 days.", minimum=0),
-        Feature(
-            "credit_score_bucket",
-            "int",
-            2,
-            "Credit score bucket 0-4; 2 is the median.",
-            minimum=0,
-            maximum=4,
-        ),
-        Feature("is_premium", "int", 0, "1 for premium accounts.", minimum=0, maximum=1),
-        Feature("last_login_ts", "int", 0, "Last login, epoch seconds (UTC).", minimum=0),
-    ),
-)
-
-USER_RECENT_ITEMS = FeatureGroup(
-    name="recent_items",
-    entity=USER,
-    structure=Structure.SORTED_SET,
-    freshness=timedelta(hours=4),
-    top_n=10,
-    features=(Feature("recent_items", "str_list", (), "Item ids, newest first.", dim=10),),
-)
-
-USER_EMBEDDING = FeatureGroup(
-    name="embedding",
-    entity=USER,
-    structure=Structure.STRING,
-    freshness=timedelta(hours=48),
-    features=(
-        Feature(
-            "embedding",
-            "float32_vector",
-            (0.0,) * 16,
-            "Behaviour embedding, 16 float32 values packed little-endian.",
-            dim=16,
-        ),
-    ),
-)
-
-FRAUD_REGISTRY = Registry([USER_FEATURES, USER_RECENT_ITEMS, USER_EMBEDDING])
-"""The shipped registry: the fraud-detection example (README, "Architecture")."""

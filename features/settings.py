@@ -1,7 +1,7 @@
 """featserve's configuration: one frozen object built from the environment once.
 
-Every variable is optional; the defaults suit a fraud model with a 10 ms
-feature budget on a loopback or same-zone Redis.  Variables are prefixed
+Every variable is optional; the defaults suit a model with a 10 ms feature
+budget (e.g. the fraud example) on a loopback or same-zone Redis.  Variables are prefixed
 ``FEATSERVE_`` except ``REDIS_URL``, which every Redis tool already knows.
 """
 
@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from features.budgets import PROFILES, ProfileName
+from features.budgets import PROFILES, LatencyBudget, ProfileName
 
 __all__ = ["MIN_TOKEN_LENGTH", "RedisMode", "Settings"]
 
@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     (never more than the pool size)."""
 
     profile: ProfileName = "fraud"
-    """The use case whose feature budget sets the default deadline (see ``features.budgets``)."""
+    """The use case whose feature budget sets the default deadline (see ``features.budgets``).
+    The service takes its project's own budget instead unless this variable is set."""
 
     feature_deadline_ms: float | None = Field(default=None, gt=0)
     """How long feature retrieval waits for the stores (from its first read, replies that
@@ -114,8 +115,13 @@ class Settings(BaseSettings):
     cache_maxsize: int = Field(default=100_000, ge=0)
     """How many entity groups the in-process cache holds (LRU beyond that); 0 turns it off."""
 
-    model_tag: str = "fraud_model:latest"
-    """The BentoML model the service loads."""
+    project: str | None = None
+    """The project folder the service and the commands serve (``features.project``); a
+    relative path is taken from the working directory (a Bento's own ``src`` when a Bento
+    is served).  ``bentoml serve``/``build --arg project=DIR`` wins over this variable."""
+
+    model_tag: str | None = None
+    """The BentoML model the service loads; unset: ``<project name>_model:latest``."""
 
     max_clock_skew_s: float = Field(default=300.0, ge=0)
     """How far past now an event time may lie (producers' clocks drift); later ones are refused.
@@ -242,6 +248,17 @@ class Settings(BaseSettings):
         if self.redis_warm_connections is not None:
             return min(self.redis_warm_connections, self.redis_pool_size)
         return min(self.max_in_flight or self.redis_pool_size, self.redis_pool_size)
+
+    def latency_budget(self, declared: LatencyBudget) -> LatencyBudget:
+        """The budget to serve under: ``FEATSERVE_PROFILE``'s when it is set, else
+        ``declared`` (a project's own)."""
+        return PROFILES[self.profile] if "profile" in self.model_fields_set else declared
+
+    def feature_deadline_s(self, declared: LatencyBudget) -> float:
+        """The feature deadline in seconds: explicit, else the feature share of
+        ``latency_budget(declared)``."""
+        milliseconds = self.feature_deadline_ms or self.latency_budget(declared).features_ms
+        return milliseconds / 1000.0
 
     @property
     def deadline_s(self) -> float:

@@ -1,3 +1,3 @@
-"""The fraud model: its input schema, its synthetic training data, its training and loading."""
+"""A project's model: its input schema and input builder, its training, checks and loading."""
 
 __all__: list[str] = []

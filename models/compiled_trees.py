@@ -1,4 +1,4 @@
-"""The fraud model's trees as lookup tables: scikit-learn's probabilities, bit for bit, sooner.
+"""A gradient-boosted model's trees as lookup tables: scikit-learn's probabilities, sooner.
 
 Why not ``GradientBoostingClassifier.predict_proba``: on the production
 model (100 trees of depth 3) nearly all of its time is per call and per tree

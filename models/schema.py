@@ -1,10 +1,11 @@
 """The model's input schema: which columns, in which order, from where.
 
 Training and serving both build the model's input matrix from one
-``ModelSchema``: stored features read from the online store, the request's
-``amount``, then the features ``features.derive`` computes inline.  The
+``ModelSchema`` (``schema_of`` a project: its model's input order, each name a
+stored feature, a request input or a derived feature) with one
+``InputBuilder``, which calls the project's derived-feature functions.  The
 trained model carries its schema in its metadata (``to_metadata``); the
-service compares it with the schema its own code builds (``digest``,
+service compares it with the schema the loaded project declares (``digest``,
 ``differences``) and refuses to serve a model whose inputs it would build
 differently.
 """
@@ -21,26 +22,21 @@ from typing import Any, Literal, cast, get_args
 import numpy as np
 import numpy.typing as npt
 
-from features.derive import DERIVED_FEATURES, STORED_INPUTS, derive_batch, derive_one
-from features.registry import FRAUD_REGISTRY, Registry
+from features.project import DerivedFeatures, Project
+from features.registry import Structure
 
 __all__ = [
-    "REQUEST_INPUTS",
+    "InputBuilder",
     "InputDtype",
     "InputSource",
     "InputSpec",
     "ModelSchema",
-    "build_matrix",
-    "build_row",
-    "fraud_schema",
     "require_same_schema",
+    "schema_of",
 ]
 
 InputSource = Literal["stored", "request", "derived"]
 InputDtype = Literal["int", "float"]
-
-REQUEST_INPUTS: tuple[str, ...] = ("amount",)
-"""Inputs taken from the request itself, as ``build_row``/``build_matrix`` receive them."""
 
 
 @dataclass(frozen=True)
@@ -105,14 +101,6 @@ class ModelSchema:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate inputs {duplicates}")
-        for spec in self.inputs:
-            known = {"request": REQUEST_INPUTS, "derived": DERIVED_FEATURES}.get(spec.source)
-            if known is not None and spec.name not in known:
-                raise ValueError(f"{spec.source} input {spec.name!r} is not one of {known}")
-        stored = {spec.name for spec in self.inputs if spec.source == "stored"}
-        needed = sorted(set(STORED_INPUTS) - stored)
-        if needed and any(spec.source == "derived" for spec in self.inputs):
-            raise ValueError(f"derived inputs need the stored inputs {needed}")
         object.__setattr__(self, "_names", names)
 
     @property
@@ -186,16 +174,30 @@ class ModelSchema:
         return lines
 
 
-def fraud_schema(registry: Registry = FRAUD_REGISTRY) -> ModelSchema:
-    """The fraud model's schema: ``user:features`` in declaration order, amount, derived."""
-    group = registry.group("user", "features")
-    stored = tuple(
-        InputSpec(feature.name, "stored", cast(InputDtype, feature.type_name), feature.default)
-        for feature in group.features
+def schema_of(project: Project) -> ModelSchema:
+    """The schema ``project`` declares: its model's inputs in order, each with its source
+    and dtype (a stored feature's training default too), read from the hash groups of the
+    scored entity that hold a model input or a feature the derived features read."""
+    stored = project.stored_features
+    derived = set(project.derived.names) if project.derived else set()
+    inputs = []
+    for name in project.model.inputs:
+        if name in stored:
+            feature = stored[name]
+            dtype = cast(InputDtype, feature.type_name)
+            inputs.append(InputSpec(name, "stored", dtype, feature.default))
+        elif name in derived:
+            inputs.append(InputSpec(name, "derived", "float"))
+        else:
+            kind = project.input_by_name(name).type
+            inputs.append(InputSpec(name, "request", "float" if kind == "float" else "int"))
+    needed = set(project.model.inputs) | set(project.derived.reads if project.derived else ())
+    groups = tuple(
+        group.name
+        for group in project.registry.groups_of(project.entity.name)
+        if group.structure is Structure.HASH and needed & set(group.feature_names)
     )
-    request = tuple(InputSpec(name, "request", "float") for name in REQUEST_INPUTS)
-    derived = tuple(InputSpec(name, "derived", "float") for name in DERIVED_FEATURES)
-    return ModelSchema(entity_type="user", groups=(group.name,), inputs=stored + request + derived)
+    return ModelSchema(entity_type=project.entity.name, groups=groups, inputs=tuple(inputs))
 
 
 def require_same_schema(trained: ModelSchema, current: ModelSchema, model: str) -> None:
@@ -207,53 +209,55 @@ def require_same_schema(trained: ModelSchema, current: ModelSchema, model: str) 
         f"model {model} was trained on inputs this code no longer builds "
         f"(schema {trained.digest[:12]}, current {current.digest[:12]}); "
         f"from the model's schema to the current one:\n{changes}\n"
-        "Retrain it with `python -m models.train`."
+        "Retrain it (`featserve train PROJECT`, or `make train` for the example)."
     )
 
 
-def build_row(
-    schema: ModelSchema, stored: Mapping[str, Any], amount: float, timestamp: int
-) -> npt.NDArray[np.float64]:
-    """The model input of one request, shape ``(1, len(schema.inputs))``, float64.
+class InputBuilder:
+    """Builds the model's input rows from stored values and request inputs, by ``schema``,
+    with the project's derived features: training and serving call the same one."""
 
-    ``stored`` holds every stored input (defaults already filled in); extra keys are ignored.
-    """
-    amount = float(amount)
-    values = {**stored, **derive_one(amount, int(timestamp), stored), "amount": amount}
-    names = schema.names
-    return np.fromiter((values[name] for name in names), np.float64, len(names)).reshape(1, -1)
+    def __init__(self, schema: ModelSchema, derived: DerivedFeatures | None) -> None:
+        self._schema = schema
+        self._names = schema.names
+        self._derived = derived
+        read = [spec.name for spec in schema.inputs if spec.source != "derived"]
+        self._columns_read = tuple(dict.fromkeys([*read, *(derived.reads if derived else ())]))
 
+    @property
+    def schema(self) -> ModelSchema:
+        """The schema the rows follow."""
+        return self._schema
 
-def build_matrix(
-    schema: ModelSchema,
-    stored: Mapping[str, npt.ArrayLike],
-    amount: npt.ArrayLike,
-    timestamp: npt.ArrayLike,
-) -> npt.NDArray[np.float64]:
-    """The model input of many requests, shape ``(n, len(schema.inputs))``, float64.
+    def row(self, values: Mapping[str, Any]) -> npt.NDArray[np.float64]:
+        """The input of one request, shape ``(1, len(schema.inputs))``, float64.
 
-    Row ``i`` equals ``build_row`` of request ``i`` exactly.  ``stored`` maps every stored
-    input to a column of length n; ``amount`` and ``timestamp`` are columns of length n.
-    """
-    amount_col = np.asarray(amount, dtype=np.float64)
-    timestamp_col = np.asarray(timestamp, dtype=np.int64)
-    if amount_col.ndim != 1 or timestamp_col.shape != amount_col.shape:
-        raise ValueError(
-            f"amount and timestamp must be columns of one length, got shapes "
-            f"{amount_col.shape} and {timestamp_col.shape}"
-        )
-    derived = derive_batch(amount_col, timestamp_col, stored)
-    matrix = np.empty((amount_col.shape[0], len(schema.inputs)), dtype=np.float64)
-    for column, spec in enumerate(schema.inputs):
-        if spec.source == "stored":
-            values = np.asarray(stored[spec.name], dtype=np.float64)
-        elif spec.source == "request":
-            values = amount_col
-        else:
-            values = derived[spec.name]
-        if values.shape != amount_col.shape:
-            raise ValueError(
-                f"input {spec.name!r} has shape {values.shape}, {amount_col.shape} expected"
-            )
-        matrix[:, column] = values
-    return matrix
+        ``values`` holds every stored feature the model or the derived features need
+        (defaults already filled in) and every request input; extra keys are ignored.
+        """
+        if self._derived is not None:
+            values = {**values, **self._derived.one(values)}
+        names = self._names
+        return np.fromiter((values[name] for name in names), np.float64, len(names)).reshape(1, -1)
+
+    def matrix(self, columns: Mapping[str, npt.ArrayLike], n_rows: int) -> npt.NDArray[np.float64]:
+        """The input of ``n_rows`` requests, shape ``(n_rows, len(schema.inputs))``, float64.
+
+        Row ``i`` equals ``row`` of request ``i`` exactly.  ``columns`` maps every stored
+        feature and request input (as ``row`` takes them) to a column of ``n_rows`` values.
+        """
+        for name in self._columns_read:
+            shape = np.shape(columns[name])
+            if shape != (n_rows,):
+                raise ValueError(f"input {name!r} has shape {shape}, ({n_rows},) expected")
+        derived = self._derived.batch(columns) if self._derived is not None else {}
+        matrix = np.empty((n_rows, len(self._schema.inputs)), dtype=np.float64)
+        for column, spec in enumerate(self._schema.inputs):
+            source = derived if spec.source == "derived" else columns
+            values = np.asarray(source[spec.name], dtype=np.float64)
+            if values.shape != (n_rows,):
+                raise ValueError(
+                    f"input {spec.name!r} has shape {values.shape}, ({n_rows},) expected"
+                )
+            matrix[:, column] = values
+        return matrix

@@ -1,1 +1,1 @@
-"""The BentoML scoring service (``service.service:FraudScorer``) and what it is built from."""
+"""The BentoML scoring service (``service.service:ScoringService``) and what it is built from."""

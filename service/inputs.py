@@ -1,48 +1,44 @@
-"""The request bodies of the HTTP API, validated by pydantic before any work is done.
+"""The request bodies of the HTTP API, generated from the project at start-up.
+
+``request_models(project, batch_max)`` builds the pydantic models of the four
+endpoints' bodies from the declarations: the field naming the scored entity,
+each request input with its type, bounds, default and example, the entity's
+feature groups and features.  pydantic validates a body before any work is
+done, and the OpenAPI page shows the project's own names.
 
 Unknown keys are refused at every level of every body (``UNKNOWN_KEYS_RULE``):
-the top level of each endpoint's body (BentoML's input models, configured in
-``service.service``), each batch item and each update; feature names in a
-push's ``values`` are checked against the group by ``parse_update``.
+the top level of each endpoint's body, each batch item and each update;
+feature names in a push's ``values`` are checked against the group by
+``parse_update``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    create_model,
+)
 
 from features.errors import RegistryError
 from features.ingest.updates import MAX_EVENT_TIMESTAMP
 from features.keys import ENTITY_ID_MAX_LENGTH, ENTITY_ID_PATTERN, validate_entity_id
-from features.registry import FRAUD_REGISTRY
+from features.project import Project, RequestInput
+from features.registry import Registry
 
-__all__ = [
-    "UNKNOWN_KEYS_RULE",
-    "Amount",
-    "EntityId",
-    "GroupNames",
-    "PushUpdate",
-    "ScoreInput",
-    "Timestamp",
-]
+__all__ = ["UNKNOWN_KEYS_RULE", "EntityId", "RequestModels", "request_models"]
 
 UNKNOWN_KEYS_RULE = ConfigDict(extra="forbid")
 """The one rule for keys a body's model does not declare: refused, naming the key's place."""
 
-_USER_GROUPS = tuple(group.name for group in FRAUD_REGISTRY.groups_of("user"))
-
-
-def _known_groups(names: list[str]) -> list[str]:
-    """``names`` without repeats, in order; ``ValueError`` naming the first unknown group."""
-    unique = list(dict.fromkeys(names))
-    for name in unique:
-        try:
-            FRAUD_REGISTRY.group("user", name)
-        except RegistryError as exc:
-            raise ValueError(str(exc)) from None
-    return unique
-
+_ITEM_RULES = ConfigDict(**UNKNOWN_KEYS_RULE, frozen=True)
 
 EntityId = Annotated[
     str,
@@ -51,46 +47,167 @@ EntityId = Annotated[
         description="1-128 printable Unicode characters in normal form NFC, without "
         "whitespace or braces (no control, invisible or default-ignorable characters, no "
         "combining mark first).",
-        examples=["u000123"],
         json_schema_extra={"pattern": ENTITY_ID_PATTERN},
     ),
 ]
 """An entity id; a bad one is refused with the reason ``validate_entity_id`` gives."""
-GroupNames = Annotated[
-    list[str],
-    # Bounded by the number of groups: a longer list repeats a name or names an unknown one,
-    # and refusing it costs nothing, where resolving each repeat cost the event loop dearly.
-    Field(
-        min_length=1,
-        max_length=len(_USER_GROUPS),
-        description="Feature groups of the user entity; repeats are dropped.",
-        json_schema_extra={"items": {"type": "string", "enum": list(_USER_GROUPS)}},
-    ),
-    AfterValidator(_known_groups),
-]
-"""Feature groups to resolve: known names of the user entity, each once."""
-Amount = Annotated[
-    float,
-    Field(
-        strict=True, ge=0, allow_inf_nan=False, description="Transaction amount.", examples=[250.0]
-    ),
-]
-Timestamp = Annotated[
-    int,
-    Field(
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The body of each endpoint, for one project."""
+
+    score: type[BaseModel]
+    """``/score``: the entity field and the request inputs."""
+    score_item: type[BaseModel]
+    """One item of ``/score_batch`` (unknown fields refused)."""
+    score_batch: type[BaseModel]
+    """``/score_batch``: ``requests``, a list of items."""
+    features: type[BaseModel]
+    """``/features``: ``entity_ids`` and, optionally, ``groups``."""
+    push: type[BaseModel]
+    """``/push``: ``updates``, each one entity's values of one group."""
+
+
+def request_models(project: Project, batch_max: int) -> RequestModels:
+    """Generate the request bodies of ``project``'s API; ``batch_max`` bounds every list."""
+    entity = project.entity.name
+    example_id = Field(examples=[_example_id(project)])
+    fields: dict[str, Any] = {project.entity_field: (Annotated[EntityId, example_id], ...)}
+    for item in project.request:
+        fields[item.name] = _request_field(item)
+    title = _class_name(project.name)
+    score = create_model(f"{title}ScoreRequest", __config__=UNKNOWN_KEYS_RULE, **fields)
+    score_item = create_model(
+        f"{title}ScoreInput",
+        __config__=_ITEM_RULES,
+        __doc__=f"One {entity} to score.",
+        **fields,
+    )
+    batch = Annotated[list[score_item], Field(min_length=1, max_length=batch_max)]  # type: ignore[valid-type]
+    score_batch = create_model(
+        f"{title}ScoreBatchRequest", __config__=UNKNOWN_KEYS_RULE, requests=(batch, ...)
+    )
+    group_names = tuple(group.name for group in project.registry.groups_of(entity))
+    ids = Annotated[
+        list[Annotated[EntityId, example_id]], Field(min_length=1, max_length=batch_max)
+    ]
+    features = create_model(
+        f"{title}FeaturesRequest",
+        __config__=UNKNOWN_KEYS_RULE,
+        entity_ids=(ids, ...),
+        groups=(_group_names(project.registry, entity, group_names) | None, None),
+    )
+    update = _push_update(project, group_names)
+    updates = Annotated[list[update], Field(min_length=1, max_length=batch_max)]  # type: ignore[valid-type]
+    push = create_model(f"{title}PushRequest", __config__=UNKNOWN_KEYS_RULE, updates=(updates, ...))
+    return RequestModels(score, score_item, score_batch, features, push)
+
+
+def _request_field(item: RequestInput) -> tuple[Any, Any]:
+    """The annotation and default of one request input."""
+    bounds: dict[str, Any] = {}
+    if item.minimum is not None:
+        bounds["ge"] = item.minimum
+    if item.maximum is not None:
+        bounds["le"] = item.maximum
+    if item.type == "float":
+        bounds["allow_inf_nan"] = False
+    described = Field(
         strict=True,
-        ge=0,
-        le=4_102_444_800,
-        description="Transaction time, epoch seconds (UTC); defaults to now.",
-        examples=[1764230400],
-    ),
-]
+        description=item.description or None,
+        examples=None if item.example is None else [item.example],
+        **bounds,
+    )
+    kind: Any = float if item.type == "float" else int
+    if item.required:
+        return Annotated[kind, described], ...
+    # An absent optional input is None here; the service fills its default (a timestamp: now).
+    return Annotated[kind, described] | None, None
 
 
-def _feature_values_schema() -> dict[str, Any]:
-    """The JSON schema of a push's ``values``: every user feature by name, with its type."""
+def _group_names(registry: Registry, entity: str, group_names: tuple[str, ...]) -> Any:
+    def known_groups(names: list[str]) -> list[str]:
+        """``names`` without repeats, in order; ``ValueError`` naming the first unknown group."""
+        unique = list(dict.fromkeys(names))
+        for name in unique:
+            try:
+                registry.group(entity, name)
+            except RegistryError as exc:
+                raise ValueError(str(exc)) from None
+        return unique
+
+    return Annotated[
+        list[str],
+        # Bounded by the number of groups: a longer list repeats a name or names an unknown
+        # one, and refusing it costs nothing, where resolving each repeat cost the event loop
+        # dearly.
+        Field(
+            min_length=1,
+            max_length=len(group_names),
+            description=f"Feature groups of the {entity} entity; repeats are dropped.",
+            json_schema_extra={"items": {"type": "string", "enum": list(group_names)}},
+        ),
+        AfterValidator(known_groups),
+    ]
+
+
+def _push_update(project: Project, group_names: tuple[str, ...]) -> type[BaseModel]:
+    entity = project.entity.name
+    first = project.registry.groups_of(entity)[0]
+    example = {f.name: f.default for f in first.features[:2] if f.type_name in ("int", "float")}
+    return create_model(
+        f"{_class_name(project.name)}PushUpdate",
+        __config__=_ITEM_RULES,
+        __doc__="New values of one entity's feature group, as of ``event_timestamp``.",
+        # Checked by parse_update (a refusal names the update's index); the schema says the
+        # rules.
+        entity_id=(
+            str,
+            Field(
+                examples=[_example_id(project)],
+                json_schema_extra={
+                    "pattern": ENTITY_ID_PATTERN,
+                    "minLength": 1,
+                    "maxLength": ENTITY_ID_MAX_LENGTH,
+                },
+            ),
+        ),
+        group=(
+            str,
+            Field(
+                default=first.name,
+                description=f"A feature group of the {entity} entity.",
+                json_schema_extra={"enum": list(group_names)},
+            ),
+        ),
+        event_timestamp=(
+            StrictInt | StrictFloat,
+            Field(
+                description="When the values became true, epoch seconds; older than stored "
+                "is skipped.",
+                examples=[1764230400],
+                json_schema_extra={"minimum": 0, "maximum": MAX_EVENT_TIMESTAMP},
+            ),
+        ),
+        values=(
+            dict[str, Any],
+            Field(
+                description="Feature values by name: a number for a hash group's feature, a "
+                "list of item ids for a sorted set, a list of numbers for a vector.",
+                examples=[example] if example else None,
+                # What a push may carry, published so clients (and the fuzz test) see every
+                # feature; parse_update checks a value against its group.
+                json_schema_extra=_feature_values_schema(project),
+            ),
+        ),
+    )
+
+
+def _feature_values_schema(project: Project) -> dict[str, Any]:
+    """The JSON schema of a push's ``values``: every feature of the entity, with its type."""
     properties: dict[str, Any] = {}
-    for group in FRAUD_REGISTRY.groups_of("user"):
+    for group in project.registry.groups_of(project.entity.name):
         for feature in group.features:
             properties[feature.name] = _value_schema(feature.type_name, feature.dim)
             if feature.minimum is not None:
@@ -111,45 +228,9 @@ def _value_schema(type_name: str, dim: int | None) -> dict[str, Any]:
     return {"type": "array", "items": {"type": "string"}}
 
 
-class ScoreInput(BaseModel):
-    """One transaction to score."""
-
-    model_config = ConfigDict(**UNKNOWN_KEYS_RULE, frozen=True)
-
-    entity_id: EntityId
-    amount: Amount
-    timestamp: Timestamp | None = None
+def _example_id(project: Project) -> str:
+    return f"{project.entity.name[:1]}000123"
 
 
-class PushUpdate(BaseModel):
-    """New values of one entity's feature group, as of ``event_timestamp``."""
-
-    model_config = ConfigDict(**UNKNOWN_KEYS_RULE, frozen=True)
-
-    # Checked by parse_update (a refusal names the update's index); the schema says the rules.
-    entity_id: str = Field(
-        examples=["u000123"],
-        json_schema_extra={
-            "pattern": ENTITY_ID_PATTERN,
-            "minLength": 1,
-            "maxLength": ENTITY_ID_MAX_LENGTH,
-        },
-    )
-    group: str = Field(
-        default="features",
-        description="A feature group of the user entity.",
-        json_schema_extra={"enum": list(_USER_GROUPS)},
-    )
-    event_timestamp: StrictInt | StrictFloat = Field(
-        description="When the values became true, epoch seconds; older than stored is skipped.",
-        examples=[1764230400],
-        json_schema_extra={"minimum": 0, "maximum": MAX_EVENT_TIMESTAMP},
-    )
-    values: dict[str, Any] = Field(
-        description="Feature values by name; for recent_items a list of item ids; "
-        "for embedding a list of 16 numbers.",
-        examples=[{"tx_count_1h": 3, "tx_sum_1h": 120.5}],
-        # What a push may carry, published so clients (and the fuzz test) see every feature;
-        # parse_update checks a value against its group.
-        json_schema_extra=_feature_values_schema(),
-    )
+def _class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_")) or "Project"

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired, Protocol
+from typing import Annotated, Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 import sklearn
 from pydantic import Field
-from typing_extensions import TypedDict
 
+from features.project import Answer, ClassProbability
 from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver
 from features.sources import Degraded, Source
 from features.timing import Stage, StageTimer
-from models.schema import ModelSchema, build_matrix, build_row
+from models.schema import InputBuilder
 
-__all__ = ["Classifier", "ScoreRequest", "ScoreResult", "Scorer"]
+__all__ = [
+    "Classifier",
+    "DegradedGroups",
+    "Regressor",
+    "ScoreRequest",
+    "ScoreResult",
+    "Scorer",
+    "Sources",
+    "StaleAges",
+]
 
 
 class Classifier(Protocol):
@@ -28,17 +37,22 @@ class Classifier(Protocol):
         ...
 
 
+class Regressor(Protocol):
+    """What the service needs of a trained scikit-learn regressor."""
+
+    def predict(self, inputs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """One prediction per input row."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreRequest:
-    """One transaction to score."""
+    """One request to score: the entity and the request inputs by name (defaults filled)."""
 
     entity_id: str
-    amount: float
-    timestamp: int
+    inputs: Mapping[str, Any]
 
 
-Score = Annotated[float, Field(description="Probability of fraud, 0 to 1.")]
-IsFraud = Annotated[bool, Field(description="True when the score is at or above the threshold.")]
 Sources = Annotated[
     dict[str, str],
     Field(
@@ -60,35 +74,50 @@ DegradedGroups = Annotated[
 ]
 
 
-# A plain dict, as the HTTP API answers it: a batch of 100 builds no other object per result.
-# Its fields are declared here only; service.responses builds the response bodies on it.
-class ScoreResult(TypedDict):
-    """The model's answer for one transaction, and where its features came from."""
-
-    entity_id: str
-    score: Score
-    is_fraud: IsFraud
-    sources: Sources
-    stale_age_s: NotRequired[StaleAges]
-    degraded: NotRequired[DegradedGroups]
+ScoreResult = dict[str, Any]
+"""The model's answer for one request, as the HTTP API answers it: a plain dict, so a batch
+of 100 builds no other object per result.  Its keys: the project's entity field, ``score``,
+a classifier's label, ``sources``, and ``stale_age_s``/``degraded`` only when they apply;
+``service.responses`` declares them per project."""
 
 
 class Scorer:
-    """Scores requests with one store round trip and one model call per batch."""
+    """Scores requests with one store round trip and one model call per batch.
+
+    A ``ClassProbability`` answer scores ``predict_proba``'s positive column and adds the
+    label (score at or above the threshold) under its name; a ``RegressionValue`` scores
+    ``predict``.  Each result names its entity under ``entity_field``.
+    """
 
     def __init__(
-        self, resolver: Resolver, classifier: Classifier, schema: ModelSchema, threshold: float
+        self,
+        resolver: Resolver,
+        model: Classifier | Regressor,
+        builder: InputBuilder,
+        answer: Answer,
+        threshold: float | None,
+        entity_field: str = "entity_id",
     ) -> None:
         self._resolver = resolver
-        self._classifier = classifier
-        self._schema = schema
+        self._model = model
+        self._builder = builder
+        self._answer = answer
         self._threshold = threshold
+        self._entity_field = entity_field
+        schema = builder.schema
         self._selection = resolver.selection(schema.entity_type, schema.groups)
 
     @property
-    def threshold(self) -> float:
-        """Scores at or above this are flagged as fraud."""
+    def threshold(self) -> float | None:
+        """A classifier's threshold (scores at or above it get the label); else ``None``."""
         return self._threshold
+
+    def _predict(self, inputs: npt.NDArray[np.float64]) -> list[float]:
+        if isinstance(self._answer, ClassProbability):
+            model = cast(Classifier, self._model)
+            scores: list[float] = model.predict_proba(inputs)[:, self._answer.positive].tolist()
+            return scores
+        return [float(value) for value in cast(Regressor, self._model).predict(inputs)]
 
     async def score(
         self, requests: Sequence[ScoreRequest], timer: StageTimer
@@ -104,22 +133,22 @@ class Scorer:
         # so scikit-learn's finiteness scan is skipped when the model runs in scikit-learn
         # (models.compiled_trees.fastest_classifier's fallback).
         with timer.stage(Stage.INFERENCE), sklearn.config_context(assume_finite=True):
-            scores = self._classifier.predict_proba(inputs)[:, 1].tolist()
-        threshold = self._threshold
+            scores = self._predict(inputs)
         groups = resolved.groups
         sources = [
             {group.group.name: source.value for group, source in zip(groups, row, strict=True)}
             for row in zip(*(group.sources for group in groups), strict=True)
         ]
+        entity_field = self._entity_field
         results: list[ScoreResult] = [
-            {
-                "entity_id": request.entity_id,
-                "score": score,
-                "is_fraud": score >= threshold,
-                "sources": row_sources,
-            }
+            {entity_field: request.entity_id, "score": score, "sources": row_sources}
             for request, score, row_sources in zip(requests, scores, sources, strict=True)
         ]
+        threshold = self._threshold
+        if isinstance(self._answer, ClassProbability) and threshold is not None:
+            label = self._answer.label
+            for result, score in zip(results, scores, strict=True):
+                result[label] = score >= threshold
         for group in groups:
             if group.stale_ages_s.count(None) < len(group.stale_ages_s):
                 _add_stale_ages(results, group)
@@ -131,20 +160,17 @@ class Scorer:
         self, requests: Sequence[ScoreRequest], resolved: ResolvedBatch
     ) -> npt.NDArray[np.float64]:
         if len(requests) == 1:
-            request = requests[0]
-            stored: dict[str, Any] = {}
+            values: dict[str, Any] = {}
             for group in resolved.groups:
-                stored.update(zip(group.fields, group.values[0], strict=True))
-            return build_row(self._schema, stored, request.amount, request.timestamp)
-        columns: dict[str, tuple[Any, ...]] = {}
+                values.update(zip(group.fields, group.values[0], strict=True))
+            values.update(requests[0].inputs)
+            return self._builder.row(values)
+        columns: dict[str, Any] = {}
         for group in resolved.groups:
             columns.update(group.columns())
-        return build_matrix(
-            self._schema,
-            columns,
-            [request.amount for request in requests],
-            [request.timestamp for request in requests],
-        )
+        for name in requests[0].inputs:
+            columns[name] = [request.inputs[name] for request in requests]
+        return self._builder.matrix(columns, len(requests))
 
 
 def _add_degraded(results: list[ScoreResult], group: ResolvedGroup) -> None:

@@ -1,8 +1,13 @@
-"""The BentoML service: fraud scores from online features, with per-stage timing.
+"""The BentoML service: a project's model scored with online features, with per-stage timing.
 
-Run it with ``bentoml serve service.service:FraudScorer`` (``make serve``
-does that with an embedded Redis and demo data).  Configuration comes from
-the environment once, at import (see ``features.settings.Settings``).
+Run it with ``bentoml serve service.service:ScoringService --arg project=DIR``
+(``make serve`` does that for the example project with an embedded Redis and
+demo data).  The project comes from ``--arg project=DIR`` (``bentoml serve`` and
+``bentoml build``), else from ``FEATSERVE_PROJECT``: the argument wins when
+both are set.  The project, the configuration (``features.settings.Settings``,
+from the environment) and the models of the request and response bodies
+generated from the project are read once, at import; no request looks
+anything up.
 """
 
 from __future__ import annotations
@@ -12,11 +17,10 @@ import collections
 import gc
 import logging
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
 from opentelemetry.util.types import AttributeValue
-from pydantic import Field
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -24,7 +28,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from features.breaker import CircuitBreaker
-from features.budgets import PROFILES
 from features.burst_log import BurstLog
 from features.errors import (
     InvalidUpdate,
@@ -34,8 +37,9 @@ from features.errors import (
     StoreUnavailable,
 )
 from features.ingest.updates import parse_update
+from features.project import Project
+from features.project_loader import load_project
 from features.redaction import install_log_redaction
-from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
 from features.serving.tiers import backing_tier, redis_tier
@@ -48,23 +52,11 @@ from features.stores.redis_cluster import AsyncRedisClusterStore
 from features.stores.write_through import AsyncWriteThrough
 from features.timing import Stage, StageTimer
 from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
-from models.schema import fraud_schema, require_same_schema
-from models.train import load
-from service.bentoml_adapter import (
-    BENTOML_ROUTES,
-    ConnectionLimits,
-    configure_models,
-    install_adaptations,
-)
-from service.inputs import (
-    UNKNOWN_KEYS_RULE,
-    Amount,
-    EntityId,
-    GroupNames,
-    PushUpdate,
-    ScoreInput,
-    Timestamp,
-)
+from models.schema import InputBuilder
+from models.train import check_servable, default_model_name, load
+from service.api_info import show_project_info
+from service.bentoml_adapter import BENTOML_ROUTES, ConnectionLimits, install_adaptations
+from service.inputs import request_models
 from service.metrics import StoreGauges, observe_request, publish_settings, start_series
 from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.admission import AdmissionMiddleware
@@ -72,14 +64,35 @@ from service.middleware.client_errors import ClientErrorMiddleware
 from service.middleware.drain import DRAIN, DrainMiddleware
 from service.middleware.refusal_log import REFUSAL_LOGGER, RefusalLog, RefusalLogMiddleware
 from service.middleware.request_body import RequestBodyMiddleware
-from service.responses import BatchScoreResponse, ScoreResponse
-from service.scoring import Scorer, ScoreRequest
+from service.responses import response_models
+from service.scoring import Classifier, Regressor, Scorer, ScoreRequest
 from service.tracing import StageSpans, tracing_config
 
-__all__ = ["SETTINGS", "FraudScorer"]
+__all__ = ["PROJECT", "SETTINGS", "ScoringService"]
 
 SETTINGS = Settings()
 """This process's configuration, read from the environment once."""
+
+
+def _chosen_project() -> Project:
+    """The project ``--arg project=DIR`` names, else ``FEATSERVE_PROJECT``."""
+    argument = getattr(bentoml.use_arguments(), "project", None)
+    folder = argument or SETTINGS.project
+    if not folder:
+        raise RuntimeError(
+            "no project to serve: pass `--arg project=DIR` to bentoml serve (or build), "
+            "or set FEATSERVE_PROJECT=DIR"
+        )
+    return load_project(folder)
+
+
+PROJECT = _chosen_project()
+"""The project this process serves, loaded once."""
+
+_REQUESTS = request_models(PROJECT, SETTINGS.batch_max)
+_RESPONSES = response_models(PROJECT)
+_MODEL_TAG = SETTINGS.model_tag or f"{default_model_name(PROJECT)}:latest"
+_DEADLINE_S = SETTINGS.feature_deadline_s(PROJECT.budget)
 
 _log = logging.getLogger(__name__)
 
@@ -92,7 +105,7 @@ install_log_redaction()
 
 
 async def _status(request: Request) -> JSONResponse:
-    scorer: FraudScorer = request.app.state.scorer
+    scorer: ScoringService = request.app.state.scorer
     return JSONResponse(await scorer.status())
 
 
@@ -124,10 +137,10 @@ the folders BentoML expects."""
     logging={"access": {"enabled": SETTINGS.access_log}},
     **({} if _TRACING is None else {"tracing": _TRACING}),
 )
-class FraudScorer:
-    """Scores card transactions for fraud with features from Redis."""
+class ScoringService:
+    """Scores requests with the project's model and features from Redis."""
 
-    model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
+    model_ref = bentoml.models.BentoModel(_MODEL_TAG)
 
     def __init__(self) -> None:
         if SETTINGS.redis_missing:
@@ -145,7 +158,7 @@ class FraudScorer:
                 "the pool"
             )
         model = load(self.model_ref.tag)
-        require_same_schema(model.schema, fraud_schema(FRAUD_REGISTRY), model.tag)
+        check_servable(model, PROJECT)
         self.model_tag = model.tag
         self.store = async_online_store(SETTINGS)
         cache: FeatureCache[CachedGroup] = FeatureCache(
@@ -159,22 +172,41 @@ class FraudScorer:
             self.backing = async_backing_store(SETTINGS.backing_store)
             tiers.append(backing_tier(self.backing, SETTINGS))
             self.write_store = AsyncWriteThrough(self.redis_writes, self.backing)
-        self.resolver = Resolver(FRAUD_REGISTRY, tiers, cache, SETTINGS.deadline_s)
-        classifier = fastest_classifier(model.estimator)
-        self.inference = (
-            "compiled trees (models/compiled_trees.py)"
-            if isinstance(classifier, CompiledGradientBoosting)
-            else "scikit-learn predict_proba"
+        self.resolver = Resolver(PROJECT.registry, tiers, cache, _DEADLINE_S)
+        answer = PROJECT.model.answer
+        predictor: Classifier | Regressor
+        if answer.kind == "class_probability":
+            predictor = fastest_classifier(model.estimator)
+            self.inference = (
+                "compiled trees (models/compiled_trees.py)"
+                if isinstance(predictor, CompiledGradientBoosting)
+                else "scikit-learn predict_proba"
+            )
+        else:
+            predictor = model.estimator
+            self.inference = "scikit-learn predict"
+        self.scorer = Scorer(
+            self.resolver,
+            predictor,
+            InputBuilder(model.schema, PROJECT.derived),
+            answer,
+            model.threshold,
+            PROJECT.entity_field,
         )
-        self.scorer = Scorer(self.resolver, classifier, model.schema, model.threshold)
-        self.all_groups = self.resolver.selection("user")
+        self.entity = PROJECT.entity.name
+        self.all_groups = self.resolver.selection(self.entity)
         self.spans = StageSpans.from_bentoml()
-        groups = FRAUD_REGISTRY.groups_of("user")
-        publish_settings(PROFILES[SETTINGS.profile], SETTINGS.deadline_s, groups)
+        groups = PROJECT.registry.groups_of(self.entity)
+        publish_settings(SETTINGS.latency_budget(PROJECT.budget), _DEADLINE_S, groups)
         start_series(
             ("score", "score_batch", "features"),
-            [api.route for api in FraudScorer.apis.values()],  # type: ignore[attr-defined]
+            [api.route for api in ScoringService.apis.values()],  # type: ignore[attr-defined]
             groups,
+        )
+        # Each request input the body may leave out, with what stands in for it.
+        self.input_defaults = tuple(
+            (item.name, item.type == "timestamp" and item.default is None, item.default)
+            for item in PROJECT.request
         )
         self.gauges = StoreGauges(
             self.resolver.tiers, self.store, self.redis_writes, BurstLog(_log)
@@ -216,54 +248,51 @@ class FraudScorer:
         # until a SIGTERM starts the drain.
         return not DRAIN.draining
 
-    @bentoml.api
-    async def score(
-        self,
-        entity_id: EntityId,
-        amount: Amount,
-        ctx: bentoml.Context,
-        timestamp: Timestamp | None = None,
-    ) -> ScoreResponse:
-        """Score one transaction."""
+    def _request(self, body: Any, now: int) -> ScoreRequest:
+        """One request to score from a validated body (a model or a mapping of its fields)."""
+        values = body if isinstance(body, dict) else body.__dict__
+        inputs = {}
+        for name, use_now, default in self.input_defaults:
+            value = values[name]
+            inputs[name] = value if value is not None else (now if use_now else default)
+        return ScoreRequest(values[PROJECT.entity_field], inputs)
+
+    @bentoml.api(input_spec=_REQUESTS.score, output_spec=_RESPONSES.score)
+    async def score(self, ctx: bentoml.Context, **body: Any) -> Any:
+        """Score one request."""
         timer = StageTimer()
         with timer.stage(Stage.TOTAL):
-            request = ScoreRequest(entity_id, amount, _now() if timestamp is None else timestamp)
+            request = self._request(body, _now())
             [scored], resolved = await self.scorer.score([request], timer)
-        body = {**scored, "threshold": self.scorer.threshold}
-        return ScoreResponse.model_validate(self._timed(ctx, timer, "score", resolved, body))
+        threshold = self.scorer.threshold
+        body = scored if threshold is None else {**scored, "threshold": threshold}
+        return _RESPONSES.score.model_validate(self._timed(ctx, timer, "score", resolved, body))
 
-    @bentoml.api
-    async def score_batch(
-        self,
-        requests: Annotated[list[ScoreInput], Field(min_length=1, max_length=SETTINGS.batch_max)],
-        ctx: bentoml.Context,
-    ) -> BatchScoreResponse:
-        """Score many transactions with one Redis round trip and one model call."""
+    @bentoml.api(input_spec=_REQUESTS.score_batch, output_spec=_RESPONSES.score_batch)
+    async def score_batch(self, requests: list[Any], ctx: bentoml.Context) -> Any:
+        """Score many requests with one Redis round trip and one model call."""
         timer = StageTimer()
         with timer.stage(Stage.TOTAL):
             now = _now()
-            batch = [
-                ScoreRequest(r.entity_id, r.amount, now if r.timestamp is None else r.timestamp)
-                for r in requests
-            ]
+            batch = [self._request(item, now) for item in requests]
             scored, resolved = await self.scorer.score(batch, timer)
-        body = {"threshold": self.scorer.threshold, "results": scored}
-        return BatchScoreResponse.model_validate(
+        threshold = self.scorer.threshold
+        body: dict[str, Any] = {"results": scored}
+        if threshold is not None:
+            body["threshold"] = threshold
+        return _RESPONSES.score_batch.model_validate(
             self._timed(ctx, timer, "score_batch", resolved, body)
         )
 
-    @bentoml.api
+    @bentoml.api(input_spec=_REQUESTS.features)
     async def features(
-        self,
-        entity_ids: Annotated[list[EntityId], Field(min_length=1, max_length=SETTINGS.batch_max)],
-        ctx: bentoml.Context,
-        groups: GroupNames | None = None,
+        self, entity_ids: list[str], ctx: bentoml.Context, groups: list[str] | None = None
     ) -> dict[str, Any]:
         """Each entity's resolved values with their source, for debugging."""
         timer = StageTimer()
         try:
             selection = (
-                self.all_groups if groups is None else self.resolver.selection("user", groups)
+                self.all_groups if groups is None else self.resolver.selection(self.entity, groups)
             )
         except RegistryError as exc:
             ctx.response.status_code = 400
@@ -274,12 +303,8 @@ class FraudScorer:
         body = {"entities": [_describe(entity, now_s) for entity in resolved.entities()]}
         return self._timed(ctx, timer, "features", resolved, body)
 
-    @bentoml.api
-    async def push(
-        self,
-        updates: Annotated[list[PushUpdate], Field(min_length=1, max_length=SETTINGS.batch_max)],
-        ctx: bentoml.Context,
-    ) -> dict[str, Any]:
+    @bentoml.api(input_spec=_REQUESTS.push)
+    async def push(self, updates: list[Any], ctx: bentoml.Context) -> dict[str, Any]:
         """Write feature updates from a streaming producer: all valid, or none written.
 
         Updates already past their group's TTL are not written (``expired``); an
@@ -289,7 +314,7 @@ class FraudScorer:
         parsed, refused = [], []
         for index, update in enumerate(updates):
             try:
-                group = FRAUD_REGISTRY.group("user", update.group)
+                group = PROJECT.registry.group(self.entity, update.group)
                 parsed.append(
                     parse_update(
                         group,
@@ -397,13 +422,19 @@ class FraudScorer:
                 tier.source.value: _breaker_status(tier.breaker) for tier in self.resolver.tiers
             },
             "redis_memory": _memory_status(self.gauges),
-            "feature_deadline_ms": SETTINGS.deadline_s * 1000,
+            "feature_deadline_ms": _DEADLINE_S * 1000,
             "cache_ttl_s": SETTINGS.cache_ttl_s,
             "max_in_flight": SETTINGS.max_in_flight,
         }
 
 
-_API_ROUTES = frozenset(api.route for api in FraudScorer.apis.values())  # type: ignore[attr-defined]
+show_project_info(
+    ScoringService,
+    PROJECT.title or PROJECT.name,
+    PROJECT.description or f"Scores requests with the model of project {PROJECT.name}.",
+    PROJECT.version,
+)
+_API_ROUTES = frozenset(api.route for api in ScoringService.apis.values())  # type: ignore[attr-defined]
 _ROUTES = _API_ROUTES | BENTOML_ROUTES | {f"/ops{route.path}" for route in status_app.routes}  # type: ignore[attr-defined]
 """Every path the service answers; any other is named ``other`` in metrics and logs."""
 logging.getLogger(REFUSAL_LOGGER).setLevel(logging.INFO)
@@ -440,17 +471,13 @@ install_adaptations(
         max_connections=SETTINGS.max_connections,
     ),
     drain_s=SETTINGS.drain_s,
-    input_models={api.input_spec.__name__ for api in FraudScorer.apis.values()},  # type: ignore[attr-defined]
+    input_models={api.input_spec.__name__ for api in ScoringService.apis.values()},  # type: ignore[attr-defined]
 )
-FraudScorer.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
-configure_models(
-    [api.input_spec for api in FraudScorer.apis.values()],  # type: ignore[attr-defined]
-    UNKNOWN_KEYS_RULE,
-)
+ScoringService.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
 # BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
 # pick its media type, a large share of a request's CPU (docs/benchmarks.md); say it once.
-for _api in FraudScorer.apis.values():  # type: ignore[attr-defined]
+for _api in ScoringService.apis.values():  # type: ignore[attr-defined]
     _api.output_spec.media_type = "application/json"
 
 

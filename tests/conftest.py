@@ -1,7 +1,8 @@
 """Shared fixtures: real Redis servers on free loopback ports, and clients for them.
 
 Every ``FEATSERVE_*`` and ``OTEL_*`` variable of the caller's environment is dropped
-when the tests start, so the settings a test builds are the ones it states.
+when the tests start, so the settings a test builds are the ones it states; then
+``FEATSERVE_PROJECT`` names the example project (``examples/fraud``).
 
 ``redis_url`` points at ``REDIS_URL`` when it is set (its database is
 flushed before each test: give the tests a scratch database) and otherwise
@@ -22,6 +23,7 @@ import redis
 from features.settings import Settings
 from features.stores.dynamodb import create_table, dynamodb_client
 from service.harness.local_redis import LocalRedis
+from service.harness.served import EXAMPLE_PROJECT
 from tests.support.moto_server import aws_env, moto_server
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -29,6 +31,8 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # what Settings() builds here, nor reach the services the tests serve. REDIS_URL stays (above).
 for _name in [name for name in os.environ if name.startswith(("FEATSERVE_", "OTEL_"))]:
     del os.environ[_name]
+# The project every test works on unless it says otherwise: the example in examples/fraud.
+os.environ["FEATSERVE_PROJECT"] = str(EXAMPLE_PROJECT)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import redis
 
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY, Feature, FeatureGroup, Structure
+from features.registry import Feature, FeatureGroup, Structure
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, GroupResult, Resolver
 from features.serving.tiers import backing_tier, redis_tier
@@ -57,13 +57,14 @@ from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.stores.sqlite import SqliteStore
 from features.stores.write_through import WriteThrough
 from features.timing import StageTimer
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import free_port
 from tests.support.clock import ManualClock
 from tests.support.moto_server import aws_env
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT = FRAUD_REGISTRY.group("user", "recent_items")
-EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT = EXAMPLE_REGISTRY.group("user", "recent_items")
+EMBEDDING = EXAMPLE_REGISTRY.group("user", "embedding")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
 
@@ -394,7 +395,7 @@ def test_the_resolver_falls_through_an_expired_backing_group_to_defaults(
             tiers = [redis_tier(redis_store, settings), backing_tier(backing, settings)]
             cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
             # A generous deadline: this test is about tiers, not time.
-            resolver = Resolver(FRAUD_REGISTRY, tiers, cache, 5.0)
+            resolver = Resolver(EXAMPLE_REGISTRY, tiers, cache, 5.0)
             resolved = await resolver.resolve(
                 ["live", "expired"], resolver.selection("user", ["features"])
             )

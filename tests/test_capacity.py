@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.capacity import (
     CapacityInputs,
@@ -18,9 +17,10 @@ from features.stores.capacity import (
 )
 from service import cli
 from service.cli.demo import load_demo_data
+from service.harness.example import EXAMPLE_REGISTRY
 
 GIB = 2**30
-GROUPS = FRAUD_REGISTRY.groups_of("user")
+GROUPS = EXAMPLE_REGISTRY.groups_of("user")
 
 
 def test_the_sizing_example_of_the_field() -> None:

@@ -12,9 +12,14 @@ from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingCla
 from sklearn.exceptions import NotFittedError
 
 from models.compiled_trees import MAX_DEPTH, CompiledGradientBoosting
-from models.dataset import TransactionSet, generate_transactions, generate_users
-from models.schema import build_matrix, fraud_schema
+from models.schema import InputBuilder, schema_of
 from models.train import DEFAULT_NOW, train
+from service.harness.example import EXAMPLE, example_module
+
+_dataset = example_module("dataset")
+TransactionSet = Any
+generate_transactions = _dataset.generate_transactions
+generate_users = _dataset.generate_users
 
 N_USERS, N_TRANSACTIONS, SEED = 1500, 4000, 21
 
@@ -31,9 +36,12 @@ def transactions() -> TransactionSet:
 
 @pytest.fixture(scope="module")
 def inputs(transactions: TransactionSet) -> Matrix:
-    return build_matrix(
-        fraud_schema(), transactions.stored, transactions.amount, transactions.timestamp
-    )
+    columns = {
+        **transactions.stored,
+        "amount": transactions.amount,
+        "timestamp": transactions.timestamp,
+    }
+    return InputBuilder(schema_of(EXAMPLE), EXAMPLE.derived).matrix(columns, len(transactions))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +52,8 @@ def labels(transactions: TransactionSet) -> npt.NDArray[np.int8]:
 @pytest.fixture(scope="module")
 def estimator() -> GradientBoostingClassifier:
     """The production recipe (100 trees of depth 3), on a smaller dataset."""
-    return train(n_users=N_USERS, n_transactions=N_TRANSACTIONS, seed=SEED).estimator
+    table = _dataset.training_table(N_USERS, N_TRANSACTIONS, SEED, DEFAULT_NOW)
+    return train(EXAMPLE, table, seed=SEED).estimator
 
 
 def _fit(inputs: Matrix, labels: npt.ArrayLike, **params: Any) -> GradientBoostingClassifier:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.registry import FRAUD_REGISTRY
-from models.dataset import HISTORY_DAYS, entity_id, generate_transactions, generate_users
+from service.harness.example import EXAMPLE_REGISTRY, example_module
+
+_dataset = example_module("dataset")
+HISTORY_DAYS = _dataset.HISTORY_DAYS
+entity_id = _dataset.entity_id
+generate_transactions = _dataset.generate_transactions
+generate_users = _dataset.generate_users
 
 NOW = 1_767_225_600
-GROUP = FRAUD_REGISTRY.group("user", "features")
+GROUP = EXAMPLE_REGISTRY.group("user", "features")
 
 
 @pytest.fixture(scope="module")

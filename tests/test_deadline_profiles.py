@@ -16,14 +16,14 @@ import pytest
 
 from features.breaker import CircuitBreaker
 from features.budgets import ProfileName
-from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Resolver, Tier
 from features.settings import Settings
 from features.sources import Degraded, Source
+from service.harness.example import EXAMPLE_REGISTRY
 from tests.support.virtual_time import PromptStore, SilentStore, VirtualTimeLoop
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 
 BUDGET_MS: dict[ProfileName, int] = {
     "fraud": 10,
@@ -40,7 +40,7 @@ def waited_s(deadline_s: float) -> tuple[float, Source, Degraded | None]:
     store = SilentStore()
     breaker = CircuitBreaker("redis", 5, 1.0)
     cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
-    resolver = Resolver(FRAUD_REGISTRY, [Tier(Source.REDIS, store, breaker)], cache, deadline_s)
+    resolver = Resolver(EXAMPLE_REGISTRY, [Tier(Source.REDIS, store, breaker)], cache, deadline_s)
     selection = ((FEATURES, FEATURES.feature_names),)
 
     async def scenario() -> tuple[Source, Degraded | None]:
@@ -99,7 +99,7 @@ def test_a_store_left_no_time_is_not_asked() -> None:
         Tier(Source.BACKING, backing, CircuitBreaker("backing", 5, 1.0)),
     ]
     cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
-    resolver = Resolver(FRAUD_REGISTRY, tiers, cache, 0.010)
+    resolver = Resolver(EXAMPLE_REGISTRY, tiers, cache, 0.010)
 
     async def scenario() -> tuple[Source, Degraded | None]:
         [entity] = await resolver.resolve(["u1"], ((FEATURES, FEATURES.feature_names),))

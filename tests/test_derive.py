@@ -1,4 +1,4 @@
-"""Derived features: correct against the calendar, and the scalar and batch paths agree exactly."""
+"""The example's derived features: right against the calendar; row and column forms agree."""
 
 from __future__ import annotations
 
@@ -7,7 +7,23 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from features.derive import DERIVED_FEATURES, derive_batch, derive_one
+from service.harness.example import example_module
+
+DERIVED_FEATURES = example_module("derived").DERIVED_FEATURES
+
+
+def derive_one(amount, timestamp, stored):
+    """The row form, given the request's amount and time and the stored values."""
+    return example_module("derived").derive_one(
+        {"amount": amount, "timestamp": timestamp, **stored}
+    )
+
+
+def derive_batch(amount, timestamp, stored):
+    """The column form, given the same as columns."""
+    columns = {"amount": amount, "timestamp": timestamp, **stored}
+    return example_module("derived").derive_batch(columns)
+
 
 # 2025-11-29 is a Saturday; 14:30 UTC.
 SATURDAY_AFTERNOON = int(datetime(2025, 11, 29, 14, 30, tzinfo=UTC).timestamp())

@@ -14,7 +14,9 @@ HEAVY = ("redis", "hiredis", "pyarrow", "boto3")
     "modules",
     [
         "features.registry",
-        "features.derive",
+        "features.project",
+        "features.project_check",
+        "features.project_loader",
         "features.settings",
         "features.sources",
         "models.schema",

@@ -21,21 +21,21 @@ import redis
 from features.ingest.materialize import Materialization, materialize
 from features.ingest.tables import open_table
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import ReadRequest
 from features.stores.redis import RedisStore, sync_client
 from features.stores.sqlite import SqliteStore
 from features.stores.write_through import WriteThrough
-from models.demo_tables import write_demo_tables
 from service.cli import main
+from service.harness.example import EXAMPLE_REGISTRY, example_module
 from service.harness.local_redis import LocalRedis
 from tests.support.redis_state import redis_state
 
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
-FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT = FRAUD_REGISTRY.group("user", "recent_items")
+write_demo_tables = example_module("demo_tables").write_demo_tables
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT = EXAMPLE_REGISTRY.group("user", "recent_items")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -75,11 +75,11 @@ def rejects_of(path: Path) -> dict[str, dict[str, str]]:
 def test_demo_tables_land_with_values_and_ttls(
     fmt: str, tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
-    paths = write_demo_tables(tmp_path, 50, NOW, fmt=fmt)  # type: ignore[arg-type]
+    paths = write_demo_tables(tmp_path, 50, NOW, fmt=fmt)
     for name, path in paths.items():
         assert run(path, redis_url, "--group", f"user:{name}") == 0
     for group_name in ("features", "recent_items", "embedding"):
-        group = FRAUD_REGISTRY.group("user", group_name)
+        group = EXAMPLE_REGISTRY.group("user", group_name)
         for i in (0, 49):
             key = f"user:{{u{i:06d}}}:{group_name}"
             newest_s = float(NOW)

@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 
 from features.ingest.materialize import materialize
 from features.ingest.tables import open_table
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.backing import BackingStore
 from features.stores.base import ReadRequest
@@ -37,9 +36,10 @@ from features.stores.redis import RedisStore, sync_client
 from features.stores.redis_scripts import EVENT_MS_FIELD
 from features.stores.sqlite import SqliteStore
 from features.stores.write_through import WriteThrough
+from service.harness.example import EXAMPLE_REGISTRY
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT = FRAUD_REGISTRY.group("user", "recent_items")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT = EXAMPLE_REGISTRY.group("user", "recent_items")
 FIELDS = ("tx_count_1h", "tx_sum_1h", "is_premium")
 ENTITIES = ("a", "b")
 
@@ -99,7 +99,7 @@ def load(
     cut: int,
 ) -> None:
     """Materialize the table ``columns`` as two producers: rows before ``cut``, then the rest."""
-    group = FRAUD_REGISTRY.group("user", group_name)
+    group = EXAMPLE_REGISTRY.group("user", group_name)
     for part in (slice(0, cut), slice(cut, None)):
         table = pa.table({name: values[part] for name, values in columns.items()})
         if table.num_rows == 0:

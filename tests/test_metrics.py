@@ -11,12 +11,13 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from features.breaker import BreakerState, CircuitBreaker
 from features.burst_log import BurstLog
-from features.registry import FRAUD_REGISTRY, FeatureGroup
+from features.registry import FeatureGroup
 from features.serving.resolver import ResolvedBatch, ResolvedGroup, Tier
 from features.settings import Settings
 from features.sources import Degraded, Source
 from features.stores.base import ReadRequest
 from features.stores.redis import async_redis_store
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
 from service.metrics import (
     AGE_BUCKETS_S,
@@ -27,8 +28,8 @@ from service.metrics import (
     start_series,
 )
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
-EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+EMBEDDING = EXAMPLE_REGISTRY.group("user", "embedding")
 NOW = 1_764_230_400.0
 
 
@@ -155,13 +156,13 @@ def test_start_series_exposes_every_counter_a_ratio_divides_by_at_zero() -> None
         return {name: REGISTRY.get_sample_value(name, dict(labels)) for name, labels in wanted}
 
     assert values()["featserve_answers_total"] is None
-    start_series(["warm"], ["/warm"], FRAUD_REGISTRY.groups_of("user"))
+    start_series(["warm"], ["/warm"], EXAMPLE_REGISTRY.groups_of("user"))
     assert all(value is not None for value in values().values()), values()
     assert values()["featserve_answers_total"] == 0
 
 
 def test_every_groups_freshness_window_and_ttl_is_an_age_bucket() -> None:
-    for chosen in FRAUD_REGISTRY.groups_of("user"):
+    for chosen in EXAMPLE_REGISTRY.groups_of("user"):
         assert chosen.freshness.total_seconds() in AGE_BUCKETS_S
         assert chosen.ttl.total_seconds() in AGE_BUCKETS_S
 

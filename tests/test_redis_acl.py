@@ -20,7 +20,6 @@ import redis
 
 from features.errors import StoreError
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Resolver
 from features.serving.tiers import redis_tier
@@ -28,11 +27,12 @@ from features.settings import Settings
 from features.sources import Source
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from service.cli import main
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
 from service.harness.served import ROOT
 
 NOW = int(time.time())
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 
 
 def documented_acl_commands() -> list[list[str]]:
@@ -91,7 +91,7 @@ def test_the_writer_materializes_and_the_reader_serves(
     async def resolve() -> tuple[dict[str, Source], bool, int]:
         store = async_redis_store(settings)
         cache: FeatureCache[CachedGroup] = FeatureCache(0, 0, 0)
-        resolver = Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, 5.0)
+        resolver = Resolver(EXAMPLE_REGISTRY, [redis_tier(store, settings)], cache, 5.0)
         try:
             [entity] = await resolver.resolve(["u000003"], resolver.selection("user"))
             sources = {name: group.source for name, group in entity.groups.items()}

@@ -26,7 +26,6 @@ from features.ingest.materialize import materialize
 from features.ingest.rewarm import rewarm
 from features.ingest.tables import open_table
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Resolver, Tier
 from features.settings import Settings
@@ -40,14 +39,15 @@ from features.stores.redis_scripts import HASH_WRITE
 from features.stores.sqlite import SqliteStore
 from service import cli
 from service.cli.demo import load_demo_data
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
 from service.harness.waiting import wait_until
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT = FRAUD_REGISTRY.group("user", "recent_items")
-EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT = EXAMPLE_REGISTRY.group("user", "recent_items")
+EMBEDDING = EXAMPLE_REGISTRY.group("user", "embedding")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
 USERS = [f"u{i:03d}" for i in range(100)]
@@ -337,7 +337,7 @@ def test_the_resolver_degrades_only_the_entities_of_a_node_that_is_down(
         )
         cache: FeatureCache[CachedGroup] = FeatureCache(60.0, 1000)
         resolver = Resolver(
-            FRAUD_REGISTRY, [Tier(Source.REDIS, store, tier_breaker)], cache, deadline_s=5.0
+            EXAMPLE_REGISTRY, [Tier(Source.REDIS, store, tier_breaker)], cache, deadline_s=5.0
         )
         selection = resolver.selection("user", ["features"])
         try:

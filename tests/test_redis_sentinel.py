@@ -12,14 +12,14 @@ import pytest
 import redis
 
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import FailedRead, ReadAnswer, ReadRequest, event_ms_of
 from features.stores.factory import async_online_store, open_online_store
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
 from service.harness.local_sentinel import MASTER_NAME, LocalSentinels
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
 USERS = [f"u{i}" for i in range(20)]

@@ -17,7 +17,6 @@ from redis.typing import EncodableT, FieldT
 
 from features.errors import StoreTimeout, StoreUnavailable
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.sources import Degraded
 from features.stores.base import (
@@ -36,11 +35,12 @@ from features.stores.redis import (
     async_redis_store,
     sync_client,
 )
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
 
-USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT_ITEMS = FRAUD_REGISTRY.group("user", "recent_items")
-EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+USER_FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT_ITEMS = EXAMPLE_REGISTRY.group("user", "recent_items")
+EMBEDDING = EXAMPLE_REGISTRY.group("user", "embedding")
 
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
@@ -116,7 +116,7 @@ def test_a_key_lives_its_ttl_counted_from_the_event_time(
     store: RedisStore, redis_client: redis.Redis, group_name: str, values: dict[str, object]
 ) -> None:
     # A value 1.5 h old: a 2 h group keeps it 0.5 h more, an 8 h group 6.5 h, and so on.
-    group = FRAUD_REGISTRY.group("user", group_name)
+    group = EXAMPLE_REGISTRY.group("user", group_name)
     event_s = time.time() - 5400
     store.write([parse_update(group, "u1", event_s, values)])
     left_ms = (event_s + group.ttl.total_seconds() - time.time()) * 1000

@@ -18,10 +18,10 @@ import pytest
 
 from features.errors import StoreUnavailable
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import ReadAnswer, ReadRequest
 from features.stores.redis import RedisStore, async_redis_store, sync_client
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
 from tests.support.certificates import TlsFiles, make_tls_files
@@ -29,7 +29,7 @@ from tests.support.certificates import TlsFiles, make_tls_files
 NOW = int(time.time())
 """Writes are dated now: values past their TTL are not written."""
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 READ = [ReadRequest("tls1", FEATURES, ("tx_count_1h",))]
 
 

@@ -1,4 +1,4 @@
-"""The registry: shipped declarations, TTLs, and bad declarations refused by name."""
+"""The registry: the example's declarations, TTLs, and bad declarations refused by name."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from features.errors import RegistryError
-from features.registry import FRAUD_REGISTRY, Entity, Feature, FeatureGroup, Registry, Structure
+from features.registry import Entity, Feature, FeatureGroup, Registry, Structure
+from service.harness.example import EXAMPLE_REGISTRY
 
 USER = Entity("user")
 
@@ -17,7 +18,7 @@ def hash_group(*features: Feature, name: str = "g") -> FeatureGroup:
 
 
 def test_shipped_fraud_group_matches_the_mission_table() -> None:
-    group = FRAUD_REGISTRY.group("user", "features")
+    group = EXAMPLE_REGISTRY.group("user", "features")
     assert group.structure is Structure.HASH
     assert dict(group.defaults) == {
         "tx_count_1h": 0,
@@ -45,17 +46,17 @@ def test_shipped_fraud_group_matches_the_mission_table() -> None:
 def test_every_structure_is_shipped_with_ttl_twice_its_freshness(
     group: str, structure: Structure, ttl: timedelta
 ) -> None:
-    declared = FRAUD_REGISTRY.group("user", group)
+    declared = EXAMPLE_REGISTRY.group("user", group)
     assert declared.structure is structure
     assert declared.ttl == ttl
 
 
 def test_defaults_are_normalized_and_immutable() -> None:
-    embedding = FRAUD_REGISTRY.group("user", "embedding").features[0]
+    embedding = EXAMPLE_REGISTRY.group("user", "embedding").features[0]
     assert embedding.default == (0.0,) * 16
     assert isinstance(embedding.default, tuple)
     with pytest.raises(TypeError):
-        FRAUD_REGISTRY.group("user", "features").defaults["tx_count_1h"] = 5  # type: ignore[index]
+        EXAMPLE_REGISTRY.group("user", "features").defaults["tx_count_1h"] = 5  # type: ignore[index]
 
 
 def test_duplicate_feature_names_are_refused_by_name() -> None:
@@ -102,9 +103,9 @@ def test_duplicate_groups_are_refused() -> None:
 
 def test_unknown_lookups_name_what_is_known() -> None:
     with pytest.raises(RegistryError, match=r"unknown entity type 'card' \(known: user\)"):
-        FRAUD_REGISTRY.group("card", "features")
+        EXAMPLE_REGISTRY.group("card", "features")
     with pytest.raises(RegistryError, match="unknown feature group user:risk"):
-        FRAUD_REGISTRY.group("user", "risk")
+        EXAMPLE_REGISTRY.group("user", "risk")
 
 
 def test_a_default_outside_the_declared_range_is_refused() -> None:

@@ -16,7 +16,6 @@ from features.breaker import CircuitBreaker
 from features.burst_log import BurstLog
 from features.errors import InvalidEntityId
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, GroupResult, Resolver, Tier
 from features.serving.tiers import redis_tier
@@ -25,14 +24,15 @@ from features.sources import Degraded, Source
 from features.stores.base import FeatureUpdate
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.timing import StageTimer
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
 from tests.support.clock import ManualClock
 from tests.support.virtual_time import SilentStore, VirtualTimeLoop
 
-USER_FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT_ITEMS = FRAUD_REGISTRY.group("user", "recent_items")
-EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+USER_FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT_ITEMS = EXAMPLE_REGISTRY.group("user", "recent_items")
+EMBEDDING = EXAMPLE_REGISTRY.group("user", "embedding")
 DEFAULTS = dict(USER_FEATURES.defaults)
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ class Harness:
         self.log = BurstLog(logging.getLogger("test.resolver"), 10.0, timer=self.clock)
         tiers = [redis_tier(self.store, settings, self.clock)]
         # A generous deadline: these tests are about tiers and caching, not time.
-        self.resolver = Resolver(FRAUD_REGISTRY, tiers, self.cache, 5.0, self.log)
+        self.resolver = Resolver(EXAMPLE_REGISTRY, tiers, self.cache, 5.0, self.log)
 
 
 def commands(client: redis.Redis, name: str) -> int:
@@ -431,7 +431,7 @@ def test_waiters_on_a_fetch_whose_request_was_cancelled_answer_saying_abandoned(
     store = SilentStore()
     tier = Tier(Source.REDIS, store, CircuitBreaker("redis", 5, 1.0))
     cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
-    resolver = Resolver(FRAUD_REGISTRY, [tier], cache, 5.0)
+    resolver = Resolver(EXAMPLE_REGISTRY, [tier], cache, 5.0)
     selection = resolver.selection("user", ["features"])
 
     async def scenario() -> GroupResult:

@@ -19,7 +19,6 @@ import uvloop
 from features.breaker import BreakerState
 from features.burst_log import BurstLog
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, GroupResult, Resolver, Tier
 from features.serving.tiers import backing_tier, redis_tier
@@ -28,12 +27,13 @@ from features.sources import Degraded, Source
 from features.stores.factory import async_backing_store
 from features.stores.redis import AsyncRedisStore, RedisStore, async_redis_store, sync_client
 from features.timing import StageTimer
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
 from service.harness.waiting import wait_until
 from tests.support.clock import ManualClock
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 SELECTION = ((FEATURES, FEATURES.feature_names),)
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
@@ -88,14 +88,14 @@ def resolver_for(
     )
     log = BurstLog(_LOG, timer=clock)
     tiers = [redis_tier(store, settings, clock)] + ([backing] if backing else [])
-    return Resolver(FRAUD_REGISTRY, tiers, cache, deadline_s, log), store
+    return Resolver(EXAMPLE_REGISTRY, tiers, cache, deadline_s, log), store
 
 
 def patient_twin(resolver: Resolver) -> Resolver:
     """A resolver over the same stores and breakers with a 5 s deadline and no cache, for a
     read that must succeed in a test about short deadlines."""
     cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
-    return Resolver(FRAUD_REGISTRY, resolver.tiers, cache, 5.0, BurstLog(_LOG))
+    return Resolver(EXAMPLE_REGISTRY, resolver.tiers, cache, 5.0, BurstLog(_LOG))
 
 
 async def source_of(resolver: Resolver, entity_id: str) -> GroupResult:
@@ -234,7 +234,7 @@ def test_under_partial_failure_the_breaker_stays_open_until_the_probe(
         fast_store = async_redis_store(fast_settings)
         cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
         fast = Resolver(
-            FRAUD_REGISTRY, [Tier(Source.REDIS, fast_store, breaker)], cache, 5.0, BurstLog(_LOG)
+            EXAMPLE_REGISTRY, [Tier(Source.REDIS, fast_store, breaker)], cache, 5.0, BurstLog(_LOG)
         )
         slow_reads = [asyncio.create_task(source_of(slow, f"u{i}")) for i in range(4)]
         failing = await asyncio.gather(*(source_of(fast, f"u{i}") for i in (7, 8)))

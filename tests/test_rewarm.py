@@ -14,18 +14,18 @@ import redis
 
 from features.ingest.rewarm import RewarmReport, rewarm
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import FeatureUpdate, ReadRequest
 from features.stores.dynamodb import DynamoDbStore, dynamodb_client
 from features.stores.redis import RedisStore, sync_client
 from features.stores.sqlite import SqliteStore
 from service.cli.rewarm import register
+from service.harness.example import EXAMPLE_REGISTRY
 from tests.support.redis_state import redis_state
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT = FRAUD_REGISTRY.group("user", "recent_items")
-EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT = EXAMPLE_REGISTRY.group("user", "recent_items")
+EMBEDDING = EXAMPLE_REGISTRY.group("user", "embedding")
 GROUPS = (FEATURES, RECENT, EMBEDDING)
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""

@@ -11,15 +11,16 @@ import numpy.typing as npt
 import pytest
 import redis
 
-from features.registry import FRAUD_REGISTRY
 from features.serving.cache import FeatureCache
 from features.serving.resolver import CachedGroup, Resolver
 from features.serving.tiers import redis_tier
 from features.settings import Settings
 from features.stores.redis import async_redis_store
 from features.timing import StageTimer
-from models.train import TrainResult, train
+from models.schema import InputBuilder
+from models.train import DEFAULT_NOW, TrainResult, train
 from service.cli.demo import load_demo_data
+from service.harness.example import EXAMPLE, EXAMPLE_REGISTRY
 from service.scoring import Scorer, ScoreRequest
 
 NOON = 1764417600
@@ -40,7 +41,12 @@ class CountingClassifier:
 
 @pytest.fixture(scope="module")
 def trained() -> TrainResult:
-    return train(n_users=500, n_transactions=3000, seed=5)
+    assert EXAMPLE.demo is not None
+    return train(EXAMPLE, EXAMPLE.demo.training_table(500, 3000, 5, DEFAULT_NOW), seed=5)
+
+
+def request(entity_id: str, amount: float, timestamp: int) -> ScoreRequest:
+    return ScoreRequest(entity_id, {"amount": amount, "timestamp": timestamp})
 
 
 def score(
@@ -51,8 +57,9 @@ def score(
     async def scenario() -> list[Any]:
         store = async_redis_store(settings)
         cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
-        resolver = Resolver(FRAUD_REGISTRY, [redis_tier(store, settings)], cache, 5.0)
-        scorer = Scorer(resolver, classifier, trained.schema, trained.threshold)
+        resolver = Resolver(EXAMPLE_REGISTRY, [redis_tier(store, settings)], cache, 5.0)
+        builder = InputBuilder(trained.schema, EXAMPLE.derived)
+        scorer = Scorer(resolver, classifier, builder, EXAMPLE.model.answer, trained.threshold)
         scored, _ = await scorer.score(requests, timer)
         await store.close()
         return scored
@@ -65,7 +72,7 @@ def test_a_batch_is_one_round_trip_and_one_model_call(
     settings: Settings, redis_client: redis.Redis, trained: TrainResult, tmp_path: Path
 ) -> None:
     load_demo_data(settings.redis_url or "", 20, tmp_path)
-    requests = [ScoreRequest(f"u{i:06d}", 10.0 * i, NOON) for i in range(20)]
+    requests = [request(f"u{i:06d}", 10.0 * i, NOON) for i in range(20)]
     redis_client.config_resetstat()
     batch, calls, timing = score(settings, trained, requests)
     assert calls == [20]
@@ -83,8 +90,8 @@ def test_only_results_a_fault_shaped_say_degraded_and_why(
     load_demo_data(settings.redis_url or "", 3, tmp_path)
     redis_client.delete("user:{u000001}:features")
     redis_client.set("user:{u000001}:features", "not a hash")
-    requests = [ScoreRequest(f"u{i:06d}", 50.0, NOON) for i in range(3)] + [
-        ScoreRequest("nobody", 50.0, NOON)
+    requests = [request(f"u{i:06d}", 50.0, NOON) for i in range(3)] + [
+        request("nobody", 50.0, NOON)
     ]
     batch, _, _ = score(settings, trained, requests)
     assert [(b["sources"]["features"], b.get("degraded")) for b in batch] == [

@@ -27,17 +27,17 @@ from features.ingest.materialize import Materialization
 from features.ingest.spark_engine import materialize_dataframe, read_table
 from features.ingest.tables import open_table
 from features.ingest.writer import ChunkTally
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.factory import open_online_store
 from service.cli import main
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis, free_port
 from tests.support.redis_state import redis_state
 
 pyspark_sql = pytest.importorskip("pyspark.sql")
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 NOW = int(time.time())
 PASSWORD = "spark-must-not-see-Zq7"
 

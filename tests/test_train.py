@@ -16,24 +16,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.schema import ModelSchema, build_row, fraud_schema
-from models.train import DEFAULT_NOW, train
+from models.schema import InputBuilder, ModelSchema, schema_of
+from models.train import DEFAULT_NOW, LoadedModel, check_servable, save_trained, train
+from service.harness.example import EXAMPLE
+from service.harness.served import EXAMPLE_PROJECT, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-
-ROUND_TRIP = """
+ROUND_TRIP = f"""
 import json
-from models.dataset import generate_transactions, generate_users
-from models.schema import build_matrix
-from models.train import DEFAULT_NOW, load, save, train
+from features.project_loader import load_project
+from models.schema import InputBuilder
+from models.train import DEFAULT_NOW, check_servable, load, save, train
 
-result = train(n_users=1500, n_transactions=5000, seed=11)
+project = load_project({str(EXAMPLE_PROJECT)!r})
+result = train(project, project.demo.training_table(1500, 5000, 11, DEFAULT_NOW), seed=11)
 tag = save(result, "fraud_round_trip")
 loaded = load(tag)
-users = generate_users(100, seed=12, now=DEFAULT_NOW)
-tx = generate_transactions(users, 300, seed=13, now=DEFAULT_NOW, missing_fraction=0.3)
-inputs = build_matrix(result.schema, tx.stored, tx.amount, tx.timestamp)
-print(json.dumps({
+check_servable(loaded, project)
+table = project.demo.training_table(100, 300, 12, DEFAULT_NOW)
+inputs = InputBuilder(result.schema, project.derived).matrix(table, 300)
+print(json.dumps({{
     "tag": tag,
     "loaded_tag": loaded.tag,
     "schema": loaded.schema.to_metadata(),
@@ -41,7 +42,7 @@ print(json.dumps({
     "threshold": [result.threshold, loaded.threshold],
     "before": result.estimator.predict_proba(inputs)[:, 1].tolist(),
     "after": loaded.estimator.predict_proba(inputs)[:, 1].tolist(),
-}))
+}}))
 """
 
 
@@ -56,7 +57,17 @@ def _run(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def result():
-    return train(n_users=3000, n_transactions=10_000, seed=3)
+    assert EXAMPLE.demo is not None
+    return train(EXAMPLE, EXAMPLE.demo.training_table(3000, 10_000, 3, DEFAULT_NOW), seed=3)
+
+
+def fraud_schema() -> ModelSchema:
+    return schema_of(EXAMPLE)
+
+
+def build_row(schema: ModelSchema, stored: dict, amount: float, timestamp: int) -> np.ndarray:
+    builder = InputBuilder(schema, EXAMPLE.derived)
+    return builder.row({**stored, "amount": amount, "timestamp": timestamp})
 
 
 def _defaults() -> dict[str, int | float | None]:
@@ -66,15 +77,16 @@ def _defaults() -> dict[str, int | float | None]:
 def test_training_reports_consistent_metrics(result) -> None:
     metrics = result.metrics
 
-    assert metrics.n_train + metrics.n_test == 10_000
-    assert metrics.n_test == 2500
-    assert 0.01 < metrics.fraud_rate < 0.08
-    assert metrics.roc_auc > 0.85
-    assert metrics.roc_auc < 0.99
+    assert metrics["n_train"] + metrics["n_test"] == 10_000
+    assert metrics["n_test"] == 2500
+    assert 0.01 < metrics["positive_rate"] < 0.08
+    assert metrics["roc_auc"] > 0.85
+    assert metrics["roc_auc"] < 0.99
     # Average precision of a useful model is well above the fraud rate (a random model's).
-    assert metrics.pr_auc > 3 * metrics.fraud_rate
+    assert metrics["pr_auc"] > 3 * metrics["positive_rate"]
     assert 0.0 < result.threshold < 1.0
     assert result.schema == fraud_schema()
+    assert result.project_digest == EXAMPLE.digest
 
 
 def test_all_defaults_get_a_sane_score(result) -> None:
@@ -106,11 +118,12 @@ def test_a_risky_transaction_scores_above_a_quiet_one(result) -> None:
 
 
 def test_the_cli_trains_and_saves_to_the_model_store(tmp_path: Path) -> None:
-    args = ["-m", "models.train", "--n-users", "1000", "--n-transactions", "4000", "--seed", "5"]
+    args = ["-m", "models.train", "--project", str(EXAMPLE_PROJECT), "--seed", "5"]
+    args += ["--n-entities", "1000", "--n-rows", "4000"]
 
     completed = _run([*args, "--name", "fraud_cli"], tmp_path)
 
-    assert "held-out ROC AUC" in completed.stdout
+    assert "roc_auc" in completed.stdout
     assert "saved fraud_cli:" in completed.stdout
     saved = list((tmp_path / "models" / "fraud_cli").glob("*/model.pkl"))
     assert len(saved) == 1
@@ -128,6 +141,99 @@ def test_save_then_load_keeps_schema_threshold_and_predictions(tmp_path: Path) -
     metadata = out["metadata"]
     assert metadata["schema_digest"] == fraud_schema().digest
     assert metadata["threshold"] == before
-    assert set(metadata["metrics"]) == {"roc_auc", "pr_auc", "n_train", "n_test", "fraud_rate"}
+    assert set(metadata["metrics"]) == {"roc_auc", "pr_auc", "n_train", "n_test", "positive_rate"}
+    assert metadata["project"] == "fraud"
+    assert metadata["project_digest"] == EXAMPLE.digest
+    assert metadata["answer"] == "class_probability"
     assert metadata["metrics"]["n_train"] + metadata["metrics"]["n_test"] == 5000
     assert metadata["sklearn_version"]
+
+
+def _loaded(result, **changes) -> LoadedModel:
+    fields = {
+        "tag": "fraud_model:test",
+        "estimator": result.estimator,
+        "schema": result.schema,
+        "threshold": result.threshold,
+        "project_digest": result.project_digest,
+        "answer_kind": result.answer_kind,
+        "metadata": {},
+    }
+    return LoadedModel(**{**fields, **changes})
+
+
+class _Regressor:
+    n_features_in_ = 17
+
+    def predict(self, inputs):
+        return np.zeros(len(inputs))
+
+
+class _NarrowClassifier:
+    n_features_in_ = 5
+
+    def predict_proba(self, inputs):
+        return np.zeros((len(inputs), 2))
+
+
+def test_a_model_that_fits_the_project_is_served(result) -> None:
+    check_servable(_loaded(result), EXAMPLE)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"project_digest": "0" * 64}, "trained on project version 000000000000"),
+        ({"project_digest": None}, "trained on project version no project digest"),
+        ({"answer_kind": "regression"}, "it answers 'regression'"),
+        ({"estimator": _Regressor()}, "has no predict_proba()"),
+        ({"estimator": _NarrowClassifier()}, "takes 5 inputs, the schema has 17"),
+        ({"threshold": None}, "records no threshold"),
+    ],
+)
+def test_a_model_that_does_not_fit_is_refused_naming_the_difference(
+    result, changes: dict, named: str
+) -> None:
+    with pytest.raises(ValueError, match="fraud_model:test does not fit project 'fraud'") as e:
+        check_servable(_loaded(result, **changes), EXAMPLE)
+    assert named in str(e.value)
+
+
+def test_a_model_of_other_inputs_is_refused_by_its_schema(result) -> None:
+    narrower = ModelSchema("user", ("features",), result.schema.inputs[:-1])
+    with pytest.raises(ValueError, match="input 'amount_to_avg_90d' added"):
+        check_servable(_loaded(result, schema=narrower), EXAMPLE)
+
+
+OWN_WAY = f"""
+import json
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from features.project_loader import load_project
+from models.schema import InputBuilder, schema_of
+from models.train import DEFAULT_NOW, check_servable, load, save_trained
+
+project = load_project({str(EXAMPLE_PROJECT)!r})
+table = project.demo.training_table(800, 3000, 21, DEFAULT_NOW)
+inputs = InputBuilder(schema_of(project), project.derived).matrix(table, 3000)
+model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+model.fit(inputs, table["label"])
+tag = save_trained(project, model, threshold=0.3, metrics={{"note": 1.0}})
+loaded = load(tag)
+check_servable(loaded, project)
+print(json.dumps({{"tag": tag, "threshold": loaded.threshold, "metadata": loaded.metadata}}))
+"""
+
+
+def test_a_model_trained_another_way_is_saved_so_the_service_accepts_it(tmp_path: Path) -> None:
+    out = json.loads(_run(["-c", OWN_WAY], tmp_path).stdout)
+    assert out["tag"].startswith("fraud_model:")
+    assert out["threshold"] == 0.3
+    assert out["metadata"]["project_digest"] == EXAMPLE.digest
+    assert out["metadata"]["estimator"] == "Pipeline"
+
+
+def test_save_trained_refuses_a_class_probability_without_a_threshold(result) -> None:
+    with pytest.raises(ValueError, match="give a threshold"):
+        save_trained(EXAMPLE, result.estimator)

@@ -9,11 +9,11 @@ import pytest
 
 from features.errors import InvalidUpdate
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
+from service.harness.example import EXAMPLE_REGISTRY
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT = FRAUD_REGISTRY.group("user", "recent_items")
-EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT = EXAMPLE_REGISTRY.group("user", "recent_items")
+EMBEDDING = EXAMPLE_REGISTRY.group("user", "embedding")
 NOW = 1764230400
 
 
@@ -83,7 +83,7 @@ def test_bad_updates_are_refused_naming_the_field(
     field: str,
     problem: str,
 ) -> None:
-    group = FRAUD_REGISTRY.group("user", group_name)
+    group = EXAMPLE_REGISTRY.group("user", group_name)
     with pytest.raises(InvalidUpdate, match=re.escape(problem)) as refused:
         parse_update(group, entity_id, timestamp, values)
     assert refused.value.field == field

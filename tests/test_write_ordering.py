@@ -12,15 +12,15 @@ import pytest
 import redis
 
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import ReadRequest, WriteOutcome
 from features.stores.redis import RedisStore, sync_client
 from features.stores.redis_scripts import HASH_WRITE
+from service.harness.example import EXAMPLE_REGISTRY
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
-RECENT = FRAUD_REGISTRY.group("user", "recent_items")
-EMBEDDING = FRAUD_REGISTRY.group("user", "embedding")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
+RECENT = EXAMPLE_REGISTRY.group("user", "recent_items")
+EMBEDDING = EXAMPLE_REGISTRY.group("user", "embedding")
 NOW = int(time.time())
 """Writes are dated around now: Redis counts TTLs from the event time."""
 

@@ -22,17 +22,17 @@ import redis
 
 from features.errors import StoreUnavailable
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from features.stores.base import FeatureUpdate, WriteOutcome
 from features.stores.factory import async_backing_store, open_backing_store
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.stores.write_through import AsyncWriteThrough, WriteThrough
 from service.cli import main
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis, free_port
 from tests.support.moto_server import aws_env
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 NOW = int(time.time())
 """Writes are dated around now: both stores count TTLs from the event time."""
 

@@ -17,11 +17,11 @@ import redis
 from features.ingest.materialize import materialize
 from features.ingest.tables import open_table
 from features.ingest.updates import parse_update
-from features.registry import FRAUD_REGISTRY
 from features.stores.redis import RedisStore
+from service.harness.example import EXAMPLE_REGISTRY
 from tests.support.redis_state import redis_state
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 NOW = int(time.time())
 
 

@@ -165,7 +165,7 @@ def estimate_entity_bytes(groups: tuple[FeatureGroup, ...], id_length: int) -> i
     """A rough ``MEMORY USAGE`` of one entity's keys, from the groups' layout alone."""
     total = 0
     for group in groups:
-        key = len(feature_key(group.entity.name, "x" * id_length, group.name))
+        key = len(feature_key(group.entity.key_name, "x" * id_length, group.name))
         if group.structure is Structure.HASH:
             fields = [(EVENT_MS_FIELD, "event_ms")] + [
                 (f.name, f.type_name) for f in group.features
@@ -195,7 +195,7 @@ def measure_entity_bytes(
 
     A string group's sibling event-time key counts too; keys an entity lacks count nothing.
     """
-    entity = groups[0].entity.name
+    entity = groups[0].entity.key_name
     seen: set[str] = set()
     for _ in range(samples * 10):
         if len(seen) >= samples:

@@ -268,7 +268,7 @@ def _item(key: str, group: FeatureGroup, held: HeldGroup, rev: int) -> dict[str,
 
 
 def _key(group: FeatureGroup, entity_id: str) -> str:
-    return feature_key(group.entity.name, entity_id, group.name)
+    return feature_key(group.entity.key_name, entity_id, group.name)
 
 
 def _expires_at_s(group: FeatureGroup, event_ms: int) -> int:

@@ -218,7 +218,7 @@ def read_commands(request: ReadRequest) -> tuple[Command, ...]:
     replies back together, one per request.
     """
     group = request.group
-    key = feature_key(group.entity.name, request.entity_id, group.name)
+    key = feature_key(group.entity.key_name, request.entity_id, group.name)
     if group.structure is Structure.HASH:
         return (("HMGET", key, *request.fields, EVENT_MS_FIELD),)
     if group.structure is Structure.SORTED_SET:
@@ -424,7 +424,7 @@ class _ScriptCall:
 def _script_call(update: FeatureUpdate) -> _ScriptCall:
     """The write script call for ``update``: its arguments are bounded by the group's shape."""
     group = update.group
-    key = feature_key(group.entity.name, update.entity_id, group.name)
+    key = feature_key(group.entity.key_name, update.entity_id, group.name)
     ttl_ms = group.ttl // timedelta(milliseconds=1)
     # Sizes count an int as 20 bytes, its longest.
     args: list[bytes | str | int]

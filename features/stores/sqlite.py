@@ -292,4 +292,4 @@ def _readable(group: FeatureGroup, row: _Row | None) -> HeldGroup | None:
 
 
 def _key(group: FeatureGroup, entity_id: str) -> str:
-    return feature_key(group.entity.name, entity_id, group.name)
+    return feature_key(group.entity.key_name, entity_id, group.name)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features.errors import RegistryError, StoreError
-from features.registry import FRAUD_REGISTRY, FeatureGroup
+from features.registry import FeatureGroup
 from features.settings import Settings
 from features.stores.capacity import (
     CapacityInputs,
@@ -24,6 +24,7 @@ from features.stores.capacity import (
 )
 from features.stores.factory import open_redis_client
 from features.stores.redis import translated_errors
+from service.cli.project_option import chosen_project
 
 __all__ = ["register"]
 
@@ -52,7 +53,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--measure", action="store_true", help="sample MEMORY USAGE from a live Redis"
     )
     parser.add_argument("--samples", type=int, default=200, help="entities --measure samples")
-    parser.add_argument("--entity", default="user", help="the entity type (user)")
+    parser.add_argument("--entity", help="the entity type (default: the project's)")
     parser.add_argument(
         "--id-length", type=int, default=10, help="entity id length, for the estimate"
     )
@@ -74,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.redis_url:
         settings = settings.model_copy(update={"redis_url": args.redis_url})
     try:
-        groups = FRAUD_REGISTRY.groups_of(args.entity)
+        project = chosen_project(args)
+        groups = project.registry.groups_of(args.entity or project.entity.name)
         _check(args)
     except (RegistryError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -88,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
             console.print(f"[red]error:[/] {exc}")
             return EXIT_STORE
         if not sampled:
-            console.print(f"[red]error:[/] Redis holds no {args.entity} keys to measure")
+            console.print(f"[red]error:[/] Redis holds no {groups[0].entity.name} keys to measure")
             return EXIT_STORE
         source = f"measured: MEMORY USAGE of {sampled} entities"
     else:

@@ -1,12 +1,15 @@
 """``make serve``: the service on a fresh machine, with demo data and a trained model.
 
+It serves the project ``--project`` or ``FEATSERVE_PROJECT`` names (``make
+serve`` passes ``PROJECT``, the example in ``examples/fraud`` unless told
+otherwise).
 ``python -m service.cli.demo`` uses ``REDIS_URL`` when it is set (with
 ``FEATSERVE_REDIS_MODE``: ``cluster`` when it names a node of a Redis
 Cluster, ``sentinel`` with ``FEATSERVE_SENTINELS``), and otherwise starts an
 embedded one on 127.0.0.1 of the mode asked for: one server (port 6379 when
 free), a 3-primary / 3-replica cluster, or a primary, two replicas and three
 sentinels.  It writes
-demo tables for users ``u000000`` to ``u009999`` and loads them with
+the project's demo tables for 10,000 entities and loads them with
 ``featserve materialize``, trains and saves the
 model when the BentoML model store has none, runs ``bentoml serve`` on
 127.0.0.1:3000 and prints curls that work.  Writes (``POST /push``) and
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -30,9 +34,11 @@ from pathlib import Path
 
 import bentoml
 
+from features.project import Project
+from features.project_loader import load_project
 from features.redaction import install_log_redaction, redact
 from features.settings import Settings
-from models.demo_tables import write_demo_tables
+from models.train import default_model_name
 from service import cli
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis, free_port
@@ -50,14 +56,25 @@ DEMO_USERS = 10_000
 
 
 def load_demo_data(
-    redis_url: str | None, n_users: int, out_dir: Path, settings: Settings | None = None
+    redis_url: str | None,
+    n_users: int,
+    out_dir: Path,
+    settings: Settings | None = None,
+    project: str | Path | None = None,
 ) -> None:
-    """Write the demo tables to ``out_dir`` and load them with ``featserve materialize``
-    into ``redis_url`` (or where ``settings``, else the environment, says), in the Redis
-    mode ``settings`` (else the environment) says."""
-    paths = write_demo_tables(out_dir, n_users, int(time.time()))
+    """Write the demo tables of the project in folder ``project`` (default: the project of
+    ``settings``, else of the environment) to ``out_dir`` and load them with ``featserve
+    materialize`` into ``redis_url`` (or where ``settings``, else the environment, says), in
+    the Redis mode ``settings`` (else the environment) says."""
+    folder = str(project or (settings or Settings()).project or "")
+    if not folder:
+        raise RuntimeError("no project: set FEATSERVE_PROJECT or pass --project")
+    declared = load_project(folder)
+    if declared.demo is None:
+        raise RuntimeError(f"project {declared.name!r} brings no demo data (Project.demo)")
+    paths = declared.demo.write_tables(out_dir, n_users, int(time.time()), "parquet")
     for group, path in paths.items():
-        args = ["materialize", str(path), "--group", f"user:{group}"]
+        args = ["materialize", str(path), "--group", group, "--project", folder]
         if redis_url:
             args += ["--redis-url", redis_url]
         code = cli.main(args, settings)
@@ -65,7 +82,7 @@ def load_demo_data(
             raise RuntimeError(redact(f"featserve {' '.join(args)} exited with {code}"))
 
 
-def ensure_model(tag: str) -> None:
+def ensure_model(tag: str, project_folder: str) -> None:
     """Train and save the model when the model store has none under ``tag``."""
     try:
         bentoml.models.get(tag)
@@ -73,11 +90,15 @@ def ensure_model(tag: str) -> None:
     except bentoml.exceptions.NotFound:
         pass
     print(f"No model {tag} in the BentoML model store: training one.", flush=True)
-    subprocess.run([sys.executable, "-m", "models.train"], check=True)
+    command = [sys.executable, "-m", "models.train", "--project", project_folder]
+    if not tag.endswith(":latest"):
+        command += ["--name", tag.partition(":")[0]]
+    subprocess.run(command, check=True)
 
 
-def ready_message(base_url: str, settings: Settings, token_was_set: bool) -> str:
-    """What to try once the service answers: curls for a score, a push and the status page."""
+def ready_message(base_url: str, settings: Settings, token_was_set: bool, project: Project) -> str:
+    """What to try once the service answers: curls for a score, a push and the status page,
+    with bodies made of ``project``'s fields and examples."""
     token = settings.write_token.get_secret_value() if settings.write_token else ""
     where = (
         "from FEATSERVE_WRITE_TOKEN"
@@ -86,14 +107,28 @@ def ready_message(base_url: str, settings: Settings, token_was_set: bool) -> str
     )
     read_header = ' -H "Authorization: Bearer $FEATSERVE_READ_TOKEN"' if settings.read_token else ""
     export = "" if token_was_set else f"  export FEATSERVE_WRITE_TOKEN={token}\n"
-    update = (
-        f'{{"updates": [{{"entity_id": "u000123", "event_timestamp": {int(time.time())}, '
-        '"values": {"tx_count_1h": 4}}]}'
+    example_id = f"{project.entity.name[:1]}000123"
+    score = {project.entity_field: example_id} | {
+        item.name: item.example for item in project.request if item.required
+    }
+    group = project.registry.groups_of(project.entity.name)[0]
+    feature = group.features[0]
+    update = json.dumps(
+        {
+            "updates": [
+                {
+                    "entity_id": example_id,
+                    "group": group.name,
+                    "event_timestamp": int(time.time()),
+                    "values": {feature.name: feature.default},
+                }
+            ]
+        }
     )
     return (
         "\nfeatserve is ready. Try:\n\n"
         f"  curl -s -X POST {base_url}/score -H 'Content-Type: application/json'{read_header} \\\n"
-        '       -d \'{"entity_id": "u000123", "amount": 250.0}\'\n\n'
+        f"       -d '{json.dumps(score)}'\n\n"
         f"Writes and /ops/status need the write token ({where}):\n\n"
         f"{export}"
         f"  curl -s -X POST {base_url}/push -H 'Content-Type: application/json' \\\n"
@@ -112,9 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
-    parser.add_argument("--users", type=int, default=DEMO_USERS, help="demo users to write")
+    parser.add_argument("--users", type=int, default=DEMO_USERS, help="demo entities to write")
     parser.add_argument("--data", type=Path, default=Path("var/demo"), help="demo tables folder")
+    parser.add_argument("--project", help="the project folder (default: FEATSERVE_PROJECT)")
     args = parser.parse_args(argv)
+    if args.project:
+        os.environ["FEATSERVE_PROJECT"] = args.project
+    if not os.environ.get("FEATSERVE_PROJECT"):
+        parser.error("no project: pass --project DIR or set FEATSERVE_PROJECT")
     # `kill` and `timeout` send SIGTERM: clean up as for Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
@@ -157,14 +197,16 @@ def _start_embedded(settings: Settings, stack: contextlib.ExitStack) -> dict[str
 
 def _serve(args: argparse.Namespace, settings: Settings, token_was_set: bool) -> int:
     """Load the demo data, make sure there is a model, and serve until interrupted."""
-    load_demo_data(None, args.users, args.data, settings)
-    print(f"Loaded demo features for u000000..u{args.users - 1:06d}", flush=True)
-    ensure_model(settings.model_tag)
+    folder = settings.project or ""
+    project = load_project(folder)
+    load_demo_data(None, args.users, args.data, settings, folder)
+    print(f"Loaded demo features of {args.users} {project.entity.name} entities", flush=True)
+    ensure_model(settings.model_tag or f"{default_model_name(project)}:latest", folder)
     base_url = f"http://127.0.0.1:{args.port}"
     server = subprocess.Popen(bentoml_serve_command(SERVICE, args.port), env=dict(os.environ))
     try:
         wait_until_ready(base_url, server, READY_TIMEOUT_S)
-        print(ready_message(base_url, settings, token_was_set), flush=True)
+        print(ready_message(base_url, settings, token_was_set, project), flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0

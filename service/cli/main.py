@@ -7,6 +7,12 @@ featserve sla --url URL [--profile fraud] [--total-ms N --features-ms N]
               [--rate R | --concurrency C] [--duration S] [--entities N|FIRST..LAST] [--plot FILE]
 featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
 featserve capacity --entities N --peak-rps R --latency-ms L [--measure | --bytes-per-entity B]
+featserve train [PROJECT] --data TABLE [--seed S] [--test-size F] [--name NAME]
+featserve check [PROJECT] [--model TAG]
+featserve init DIR [--name NAME]
+featserve build [PROJECT] [--name featserve]
+
+Every subcommand takes ``--project DIR`` (default: ``FEATSERVE_PROJECT``).
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from features.errors import ProjectError
 from features.redaction import install_log_redaction
 from features.settings import Settings
-from models.demo_tables import write_demo_tables
-from service.cli import capacity, materialize, rewarm, sla
+from service.cli import build, capacity, check, init, materialize, rewarm, sla, train
+from service.cli.project_option import add_project_option, chosen_project
 
 __all__ = ["main"]
 
@@ -38,7 +45,13 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     rewarm.register(commands)
     sla.register(commands)
     capacity.register(commands)
+    train.register(commands)
+    check.register(commands)
+    init.register(commands)
+    build.register(commands)
     _add_demo_data(commands)
+    for command in commands.choices.values():
+        add_project_option(command)
     args = parser.parse_args(argv)
     args.settings = settings
     code: int = args.run(args)
@@ -46,7 +59,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
 
 
 def _add_demo_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("demo-data", help="write the demo offline tables")
+    parser = commands.add_parser("demo-data", help="write the project's demo offline tables")
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=Path("var/demo"))
     parser.add_argument("--format", choices=["parquet", "csv"], default="parquet")
@@ -54,9 +67,17 @@ def _add_demo_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _run_demo_data(args: argparse.Namespace) -> int:
-    paths = write_demo_tables(args.out, args.users, int(time.time()), fmt=args.format)
+    try:
+        project = chosen_project(args)
+    except ProjectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if project.demo is None:
+        print(f"error: project {project.name!r} brings no demo data", file=sys.stderr)
+        return 2
+    paths = project.demo.write_tables(args.out, args.users, int(time.time()), args.format)
     for group, path in paths.items():
-        print(f"user:{group}\t{path}")
+        print(f"{group}\t{path}")
     return 0
 
 

@@ -35,12 +35,14 @@ from features.ingest.materialize import (
     table_columns,
 )
 from features.ingest.tables import OfflineTable, TableError, open_table
+from features.project import Project
 from features.redaction import redact
-from features.registry import FRAUD_REGISTRY, FeatureGroup
+from features.registry import FeatureGroup
 from features.settings import Settings
 from features.stores.base import OnlineStore
 from features.stores.factory import open_backing_store, open_online_store
 from features.stores.write_through import WriteThrough
+from service.cli.project_option import chosen_project
 
 __all__ = ["register"]
 
@@ -61,7 +63,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "REDIS_URL says where (and FEATSERVE_REDIS_MODE how: standalone, cluster or sentinel).",
     )
     parser.add_argument("table", type=Path, help="a .parquet or .csv file")
-    parser.add_argument("--group", default="user:features", help="ENTITY:GROUP (user:features)")
+    parser.add_argument(
+        "--group", help="ENTITY:GROUP, e.g. user:features (default: the entity's first group)"
+    )
     parser.add_argument("--format", choices=["parquet", "csv"], help="default: from the suffix")
     parser.add_argument("--entity-column", default="entity_id")
     parser.add_argument("--timestamp-column", default="event_timestamp")
@@ -108,7 +112,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _run_materialize(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
-        group = _group(args.group)
+        group = _group(chosen_project(args), args.group)
         table = open_table(args.table, args.format)
         table_columns(table, group, args.entity_column, args.timestamp_column)
     except (RegistryError, TableError) as exc:
@@ -253,11 +257,13 @@ def _print_json(
     sys.stdout.write("\n")
 
 
-def _group(name: str) -> FeatureGroup:
+def _group(project: Project, name: str | None) -> FeatureGroup:
+    if name is None:
+        return project.registry.groups_of(project.entity.name)[0]
     entity, _, group = name.partition(":")
     if not group:
         raise RegistryError(f"--group {name!r}: expected ENTITY:GROUP, e.g. user:features")
-    return FRAUD_REGISTRY.group(entity, group)
+    return project.registry.group(entity, group)
 
 
 def _progress(console: Console) -> Progress:

@@ -19,10 +19,11 @@ from rich.table import Table
 from features.errors import RegistryError, StoreError
 from features.ingest.rewarm import RewarmReport, rewarm
 from features.redaction import redact
-from features.registry import FRAUD_REGISTRY, FeatureGroup, Registry
+from features.registry import FeatureGroup, Registry
 from features.settings import Settings
 from features.stores.backing import group_label
 from features.stores.factory import open_backing_store, open_online_store
+from service.cli.project_option import chosen_project
 
 __all__ = ["register"]
 
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.redis_url:
         settings = settings.model_copy(update={"redis_url": args.redis_url})
     try:
-        groups = _groups(FRAUD_REGISTRY, args.groups)
+        groups = _groups(chosen_project(args).registry, args.groups)
         if settings.redis_missing:
             raise ValueError(settings.redis_missing)
         if args.chunk_size < 1:

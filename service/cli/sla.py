@@ -6,13 +6,14 @@ Usage::
     featserve sla --url URL --total-ms 50 --features-ms 10 --concurrency 8 --plot sla.png --json
 
 Requests go to the ``--url``s only (repeat it to mix endpoints), with bodies
-that suit each endpoint: ``/score`` for random entities, ``/score_batch`` of
-``--batch`` entities, ``/features`` of ``--batch`` ids.  Each response's
+that suit each endpoint, built from the project's declared request inputs
+(``--project``, else ``FEATSERVE_PROJECT``): ``/score`` for random entities,
+``/score_batch`` of ``--batch`` entities, ``/features`` of ``--batch`` ids.  Each response's
 ``Server-Timing`` header gives the server's stages, and its body where each
 answer's features came from.  The verdict compares, at p99, the latency the
 client saw with the total budget and the ``features`` stage with the feature
-budget (``--profile`` gives both, from ``features.budgets``; ``--total-ms``
-and ``--features-ms`` override), and counts truth apart from speed: more
+budget (the project's own budget, or ``--profile``'s from ``features.budgets``;
+``--total-ms`` and ``--features-ms`` override), and counts truth apart from speed: more
 than ``--max-degraded`` % of answers shaped by a fault (the service marked
 them ``degraded``, or served them ``stale`` or ``unavailable``) is a breach
 however fast they were, and so is more than ``--max-shed`` % of requests
@@ -34,8 +35,9 @@ import math
 import os
 import random
 import re
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,11 @@ from rich.console import Console
 from rich.table import Table
 
 from features.budgets import PROFILES, LatencyBudget
+from features.errors import ProjectError
+from features.project import Project, RequestInput
 from features.redaction import redact
 from features.timing import Stage
+from service.cli.project_option import chosen_project
 from service.harness.load import MAX_DURATION_S, Endpoint, LoadPlan, Sample, drive
 from service.harness.stats import percentiles
 
@@ -75,16 +80,21 @@ DEFAULT_BATCH = 10
 _RANGE = re.compile(r"^(?P<prefix>\D*)(?P<first>\d+)\.\.(?P=prefix)(?P<last>\d+)$")
 
 
-def entity_ids(spec: str) -> list[str]:
+def entity_ids(spec: str, project: Project) -> list[str]:
     """``"u000000..u009999"`` (same prefix, zero-padded as the first) or a count ``"500"``.
 
-    A count ``n`` means the demo ids ``u000000`` to ``u{n-1:06d}``.
+    A count ``n`` means the project's first ``n`` demo ids (the fraud example's: ``u000000``
+    to ``u{n-1:06d}``).
     """
     if spec.isdigit():
         count = int(spec)
         if count < 1:
             raise ValueError("--entities: the count must be at least 1")
-        return [f"u{i:06d}" for i in range(count)]
+        if project.demo is None:
+            raise ValueError(
+                f"--entities {spec}: project {project.name!r} has no demo ids; give FIRST..LAST"
+            )
+        return [project.demo.entity_id(i) for i in range(count)]
     match = _RANGE.match(spec)
     if match is None:
         raise ValueError(f"--entities {spec!r}: expected a count or FIRST..LAST, e.g. u0..u99")
@@ -95,12 +105,23 @@ def entity_ids(spec: str) -> list[str]:
     return [f"{match['prefix']}{i:0{width}d}" for i in range(first, last + 1)]
 
 
-def request_bodies(ids: Sequence[str], batch: int, count: int = 1000, seed: int = 7) -> list[bytes]:
-    """``count`` JSON bodies: ``/score`` ones, or ``/score_batch`` ones of ``batch`` entities."""
+def request_bodies(
+    project: Project, ids: Sequence[str], batch: int, count: int = 1000, seed: int = 7
+) -> list[bytes]:
+    """``count`` JSON bodies of ``project``'s API: ``/score`` ones, or ``/score_batch`` ones
+    of ``batch`` entities.  Each names an entity of ``ids`` and carries every required
+    request input, drawn within its declared bounds (an upper bound not declared is eight
+    times the example, else 1,000 above the lower); optional inputs are left to the service.
+    """
     rng = random.Random(seed)
+    draws = [_draw(item) for item in project.request if item.required]
+    entity_field = project.entity_field
 
     def one() -> dict[str, object]:
-        return {"entity_id": rng.choice(ids), "amount": round(rng.uniform(1.0, 2000.0), 2)}
+        body: dict[str, object] = {entity_field: rng.choice(ids)}
+        for name, draw in draws:
+            body[name] = draw(rng)
+        return body
 
     if batch == 0:
         return [json.dumps(one()).encode() for _ in range(count)]
@@ -430,20 +451,37 @@ def plot(verdict: Verdict, samples: Sequence[Sample], budget: LatencyBudget, pat
     plt.close(figure)
 
 
-def budget_of(args: argparse.Namespace) -> LatencyBudget:
-    """The profile's budget, with ``--total-ms`` / ``--features-ms`` overriding it."""
-    profile = PROFILES[args.profile]
+def budget_of(args: argparse.Namespace, declared: LatencyBudget) -> LatencyBudget:
+    """``--profile``'s budget, else ``declared`` (the project's), with ``--total-ms`` /
+    ``--features-ms`` overriding it."""
+    profile = declared if args.profile is None else PROFILES[args.profile]
     return LatencyBudget(
         total_ms=profile.total_ms if args.total_ms is None else args.total_ms,
         features_ms=profile.features_ms if args.features_ms is None else args.features_ms,
     )
 
 
-def bodies_for(url: str, ids: Sequence[str], batch: int) -> list[bytes]:
+def _draw(item: RequestInput) -> tuple[str, Callable[[random.Random], object]]:
+    """How a body's value of ``item`` is drawn: uniformly within its bounds."""
+    low = item.minimum if item.minimum is not None else 0.0
+    if item.maximum is not None:
+        high = item.maximum
+    elif item.example:
+        high = max(low + 1.0, 8 * float(item.example))
+    else:
+        high = low + 1000.0
+    if item.type == "timestamp":
+        return item.name, lambda rng: int(time.time())
+    if item.type == "int":
+        return item.name, lambda rng: rng.randint(math.ceil(low), math.floor(high))
+    return item.name, lambda rng: round(rng.uniform(low, high), 2)
+
+
+def bodies_for(project: Project, url: str, ids: Sequence[str], batch: int) -> list[bytes]:
     """Request bodies that suit the endpoint ``url`` names (by the end of its path)."""
     path = urlsplit(url).path.rstrip("/")
     if path.endswith("/score_batch"):
-        return request_bodies(ids, batch or DEFAULT_BATCH)
+        return request_bodies(project, ids, batch or DEFAULT_BATCH)
     if path.endswith("/features"):
         rng = random.Random(7)
         size = batch or 1
@@ -451,10 +489,11 @@ def bodies_for(url: str, ids: Sequence[str], batch: int) -> list[bytes]:
             json.dumps({"entity_ids": rng.sample(list(ids), min(size, len(ids)))}).encode()
             for _ in range(1000)
         ]
-    return request_bodies(ids, batch)
+    return request_bodies(project, ids, batch)
 
 
 async def drive_all(
+    project: Project,
     urls: Sequence[str],
     ids: Sequence[str],
     batch: int,
@@ -472,7 +511,12 @@ async def drive_all(
     )
     runs = await asyncio.gather(
         *(
-            drive(Endpoint.parse(url, token), bodies_for(url, ids, batch), per_url, seed=index)
+            drive(
+                Endpoint.parse(url, token),
+                bodies_for(project, url, ids, batch),
+                per_url,
+                seed=index,
+            )
             for index, url in enumerate(urls)
         )
     )
@@ -485,7 +529,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for url in args.urls:
             Endpoint.parse(url)
-        ids = entity_ids(args.entities)
+        project = chosen_project(args)
+        ids = entity_ids(args.entities, project)
         plan = LoadPlan(
             duration_s=args.duration,
             concurrency=args.concurrency,
@@ -494,10 +539,10 @@ def run(args: argparse.Namespace) -> int:
             max_requests=args.max_requests,
             warmup_s=args.warmup,
         )
-    except ValueError as exc:
+    except (ValueError, ProjectError) as exc:
         console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
-    limits = Limits(budget_of(args), args.max_degraded, args.max_shed)
+    limits = Limits(budget_of(args, project.budget), args.max_degraded, args.max_shed)
     pace = f"{args.rate:g} requests/s" if args.rate else "closed loop"
     console.print(
         f"Driving {redact(', '.join(args.urls))} for {args.duration:g} s: {args.concurrency} "
@@ -507,11 +552,11 @@ def run(args: argparse.Namespace) -> int:
     )
     # A read token when the deployment has one (FEATSERVE_READ_TOKEN, else the write token).
     token = os.environ.get("FEATSERVE_READ_TOKEN") or os.environ.get("FEATSERVE_WRITE_TOKEN")
-    by_url = asyncio.run(drive_all(args.urls, ids, args.batch, plan, token or None))
+    by_url = asyncio.run(drive_all(project, args.urls, ids, args.batch, plan, token or None))
     verdict = evaluate(by_url, limits, args.duration)
     render(console, verdict, limits.budget)
     if args.json:
-        print(json.dumps(as_json(verdict, limits, args.profile)))
+        print(json.dumps(as_json(verdict, limits, args.profile or f"project {project.name}")))
     if args.plot is not None:
         samples = [sample for url_samples in by_url.values() for sample in url_samples]
         try:
@@ -558,7 +603,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="an endpoint, e.g. http://HOST:3000/score; repeat to mix endpoints "
         "(/score, /score_batch, /features)",
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="fraud")
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILES), help="a use case's budget (default: the project's)"
+    )
     parser.add_argument("--total-ms", type=_positive, help="p99 budget of the whole request")
     parser.add_argument("--features-ms", type=_positive, help="p99 budget of feature retrieval")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""Fault drills: steady ``/score`` load on a served FraudScorer while faults come and go.
+"""Fault drills: steady ``/score`` load on a served ScoringService while faults come and go.
 
 ``Load`` drives ``/score`` with the one load driver (``service.harness.load.drive``,
 paced, on a thread of its own) and keeps every answer (``Answer``): the entity

@@ -1,9 +1,9 @@
-"""The fault rig: a served FraudScorer whose Redis sits behind a controllable proxy, under load.
+"""The fault rig: a served ScoringService whose Redis sits behind a controllable proxy, under load.
 
 ``open_rig`` writes each entity's feature values (``drill_values``, chosen
 here, not by featserve) to a CSV table, loads it with ``featserve
 materialize`` into Redis (and first into a SQLite backing store, with
-``backing``), serves the FraudScorer against Redis through a proxy in a
+``backing``), serves the ScoringService against Redis through a proxy in a
 process of its own, reads every entity once, so that each has been read
 before any fault and its score from Redis is known, then starts the load.
 

@@ -29,6 +29,7 @@ import httpx
 from service.harness.local_redis import LocalRedis, free_port
 
 __all__ = [
+    "EXAMPLE_PROJECT",
     "READY_TIMEOUT_S",
     "ROOT",
     "SERVICE",
@@ -47,16 +48,21 @@ READY_TIMEOUT_S = 120.0
 """How long a starting service may take to answer ``/readyz`` (loading BentoML, the model and
 the store takes seconds; a cold machine under other load, much longer)."""
 
-SERVICE = "service.service:FraudScorer"
+SERVICE = "service.service:ScoringService"
 """The featserve service, as ``bentoml serve`` names it."""
 
+EXAMPLE_PROJECT = ROOT / "examples" / "fraud"
+"""The example project (fraud, for example) the tests and benchmarks serve unless told
+otherwise; ``make serve`` serves it by default too."""
 
-def train_small_model(bentoml_home: Path) -> None:
-    """Train a small fraud model into ``bentoml_home``, in a subprocess (BentoML fixes its home
-    the first time a process uses the store)."""
+
+def train_small_model(bentoml_home: Path, project: Path = EXAMPLE_PROJECT) -> None:
+    """Train a small model of ``project`` into ``bentoml_home``, in a subprocess (BentoML
+    fixes its home the first time a process uses the store)."""
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    command = [sys.executable, "-m", "models.train", "--project", str(project)]
     subprocess.run(
-        [sys.executable, "-m", "models.train", "--n-users", "2000", "--n-transactions", "6000"],
+        [*command, "--n-entities", "2000", "--n-rows", "6000"],
         cwd=ROOT,
         env=env,
         check=True,
@@ -91,8 +97,8 @@ def start_service(
     """Serve ``target`` (a service path, a Bento tag or folder) on a free 127.0.0.1 port.
 
     The service's environment is this process's without ``FEATSERVE_*``, ``OTEL_*``,
-    ``BENCH_*`` and ``REDIS_URL``, plus ``REDIS_URL`` of ``redis_server`` (when given),
-    ``FEATSERVE_DRAIN_S=0`` and ``env_overrides``.
+    ``BENCH_*`` and ``REDIS_URL``, plus ``FEATSERVE_PROJECT`` (the example project), ``REDIS_URL``
+    of ``redis_server`` (when given), ``FEATSERVE_DRAIN_S=0`` and ``env_overrides``.
 
     Returns ``(process, base URL, log file)`` once ``/readyz`` answers; stops the server when
     it does not (or the wait is interrupted).  ``cpus`` pins the server and its workers with
@@ -107,6 +113,7 @@ def start_service(
         # Stopped by ``stop`` at the end of a test or benchmark, nobody to drain for: stop at
         # once unless the caller measures the drain (tests/e2e/test_drain.py).
         "FEATSERVE_DRAIN_S": "0",
+        "FEATSERVE_PROJECT": str(EXAMPLE_PROJECT),
         **({} if redis_server is None else {"REDIS_URL": redis_server.url}),
         **env_overrides,
     }

@@ -32,7 +32,7 @@ timeouts state their own."""
 
 @dataclass
 class RunningService:
-    """A served FraudScorer, its Redis, and an HTTP client for it."""
+    """A served ScoringService, its Redis, and an HTTP client for it."""
 
     url: str
     redis: LocalRedis

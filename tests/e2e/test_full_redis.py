@@ -21,12 +21,13 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.demo_tables import write_demo_tables
 from service.cli.demo import load_demo_data
+from service.harness.example import example_module
 from service.harness.local_redis import LocalRedis
 from service.harness.served import clean_environment, start_service, stop
 
 LIMIT_BYTES = 4_000_000
+write_demo_tables = example_module("demo_tables").write_demo_tables
 
 
 def fill(admin: redis.Redis) -> None:

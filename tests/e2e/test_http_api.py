@@ -15,16 +15,16 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from features.registry import FRAUD_REGISTRY
 from features.settings import Settings
 from service.cli.demo import load_demo_data
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis, free_port
-from service.harness.served import clean_environment
+from service.harness.served import EXAMPLE_PROJECT, clean_environment
 from service.harness.waiting import wait_until
 from tests.e2e.conftest import DEMO_USERS, PATIENT, ROOT, RunningService, start_service, stop
 
 SATURDAY_NOON = 1764417600  # 2025-11-29 12:00 UTC
-FEATURE_DEFAULTS = dict(FRAUD_REGISTRY.group("user", "features").defaults)
+FEATURE_DEFAULTS = dict(EXAMPLE_REGISTRY.group("user", "features").defaults)
 BATCH_MAX = Settings().batch_max
 
 
@@ -201,10 +201,15 @@ def test_metrics_count_stages_and_sources(service: RunningService) -> None:
 def test_the_service_refuses_to_start_without_redis_url(bentoml_home: Path, tmp_path: Path) -> None:
     port = free_port()
     log_path = tmp_path / "serve.log"
-    env = {**clean_environment(), "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    env = {
+        **clean_environment(),
+        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "FEATSERVE_PROJECT": str(EXAMPLE_PROJECT),
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service.service:FraudScorer",
+            [sys.executable, "-m", "bentoml", "serve", "service.service:ScoringService",
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

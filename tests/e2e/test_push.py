@@ -249,7 +249,7 @@ def backed(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @dataclass
 class Backed:
-    """A served FraudScorer with a backing store, and where that store keeps its file."""
+    """A served ScoringService with a backing store, and where that store keeps its file."""
 
     service: RunningService
     sqlite_path: Path

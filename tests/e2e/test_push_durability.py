@@ -17,16 +17,16 @@ from pathlib import Path
 import httpx
 import psutil
 
-from features.registry import FRAUD_REGISTRY
 from features.stores.base import ReadRequest
 from features.stores.sqlite import SqliteStore
+from service.harness.example import EXAMPLE_REGISTRY
 from service.harness.local_redis import LocalRedis
 from service.harness.waiting import wait_until
 from tests.e2e.conftest import start_service, stop
 
 WRITE_TOKEN = "durability-test-write-token"
 
-FEATURES = FRAUD_REGISTRY.group("user", "features")
+FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 PRODUCERS = 4
 ACKNOWLEDGED_BEFORE_KILL = 40
 

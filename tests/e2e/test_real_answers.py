@@ -46,7 +46,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """A FraudScorer at default settings on one worker, over its own Redis."""
+    """A ScoringService at default settings on one worker, over its own Redis."""
     # Redis answers at once however busy the machine: an answer that is not real must be
     # featserve's doing (service.harness.realtime).
     with LocalRedis(realtime=True) as redis_server:

@@ -32,7 +32,7 @@ POST_PATHS = ["/score", "/score_batch", "/features", "/push"]
 
 @dataclass
 class Guarded:
-    """A served FraudScorer with both tokens set, and an anonymous client for it."""
+    """A served ScoringService with both tokens set, and an anonymous client for it."""
 
     client: httpx.Client
     redis: LocalRedis

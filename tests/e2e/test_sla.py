@@ -16,6 +16,7 @@ import pytest
 
 from service.cli import sla
 from service.cli.demo import load_demo_data
+from service.harness.example import EXAMPLE
 from service.harness.load import parse_server_timing
 from service.harness.local_redis import LocalRedis
 from tests.e2e.conftest import PATIENT, start_service, stop
@@ -35,7 +36,7 @@ def featserve_sla(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def score_url(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``/score`` of a served FraudScorer over demo users u000000..u000199."""
+    """``/score`` of a served ScoringService over demo users u000000..u000199."""
     with LocalRedis() as redis_server:
         load_demo_data(redis_server.url, USERS, tmp_path_factory.mktemp("demo"))
         process, url, _ = start_service(
@@ -107,8 +108,8 @@ def test_usage_errors() -> None:
 
 
 def test_entity_ids_from_a_range_or_a_count() -> None:
-    assert sla.entity_ids("u0098..u0101") == ["u0098", "u0099", "u0100", "u0101"]
-    assert sla.entity_ids("2") == ["u000000", "u000001"]
+    assert sla.entity_ids("u0098..u0101", EXAMPLE) == ["u0098", "u0099", "u0100", "u0101"]
+    assert sla.entity_ids("2", EXAMPLE) == ["u000000", "u000001"]
 
 
 def test_server_timing_is_parsed_into_milliseconds() -> None:

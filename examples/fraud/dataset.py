@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from features.registry import FRAUD_REGISTRY
+from .groups import USER_FEATURES
 
 __all__ = [
     "HISTORY_DAYS",
@@ -43,12 +43,13 @@ __all__ = [
     "entity_id",
     "generate_transactions",
     "generate_users",
+    "training_table",
 ]
 
 HISTORY_DAYS = 28
 """Transactions are spread over this many whole (UTC) days before ``now``."""
 
-_GROUP = FRAUD_REGISTRY.group("user", "features")
+_GROUP = USER_FEATURES
 _DAY = 86_400
 _HOUR = 3_600
 
@@ -161,6 +162,19 @@ def generate_transactions(
         timestamp=_frozen(timestamp),
         label=_frozen(label),
     )
+
+
+def training_table(n_users: int, n_transactions: int, seed: int, now: int) -> dict[str, Column]:
+    """Labelled transactions as training columns: the stored features they are scored
+    with, ``amount``, ``timestamp`` and ``label``."""
+    users = generate_users(n_users, seed, now)
+    transactions = generate_transactions(users, n_transactions, seed + 1, now)
+    return {
+        **transactions.stored,
+        "amount": transactions.amount,
+        "timestamp": transactions.timestamp,
+        "label": transactions.label,
+    }
 
 
 def _draw_profiles(rng: np.random.Generator, n: int, now: int) -> dict[str, Column]:

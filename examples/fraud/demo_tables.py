@@ -1,6 +1,6 @@
 """Offline demo tables, one Parquet (or CSV) file per feature group, for ``featserve materialize``.
 
-``python -m models.demo_tables --users 10000 --out var/demo`` writes
+``featserve demo-data --project examples/fraud --users 10000 --out var/demo`` writes
 
 - ``user_features.parquet``: ``entity_id``, ``event_timestamp`` and the ten
   ``user:features`` columns, one row per user (from ``generate_users``);
@@ -15,10 +15,8 @@ users fit in modest memory.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -27,8 +25,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from features.registry import FRAUD_REGISTRY
-from models.dataset import entity_id, generate_users
+from .dataset import entity_id, generate_users
+from .groups import USER_EMBEDDING
 
 __all__ = ["DEMO_SEED", "TableFormat", "write_demo_tables"]
 
@@ -123,7 +121,7 @@ def _recent_item_batches(n_users: int, now: int, seed: int) -> Iterator[pa.Recor
 
 
 def _embedding_batches(n_users: int, now: int, seed: int) -> Iterator[pa.RecordBatch]:
-    dim = FRAUD_REGISTRY.group("user", "embedding").features[0].dim or 0
+    dim = USER_EMBEDDING.features[0].dim or 0
     rng = np.random.default_rng(seed)
     for start, stop in _ranges(n_users):
         vectors = rng.standard_normal((stop - start, dim)).astype(np.float32)
@@ -136,20 +134,3 @@ def _embedding_batches(n_users: int, now: int, seed: int) -> Iterator[pa.RecordB
                 ),
             }
         )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """The command line: write the demo tables."""
-    parser = argparse.ArgumentParser(prog="python -m models.demo_tables", description=__doc__)
-    parser.add_argument("--users", type=int, default=10_000, help="users to generate")
-    parser.add_argument("--out", type=Path, default=Path("var/demo"), help="output folder")
-    parser.add_argument("--format", choices=["parquet", "csv"], default="parquet")
-    parser.add_argument("--seed", type=int, default=DEMO_SEED)
-    args = parser.parse_args(argv)
-    paths = write_demo_tables(args.out, args.users, int(time.time()), args.seed, args.format)
-    for group, path in paths.items():
-        print(f"user:{group}\t{path}")
-
-
-if __name__ == "__main__":
-    main()
