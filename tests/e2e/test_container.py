@@ -24,7 +24,7 @@ import pytest
 
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis, free_port
-from service.harness.served import clean_environment
+from service.harness.served import EXAMPLE_PROJECT, clean_environment
 from service.harness.waiting import wait_until
 from tests.e2e.conftest import ROOT
 from tests.support.deploy_files import CONTAINER_UID, CONTAINER_WRITABLE
@@ -117,6 +117,7 @@ def test_the_container_meets_the_fraud_sla_with_real_answers(container: RunningC
     checked = subprocess.run(
         [
             featserve, "sla", "--url", f"{container.url}/score", "--profile", "fraud",
+            "--project", str(EXAMPLE_PROJECT),
             "--rate", "100", "--duration", "5", "--warmup", "1", "--entities", "20", "--json",
         ],
         capture_output=True,
