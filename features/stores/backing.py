@@ -173,12 +173,12 @@ class BackingStore(Protocol):
 
 def group_label(group: FeatureGroup) -> str:
     """``entity:group``, the name a store files a record under for ``scan``."""
-    return f"{group.entity.name}:{group.name}"
+    return f"{group.entity.key_name}:{group.name}"
 
 
 def entity_id_of(key: str, group: FeatureGroup) -> str:
     """The entity id inside ``key``, a ``feature_key`` of ``group``."""
-    return key[len(group.entity.name) + 2 : -(len(group.name) + 2)]
+    return key[len(group.entity.key_name) + 2 : -(len(group.name) + 2)]
 
 
 def epoch_ms(clock: Clock) -> int:

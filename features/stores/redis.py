@@ -307,7 +307,7 @@ def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
         return _decoded_reply(request, reply)
     except _BadValue as exc:
         group = request.group
-        key = feature_key(group.entity.name, request.entity_id, group.name)
+        key = feature_key(group.entity.key_name, request.entity_id, group.name)
         _bad_value_log.error(f"{key} holds a bad value, served from the fallbacks: {exc}")
         return FailedRead(f"{key}: {exc}", Degraded.BAD_VALUE)
 

@@ -104,7 +104,7 @@ def write_hash_rows_to_redis(
 ) -> SentHashRows:
     """Send ``rows`` (see the module docstring); redis-py's errors pass through untranslated."""
     group = rows.group
-    keys = feature_keys(group.entity.name, rows.entity_ids, group.name)
+    keys = feature_keys(group.entity.key_name, rows.entity_ids, group.name)
     arguments = _per_key_arguments(rows)
     per_call = _keys_per_call(keys, arguments, keys_per_call)
     sent = SentHashRows(rows)

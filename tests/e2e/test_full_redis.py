@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.cli.demo import load_demo_data
 from service.harness.example import example_module
 from service.harness.local_redis import LocalRedis
-from service.harness.served import clean_environment, start_service, stop
+from service.harness.served import EXAMPLE_PROJECT, clean_environment, start_service, stop
 
 LIMIT_BYTES = 4_000_000
 write_demo_tables = example_module("demo_tables").write_demo_tables
@@ -109,7 +109,16 @@ def check_materialize_stops_with_nothing_counted_written(server: LocalRedis, tmp
     table = write_demo_tables(tmp / "more", 50, int(time.time()))["features"]
     featserve = Path(sys.executable).parent / "featserve"
     ran = subprocess.run(
-        [featserve, "materialize", str(table), "--redis-url", server.url, "--json"],
+        [
+            featserve,
+            "materialize",
+            str(table),
+            "--redis-url",
+            server.url,
+            "--json",
+            "--project",
+            str(EXAMPLE_PROJECT),
+        ],
         capture_output=True,
         text=True,
         env=clean_environment(),
