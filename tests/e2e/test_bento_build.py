@@ -13,7 +13,6 @@ missing one.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -28,8 +27,8 @@ import yaml
 
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
-from service.harness.served import EXAMPLE_PROJECT, clean_environment
 from tests.e2e.conftest import ROOT, start_service, stop
+from tests.support.sla_check import assert_meets_the_example_sla
 
 UV = Path(sys.executable).parent / "uv"
 BENTO_PROJECT = "project=examples/fraud"
@@ -192,21 +191,5 @@ def test_a_deployment_without_a_write_token_refuses_writes(served_bento: str) ->
 
 
 def test_the_bento_meets_the_fraud_sla_with_real_answers(served_bento: str) -> None:
-    """What the README's CI recipe runs: ``featserve sla`` against the Bento, fraud profile.
-
-    500 requests, so that p99 is the fifth slowest, not one stall of a shared machine."""
-    featserve = Path(sys.executable).parent / "featserve"
-    checked = subprocess.run(
-        [
-            featserve, "sla", "--url", f"{served_bento}/score", "--profile", "fraud",
-            "--project", str(EXAMPLE_PROJECT),
-            "--rate", "100", "--duration", "5", "--warmup", "1", "--entities", "20", "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=clean_environment(),
-    )  # fmt: skip
-    verdict = json.loads(checked.stdout)
-    assert (checked.returncode, verdict["met"]) == (0, True), checked.stderr
-    assert verdict["degraded"] == 0
-    assert set(verdict["sources"]) <= {"redis", "cache"}
+    """What the README's CI recipe runs: ``featserve sla`` against the Bento, fraud profile."""
+    assert_meets_the_example_sla(f"{served_bento}/score")

@@ -10,11 +10,9 @@ root: elsewhere the module skips, saying so, except under CI (which has root), w
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +22,11 @@ import pytest
 
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis, free_port
-from service.harness.served import EXAMPLE_PROJECT, clean_environment
+from service.harness.served import clean_environment
 from service.harness.waiting import wait_until
 from tests.e2e.conftest import ROOT
 from tests.support.deploy_files import CONTAINER_UID, CONTAINER_WRITABLE
+from tests.support.sla_check import assert_meets_the_example_sla
 
 BUILD_SCRIPT = ROOT / ".ci" / "container" / "build-image"
 CONTAINERS_CONF = ROOT / ".ci" / "container" / "containers.conf"
@@ -113,21 +112,7 @@ def test_the_container_serves_features_and_scores_from_redis(container: RunningC
 
 
 def test_the_container_meets_the_fraud_sla_with_real_answers(container: RunningContainer) -> None:
-    featserve = Path(sys.executable).parent / "featserve"
-    checked = subprocess.run(
-        [
-            featserve, "sla", "--url", f"{container.url}/score", "--profile", "fraud",
-            "--project", str(EXAMPLE_PROJECT),
-            "--rate", "100", "--duration", "5", "--warmup", "1", "--entities", "20", "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=clean_environment(),
-    )  # fmt: skip
-    verdict = json.loads(checked.stdout)
-    assert (checked.returncode, verdict["met"]) == (0, True), checked.stderr
-    assert verdict["degraded"] == 0
-    assert set(verdict["sources"]) <= {"redis", "cache"}
+    assert_meets_the_example_sla(f"{container.url}/score")
 
 
 def test_the_container_runs_as_a_user_on_a_read_only_root(container: RunningContainer) -> None:
