@@ -314,11 +314,19 @@ def _filled(mask: pa.Array) -> npt.NDArray[np.bool_]:
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=np.bool_)
 
 
-def _as_numpy(column: pa.Array, dtype: Any) -> npt.NDArray[Any]:
-    """``column`` cast to ``dtype`` as numpy, nulls as zero."""
+_NUMPY_DTYPES: dict[pa.DataType, type[np.generic]] = {
+    pa.int64(): np.int64,
+    pa.float64(): np.float64,
+}
+"""The numpy type of each Arrow type ``_as_numpy`` casts to (not ``to_pandas_dtype``, which
+imports pandas on the pyarrow releases the floor allows)."""
+
+
+def _as_numpy(column: pa.Array, dtype: pa.DataType) -> npt.NDArray[Any]:
+    """``column`` cast to ``dtype`` (int64 or float64) as numpy, nulls as zero."""
     return np.asarray(
         pc.fill_null(pc.cast(column, dtype), 0).to_numpy(zero_copy_only=False),
-        dtype=dtype.to_pandas_dtype(),
+        dtype=_NUMPY_DTYPES[dtype],
     )
 
 
