@@ -1,7 +1,7 @@
 """``make serve``: the service on a fresh machine, with demo data and a trained model.
 
 It serves the project ``--project`` or ``FEATSERVE_PROJECT`` names (``make
-serve`` passes ``PROJECT``, the example in ``examples/fraud`` unless told
+serve`` passes ``PROJECT``, the Makefile's example project unless told
 otherwise).
 ``python -m service.cli.demo`` uses ``REDIS_URL`` when it is set (with
 ``FEATSERVE_REDIS_MODE``: ``cluster`` when it names a node of a Redis

@@ -83,8 +83,8 @@ _RANGE = re.compile(r"^(?P<prefix>\D*)(?P<first>\d+)\.\.(?P=prefix)(?P<last>\d+)
 def entity_ids(spec: str, project: Project) -> list[str]:
     """``"u000000..u009999"`` (same prefix, zero-padded as the first) or a count ``"500"``.
 
-    A count ``n`` means the project's first ``n`` demo ids (the fraud example's: ``u000000``
-    to ``u{n-1:06d}``).
+    A count ``n`` means the project's first ``n`` demo ids (for example ``u000000`` to
+    ``u{n-1:06d}``).
     """
     if spec.isdigit():
         count = int(spec)

@@ -1,8 +1,8 @@
-"""The example project (``examples/fraud``) as tests and benchmarks use it: loaded once.
+"""The example project (``EXAMPLE_PROJECT``) as tests and benchmarks use it: loaded once.
 
 ``EXAMPLE`` is the loaded ``Project`` and ``EXAMPLE_REGISTRY`` its registry;
 ``example_module("dataset")`` is one of the project's own modules (imported under
-``featserve_project.fraud``, as the loader names them).
+``featserve_project.<folder name>``, as the loader names them).
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ SERVICE = "service.service:ScoringService"
 """The featserve service, as ``bentoml serve`` names it."""
 
 EXAMPLE_PROJECT = ROOT / "examples" / "fraud"
-"""The example project (fraud, for example) the tests and benchmarks serve unless told
-otherwise; ``make serve`` serves it by default too."""
+"""The example project the tests and benchmarks serve unless told otherwise, and ``make
+serve`` by default too (the Makefile's ``PROJECT``): the one place the harness names it."""
 
 
 def train_small_model(bentoml_home: Path, project: Path = EXAMPLE_PROJECT) -> None:
