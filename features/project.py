@@ -9,7 +9,9 @@ request.
 
 A ``Project`` holds
 
-- the entity a request scores and the field of the request that names it;
+- the entity a request scores and the field of the request that names it, and any other
+  entities the request names (``RequestEntity``): one id each (a card's merchant), or a
+  list of candidates scored one by one (the items to rank for a user);
 - its feature groups (``FeatureGroup`` and ``Feature`` from ``features.registry``,
   re-exported here): dtype, training default, bounds, freshness, structure;
 - its request inputs (``RequestInput``): name, type, bounds, required or a default;
@@ -55,6 +57,7 @@ __all__ = [
     "ModelSpec",
     "Project",
     "RegressionValue",
+    "RequestEntity",
     "RequestInput",
     "RequestInputType",
     "Structure",
@@ -119,6 +122,35 @@ class RequestInput:
         if self.maximum is not None and value > self.maximum:
             return f"{value!r} is above the maximum {self.maximum!r}"
         return None
+
+
+@dataclass(frozen=True)
+class RequestEntity:
+    """An entity a request names besides the scored one, by id, under ``field``.
+
+    Its stored features join the scored entity's in the model's input row.  With
+    ``candidates`` the field holds a list of ids, at most ``max_count``: the model scores one
+    row per candidate (the scored entity's features, the request inputs and that candidate's
+    features), and the answer gives one score per candidate in request order, each under
+    ``answer_field``.  All the entities' groups are read in one round trip per Redis node.
+    """
+
+    field: str
+    entity: Entity
+    candidates: bool = False
+    max_count: int = 100
+    """The most ids a candidates field takes."""
+    description: str = ""
+    answer_field: str = ""
+    """The key naming a candidate in its answer; default ``<entity>_id``."""
+
+    def __post_init__(self) -> None:
+        _check_identifier(self.field, "request entity field")
+        if not self.answer_field:
+            object.__setattr__(self, "answer_field", f"{self.entity.name}_id")
+        _check_identifier(self.answer_field, "request entity answer field")
+        if self.max_count < 1:
+            raise ProjectError(f"request entity {self.field!r}: max_count must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -206,9 +238,10 @@ class DemoData(Protocol):
     """What a project may bring for demos and tests: tables to load, rows to train on, and
     the ids of its demo entities."""
 
-    def entity_id(self, index: int) -> str:
-        """The id of demo entity number ``index`` (``featserve sla --entities N`` asks for
-        the first ``N``)."""
+    def entity_id(self, index: int, entity: str | None = None) -> str:
+        """The id of demo entity number ``index`` of the scored entity, or of ``entity``
+        when a request names others too (``featserve sla --entities N`` asks for the
+        first ``N`` of each)."""
         ...
 
     def write_tables(
@@ -246,6 +279,8 @@ class Project:
     """Put before every Redis key of the project (``cards:user:{u1}:stats`` for the prefix
     ``cards:``), so projects can share one Redis; empty: ``user:{u1}:stats``."""
     demo: DemoData | None = None
+    request_entities: tuple[RequestEntity, ...] = ()
+    """Entities the request names besides the scored one (``RequestEntity``)."""
     registry: Registry = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -259,8 +294,22 @@ class Project:
             self._prefix_keys()
         object.__setattr__(self, "registry", Registry(self.groups))
         self.registry.entity(self.entity.name)
-        request_names = [item.name for item in self.request]
         taken = {self.entity_field: "the entity field"}
+        self._check_request_entities(taken)
+        request_names = [item.name for item in self.request]
+        owners: dict[str, str] = {}
+        for entity in self.entities:
+            for group in self.registry.groups_of(entity.name):
+                if group.structure is not Structure.HASH:
+                    continue
+                for feature in group.features:
+                    owner = owners.setdefault(feature.name, entity.name)
+                    if owner != entity.name:
+                        raise ProjectError(
+                            f"stored feature {feature.name!r} is declared by both "
+                            f"{owner!r} and {entity.name!r}: a request reads both, so each "
+                            "feature name must be unique"
+                        )
         for feature in self.stored_features.values():
             taken.setdefault(feature.name, "a stored feature")
         for name in request_names:
@@ -278,12 +327,39 @@ class Project:
         unknown = [name for name in self.model.inputs if name not in taken]
         if unknown:
             raise ProjectError(
-                f"model inputs {unknown} are neither stored features of {self.entity.name!r}, "
+                f"model inputs {unknown} are neither stored features of "
+                f"{' or '.join(repr(entity.name) for entity in self.entities)}, "
                 "request inputs nor derived features"
             )
         repeated = sorted({n for n in self.model.inputs if self.model.inputs.count(n) > 1})
         if repeated:
             raise ProjectError(f"model inputs named twice: {repeated}")
+
+    def _check_request_entities(self, taken: dict[str, str]) -> None:
+        """Each request entity has a field of its own, an entity with feature groups, and
+        at most one of them holds candidates."""
+        names = {self.entity.name}
+        for item in self.request_entities:
+            if item.field in taken:
+                raise ProjectError(
+                    f"request entity field {item.field!r} has the name of {taken[item.field]}"
+                )
+            taken[item.field] = "a request entity field"
+            if item.entity.name in names:
+                raise ProjectError(
+                    f"request entity {item.field!r}: entity {item.entity.name!r} is named "
+                    "twice in a request"
+                )
+            names.add(item.entity.name)
+            if not self.registry.groups_of(item.entity.name):
+                raise ProjectError(
+                    f"request entity {item.field!r}: entity {item.entity.name!r} has no "
+                    "feature group"
+                )
+        if sum(item.candidates for item in self.request_entities) > 1:
+            raise ProjectError("at most one request entity may hold candidates")
+        if self.candidates is not None:
+            taken.setdefault("top_k", "the option that keeps the best candidates")
 
     def _prefix_keys(self) -> None:
         """Give every entity of the project the key prefix (its keys become
@@ -296,13 +372,35 @@ class Project:
         object.__setattr__(self, "groups", groups)
         entity = prefixed.get(self.entity.name, replace(self.entity, key_prefix=self.key_prefix))
         object.__setattr__(self, "entity", entity)
+        others = tuple(
+            replace(
+                item,
+                entity=prefixed.get(
+                    item.entity.name, replace(item.entity, key_prefix=self.key_prefix)
+                ),
+            )
+            for item in self.request_entities
+        )
+        object.__setattr__(self, "request_entities", others)
+
+    @property
+    def entities(self) -> tuple[Entity, ...]:
+        """The scored entity, then each request entity, in declaration order."""
+        return (self.entity, *(item.entity for item in self.request_entities))
+
+    @property
+    def candidates(self) -> RequestEntity | None:
+        """The request entity whose ids are scored one by one, if any."""
+        return next((item for item in self.request_entities if item.candidates), None)
 
     @property
     def stored_features(self) -> Mapping[str, Feature]:
-        """The int and float features of the scored entity's hash groups, by name."""
+        """The int and float features of the hash groups of every entity a request names
+        (the scored one and the request entities), by name."""
         return {
             feature.name: feature
-            for group in self.registry.groups_of(self.entity.name)
+            for entity in self.entities
+            for group in self.registry.groups_of(entity.name)
             if group.structure is Structure.HASH
             for feature in group.features
         }
@@ -318,7 +416,9 @@ class Project:
     def digest(self) -> str:
         """SHA-256 (hex) of what decides the model's inputs and answer.
 
-        Covered: the scored entity and its field; every feature group (name, entity,
+        Covered: the scored entity and its field; the request entities (field, entity,
+        whether candidates; absent when there are none, so a one-entity project's digest
+        is what it was before they existed); every feature group (name, entity,
         structure, top_n, and each feature's name, dtype, default, dim and bounds); the
         request inputs (name, type, bounds, required, default); the derived features'
         names and reads, and the full source text of the file(s) defining their two
@@ -327,7 +427,7 @@ class Project:
         Not covered: name, title, description, version, freshness windows, key prefix,
         latency budget, estimator and demo data, which change no input of the model.
         """
-        declared = {
+        declared: dict[str, Any] = {
             "entity": self.entity.name,
             "entity_field": self.entity_field,
             "groups": [_group_declaration(group) for group in self.groups],
@@ -335,6 +435,11 @@ class Project:
             "derived": None if self.derived is None else _derived_declaration(self.derived),
             "model": {"inputs": list(self.model.inputs), "answer": _answer(self.model.answer)},
         }
+        if self.request_entities:
+            declared["request_entities"] = [
+                {"field": item.field, "entity": item.entity.name, "candidates": item.candidates}
+                for item in self.request_entities
+            ]
         canonical = json.dumps(declared, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

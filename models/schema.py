@@ -93,6 +93,7 @@ class ModelSchema:
 
     entity_type: str
     groups: tuple[str, ...]
+    """The scored entity's groups by name; another entity's as ``entity:group``."""
     inputs: tuple[InputSpec, ...]
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -102,6 +103,14 @@ class ModelSchema:
         if duplicates:
             raise ValueError(f"duplicate inputs {duplicates}")
         object.__setattr__(self, "_names", names)
+
+    def groups_by_entity(self) -> dict[str, tuple[str, ...]]:
+        """The groups read, by entity name: the scored entity first."""
+        found: dict[str, list[str]] = {self.entity_type: []}
+        for name in self.groups:
+            entity, _, group = name.rpartition(":")
+            found.setdefault(entity or self.entity_type, []).append(group)
+        return {entity: tuple(groups) for entity, groups in found.items()}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -177,7 +186,8 @@ class ModelSchema:
 def schema_of(project: Project) -> ModelSchema:
     """The schema ``project`` declares: its model's inputs in order, each with its source
     and dtype (a stored feature's training default too), read from the hash groups of the
-    scored entity that hold a model input or a feature the derived features read."""
+    entities a request names that hold a model input or a feature the derived features
+    read (``ModelSchema.groups``)."""
     stored = project.stored_features
     derived = set(project.derived.names) if project.derived else set()
     inputs = []
@@ -193,8 +203,9 @@ def schema_of(project: Project) -> ModelSchema:
             inputs.append(InputSpec(name, "request", "float" if kind == "float" else "int"))
     needed = set(project.model.inputs) | set(project.derived.reads if project.derived else ())
     groups = tuple(
-        group.name
-        for group in project.registry.groups_of(project.entity.name)
+        group.name if entity is project.entity else f"{entity.name}:{group.name}"
+        for entity in project.entities
+        for group in project.registry.groups_of(entity.name)
         if group.structure is Structure.HASH and needed & set(group.feature_names)
     )
     return ModelSchema(entity_type=project.entity.name, groups=groups, inputs=tuple(inputs))

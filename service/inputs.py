@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StrictFloat,
     StrictInt,
     create_model,
@@ -30,10 +31,13 @@ from pydantic import (
 from features.errors import RegistryError
 from features.ingest.updates import MAX_EVENT_TIMESTAMP
 from features.keys import ENTITY_ID_MAX_LENGTH, ENTITY_ID_PATTERN, validate_entity_id
-from features.project import Project, RequestInput
+from features.project import Project, RequestEntity, RequestInput
 from features.registry import Registry
 
-__all__ = ["UNKNOWN_KEYS_RULE", "EntityId", "RequestModels", "request_models"]
+__all__ = ["TOP_K", "UNKNOWN_KEYS_RULE", "EntityId", "RequestModels", "request_models"]
+
+TOP_K = "top_k"
+"""The optional field of a request with candidates that keeps only the best ones."""
 
 UNKNOWN_KEYS_RULE = ConfigDict(extra="forbid")
 """The one rule for keys a body's model does not declare: refused, naming the key's place."""
@@ -72,8 +76,12 @@ class RequestModels:
 def request_models(project: Project, batch_max: int) -> RequestModels:
     """Generate the request bodies of ``project``'s API; ``batch_max`` bounds every list."""
     entity = project.entity.name
-    example_id = Field(examples=[_example_id(project)])
+    example_id = Field(examples=[_example_id(project.entity.name)])
     fields: dict[str, Any] = {project.entity_field: (Annotated[EntityId, example_id], ...)}
+    for named in project.request_entities:
+        fields[named.field] = _entity_field(named)
+    if project.candidates is not None:
+        fields[TOP_K] = _top_k_field(project.candidates)
     for item in project.request:
         fields[item.name] = _request_field(item)
     title = _class_name(project.name)
@@ -92,16 +100,96 @@ def request_models(project: Project, batch_max: int) -> RequestModels:
     ids = Annotated[
         list[Annotated[EntityId, example_id]], Field(min_length=1, max_length=batch_max)
     ]
-    features = create_model(
-        f"{title}FeaturesRequest",
-        __config__=UNKNOWN_KEYS_RULE,
-        entity_ids=(ids, ...),
-        groups=(_group_names(project.registry, entity, group_names) | None, None),
-    )
+    if project.request_entities:
+        features = create_model(
+            f"{title}FeaturesRequest",
+            __config__=UNKNOWN_KEYS_RULE,
+            entity_ids=(ids, ...),
+            entity=(_entity_name(project), entity),
+            groups=(_any_group_names(project) | None, None),
+        )
+    else:
+        features = create_model(
+            f"{title}FeaturesRequest",
+            __config__=UNKNOWN_KEYS_RULE,
+            entity_ids=(ids, ...),
+            groups=(_group_names(project.registry, entity, group_names) | None, None),
+        )
     update = _push_update(project, group_names)
     updates = Annotated[list[update], Field(min_length=1, max_length=batch_max)]  # type: ignore[valid-type]
     push = create_model(f"{title}PushRequest", __config__=UNKNOWN_KEYS_RULE, updates=(updates, ...))
     return RequestModels(score, score_item, score_batch, features, push)
+
+
+def _entity_field(named: RequestEntity) -> tuple[Any, Any]:
+    """The annotation of a request entity's field: one id, or a list of candidate ids."""
+    example = _example_id(named.entity.name)
+    description = named.description or None
+    if not named.candidates:
+        return Annotated[EntityId, Field(description=description, examples=[example])], ...
+    candidates = Annotated[
+        list[EntityId],
+        Field(
+            min_length=1,
+            max_length=named.max_count,
+            description=description,
+            examples=[[example, _example_id(named.entity.name, 456)]],
+        ),
+    ]
+    return candidates, ...
+
+
+def _top_k_field(named: RequestEntity) -> tuple[Any, Any]:
+    """The optional ``top_k`` of a request with candidates."""
+    top_k = Annotated[
+        int,
+        Field(
+            strict=True,
+            ge=1,
+            le=named.max_count,
+            description=f"Answer only the best top_k {named.field}, best first; absent: "
+            "every candidate, in request order.",
+        ),
+    ]
+    return top_k | None, None
+
+
+def _entity_name(project: Project) -> Any:
+    """An entity of the project, by name (``/features`` and ``/push`` of related entities)."""
+    names = [entity.name for entity in project.entities]
+    return Annotated[
+        str,
+        Field(
+            description="The entity the ids name; default: the scored one.",
+            json_schema_extra={"enum": list[JsonValue](names)},
+        ),
+        AfterValidator(_one_of(names, "entity")),
+    ]
+
+
+def _any_group_names(project: Project) -> Any:
+    """Feature groups of any entity of the project (checked against the entity named)."""
+    names = sorted({group.name for group in project.groups})
+    longest = max(len(project.registry.groups_of(entity.name)) for entity in project.entities)
+    return Annotated[
+        list[str],
+        Field(
+            min_length=1,
+            max_length=longest,
+            description="Feature groups of the entity; repeats are dropped.",
+            json_schema_extra={"items": {"type": "string", "enum": list[JsonValue](names)}},
+        ),
+        AfterValidator(lambda chosen: list(dict.fromkeys(chosen))),
+    ]
+
+
+def _one_of(names: list[str], what: str) -> Any:
+    def check(value: str) -> str:
+        if value not in names:
+            raise ValueError(f"unknown {what} {value!r} (known: {', '.join(names)})")
+        return value
+
+    return check
 
 
 def _request_field(item: RequestInput) -> tuple[Any, Any]:
@@ -156,16 +244,22 @@ def _push_update(project: Project, group_names: tuple[str, ...]) -> type[BaseMod
     entity = project.entity.name
     first = project.registry.groups_of(entity)[0]
     example = {f.name: f.default for f in first.features[:2] if f.type_name in ("int", "float")}
+    related: dict[str, Any] = {}
+    if project.request_entities:
+        # Any entity's group; parse_update's caller checks the pair.
+        group_names = tuple(sorted({group.name for group in project.groups}))
+        related["entity"] = (_entity_name(project), entity)
     return create_model(
         f"{_class_name(project.name)}PushUpdate",
         __config__=_ITEM_RULES,
         __doc__="New values of one entity's feature group, as of ``event_timestamp``.",
+        **related,
         # Checked by parse_update (a refusal names the update's index); the schema says the
         # rules.
         entity_id=(
             str,
             Field(
-                examples=[_example_id(project)],
+                examples=[_example_id(project.entity.name)],
                 json_schema_extra={
                     "pattern": ENTITY_ID_PATTERN,
                     "minLength": 1,
@@ -177,7 +271,9 @@ def _push_update(project: Project, group_names: tuple[str, ...]) -> type[BaseMod
             str,
             Field(
                 default=first.name,
-                description=f"A feature group of the {entity} entity.",
+                description=f"A feature group of the {entity} entity."
+                if not related
+                else "A feature group of the entity.",
                 json_schema_extra={"enum": list(group_names)},
             ),
         ),
@@ -207,7 +303,7 @@ def _push_update(project: Project, group_names: tuple[str, ...]) -> type[BaseMod
 def _feature_values_schema(project: Project) -> dict[str, Any]:
     """The JSON schema of a push's ``values``: every feature of the entity, with its type."""
     properties: dict[str, Any] = {}
-    for group in project.registry.groups_of(project.entity.name):
+    for group in project.groups:
         for feature in group.features:
             properties[feature.name] = _value_schema(feature.type_name, feature.dim)
             if feature.minimum is not None:
@@ -228,8 +324,8 @@ def _value_schema(type_name: str, dim: int | None) -> dict[str, Any]:
     return {"type": "array", "items": {"type": "string"}}
 
 
-def _example_id(project: Project) -> str:
-    return f"{project.entity.name[:1]}000123"
+def _example_id(entity: str, number: int = 123) -> str:
+    return f"{entity[:1]}{number:06d}"
 
 
 def _class_name(name: str) -> str:

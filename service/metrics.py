@@ -249,25 +249,30 @@ def observe_request(
     timing_ms: Mapping[str, float],
     resolved: ResolvedBatch,
     now_s: float | None = None,
+    related: Sequence[ResolvedBatch] = (),
+    degraded_answers: Sequence[Degraded | None] | None = None,
 ) -> None:
     """Record one request's stage times, the source and age of every group it resolved, and
-    each answer (one per entity) that a fault shaped.  ``now_s``: epoch seconds, for ages."""
+    each answer (one per entity of ``resolved``) that a fault shaped.  ``now_s``: epoch
+    seconds, for ages.  ``related``: the groups of other entities the answers read (named
+    ``entity:group``), with ``degraded_answers`` saying per answer why a fault shaped it."""
     for stage, milliseconds in timing_ms.items():
         _child(STAGE_SECONDS, endpoint, stage).observe(milliseconds / 1000.0)
     _child(ANSWERS, endpoint).inc(len(resolved.entity_ids))
     now_s = time.time() if now_s is None else now_s
     degraded = []
     for group in resolved.groups:
-        for source, count in collections.Counter(group.sources).items():
-            _child(FEATURE_SOURCES, group.group.name, source.value).inc(count)
-            _child(CACHE_LOOKUPS, "hit" if source is Source.CACHE else "miss").inc(count)
-        _observe_ages(group, now_s)
-        bad = group.degraded.count(Degraded.BAD_VALUE)
-        if bad:
-            _child(BAD_KEYS, group.group.name).inc(bad)
+        _observe_group(group, group.group.name, now_s)
         if group.degraded.count(None) < len(group.degraded):
             degraded.append(group.degraded)
-    if degraded:
+    for part in related:
+        for group in part.groups:
+            _observe_group(group, f"{group.group.entity.name}:{group.group.name}", now_s)
+    if degraded_answers is not None:
+        shaped = collections.Counter(reason for reason in degraded_answers if reason is not None)
+        for reason, count in shaped.items():
+            _child(DEGRADED_ANSWERS, endpoint, reason.value).inc(count)
+    elif degraded:
         reasons = collections.Counter(
             next(reason for reason in row if reason is not None)
             for row in zip(*degraded, strict=True)
@@ -277,7 +282,18 @@ def observe_request(
             _child(DEGRADED_ANSWERS, endpoint, reason.value).inc(count)
 
 
-def _observe_ages(group: ResolvedGroup, now_s: float) -> None:
+def _observe_group(group: ResolvedGroup, name: str, now_s: float) -> None:
+    """The sources, ages and bad keys of one group, labelled ``name``."""
+    for source, count in collections.Counter(group.sources).items():
+        _child(FEATURE_SOURCES, name, source.value).inc(count)
+        _child(CACHE_LOOKUPS, "hit" if source is Source.CACHE else "miss").inc(count)
+    _observe_ages(group, now_s, name)
+    bad = group.degraded.count(Degraded.BAD_VALUE)
+    if bad:
+        _child(BAD_KEYS, name).inc(bad)
+
+
+def _observe_ages(group: ResolvedGroup, now_s: float, name: str) -> None:
     """The age of each entity's values, and how many are past the group's freshness window."""
     by_source: dict[Source, list[float]] = {}
     for source, age_s in zip(group.sources, group.ages_s(now_s), strict=True):
@@ -285,10 +301,10 @@ def _observe_ages(group: ResolvedGroup, now_s: float) -> None:
             by_source.setdefault(source, []).append(age_s)
     window_s = group.group.freshness.total_seconds()
     for source, ages in by_source.items():
-        _child(FEATURE_AGE, group.group.name, source.value).observe_many(ages)
+        _child(FEATURE_AGE, name, source.value).observe_many(ages)
         past = sum(age_s > window_s for age_s in ages)
         if past:
-            _child(PAST_FRESHNESS, group.group.name, source.value).inc(past)
+            _child(PAST_FRESHNESS, name, source.value).inc(past)
 
 
 @functools.cache
@@ -305,38 +321,54 @@ def observe_refusal(path: str) -> None:
 
 
 def start_series(
-    endpoints: Sequence[str], guarded_paths: Sequence[str], groups: Sequence[FeatureGroup]
+    endpoints: Sequence[str],
+    guarded_paths: Sequence[str],
+    groups: Sequence[FeatureGroup],
+    related_groups: Sequence[FeatureGroup] = (),
 ) -> None:
     """Expose every counter series an alert or a dashboard divides by, at 0, from start-up:
     a series that appears only with its first event makes ``rate()`` miss that event, and a
-    ratio of a series that does not exist yet is no value rather than 0."""
+    ratio of a series that does not exist yet is no value rather than 0.  ``groups`` are the
+    scored entity's, ``related_groups`` other entities' (labelled ``entity:group``)."""
     for endpoint in endpoints:
         _child(ANSWERS, endpoint)
         for reason in Degraded:
             _child(DEGRADED_ANSWERS, endpoint, reason.value)
     for path in guarded_paths:
         _child(OVERLOAD_REFUSALS, path)
-    for group in groups:
-        _child(BAD_KEYS, group.name)
+    for name in _labels(groups, related_groups):
+        _child(BAD_KEYS, name)
         for source in Source:
-            _child(FEATURE_SOURCES, group.name, source.value)
+            _child(FEATURE_SOURCES, name, source.value)
             if source not in (Source.DEFAULT, Source.UNAVAILABLE):
-                _child(PAST_FRESHNESS, group.name, source.value)
+                _child(PAST_FRESHNESS, name, source.value)
     for result in ("hit", "miss"):
         _child(CACHE_LOOKUPS, result)
 
 
 def publish_settings(
-    budget: LatencyBudget, deadline_s: float, groups: Sequence[FeatureGroup]
+    budget: LatencyBudget,
+    deadline_s: float,
+    groups: Sequence[FeatureGroup],
+    related_groups: Sequence[FeatureGroup] = (),
 ) -> None:
     """Publish what the service was configured with, once at start-up: the profile's budget,
     the feature deadline and each group's freshness window, for dashboards and alerts to
-    compare with."""
+    compare with (groups labelled as in ``start_series``)."""
     LATENCY_BUDGET.labels(Stage.TOTAL).set(budget.total_ms / 1000.0)
     LATENCY_BUDGET.labels(Stage.FEATURES).set(budget.features_ms / 1000.0)
     FEATURE_DEADLINE.set(deadline_s)
-    for group in groups:
-        FRESHNESS_WINDOW.labels(group.name).set(group.freshness.total_seconds())
+    for name, group in _labels(groups, related_groups).items():
+        FRESHNESS_WINDOW.labels(name).set(group.freshness.total_seconds())
+
+
+def _labels(
+    groups: Sequence[FeatureGroup], related_groups: Sequence[FeatureGroup]
+) -> dict[str, FeatureGroup]:
+    """Each group by its metric label: the scored entity's by name, others' ``entity:group``."""
+    labelled = {group.name: group for group in groups}
+    labelled.update({f"{group.entity.name}:{group.name}": group for group in related_groups})
+    return labelled
 
 
 class StoreGauges:

@@ -57,23 +57,51 @@ def response_models(project: Project) -> ResponseModels:
     """Generate the response bodies of ``project``'s scoring endpoints."""
     answer = project.model.answer
     entity = project.entity.name
-    result: dict[str, Any] = {
-        project.entity_field: Annotated[str, Field(description=f"The {entity} scored.")],
+    name = "".join(part.capitalize() for part in project.name.split("_"))
+    scores: dict[str, Any] = {
         "score": Annotated[float, Field(description=answer.score_description)],
     }
     extra: dict[str, Any] = {}
     if isinstance(answer, ClassProbability):
-        result[answer.label] = Annotated[bool, Field(description=answer.label_description)]
+        scores[answer.label] = Annotated[bool, Field(description=answer.label_description)]
         extra["threshold"] = Annotated[
             float,
             Field(description=f"Scores at or above this set {answer.label} to true."),
         ]
-    result |= {
+    provenance = {
         "sources": Sources,
         "stale_age_s": NotRequired[StaleAges],
         "degraded": NotRequired[DegradedGroups],
     }
-    name = "".join(part.capitalize() for part in project.name.split("_"))
+    result: dict[str, Any] = {
+        project.entity_field: Annotated[str, Field(description=f"The {entity} scored.")],
+    }
+    for named in project.request_entities:
+        if named.candidates:
+            candidate = _typed_dict(
+                f"{name}Candidate",
+                {
+                    named.answer_field: Annotated[
+                        str, Field(description=f"The {named.entity.name} scored.")
+                    ],
+                    **scores,
+                    **provenance,
+                },
+            )
+            result[named.field] = Annotated[
+                list[candidate],  # type: ignore[valid-type]
+                Field(
+                    description="One score per candidate, in request order (with top_k: the "
+                    "best top_k, best first); sources name groups entity:group."
+                ),
+            ]
+        else:
+            result[named.field] = Annotated[
+                str, Field(description=f"The {named.entity.name} the request named.")
+            ]
+    if project.candidates is None:
+        result |= scores
+    result |= provenance
     result_type = _typed_dict(f"{name}ScoreResult", result)
     score_body = _typed_dict(f"{name}ScoreBody", {**result, **extra, "timing_ms": TimingMs})
     results = list.__class_getitem__(result_type)

@@ -11,8 +11,8 @@ import numpy.typing as npt
 import sklearn
 from pydantic import Field
 
-from features.project import Answer, ClassProbability
-from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver
+from features.project import Answer, ClassProbability, RequestEntity
+from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver, Selection
 from features.sources import Degraded, Source
 from features.timing import Stage, StageTimer
 from models.schema import InputBuilder
@@ -21,6 +21,7 @@ __all__ = [
     "Classifier",
     "DegradedGroups",
     "Regressor",
+    "Resolution",
     "ScoreRequest",
     "ScoreResult",
     "Scorer",
@@ -51,6 +52,22 @@ class ScoreRequest:
 
     entity_id: str
     inputs: Mapping[str, Any]
+    related: tuple[str | tuple[str, ...], ...] = ()
+    """The ids of the project's request entities, in their declared order: one id, or a
+    tuple of candidate ids."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What scoring read: the scored entities' groups and each request entity's."""
+
+    scored: ResolvedBatch
+    related: tuple[ResolvedBatch, ...] = ()
+    """One part per request entity, in declared order (a candidates part holds every
+    request's candidates, one after the other)."""
+    degraded: tuple[Degraded | None, ...] | None = None
+    """With request entities: per request, the first reason a fault shaped any group of
+    any of its entities (``None``: none did); without them, ``None``."""
 
 
 Sources = Annotated[
@@ -97,6 +114,7 @@ class Scorer:
         answer: Answer,
         threshold: float | None,
         entity_field: str = "entity_id",
+        request_entities: Sequence[RequestEntity] = (),
     ) -> None:
         self._resolver = resolver
         self._model = model
@@ -105,7 +123,13 @@ class Scorer:
         self._threshold = threshold
         self._entity_field = entity_field
         schema = builder.schema
-        self._selection = resolver.selection(schema.entity_type, schema.groups)
+        groups = schema.groups_by_entity()
+        self._selection = resolver.selection(schema.entity_type, groups[schema.entity_type])
+        self._related = tuple(request_entities)
+        self._related_selections: tuple[Selection, ...] = tuple(
+            resolver.selection(item.entity.name, groups.get(item.entity.name, ()))
+            for item in self._related
+        )
 
     @property
     def threshold(self) -> float | None:
@@ -121,8 +145,10 @@ class Scorer:
 
     async def score(
         self, requests: Sequence[ScoreRequest], timer: StageTimer
-    ) -> tuple[list[ScoreResult], ResolvedBatch]:
+    ) -> tuple[list[ScoreResult], Resolution]:
         """Score every request; also return the resolved features, for metrics."""
+        if self._related:
+            return await self._score_related(requests, timer)
         with timer.stage(Stage.FEATURES):
             resolved = await self._resolver.resolve_batch(
                 [request.entity_id for request in requests], self._selection, timer
@@ -154,7 +180,7 @@ class Scorer:
                 _add_stale_ages(results, group)
             if group.degraded.count(None) < len(group.degraded):
                 _add_degraded(results, group)
-        return results, resolved
+        return results, Resolution(resolved)
 
     def _inputs(
         self, requests: Sequence[ScoreRequest], resolved: ResolvedBatch
@@ -171,6 +197,132 @@ class Scorer:
         for name in requests[0].inputs:
             columns[name] = [request.inputs[name] for request in requests]
         return self._builder.matrix(columns, len(requests))
+
+    async def _score_related(
+        self, requests: Sequence[ScoreRequest], timer: StageTimer
+    ) -> tuple[list[ScoreResult], Resolution]:
+        """Score requests that name request entities: every entity's groups in one round
+        trip; one model row per candidate (or per request when none holds candidates)."""
+        ids: list[list[str]] = [[] for _ in self._related]
+        counts = [1] * len(requests)
+        for row, request in enumerate(requests):
+            for position, named in enumerate(request.related):
+                if isinstance(named, tuple):
+                    ids[position].extend(named)
+                    counts[row] = len(named)
+                else:
+                    ids[position].append(named)
+        with timer.stage(Stage.FEATURES):
+            scored, *others = await self._resolver.resolve_parts(
+                [
+                    ([request.entity_id for request in requests], self._selection),
+                    *zip(ids, self._related_selections, strict=True),
+                ],
+                timer,
+            )
+        with timer.stage(Stage.DERIVE):
+            repeats = np.asarray(counts)
+            n_rows = int(repeats.sum())
+            columns: dict[str, Any] = {}
+            for resolved, item in zip((scored, *others), (None, *self._related), strict=True):
+                for group in resolved.groups:
+                    for name, column in group.columns().items():
+                        values = np.asarray(column)
+                        columns[name] = (
+                            values
+                            if item is not None and item.candidates
+                            else np.repeat(values, repeats)
+                        )
+            for name in requests[0].inputs if requests else ():
+                values = np.asarray([request.inputs[name] for request in requests])
+                columns[name] = np.repeat(values, repeats)
+            inputs = self._builder.matrix(columns, n_rows)
+        with timer.stage(Stage.INFERENCE), sklearn.config_context(assume_finite=True):
+            scores = self._predict(inputs) if n_rows else []
+        results = self._related_results(requests, scored, others, scores)
+        return results, Resolution(scored, tuple(others), tuple(map(_first_reason, results)))
+
+    def _related_results(
+        self,
+        requests: Sequence[ScoreRequest],
+        scored: ResolvedBatch,
+        others: Sequence[ResolvedBatch],
+        scores: list[float],
+    ) -> list[ScoreResult]:
+        """One result per request: its entities' sources, and its score, or, with
+        candidates, one score per candidate in request order."""
+        label = self._answer.label if isinstance(self._answer, ClassProbability) else None
+        threshold = self._threshold if label is not None else None
+        results: list[ScoreResult] = [
+            {self._entity_field: request.entity_id} for request in requests
+        ]
+        _describe_groups(results, scored.groups, qualified=False)
+        candidates_at = None
+        for position, (item, part) in enumerate(zip(self._related, others, strict=True)):
+            if item.candidates:
+                candidates_at = position
+                continue
+            for result, request in zip(results, requests, strict=True):
+                result[item.field] = request.related[position]
+            _describe_groups(results, part.groups, qualified=True)
+        if candidates_at is None:
+            for result, score in zip(results, scores, strict=True):
+                _add_score(result, score, label, threshold)
+            return results
+        item = self._related[candidates_at]
+        part = others[candidates_at]
+        answers: list[ScoreResult] = [
+            {item.answer_field: candidate} for candidate in part.entity_ids
+        ]
+        _describe_groups(answers, part.groups, qualified=True)
+        start = 0
+        for result, request in zip(results, requests, strict=True):
+            end = start + len(request.related[candidates_at])
+            for answer, score in zip(answers[start:end], scores[start:end], strict=True):
+                _add_score(answer, score, label, threshold)
+            result[item.field] = answers[start:end]
+            start = end
+        return results
+
+
+def _first_reason(result: ScoreResult) -> Degraded | None:
+    """The first reason a fault shaped a related request's answer, its candidates' included."""
+    found: dict[str, str] = result.get("degraded") or next(
+        (
+            answer["degraded"]
+            for value in result.values()
+            if type(value) is list
+            for answer in value
+            if "degraded" in answer
+        ),
+        {},
+    )
+    return Degraded(next(iter(found.values()))) if found else None
+
+
+def _add_score(
+    result: ScoreResult, score: float, label: str | None, threshold: float | None
+) -> None:
+    result["score"] = score
+    if label is not None and threshold is not None:
+        result[label] = score >= threshold
+
+
+def _describe_groups(
+    results: list[ScoreResult], groups: Sequence[ResolvedGroup], qualified: bool
+) -> None:
+    """Add each group's source to each result (``sources``), and its stale age and
+    degraded reason when it has one; ``qualified`` names groups ``entity:group``."""
+    for group in groups:
+        name = f"{group.group.entity.name}:{group.group.name}" if qualified else group.group.name
+        for result, source in zip(results, group.sources, strict=True):
+            result.setdefault("sources", {})[name] = source.value
+        for result, age_s in zip(results, group.stale_ages_s, strict=True):
+            if age_s is not None:
+                result.setdefault("stale_age_s", {})[name] = round(age_s, 3)
+        for result, reason in zip(results, group.degraded, strict=True):
+            if reason is not None:
+                result.setdefault("degraded", {})[name] = reason.value
 
 
 def _add_degraded(results: list[ScoreResult], group: ResolvedGroup) -> None:

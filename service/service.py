@@ -56,7 +56,7 @@ from models.schema import InputBuilder
 from models.train import check_servable, default_model_name, load
 from service.api_info import show_project_info
 from service.bentoml_adapter import BENTOML_ROUTES, ConnectionLimits, install_adaptations
-from service.inputs import request_models
+from service.inputs import TOP_K, request_models
 from service.metrics import StoreGauges, observe_request, publish_settings, start_series
 from service.middleware.access_tokens import BearerTokenMiddleware
 from service.middleware.admission import AdmissionMiddleware
@@ -65,7 +65,7 @@ from service.middleware.drain import DRAIN, DrainMiddleware
 from service.middleware.refusal_log import REFUSAL_LOGGER, RefusalLog, RefusalLogMiddleware
 from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import response_models
-from service.scoring import Classifier, Regressor, Scorer, ScoreRequest
+from service.scoring import Classifier, Regressor, Resolution, Scorer, ScoreRequest
 from service.tracing import StageSpans, tracing_config
 
 __all__ = ["PROJECT", "SETTINGS", "ScoringService"]
@@ -93,6 +93,7 @@ _REQUESTS = request_models(PROJECT, SETTINGS.batch_max)
 _RESPONSES = response_models(PROJECT)
 _MODEL_TAG = SETTINGS.model_tag or f"{default_model_name(PROJECT)}:latest"
 _DEADLINE_S = SETTINGS.feature_deadline_s(PROJECT.budget)
+_CANDIDATES = PROJECT.candidates
 
 _log = logging.getLogger(__name__)
 
@@ -192,16 +193,28 @@ class ScoringService:
             answer,
             model.threshold,
             PROJECT.entity_field,
+            PROJECT.request_entities,
         )
         self.entity = PROJECT.entity.name
         self.all_groups = self.resolver.selection(self.entity)
         self.spans = StageSpans.from_bentoml()
         groups = PROJECT.registry.groups_of(self.entity)
-        publish_settings(SETTINGS.latency_budget(PROJECT.budget), _DEADLINE_S, groups)
+        related_groups = [
+            group
+            for named in PROJECT.request_entities
+            for group in PROJECT.registry.groups_of(named.entity.name)
+        ]
+        publish_settings(
+            SETTINGS.latency_budget(PROJECT.budget), _DEADLINE_S, groups, related_groups
+        )
         start_series(
             ("score", "score_batch", "features"),
             [api.route for api in ScoringService.apis.values()],  # type: ignore[attr-defined]
             groups,
+            related_groups,
+        )
+        self.related_fields = tuple(
+            (named.field, named.candidates) for named in PROJECT.request_entities
         )
         # Each request input the body may leave out, with what stands in for it.
         self.input_defaults = tuple(
@@ -255,7 +268,11 @@ class ScoringService:
         for name, use_now, default in self.input_defaults:
             value = values[name]
             inputs[name] = value if value is not None else (now if use_now else default)
-        return ScoreRequest(values[PROJECT.entity_field], inputs)
+        related = tuple(
+            tuple(values[field]) if candidates else values[field]
+            for field, candidates in self.related_fields
+        )
+        return ScoreRequest(values[PROJECT.entity_field], inputs, related)
 
     @bentoml.api(input_spec=_REQUESTS.score, output_spec=_RESPONSES.score)
     async def score(self, ctx: bentoml.Context, **body: Any) -> Any:
@@ -264,6 +281,8 @@ class ScoringService:
         with timer.stage(Stage.TOTAL):
             request = self._request(body, _now())
             [scored], resolved = await self.scorer.score([request], timer)
+            if _CANDIDATES is not None:
+                _keep_best(scored, _CANDIDATES.field, body.get(TOP_K))
         threshold = self.scorer.threshold
         body = scored if threshold is None else {**scored, "threshold": threshold}
         return _RESPONSES.score.model_validate(self._timed(ctx, timer, "score", resolved, body))
@@ -276,6 +295,9 @@ class ScoringService:
             now = _now()
             batch = [self._request(item, now) for item in requests]
             scored, resolved = await self.scorer.score(batch, timer)
+            if _CANDIDATES is not None:
+                for result, item in zip(scored, requests, strict=True):
+                    _keep_best(result, _CANDIDATES.field, getattr(item, TOP_K))
         threshold = self.scorer.threshold
         body: dict[str, Any] = {"results": scored}
         if threshold is not None:
@@ -286,13 +308,20 @@ class ScoringService:
 
     @bentoml.api(input_spec=_REQUESTS.features)
     async def features(
-        self, entity_ids: list[str], ctx: bentoml.Context, groups: list[str] | None = None
+        self,
+        entity_ids: list[str],
+        ctx: bentoml.Context,
+        groups: list[str] | None = None,
+        entity: str | None = None,
     ) -> dict[str, Any]:
         """Each entity's resolved values with their source, for debugging."""
         timer = StageTimer()
+        kind = entity or self.entity
         try:
             selection = (
-                self.all_groups if groups is None else self.resolver.selection(self.entity, groups)
+                self.all_groups
+                if groups is None and kind == self.entity
+                else self.resolver.selection(kind, groups)
             )
         except RegistryError as exc:
             ctx.response.status_code = 400
@@ -300,8 +329,19 @@ class ScoringService:
         with timer.stage(Stage.TOTAL):
             resolved = await self.resolver.resolve_batch(entity_ids, selection, timer)
         now_s = time.time()
-        body = {"entities": [_describe(entity, now_s) for entity in resolved.entities()]}
-        return self._timed(ctx, timer, "features", resolved, body)
+        body = {"entities": [_describe(one, now_s) for one in resolved.entities()]}
+        if kind == self.entity:
+            return self._timed(ctx, timer, "features", Resolution(resolved), body)
+        # Another entity's groups: named entity:group in metrics, as /score names them.
+        return self._timed(
+            ctx,
+            timer,
+            "features",
+            Resolution(
+                ResolvedBatch(resolved.entity_ids, ()), (resolved,), (None,) * len(entity_ids)
+            ),
+            body,
+        )
 
     @bentoml.api(input_spec=_REQUESTS.push)
     async def push(self, updates: list[Any], ctx: bentoml.Context) -> dict[str, Any]:
@@ -314,7 +354,7 @@ class ScoringService:
         parsed, refused = [], []
         for index, update in enumerate(updates):
             try:
-                group = PROJECT.registry.group(self.entity, update.group)
+                group = PROJECT.registry.group(getattr(update, "entity", self.entity), update.group)
                 parsed.append(
                     parse_update(
                         group,
@@ -378,12 +418,14 @@ class ScoringService:
         ctx: bentoml.Context,
         timer: StageTimer,
         endpoint: str,
-        resolved: ResolvedBatch,
+        resolved: Resolution,
         body: dict[str, Any],
     ) -> dict[str, Any]:
         timing_ms = timer.milliseconds()
         ctx.response.headers["Server-Timing"] = timer.server_timing()
-        observe_request(endpoint, timing_ms, resolved)
+        observe_request(
+            endpoint, timing_ms, resolved.scored, None, resolved.related, resolved.degraded
+        )
         self.spans.record(timer, lambda: _span_attributes(resolved))
         return {**body, "timing_ms": timing_ms}
 
@@ -485,22 +527,37 @@ def _now() -> int:
     return int(time.time())
 
 
-def _span_attributes(resolved: ResolvedBatch) -> dict[str, AttributeValue]:
+def _span_attributes(resolution: Resolution) -> dict[str, AttributeValue]:
     """What the ``features`` span of a sampled request says about its resolution: entities,
     groups, sources and degraded reasons (each counted per entity group), and whether the
     feature deadline cut some group's answer short."""
     sources: collections.Counter[str] = collections.Counter()
     degraded: collections.Counter[str] = collections.Counter()
-    for group in resolved.groups:
+    parts = (resolution.scored, *resolution.related)
+    groups = [group for part in parts for group in part.groups]
+    for group in groups:
         sources.update(source.value for source in group.sources)
         degraded.update(reason.value for reason in group.degraded if reason is not None)
     return {
-        "featserve.entities": len(resolved.entity_ids),
-        "featserve.groups": [group.group.name for group in resolved.groups],
+        "featserve.entities": sum(len(part.entity_ids) for part in parts),
+        "featserve.groups": [
+            group.group.name
+            if part is resolution.scored
+            else f"{group.group.entity.name}:{group.group.name}"
+            for part in parts
+            for group in part.groups
+        ],
         "featserve.sources": [f"{source}={count}" for source, count in sorted(sources.items())],
         "featserve.degraded": [f"{reason}={count}" for reason, count in sorted(degraded.items())],
         "featserve.deadline_fired": Degraded.DEADLINE.value in degraded,
     }
+
+
+def _keep_best(result: dict[str, Any], field: str, top_k: int | None) -> None:
+    """With ``top_k``, keep only the best ``top_k`` candidates of ``result``, best first."""
+    if top_k is not None:
+        ranked = sorted(result[field], key=lambda answer: answer["score"], reverse=True)
+        result[field] = ranked[:top_k]
 
 
 def _refusal(index: int, entity_id: str, field: str, error: str) -> dict[str, Any]:

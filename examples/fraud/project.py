@@ -48,8 +48,8 @@ def gradient_boosting(seed: int) -> GradientBoostingClassifier:
 class FraudDemo:
     """Demo tables for ``featserve demo-data`` and synthetic transactions to train on."""
 
-    def entity_id(self, index: int) -> str:
-        """``u`` and six digits: ``u000123``."""
+    def entity_id(self, index: int, entity: str | None = None) -> str:
+        """``u`` and six digits: ``u000123`` (a request names users only)."""
         return entity_id(index)
 
     def write_tables(

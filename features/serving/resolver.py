@@ -74,6 +74,7 @@ __all__ = [
     "ResolvedBatch",
     "ResolvedGroup",
     "Resolver",
+    "Selection",
     "Tier",
 ]
 
@@ -193,6 +194,9 @@ class ResolvedBatch:
         ]
 
 
+Selection = Sequence[tuple[FeatureGroup, tuple[str, ...]]]
+"""The (group, fields) pairs to resolve for each entity of a part (``Resolver.selection``)."""
+
 _CacheKey = tuple[str, str, str, tuple[str, ...]]
 """(entity type, entity id, group, requested fields)."""
 
@@ -269,7 +273,7 @@ class Resolver:
     async def resolve(
         self,
         entity_ids: Sequence[str],
-        selection: Sequence[tuple[FeatureGroup, tuple[str, ...]]],
+        selection: Selection,
         timer: StageTimer | None = None,
     ) -> list[EntityFeatures]:
         """Features of each entity, in the order of ``entity_ids``; see ``resolve_batch``."""
@@ -278,7 +282,7 @@ class Resolver:
     async def resolve_batch(
         self,
         entity_ids: Sequence[str],
-        selection: Sequence[tuple[FeatureGroup, tuple[str, ...]]],
+        selection: Selection,
         timer: StageTimer | None = None,
     ) -> ResolvedBatch:
         """Features of each entity, group by group, in the order of ``entity_ids``.
@@ -287,9 +291,21 @@ class Resolver:
         Ids are validated first (``InvalidEntityId``); store failures are
         absorbed into ``stale`` or ``unavailable`` sources with their reason.
         """
+        [resolved] = await self.resolve_parts([(entity_ids, selection)], timer)
+        return resolved
+
+    async def resolve_parts(
+        self,
+        parts: Sequence[tuple[Sequence[str], Selection]],
+        timer: StageTimer | None = None,
+    ) -> list[ResolvedBatch]:
+        """``resolve_batch`` of several parts at once (entities of different kinds, e.g. a
+        user and the items to rank for it): one cache pass and one round trip per store
+        for all of them; one ``ResolvedBatch`` per part, in order."""
         timer = timer or StageTimer()
         requests = [
             ReadRequest(entity_id, group, fields)
+            for entity_ids, selection in parts
             for entity_id in map(validate_entity_id, entity_ids)
             for group, fields in selection
         ]
@@ -320,14 +336,23 @@ class Resolver:
             slots[index] = await asyncio.shield(running)
         if None in slots:  # every index is filled by a hit, a fetch or a wait
             raise AssertionError("unresolved feature group")
-        width = len(selection)
-        return ResolvedBatch(
-            tuple(entity_ids),
-            tuple(
-                _resolved_group(group, fields, cast(list[_Slot], slots[column::width]))
-                for column, (group, fields) in enumerate(selection)
-            ),
-        )
+        resolved = []
+        start = 0
+        for entity_ids, selection in parts:
+            width = len(selection)
+            end = start + len(entity_ids) * width
+            part = cast(list[_Slot], slots[start:end])
+            resolved.append(
+                ResolvedBatch(
+                    tuple(entity_ids),
+                    tuple(
+                        _resolved_group(group, fields, part[column::width])
+                        for column, (group, fields) in enumerate(selection)
+                    ),
+                )
+            )
+            start = end
+        return resolved
 
     async def _fetch(
         self, requests: list[ReadRequest], keys: list[_CacheKey], timer: StageTimer

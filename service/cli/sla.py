@@ -64,6 +64,7 @@ __all__ = [
     "entity_ids",
     "evaluate",
     "register",
+    "related_ids",
     "request_bodies",
     "run",
 ]
@@ -106,19 +107,34 @@ def entity_ids(spec: str, project: Project) -> list[str]:
 
 
 def request_bodies(
-    project: Project, ids: Sequence[str], batch: int, count: int = 1000, seed: int = 7
+    project: Project,
+    ids: Sequence[str],
+    batch: int,
+    count: int = 1000,
+    seed: int = 7,
+    related: Mapping[str, Sequence[str]] | None = None,
+    candidates: int | None = None,
 ) -> list[bytes]:
     """``count`` JSON bodies of ``project``'s API: ``/score`` ones, or ``/score_batch`` ones
     of ``batch`` entities.  Each names an entity of ``ids`` and carries every required
     request input, drawn within its declared bounds (an upper bound not declared is eight
     times the example, else 1,000 above the lower); optional inputs are left to the service.
+    Each request entity's field takes ids of ``related[field]`` (``related_ids``): one, or
+    ``candidates`` distinct ones (default: as many as the field takes).
     """
     rng = random.Random(seed)
     draws = [_draw(item) for item in project.request if item.required]
     entity_field = project.entity_field
+    named = [(item, (related or {})[item.field]) for item in project.request_entities]
 
     def one() -> dict[str, object]:
         body: dict[str, object] = {entity_field: rng.choice(ids)}
+        for item, pool in named:
+            if item.candidates:
+                size = min(candidates or item.max_count, item.max_count, len(pool))
+                body[item.field] = rng.sample(list(pool), size)
+            else:
+                body[item.field] = rng.choice(pool)
         for name, draw in draws:
             body[name] = draw(rng)
         return body
@@ -126,6 +142,23 @@ def request_bodies(
     if batch == 0:
         return [json.dumps(one()).encode() for _ in range(count)]
     return [json.dumps({"requests": [one() for _ in range(batch)]}).encode() for _ in range(count)]
+
+
+def related_ids(spec: str, project: Project) -> dict[str, list[str]]:
+    """The ids each request entity's field draws from: for a count ``n``, the first ``n``
+    demo ids of its entity (``DemoData.entity_id``)."""
+    if not project.request_entities:
+        return {}
+    if not spec.isdigit() or project.demo is None:
+        raise ValueError(
+            f"--entities {spec}: project {project.name!r} names other entities in a request; "
+            "their ids come from its demo data, so give a count"
+        )
+    demo = project.demo
+    return {
+        item.field: [demo.entity_id(i, item.entity.name) for i in range(int(spec))]
+        for item in project.request_entities
+    }
 
 
 @dataclass(frozen=True)
@@ -477,11 +510,20 @@ def _draw(item: RequestInput) -> tuple[str, Callable[[random.Random], object]]:
     return item.name, lambda rng: round(rng.uniform(low, high), 2)
 
 
-def bodies_for(project: Project, url: str, ids: Sequence[str], batch: int) -> list[bytes]:
+def bodies_for(
+    project: Project,
+    url: str,
+    ids: Sequence[str],
+    batch: int,
+    related: Mapping[str, Sequence[str]] | None = None,
+    candidates: int | None = None,
+) -> list[bytes]:
     """Request bodies that suit the endpoint ``url`` names (by the end of its path)."""
     path = urlsplit(url).path.rstrip("/")
     if path.endswith("/score_batch"):
-        return request_bodies(project, ids, batch or DEFAULT_BATCH)
+        return request_bodies(
+            project, ids, batch or DEFAULT_BATCH, related=related, candidates=candidates
+        )
     if path.endswith("/features"):
         rng = random.Random(7)
         size = batch or 1
@@ -489,7 +531,7 @@ def bodies_for(project: Project, url: str, ids: Sequence[str], batch: int) -> li
             json.dumps({"entity_ids": rng.sample(list(ids), min(size, len(ids)))}).encode()
             for _ in range(1000)
         ]
-    return request_bodies(project, ids, batch)
+    return request_bodies(project, ids, batch, related=related, candidates=candidates)
 
 
 async def drive_all(
@@ -499,6 +541,8 @@ async def drive_all(
     batch: int,
     plan: LoadPlan,
     token: str | None = None,
+    related: Mapping[str, Sequence[str]] | None = None,
+    candidates: int | None = None,
 ) -> dict[str, list[Sample]]:
     """Drive every URL at once, the plan's connections and rate shared out evenly; ``token``
     goes with every request as a bearer token."""
@@ -513,7 +557,7 @@ async def drive_all(
         *(
             drive(
                 Endpoint.parse(url, token),
-                bodies_for(project, url, ids, batch),
+                bodies_for(project, url, ids, batch, related, candidates),
                 per_url,
                 seed=index,
             )
@@ -531,6 +575,7 @@ def run(args: argparse.Namespace) -> int:
             Endpoint.parse(url)
         project = chosen_project(args)
         ids = entity_ids(args.entities, project)
+        related = related_ids(args.entities, project)
         plan = LoadPlan(
             duration_s=args.duration,
             concurrency=args.concurrency,
@@ -552,7 +597,11 @@ def run(args: argparse.Namespace) -> int:
     )
     # A read token when the deployment has one (FEATSERVE_READ_TOKEN, else the write token).
     token = os.environ.get("FEATSERVE_READ_TOKEN") or os.environ.get("FEATSERVE_WRITE_TOKEN")
-    by_url = asyncio.run(drive_all(project, args.urls, ids, args.batch, plan, token or None))
+    by_url = asyncio.run(
+        drive_all(
+            project, args.urls, ids, args.batch, plan, token or None, related, args.candidates
+        )
+    )
     verdict = evaluate(by_url, limits, args.duration)
     render(console, verdict, limits.budget)
     if args.json:
@@ -637,6 +686,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=0,
         help=f"entities per /score_batch body (default {DEFAULT_BATCH}) or /features body "
         "(default 1); with a /score URL, a positive value sends /score_batch bodies",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        help="candidate ids per request of a project that ranks candidates (default: as "
+        "many as its field takes); drawn from the first --entities demo ids of their entity",
     )
     parser.add_argument("--timeout", type=_positive, default=10.0, help="seconds per request")
     parser.add_argument("--max-requests", type=int, default=100_000)

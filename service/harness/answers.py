@@ -2,7 +2,8 @@
 
 ``answer_mix`` reads the JSON body of ``/score``, ``/score_batch`` or
 ``/features`` and counts, over the answers it holds (one per scored request
-or per entity), where each feature group came from and how many answers
+or per entity; a ranking answer's candidates belong to it), where each feature group
+came from and how many answers
 were degraded: marked ``degraded`` by the service, or served from a source
 that only a fault produces (``stale``, ``unavailable``).  ``default`` is a
 real answer ("nobody holds this entity"), ``backing`` too unless the
@@ -79,4 +80,17 @@ def _answers(document: Mapping[str, Any]) -> Iterable[tuple[Mapping[str, str], b
         if not isinstance(item, dict) or not isinstance(item.get("sources"), dict):
             continue
         by_group = {str(k): str(v) for k, v in item["sources"].items() if v is not None}
-        yield by_group, bool(item.get("degraded"))
+        marked = bool(item.get("degraded"))
+        # A ranking answer: each candidate's groups belong to the request's answer too.
+        for value in item.values():
+            if not isinstance(value, list):
+                continue
+            for index, candidate in enumerate(value):
+                if isinstance(candidate, dict) and isinstance(candidate.get("sources"), dict):
+                    by_group.update(
+                        (f"{index}:{k}", str(v))
+                        for k, v in candidate["sources"].items()
+                        if v is not None
+                    )
+                    marked = marked or bool(candidate.get("degraded"))
+        yield by_group, marked
