@@ -44,6 +44,7 @@ from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
 from service.harness.tcp_proxy import TcpProxy
 from service.harness.waiting import wait_until
+from tests.support.ranking import RANKING
 
 FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 RECENT = EXAMPLE_REGISTRY.group("user", "recent_items")
@@ -139,8 +140,9 @@ def expected(users: list[str]) -> list[Any]:
     return answers
 
 
-def shard_of(cluster: LocalCluster, user: str) -> LocalRedis:
-    return cluster.primary_for(f"user:{{{user}}}:features")
+def shard_of(cluster: LocalCluster, entity_id: str, entity: str = "user") -> LocalRedis:
+    """The primary that serves ``entity_id``'s keys (the id's hash tag decides)."""
+    return cluster.primary_for(f"{entity}:{{{entity_id}}}:features")
 
 
 def stats(node: LocalRedis, command: str, kind: str = "calls") -> int:
@@ -641,3 +643,54 @@ def test_memory_is_reported_for_each_primary_by_role_and_slots(
         50_000_000
     ]
     assert all(report.used_bytes > 0 for report in reports)
+
+
+def test_a_ranking_request_reads_a_user_and_its_items_in_one_round_trip_per_primary(
+    cluster: LocalCluster, settings: Settings, proxies: dict[int, TcpProxy]
+) -> None:
+    """A user and 60 candidate items, spread over the three primaries: each primary that
+    holds one of their keys gets one round trip, and every group says where it came from."""
+    profile = RANKING.registry.group("user", "profile")
+    stats = RANKING.registry.group("item", "stats")
+    items = [f"i{n:03d}" for n in range(60)]
+    store = open_online_store(settings, for_writes=True)
+    try:
+        store.write(
+            [parse_update(profile, "u1", NOW, {"clicks_30d": 3})]
+            + [parse_update(stats, item, NOW, {"item_age_days": n}) for n, item in enumerate(items)]
+        )
+    finally:
+        store.close()
+    homes = Counter(shard_of(cluster, item).port for item in items)
+    homes[shard_of(cluster, "u1").port] += 1
+    assert len(homes) == 3
+
+    async def scenario() -> list[Any]:
+        read_store = proxied_store(settings, proxies)
+        try:
+            resolver = Resolver(
+                RANKING.registry,
+                [Tier(Source.REDIS, read_store, CircuitBreaker("redis", 3, 60.0))],
+                FeatureCache(0, 0),
+                deadline_s=2.0,
+            )
+            await read_store.read([ReadRequest("u1", profile, profile.feature_names)])
+            for proxy in proxies.values():
+                proxy.reset_counters()
+            return await resolver.resolve_parts(
+                [
+                    (["u1"], resolver.selection("user")),
+                    (items, resolver.selection("item")),
+                ]
+            )
+        finally:
+            await read_store.close()
+
+    user, candidates = run(scenario)
+    turns = {port: proxy.round_trips for port, proxy in proxies.items() if proxy.round_trips}
+    assert turns == dict.fromkeys(homes, 1)
+    assert user.groups[0].sources == (Source.REDIS,)
+    assert user.groups[0].values[0][0] == 3
+    [group] = candidates.groups
+    assert set(group.sources) == {Source.REDIS}
+    assert [values[3] for values in group.values] == list(range(60))

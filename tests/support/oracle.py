@@ -16,7 +16,7 @@ from typing import Any
 import joblib
 import yaml
 
-__all__ = ["Model", "derived", "expected_score", "fraud_model"]
+__all__ = ["Model", "derived", "expected_score", "fraud_model", "saved_model"]
 
 Model = tuple[Any, dict[str, Any]]
 """The estimator and the metadata of a saved model."""
@@ -24,7 +24,12 @@ Model = tuple[Any, dict[str, Any]]
 
 def fraud_model(bentoml_home: Path) -> Model:
     """The estimator and metadata of the newest ``fraud_model`` in ``bentoml_home``, from disk."""
-    root = bentoml_home / "models" / "fraud_model"
+    return saved_model(bentoml_home, "fraud_model")
+
+
+def saved_model(bentoml_home: Path, name: str) -> Model:
+    """The estimator and metadata of the newest model ``name`` in ``bentoml_home``, from disk."""
+    root = bentoml_home / "models" / name
     version = root / (root / "latest").read_text().strip()
     info = yaml.safe_load((version / "model.yaml").read_text())
     return joblib.load(version / "model.pkl"), info["metadata"]
