@@ -175,7 +175,7 @@ MUTATIONS = (
         "every profile gets the fraud profile's feature deadline",
         "features/settings.py",
         "PROFILES[self.profile].features_ms",
-        'PROFILES["fraud"].features_ms',
+        'PROFILES["payments"].features_ms',
         ("tests/test_deadline_profiles.py",),
     ),
     Mutation(

@@ -397,7 +397,7 @@ def section(
         ],
     )
     stage_tables = []
-    budget = PROFILES["fraud"]
+    budget = PROFILES["payments"]
     for stage_run in stage_runs:
         verdict = sla.evaluate({"": stage_run.samples}, sla.Limits(budget), 1.0)
         label = "/score" if stage_run.entities == 0 else f"/score_batch x{stage_run.entities}"

@@ -12,7 +12,7 @@ from typing import Literal
 
 __all__ = ["PROFILES", "LatencyBudget", "ProfileName"]
 
-ProfileName = Literal["fraud", "recommendation", "search", "ads", "personalization"]
+ProfileName = Literal["payments", "recommendation", "search", "ads", "personalization"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class LatencyBudget:
 
 PROFILES = MappingProxyType(
     {
-        "fraud": LatencyBudget(total_ms=50, features_ms=10),
+        "payments": LatencyBudget(total_ms=50, features_ms=10),
         "recommendation": LatencyBudget(total_ms=100, features_ms=20),
         "search": LatencyBudget(total_ms=200, features_ms=30),
         "ads": LatencyBudget(total_ms=10, features_ms=3),

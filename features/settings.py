@@ -84,14 +84,14 @@ class Settings(BaseSettings):
     deadline pays for a connect; unset: ``max_in_flight``, or the pool size when that is 0
     (never more than the pool size)."""
 
-    profile: ProfileName = "fraud"
+    profile: ProfileName = "payments"
     """The use case whose feature budget sets the default deadline (see ``features.budgets``).
     The service takes its project's own budget instead unless this variable is set."""
 
     feature_deadline_ms: float | None = Field(default=None, gt=0)
     """How long feature retrieval waits for the stores (from its first read, replies that
     have arrived always used) before answering with what it has; unset: the profile's
-    feature budget (fraud 10, recommendation 20, search 30, ads 3,
+    feature budget (payments 10, recommendation 20, search 30, ads 3,
     personalization 40)."""
 
     breaker_failures: int = Field(default=5, ge=1)

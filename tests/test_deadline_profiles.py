@@ -26,7 +26,7 @@ from tests.support.virtual_time import PromptStore, SilentStore, VirtualTimeLoop
 FEATURES = EXAMPLE_REGISTRY.group("user", "features")
 
 BUDGET_MS: dict[ProfileName, int] = {
-    "fraud": 10,
+    "payments": 10,
     "recommendation": 20,
     "search": 30,
     "ads": 3,
@@ -74,7 +74,7 @@ def test_the_profile_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     [
         # 2 ms early: event-loop timers fire up to a millisecond late, and the stage must
         # end within the budget.
-        ("fraud", 8.0),
+        ("payments", 8.0),
         ("recommendation", 18.0),
         ("search", 28.0),
         ("personalization", 38.0),

@@ -3,7 +3,7 @@ calls library code.
 
 featserve materialize TABLE [--group user:features] [--rejects FILE] [--allow-rejects]
 featserve rewarm [--backing sqlite:PATH | dynamodb:TABLE] [--group user:features]
-featserve sla --url URL [--profile fraud] [--total-ms N --features-ms N]
+featserve sla --url URL [--profile payments] [--total-ms N --features-ms N]
               [--rate R | --concurrency C] [--duration S] [--entities N|FIRST..LAST] [--plot FILE]
 featserve demo-data [--users 10000] [--out var/demo] [--format parquet|csv]
 featserve capacity --entities N --peak-rps R --latency-ms L [--measure | --bytes-per-entity B]

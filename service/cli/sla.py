@@ -2,7 +2,7 @@
 
 Usage::
 
-    featserve sla --url http://127.0.0.1:3000/score --profile fraud --rate 200 --duration 10
+    featserve sla --url http://127.0.0.1:3000/score --profile payments --rate 200 --duration 10
     featserve sla --url URL --total-ms 50 --features-ms 10 --concurrency 8 --plot sla.png --json
 
 Requests go to the ``--url``s only (repeat it to mix endpoints), with bodies
