@@ -205,3 +205,52 @@ def test_top_k_is_taken_when_a_request_has_candidates() -> None:
             RANKING,
             request=(*RANKING.request, replace(RANKING.request[0], name="top_k")),
         )
+
+
+def test_a_request_naming_one_entity_of_another_kind_scores_one_row_with_both(
+    settings: Settings, redis_client: redis.Redis, trained: TrainResult
+) -> None:
+    """One id of another kind (a card and its merchant; here a user and one item): one row
+    with both entities' features, the other entity's id and groups in the answer."""
+    write_by_hand(redis_client)
+    [candidates] = RANKING.request_entities
+    paired = replace(
+        RANKING, request_entities=(replace(candidates, field="item_id", candidates=False),)
+    )
+    requests = [
+        ScoreRequest("u1", {"timestamp": EVENING}, ("i2",)),
+        ScoreRequest("u2", {"timestamp": NOON}, ("i9",)),
+    ]
+
+    async def scenario() -> tuple[list[Any], Resolution]:
+        store = async_redis_store(settings)
+        try:
+            cache: FeatureCache[CachedGroup] = FeatureCache(0, 0)
+            resolver = Resolver(paired.registry, [redis_tier(store, settings)], cache, 5.0)
+            scorer = Scorer(
+                resolver,
+                trained.estimator,
+                InputBuilder(trained.schema, paired.derived),
+                paired.model.answer,
+                None,
+                paired.entity_field,
+                paired.request_entities,
+            )
+            return await scorer.score(requests, StageTimer())
+        finally:
+            await store.close()
+
+    (first, second), resolution = asyncio.run(scenario())
+    assert first["item_id"] == "i2"
+    assert first["sources"] == {"profile": "redis", "item:stats": "redis"}
+    assert second["sources"] == {"profile": "redis", "item:stats": "default"}
+    order = list(trained.schema.names)
+    item_defaults = {f.name: f.default for f in paired.registry.group("item", "stats").features}
+    assert [first["score"], second["score"]] == pytest.approx(
+        [
+            expected_scores(trained.estimator, order, USERS["u1"], [ITEMS["i2"]], EVENING)[0],
+            expected_scores(trained.estimator, order, USERS["u2"], [item_defaults], NOON)[0],
+        ],
+        rel=1e-12,
+    )
+    assert resolution.degraded == (None, None)
