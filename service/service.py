@@ -30,13 +30,12 @@ from starlette.routing import Route
 from features.breaker import CircuitBreaker
 from features.burst_log import BurstLog
 from features.errors import (
-    InvalidUpdate,
     RegistryError,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
 )
-from features.ingest.updates import parse_update
+from features.ingest.push import PushedUpdate, parse_pushed, write_pushed
 from features.project import Project
 from features.project_loader import load_project
 from features.redaction import install_log_redaction
@@ -45,7 +44,7 @@ from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
 from features.sources import Degraded
-from features.stores.backing import AsyncBackingStore, epoch_ms, is_live
+from features.stores.backing import AsyncBackingStore, epoch_ms
 from features.stores.base import AsyncOnlineStore
 from features.stores.factory import async_backing_store, async_online_store
 from features.stores.redis_cluster import AsyncRedisClusterStore
@@ -351,33 +350,27 @@ class ScoringService:
         update a store refuses for its data is a 422 naming it, the others written.
         """
         now_ms = epoch_ms(time.time)
-        parsed, refused = [], []
-        for index, update in enumerate(updates):
-            try:
-                group = PROJECT.registry.group(getattr(update, "entity", self.entity), update.group)
-                parsed.append(
-                    parse_update(
-                        group,
-                        update.entity_id,
-                        update.event_timestamp,
-                        update.values,
-                        now_ms=now_ms,
-                        max_skew_ms=round(SETTINGS.max_clock_skew_s * 1000),
-                    )
-                )
-            except InvalidUpdate as exc:
-                refused.append(_refusal(index, update.entity_id, exc.field, str(exc)))
-            except RegistryError as exc:
-                refused.append(_refusal(index, update.entity_id, "group", f"group: {exc}"))
+        pushed = [
+            PushedUpdate(
+                getattr(update, "entity", self.entity),
+                update.group,
+                update.entity_id,
+                update.event_timestamp,
+                update.values,
+            )
+            for update in updates
+        ]
+        parsed, refused = parse_pushed(
+            pushed, PROJECT.registry, now_ms, round(SETTINGS.max_clock_skew_s * 1000)
+        )
         if refused:
             ctx.response.status_code = 422
             return {
                 "error": f"{len(refused)} of {len(updates)} updates refused; nothing was written",
-                "refused": refused,
+                "refused": [refusal.as_dict() for refusal in refused],
             }
-        live = [i for i, u in enumerate(parsed) if is_live(u.group, u.event_ms, now_ms)]
         try:
-            outcomes = await self.write_store.write([parsed[i] for i in live]) if live else []
+            result = await write_pushed(parsed, self.write_store, now_ms)
         except (StoreUnavailable, StoreTimeout) as exc:
             ctx.response.status_code = 503
             ctx.response.headers["Retry-After"] = str(PUSH_RETRY_AFTER_S)
@@ -393,24 +386,18 @@ class ScoringService:
             }
         for written in parsed:
             self.resolver.forget(written.entity_id, written.group)
-        by_index = dict(zip(live, outcomes, strict=True))
         body: dict[str, Any] = {
-            "written": sum(outcome.applied for outcome in outcomes),
-            "stale": [i for i, o in by_index.items() if not o.applied and o.refused is None],
-            "expired": [i for i in range(len(parsed)) if i not in by_index],
+            "written": result.written,
+            "stale": list(result.stale),
+            "expired": list(result.expired),
         }
-        refused = [
-            _refusal(i, parsed[i].entity_id, "store", o.refused)
-            for i, o in by_index.items()
-            if o.refused is not None
-        ]
-        if refused:
+        if result.refused:
             ctx.response.status_code = 422
             body["error"] = (
-                f"{len(refused)} of {len(updates)} updates refused by a store for their data "
-                "(retrying cannot help); the others were written"
+                f"{len(result.refused)} of {len(updates)} updates refused by a store for their "
+                "data (retrying cannot help); the others were written"
             )
-            body["refused"] = refused
+            body["refused"] = [refusal.as_dict() for refusal in result.refused]
         return body
 
     def _timed(
@@ -558,10 +545,6 @@ def _keep_best(result: dict[str, Any], field: str, top_k: int | None) -> None:
     if top_k is not None:
         ranked = sorted(result[field], key=lambda answer: answer["score"], reverse=True)
         result[field] = ranked[:top_k]
-
-
-def _refusal(index: int, entity_id: str, field: str, error: str) -> dict[str, Any]:
-    return {"index": index, "entity_id": entity_id, "field": field, "error": error}
 
 
 def _describe(entity: EntityFeatures, now_s: float) -> dict[str, Any]:
