@@ -39,22 +39,16 @@ from features.ingest.push import PushedUpdate, parse_pushed, write_pushed
 from features.project import Project
 from features.project_loader import load_project
 from features.redaction import install_log_redaction
-from features.serving.cache import FeatureCache
-from features.serving.resolver import CachedGroup, EntityFeatures, ResolvedBatch, Resolver
-from features.serving.tiers import backing_tier, redis_tier
+from features.serving.resolver import EntityFeatures, ResolvedBatch
 from features.settings import Settings
 from features.sources import Degraded
-from features.stores.backing import AsyncBackingStore, epoch_ms
-from features.stores.base import AsyncOnlineStore
-from features.stores.factory import async_backing_store, async_online_store
+from features.stores.backing import epoch_ms
 from features.stores.redis_cluster import AsyncRedisClusterStore
-from features.stores.write_through import AsyncWriteThrough
 from features.timing import Stage, StageTimer
-from models.compiled_trees import CompiledGradientBoosting, fastest_classifier
-from models.schema import InputBuilder
 from models.train import check_servable, default_model_name, load
 from service.api_info import show_project_info
 from service.bentoml_adapter import BENTOML_ROUTES, ConnectionLimits, install_adaptations
+from service.composer import check_settings, compose
 from service.inputs import TOP_K, request_models
 from service.metrics import StoreGauges, observe_request, publish_settings, start_series
 from service.middleware.access_tokens import BearerTokenMiddleware
@@ -64,7 +58,7 @@ from service.middleware.drain import DRAIN, DrainMiddleware
 from service.middleware.refusal_log import REFUSAL_LOGGER, RefusalLog, RefusalLogMiddleware
 from service.middleware.request_body import RequestBodyMiddleware
 from service.responses import response_models
-from service.scoring import Classifier, Regressor, Resolution, Scorer, ScoreRequest
+from service.scoring import Resolution, ScoreRequest
 from service.tracing import StageSpans, tracing_config
 
 __all__ = ["PROJECT", "SETTINGS", "ScoringService"]
@@ -143,57 +137,19 @@ class ScoringService:
     model_ref = bentoml.models.BentoModel(_MODEL_TAG)
 
     def __init__(self) -> None:
-        if SETTINGS.redis_missing:
-            raise RuntimeError(
-                f"{SETTINGS.redis_missing}: point it at the online store, "
-                "or run `make serve` for an embedded Redis with demo data"
-            )
-        reads_allowed = SETTINGS.redis_pool_size * SETTINGS.breaker_pool_usage
-        if SETTINGS.max_in_flight > reads_allowed:
-            raise RuntimeError(
-                f"FEATSERVE_MAX_IN_FLIGHT={SETTINGS.max_in_flight} admits more requests than "
-                f"the Redis breaker lets read at once ({reads_allowed:g}: "
-                "FEATSERVE_REDIS_POOL_SIZE x FEATSERVE_BREAKER_POOL_USAGE), which would answer "
-                "the excess from fallbacks instead of refusing it: lower the first or raise "
-                "the pool"
-            )
+        check_settings(SETTINGS)
         model = load(self.model_ref.tag)
         check_servable(model, PROJECT)
         self.model_tag = model.tag
-        self.store = async_online_store(SETTINGS)
-        cache: FeatureCache[CachedGroup] = FeatureCache(
-            SETTINGS.cache_ttl_s, SETTINGS.cache_maxsize, SETTINGS.stale_cache_maxsize
-        )
-        tiers = [redis_tier(self.store, SETTINGS)]
-        self.redis_writes = async_online_store(SETTINGS, for_writes=True)
-        self.write_store: AsyncOnlineStore = self.redis_writes
-        self.backing: AsyncBackingStore | None = None
-        if SETTINGS.backing_store:
-            self.backing = async_backing_store(SETTINGS.backing_store)
-            tiers.append(backing_tier(self.backing, SETTINGS))
-            self.write_store = AsyncWriteThrough(self.redis_writes, self.backing)
-        self.resolver = Resolver(PROJECT.registry, tiers, cache, _DEADLINE_S)
-        answer = PROJECT.model.answer
-        predictor: Classifier | Regressor
-        if answer.kind == "class_probability":
-            predictor = fastest_classifier(model.estimator)
-            self.inference = (
-                "compiled trees (models/compiled_trees.py)"
-                if isinstance(predictor, CompiledGradientBoosting)
-                else "scikit-learn predict_proba"
-            )
-        else:
-            predictor = model.estimator
-            self.inference = "scikit-learn predict"
-        self.scorer = Scorer(
-            self.resolver,
-            predictor,
-            InputBuilder(model.schema, PROJECT.derived),
-            answer,
-            model.threshold,
-            PROJECT.entity_field,
-            PROJECT.request_entities,
-        )
+        parts = compose(PROJECT, SETTINGS, model, _DEADLINE_S, BurstLog(_log))
+        self.store = parts.store
+        self.redis_writes = parts.redis_writes
+        self.write_store = parts.write_store
+        self.backing = parts.backing
+        self.resolver = parts.resolver
+        self.scorer = parts.scorer
+        self.inference = parts.inference
+        self.gauges = parts.gauges
         self.entity = PROJECT.entity.name
         self.all_groups = self.resolver.selection(self.entity)
         self.spans = StageSpans.from_bentoml()
@@ -219,9 +175,6 @@ class ScoringService:
         self.input_defaults = tuple(
             (item.name, item.type == "timestamp" and item.default is None, item.default)
             for item in PROJECT.request
-        )
-        self.gauges = StoreGauges(
-            self.resolver.tiers, self.store, self.redis_writes, BurstLog(_log)
         )
         self.gauges_task: asyncio.Task[None] | None = None
         status_app.state.scorer = self
