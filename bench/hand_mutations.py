@@ -198,8 +198,8 @@ MUTATIONS = (
     ),
     Mutation(
         "no backing tier in the service",
-        "service/service.py",
-        "            tiers.append(backing_tier(self.backing, SETTINGS))\n",
+        "service/composer.py",
+        "        tiers.append(backing_tier(backing, settings))\n",
         "",
         (f"{FAULTS_BACKED}[kill]",),
     ),
