@@ -32,13 +32,7 @@ from features.serving.resolver import CachedGroup, GroupResult, Resolver
 from features.serving.tiers import backing_tier, redis_tier
 from features.settings import Settings
 from features.sources import Source
-from features.stores.backing import (
-    AsyncBackingStore,
-    BackingStore,
-    expires_at_ms,
-    is_live,
-    oldest_live_ms,
-)
+from features.stores.backing import AsyncBackingStore, BackingStore
 from features.stores.base import (
     FailedRead,
     FeatureUpdate,
@@ -55,6 +49,7 @@ from features.stores.dynamodb import (
 from features.stores.factory import async_backing_store, open_backing_store
 from features.stores.redis import RedisStore, async_redis_store, sync_client
 from features.stores.sqlite import SqliteStore
+from features.stores.write_rules import expires_at_ms, is_live, oldest_live_ms
 from features.stores.write_through import WriteThrough
 from features.timing import StageTimer
 from service.harness.example import EXAMPLE_REGISTRY

@@ -4,7 +4,7 @@ Each chunk of rows is checked against the registry (``features.ingest.updates``,
 event times no further ahead of now than the allowed clock skew), rows whose
 values are already past their group's TTL are set aside as expired, and the
 rest are merged per entity value by value, by the stores' own rule
-(``backing.held_after_write``): for each hash field the newest value, for a
+(``write_rules.held_after_write``): for each hash field the newest value, for a
 sorted set the newest ``top_n`` members.  The merged groups are written in
 pipelined round trips whose server-side scripts merge the same way with
 what the store holds, so the result depends neither on row order nor on
@@ -37,8 +37,8 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.ingest.tables import OfflineTable, TableError
 from features.ingest.writer import ChunkTally, Rejected, WriteRules, write_chunk
 from features.registry import FeatureGroup, Structure
-from features.stores.backing import Clock, epoch_ms
 from features.stores.base import OnlineStore
+from features.stores.write_rules import Clock, epoch_ms
 
 __all__ = [
     "Materialization",

@@ -8,7 +8,7 @@ is never rolled back and a second run changes nothing; the TTL Redis gives
 a group counts from its newest event time, as the backing store's does.
 Groups whose newest event time is older than their TTL are not written
 (expired): Redis would have dropped them, and the backing store no longer
-serves them either (``backing.is_live`` is the one rule for both).  A group
+serves them either (``write_rules.is_live`` is the one rule for both).  A group
 Redis refuses for its data (a key of another type) is counted as rejected
 and the run goes on.
 """
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from itertools import islice
 
 from features.registry import FeatureGroup
-from features.stores.backing import BackingStore, Clock, epoch_ms, is_live
+from features.stores.backing import BackingStore
 from features.stores.base import FeatureUpdate, OnlineStore, WriteOutcome
+from features.stores.write_rules import Clock, epoch_ms, is_live
 
 __all__ = ["RewarmReport", "rewarm"]
 
@@ -56,7 +57,7 @@ def rewarm(
     """Write every entity group of ``groups`` held by ``source`` into ``target``.
 
     ``on_progress`` gets the number of entity groups read after each chunk;
-    ``clock`` (epoch seconds) decides which groups have expired (``backing.is_live``).
+    ``clock`` (epoch seconds) decides which groups have expired (``write_rules.is_live``).
     """
     started = time.perf_counter()
     now_ms = epoch_ms(clock)

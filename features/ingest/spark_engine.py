@@ -52,8 +52,8 @@ from features.ingest.tables import TableChunk, epoch_seconds
 from features.ingest.writer import ChunkTally, WriteRules, write_chunk
 from features.registry import FeatureGroup
 from features.settings import Settings
-from features.stores.backing import Clock, epoch_ms
 from features.stores.factory import open_online_store
+from features.stores.write_rules import Clock, epoch_ms
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -23,7 +23,7 @@ Table layout: one item per entity group.
 Bookkeeping attributes start with ``_``, which the registry forbids in
 feature names, so no feature can collide with them.
 
-Expiry: a group older than its TTL counts as absent (``backing.is_live``,
+Expiry: a group older than its TTL counts as absent (``write_rules.is_live``,
 by ``_event_ms`` and the store's clock): reads answer it as a miss, and a
 write replaces it whole instead of merging into it.  The store deletes
 nothing.  DynamoDB's TTL, enabled on ``_expires_at``, deletes expired items,
@@ -38,7 +38,7 @@ again after a short, doubling backoff while the read's budget
 raises ``StoreTimeout`` rather than report keys as absent that were never
 looked at.
 
-Writes merge value by value (``backing.held_after_write``), which no update
+Writes merge value by value (``write_rules.held_after_write``), which no update
 expression can do, so a write reads the items it touches (``BatchGetItem``,
 consistent), merges in Python, and puts each changed item on condition that
 its ``_rev`` is unchanged (or, for an item written before ``_rev`` existed,
@@ -71,19 +71,21 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import FeatureGroup, Structure
 from features.stores.backing import (
-    Clock,
-    HeldGroup,
     UnreadableRecord,
-    as_update,
     checked_values,
     entity_id_of,
-    epoch_ms,
-    expires_at_ms,
     group_label,
-    held_after_write,
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
+from features.stores.write_rules import (
+    Clock,
+    HeldGroup,
+    as_update,
+    epoch_ms,
+    expires_at_ms,
+    held_after_write,
+)
 from features.timing import Stage, StageTimer
 
 __all__ = ["DynamoDbStore", "create_table", "dynamodb_client"]

@@ -22,7 +22,7 @@ import redis
 
 from features.errors import StoreError
 from features.settings import Settings
-from features.stores.backing import AsyncBackingStore, BackingStore, Clock
+from features.stores.backing import AsyncBackingStore, BackingStore
 from features.stores.redis import (
     AsyncRedisStore,
     RedisStore,
@@ -32,6 +32,7 @@ from features.stores.redis import (
     sync_client,
     translated_errors,
 )
+from features.stores.write_rules import Clock
 
 __all__ = [
     "NODE_SHARE_OF_DEADLINE",
@@ -128,7 +129,7 @@ def open_online_store(settings: Settings, for_writes: bool = False) -> RedisStor
 def open_backing_store(spec: str, clock: Clock = time.time) -> BackingStore:
     """The store a spec names: ``sqlite:PATH`` or ``dynamodb:TABLE``; ``ValueError`` otherwise.
 
-    ``clock`` says which groups have expired (``backing.is_live``).
+    ``clock`` says which groups have expired (``write_rules.is_live``).
     DynamoDB's endpoint, region and credentials come from the usual AWS
     variables (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ...).
     """

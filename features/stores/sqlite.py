@@ -20,7 +20,7 @@ The database runs in WAL mode, so reads never wait for a writer, with
 was acknowledged survives a power loss, at the price of one fsync per write
 call (a chunk of ``materialize``, one ``/push``).  A ``write`` call is one
 ``BEGIN IMMEDIATE`` transaction: it takes the write lock first, reads the
-held rows, merges (``backing.held_after_write``) and upserts, so writers in
+held rows, merges (``write_rules.held_after_write``) and upserts, so writers in
 other threads or processes cannot interleave and an older value never
 replaces a newer one.  A row that cannot be decoded, or an upsert SQLite
 refuses for its data, refuses the updates of that key only.  Rows are kept
@@ -45,18 +45,14 @@ from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
 from features.registry import FeatureGroup
 from features.stores.backing import (
-    Clock,
-    HeldGroup,
     UnreadableRecord,
-    as_update,
     checked_values,
     entity_id_of,
-    epoch_ms,
     group_label,
-    held_after_write,
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
+from features.stores.write_rules import Clock, HeldGroup, as_update, epoch_ms, held_after_write
 from features.timing import Stage, StageTimer
 
 __all__ = ["SqliteStore"]
