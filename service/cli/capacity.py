@@ -25,6 +25,7 @@ from features.stores.capacity import (
 from features.stores.factory import open_redis_client
 from features.stores.redis import translated_errors
 from service.cli.project_option import chosen_project
+from service.cli.store_options import add_redis_url_option, settings_with_redis_url
 
 __all__ = ["register"]
 
@@ -64,16 +65,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--workers", type=int, help="workers per service replica")
     parser.add_argument("--service-replicas", type=int, default=1)
     parser.add_argument("--redis-replicas", type=int, default=1, help="replicas per shard")
-    parser.add_argument("--redis-url", help="default: $REDIS_URL")
+    add_redis_url_option(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=_run, settings=None)
 
 
 def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    settings = args.settings or Settings()
-    if args.redis_url:
-        settings = settings.model_copy(update={"redis_url": args.redis_url})
+    settings = settings_with_redis_url(args)
     try:
         project = chosen_project(args)
         groups = project.registry.groups_of(args.entity or project.entity.name)

@@ -43,6 +43,7 @@ from features.stores.base import OnlineStore
 from features.stores.factory import open_backing_store, open_online_store
 from features.stores.write_through import WriteThrough
 from service.cli.project_option import chosen_project
+from service.cli.store_options import add_redis_url_option, group_named, settings_with_redis_url
 
 __all__ = ["register"]
 
@@ -79,11 +80,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--json", action="store_true", help="print the summary as JSON on stdout when done"
     )
-    parser.add_argument(
-        "--redis-url",
-        help="default: $REDIS_URL. Prefer the variable: a password in this flag shows in `ps` "
-        "to every user of the machine",
-    )
+    add_redis_url_option(parser)
     parser.add_argument(
         "--engine",
         choices=["local", "spark"],
@@ -118,9 +115,7 @@ def _run_materialize(args: argparse.Namespace) -> int:
     except (RegistryError, TableError) as exc:
         console.print(f"[red]error:[/] {redact(str(exc))}")
         return EXIT_USAGE
-    settings = args.settings or Settings()
-    if args.redis_url:
-        settings = settings.model_copy(update={"redis_url": args.redis_url})
+    settings = settings_with_redis_url(args)
     if settings.redis_missing:
         console.print(f"[red]error:[/] {settings.redis_missing}")
         return EXIT_USAGE
@@ -260,10 +255,7 @@ def _print_json(
 def _group(project: Project, name: str | None) -> FeatureGroup:
     if name is None:
         return project.registry.groups_of(project.entity.name)[0]
-    entity, _, group = name.partition(":")
-    if not group:
-        raise RegistryError(f"--group {name!r}: expected ENTITY:GROUP, e.g. user:features")
-    return project.registry.group(entity, group)
+    return group_named(project.registry, name)
 
 
 def _progress(console: Console) -> Progress:

@@ -20,10 +20,10 @@ from features.errors import RegistryError, StoreError
 from features.ingest.rewarm import RewarmReport, rewarm
 from features.redaction import redact
 from features.registry import FeatureGroup, Registry
-from features.settings import Settings
 from features.stores.backing import group_label
 from features.stores.factory import open_backing_store, open_online_store
 from service.cli.project_option import chosen_project
+from service.cli.store_options import add_redis_url_option, group_named, settings_with_redis_url
 
 __all__ = ["register"]
 
@@ -54,19 +54,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="a group to rewarm, repeatable (default: every group)",
     )
     parser.add_argument("--chunk-size", type=int, default=1000, help="entity groups per write")
-    parser.add_argument(
-        "--redis-url",
-        help="default: $REDIS_URL. Prefer the variable: a password in this flag shows in `ps` "
-        "to every user of the machine",
-    )
+    add_redis_url_option(parser)
     parser.set_defaults(run=_run, settings=None)
 
 
 def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    settings = args.settings or Settings()
-    if args.redis_url:
-        settings = settings.model_copy(update={"redis_url": args.redis_url})
+    settings = settings_with_redis_url(args)
     try:
         groups = _groups(chosen_project(args).registry, args.groups)
         if settings.redis_missing:
@@ -114,13 +108,7 @@ def _run(args: argparse.Namespace) -> int:
 def _groups(registry: Registry, names: Sequence[str] | None) -> list[FeatureGroup]:
     if not names:
         return [g for entity in registry.entities for g in registry.groups_of(entity.name)]
-    groups = []
-    for name in names:
-        entity, _, group = name.partition(":")
-        if not group:
-            raise RegistryError(f"--group {name!r}: expected ENTITY:GROUP, e.g. user:features")
-        groups.append(registry.group(entity, group))
-    return groups
+    return [group_named(registry, name) for name in names]
 
 
 def _progress(console: Console) -> Progress:
