@@ -2,7 +2,7 @@
 
 A backing store (tier 3 of the read path) keeps one record per entity group,
 keyed by the Redis key string (``features.keys.feature_key``): the values,
-their event times, and the newest of those (``write_rules.HeldGroup``).  It
+their event times, and the newest of those (``held.HeldGroup``).  It
 answers ``read`` exactly as the Redis store does for the same writes
 (``read_held``), so the resolver cannot tell them apart, and it merges and
 expires by the rules in ``write_rules`` (``held_after_write``, ``is_live``),
@@ -44,9 +44,9 @@ from features.stores.base import (
 
 # ``HeldGroup``, ``as_update``, ``epoch_ms``, ``held_after_write`` and ``is_live`` are passed
 # on (``x as x``) until service.service and features.ingest.writer, changed on other branches
-# now, import them from write_rules, where they live.
-from features.stores.write_rules import HeldGroup as HeldGroup
-from features.stores.write_rules import as_update as as_update
+# now, import them from held and write_rules, where they live.
+from features.stores.held import HeldGroup as HeldGroup
+from features.stores.held import as_update as as_update
 from features.stores.write_rules import epoch_ms as epoch_ms
 from features.stores.write_rules import held_after_write as held_after_write
 from features.stores.write_rules import is_live as is_live

@@ -78,10 +78,9 @@ from features.stores.backing import (
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
+from features.stores.held import HeldGroup, as_update
 from features.stores.write_rules import (
     Clock,
-    HeldGroup,
-    as_update,
     epoch_ms,
     expires_at_ms,
     held_after_write,

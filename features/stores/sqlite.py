@@ -52,7 +52,8 @@ from features.stores.backing import (
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
-from features.stores.write_rules import Clock, HeldGroup, as_update, epoch_ms, held_after_write
+from features.stores.held import HeldGroup, as_update
+from features.stores.write_rules import Clock, epoch_ms, held_after_write
 from features.timing import Stage, StageTimer
 
 __all__ = ["SqliteStore"]
