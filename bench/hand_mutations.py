@@ -230,16 +230,17 @@ MUTATIONS = (
     ),
     Mutation(
         "the backing store ignores the event time",
-        "features/stores/write_rules.py",
+        "features/stores/codecs.py",
         "if name not in times or at >= times[name]:",
         "if True:",
         WRITE_UNITS,
     ),
     Mutation(
         "the backing store skips the per-field merge (a partial write drops the other fields)",
-        "features/stores/write_rules.py",
-        "    values = dict(held.values)\n    times = {name: held.ms_of(name) for name in values}",
-        "    values = {}\n    times = {}",
+        "features/stores/codecs.py",
+        "        values = dict(held.values)\n"
+        "        times = {name: held.ms_of(name) for name in values}",
+        "        values = {}\n        times = {}",
         WRITE_UNITS,
     ),
     Mutation(

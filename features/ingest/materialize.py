@@ -36,8 +36,9 @@ from typing import Any, Literal
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.ingest.tables import OfflineTable, TableError
 from features.ingest.writer import ChunkTally, Rejected, WriteRules, write_chunk
-from features.registry import FeatureGroup, Structure
+from features.registry import FeatureGroup
 from features.stores.base import OnlineStore
+from features.stores.codecs import codec_of
 from features.stores.write_rules import Clock, epoch_ms
 
 __all__ = [
@@ -148,8 +149,7 @@ def checked_columns(
     missing = [c for c in (entity_column, timestamp_column) if c not in columns]
     features = [c for c in columns if c in group.by_name]
     unknown = [c for c in columns if c not in {entity_column, timestamp_column, *features}]
-    if group.structure is not Structure.HASH and group.features[0].name not in features:
-        missing.append(group.features[0].name)
+    missing += [name for name in codec_of(group).required_columns(group) if name not in features]
     if missing:
         raise TableError(f"{source}: missing column(s) {missing}")
     if unknown:

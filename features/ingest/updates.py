@@ -24,9 +24,10 @@ from typing import Any
 
 from features.dtypes import shown_value
 from features.errors import InvalidEntityId, InvalidUpdate
-from features.keys import validate_entity_id, validate_id
-from features.registry import FeatureGroup, Structure
+from features.keys import validate_entity_id
+from features.registry import FeatureGroup
 from features.stores.base import FeatureUpdate
+from features.stores.codecs import codec_of
 
 __all__ = ["MAX_EVENT_TIMESTAMP", "event_ms", "parse_update"]
 
@@ -88,47 +89,4 @@ def parse_update(
             f"{unknown} not in {group.entity.name}:{group.name} "
             f"(its features: {', '.join(group.feature_names)})",
         )
-    if group.structure is Structure.HASH:
-        return FeatureUpdate(entity_id, group, when, _hash_values(group, values))
-    feature = group.features[0]
-    value = values[feature.name]
-    if group.structure is Structure.SORTED_SET:
-        return FeatureUpdate(entity_id, group, when, _members(feature.name, value, when))
-    try:
-        vector = feature.dtype.normalize(value, feature.dim)
-    except (TypeError, ValueError) as exc:
-        raise InvalidUpdate(feature.name, str(exc)) from None
-    return FeatureUpdate(entity_id, group, when, {feature.name: vector})
-
-
-def _hash_values(group: FeatureGroup, values: Mapping[str, Any]) -> dict[str, Any]:
-    checked: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        feature = group.by_name[name]
-        try:
-            normalized = feature.dtype.normalize(value, feature.dim)
-        except (TypeError, ValueError) as exc:
-            raise InvalidUpdate(name, f"{shown_value(value)}: {exc}") from None
-        problem = feature.out_of_range(normalized)
-        if problem:
-            raise InvalidUpdate(name, problem)
-        checked[name] = normalized
-    if not checked:
-        raise InvalidUpdate("values", "every value is null")
-    return checked
-
-
-def _members(name: str, items: Any, when: int) -> dict[str, float]:
-    """Item ids scored by the event time in seconds, for a sorted-set group."""
-    if isinstance(items, str):
-        items = [items]
-    if not isinstance(items, list | tuple) or not items:
-        raise InvalidUpdate(name, "expected an item id or a non-empty list of item ids")
-    for item in items:
-        try:
-            validate_id(item, "item id")
-        except InvalidEntityId as exc:
-            raise InvalidUpdate(name, str(exc)) from None
-    return dict.fromkeys(items, when / 1000)
+    return FeatureUpdate(entity_id, group, when, codec_of(group).update_values(group, values, when))

@@ -25,22 +25,20 @@ so the event loop never waits on disk or on the network.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from features.burst_log import BurstLog
 from features.errors import StoreUnavailable
-from features.registry import FeatureGroup, Structure
+from features.registry import FeatureGroup
 from features.stores.base import (
     FeatureUpdate,
     ReadRequest,
     StoredRow,
     StoredValues,
     WriteOutcome,
-    newest_members,
 )
+from features.stores.codecs import codec_of
 
 # ``HeldGroup``, ``as_update``, ``epoch_ms``, ``held_after_write`` and ``is_live`` are passed
 # on (``x as x``) until service.service and features.ingest.writer, changed on other branches
@@ -59,12 +57,8 @@ __all__ = [
     "UnreadableRecord",
     "checked_values",
     "entity_id_of",
-    "group_label",
     "read_held",
 ]
-
-_log = logging.getLogger(__name__)
-_bad_value_log = BurstLog(_log)
 
 _T = TypeVar("_T")
 
@@ -98,11 +92,6 @@ class BackingStore(Protocol):
         ...
 
 
-def group_label(group: FeatureGroup) -> str:
-    """``entity:group``, the name a store files a record under for ``scan``."""
-    return f"{group.entity.key_name}:{group.name}"
-
-
 def entity_id_of(key: str, group: FeatureGroup) -> str:
     """The entity id inside ``key``, a ``feature_key`` of ``group``."""
     return key[len(group.entity.key_name) + 2 : -(len(group.name) + 2)]
@@ -110,63 +99,18 @@ def entity_id_of(key: str, group: FeatureGroup) -> str:
 
 def read_held(request: ReadRequest, held: HeldGroup | None, now_ms: int) -> StoredRow | None:
     """What the Redis store would return for ``request`` at ``now_ms`` if Redis held ``held``:
-    the values and the event time Redis answers beside them (a hash's or a string's newest
-    event time, a sorted set's highest score).
+    the values and the event time Redis answers beside them (``StructureCodec.held_row``).
 
     ``None`` when ``held`` is ``None`` or has expired (``is_live``).
     """
-    group = request.group
-    held = unexpired(group, held, now_ms)
-    if held is None:
-        return None
-    if group.structure is Structure.HASH:
-        values = tuple(map(held.values.get, request.fields))
-        if values.count(None) == len(values):
-            return None
-        return StoredRow(request.fields, values, held.event_ms)
-    feature = group.features[0]
-    if group.structure is Structure.SORTED_SET:
-        members = tuple(newest_members(held.values, group.top_n or 1))
-        if not members:
-            return None
-        return StoredRow((feature.name,), (members,), round(held.values[members[0]] * 1000))
-    vector = held.values.get(feature.name)
-    return None if vector is None else StoredRow((feature.name,), (vector,), held.event_ms)
+    held = unexpired(request.group, held, now_ms)
+    return None if held is None else codec_of(request.group).held_row(request, held)
 
 
 def checked_values(group: FeatureGroup, stored: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalized values from a store's decoded record; invalid ones are logged and left out.
-
-    Numbers may come back as ``int``, ``float`` or ``Decimal``; a vector as a
-    list of numbers or as the packed float32 bytes Redis keeps.
-    """
-    if group.structure is Structure.SORTED_SET:
-        return _checked_members(group, stored)
-    values: dict[str, Any] = {}
-    for name, raw in stored.items():
-        feature = group.by_name.get(name)
-        if feature is None:
-            continue
-        try:
-            if isinstance(raw, bytes):
-                values[name] = feature.dtype.decode(raw, feature.dim)
-            elif group.structure is Structure.HASH:
-                values[name] = feature.dtype.decode(str(raw).encode(), feature.dim)
-            else:
-                values[name] = feature.dtype.normalize([float(item) for item in raw], feature.dim)
-        except (TypeError, ValueError) as exc:
-            _bad_value_log.error(f"ignoring a stored {group_label(group)}.{name} value", exc)
-    return values
-
-
-def _checked_members(group: FeatureGroup, stored: Mapping[str, Any]) -> dict[str, Any]:
-    members: dict[str, float] = {}
-    for member, raw in stored.items():
-        try:
-            members[member] = float(raw)
-        except (TypeError, ValueError) as exc:
-            _bad_value_log.error(f"ignoring a stored {group_label(group)} member", exc)
-    return members
+    """Normalized values from a store's decoded record; invalid ones are logged and left out
+    (``StructureCodec.checked_values``)."""
+    return codec_of(group).checked_values(group, stored)
 
 
 class AsyncBackingStore:

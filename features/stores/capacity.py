@@ -16,7 +16,7 @@ The rules (the usual rules of thumb for sizing Redis):
 The bytes per entity come from a live Redis (``measure_entity_bytes``: it
 samples entities with ``RANDOMKEY`` and sums ``MEMORY USAGE`` of their
 keys), from the caller, or from the registry (``estimate_entity_bytes``,
-a rough figure from the data structures' layout).
+a rough figure from the data structures' layout, ``StructureCodec.estimated_bytes``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from features.keys import feature_key
-from features.registry import FeatureGroup, Structure
-from features.stores.redis_scripts import EVENT_MS_FIELD
+from features.registry import FeatureGroup
+from features.stores.codecs import codec_of
 
 __all__ = [
     "COMMANDS_PER_NODE",
@@ -49,18 +49,6 @@ evictions)."""
 
 POOL_MARGIN = 1.5
 """Connections per worker beyond the mean in flight (peak rps x latency)."""
-
-# The estimate's layout constants, in bytes, as Valkey 8.1's MEMORY USAGE counts them for
-# the shipped registry (tests/test_capacity.py holds the estimate to within 15 % of it).
-KEY_OVERHEAD = 40
-"""Per key: its dictionary entry, object header and string headers."""
-LISTPACK_OVERHEAD = 8
-"""Per small hash or sorted set (a listpack): its header and end marker."""
-ENTRY_OVERHEAD = 2
-"""Per listpack entry: its encoding byte and back-length."""
-TYPICAL_ENTRY = {"int": 3, "float": 8, "member": 6, "score": 5, "event_ms": 9}
-"""Assumed encoded widths: a small int, a float written as text, an item id, an epoch
-score in seconds, an epoch-millisecond event time (listpacks store integers in binary)."""
 
 
 class MemoryProbe(Protocol):
@@ -166,22 +154,7 @@ def estimate_entity_bytes(groups: tuple[FeatureGroup, ...], id_length: int) -> i
     total = 0
     for group in groups:
         key = len(feature_key(group.entity.key_name, "x" * id_length, group.name))
-        if group.structure is Structure.HASH:
-            fields = [(EVENT_MS_FIELD, "event_ms")] + [
-                (f.name, f.type_name) for f in group.features
-            ]
-            payload = LISTPACK_OVERHEAD + sum(
-                len(name) + TYPICAL_ENTRY[kind] + 2 * ENTRY_OVERHEAD for name, kind in fields
-            )
-            total += KEY_OVERHEAD + key + payload
-        elif group.structure is Structure.SORTED_SET:
-            entry = TYPICAL_ENTRY["member"] + TYPICAL_ENTRY["score"] + 2 * ENTRY_OVERHEAD
-            total += KEY_OVERHEAD + key + LISTPACK_OVERHEAD + (group.top_n or 1) * entry
-        else:
-            blob = 4 * (group.features[0].dim or 1)
-            # The blob, and its sibling key holding the event time (an int, no payload).
-            total += KEY_OVERHEAD + key + blob
-            total += KEY_OVERHEAD + key + len(f":{EVENT_MS_FIELD}")
+        total += codec_of(group).estimated_bytes(group, key)
     return total
 
 
@@ -214,8 +187,6 @@ def measure_entity_bytes(
     for entity_id in seen:
         for group in groups:
             key = feature_key(entity, entity_id, group.name)
-            keys = (
-                [key, f"{key}:{EVENT_MS_FIELD}"] if group.structure is Structure.STRING else [key]
-            )
+            keys = codec_of(group).memory_keys(key)
             total += sum(int(client.memory_usage(k, samples=0) or 0) for k in keys)
     return total / len(seen), len(seen)

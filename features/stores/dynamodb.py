@@ -69,16 +69,16 @@ from botocore.config import Config
 from features.burst_log import BurstLog
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
-from features.registry import FeatureGroup, Structure
+from features.registry import FeatureGroup
 from features.stores.backing import (
     UnreadableRecord,
     checked_values,
     entity_id_of,
-    group_label,
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
-from features.stores.held import HeldGroup, as_update
+from features.stores.codecs import codec_of
+from features.stores.held import HeldGroup, as_update, group_label
 from features.stores.write_rules import (
     Clock,
     epoch_ms,
@@ -193,17 +193,19 @@ def _held(group: FeatureGroup, item: Mapping[str, Any]) -> HeldGroup:
     event_ms = attributes.get(_EVENT_MS)
     if not isinstance(event_ms, Decimal) or event_ms != event_ms.to_integral_value():
         raise UnreadableRecord(f"{_EVENT_MS} is {event_ms!r}, not epoch milliseconds")
-    if group.structure is Structure.SORTED_SET:
-        stored = attributes.get(group.features[0].name, {})
-        if not isinstance(stored, Mapping):
-            raise UnreadableRecord(f"{group.features[0].name} is not a map of members")
-        return HeldGroup(int(event_ms), checked_values(group, stored))
-    stored = {
+    codec = codec_of(group)
+    record = {
         name: value.value if isinstance(value, Binary) else value
         for name, value in attributes.items()
         if not name.startswith("_")
     }
+    try:
+        stored = codec.values_of_record(group, record)
+    except ValueError as exc:
+        raise UnreadableRecord(str(exc)) from None
     values = checked_values(group, stored)
+    if not codec.keeps_value_times:
+        return HeldGroup(int(event_ms), values)
     times = attributes.get(_VALUE_MS, {})
     if not isinstance(times, Mapping) or not all(isinstance(t, Decimal) for t in times.values()):
         raise UnreadableRecord(f"{_VALUE_MS} is not a map of event times")
@@ -254,17 +256,16 @@ def _item(key: str, group: FeatureGroup, held: HeldGroup, rev: int) -> dict[str,
         _EXPIRES_AT: {"N": str(_expires_at_s(group, held.event_ms))},
         _REV: {"N": str(rev)},
     }
-    if group.structure is Structure.HASH:
-        for name, value in held.values.items():
+    codec = codec_of(group)
+    for name, value in codec.record(group, held.values).items():
+        if isinstance(value, bytes):
+            item[name] = {"B": value}
+        elif isinstance(value, Mapping):
+            item[name] = _attribute(name, {m: _number(number) for m, number in value.items()})
+        else:
             item[name] = _attribute(name, _number(value))
-        if held.value_ms:
-            item[_VALUE_MS] = {"M": {n: {"N": str(at)} for n, at in held.value_ms.items()}}
-    elif group.structure is Structure.SORTED_SET:
-        name = group.features[0].name
-        item[name] = _attribute(name, {m: _number(score) for m, score in held.values.items()})
-    else:
-        feature = group.features[0]
-        item[feature.name] = {"B": feature.dtype.encode(held.values[feature.name])}
+    if codec.keeps_value_times and held.value_ms:
+        item[_VALUE_MS] = {"M": {n: {"N": str(at)} for n, at in held.value_ms.items()}}
     return item
 
 

@@ -13,7 +13,12 @@ from typing import Any
 from features.registry import FeatureGroup
 from features.stores.base import FeatureUpdate, WriteOutcome
 
-__all__ = ["HeldGroup", "Merged", "as_held", "as_update", "held_group"]
+__all__ = ["HeldGroup", "Merged", "as_held", "as_update", "group_label", "held_group"]
+
+
+def group_label(group: FeatureGroup) -> str:
+    """``entity:group``, the name a store files a record under for ``scan``."""
+    return f"{group.entity.key_name}:{group.name}"
 
 
 @dataclass(frozen=True, slots=True)

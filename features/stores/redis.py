@@ -1,10 +1,9 @@
 """The Redis online store: every read is one pipelined round trip.
 
-A read of N entities x M groups sends one command per (entity, group), two
-for a blob, together in one write: ``HMGET`` of the requested fields and ``_event_ms``
-for hashes, ``ZREVRANGE 0 top_n-1 WITHSCORES`` for sorted sets, ``GET`` for
-blobs (and a second ``GET`` of the blob's ``<key>:_event_ms``), so every
-answer carries its event time (``StoredRow.event_ms``).  The blocking
+A read of N entities x M groups sends the commands each group's structure
+reads with (``codecs``: one ``HMGET`` for a hash, one ``ZREVRANGE ...
+WITHSCORES`` for a sorted set, two ``GET`` for a blob), together in one
+write, so every answer carries its event time (``StoredRow.event_ms``).  The blocking
 store (tools, tests) queues them on a ``pipeline(transaction=False)``.  The
 service's asyncio store packs them with ``hiredis.pack_command`` and sends
 and reads them on one of redis-py's pooled connections, under one timeout
@@ -13,9 +12,9 @@ spends (its pure-Python packer and a timeout per reply), and less than a
 plain ``hmget`` for one entity (docs/benchmarks.md, "What was changed";
 ``bench/resolver_bench.py`` measures both).  redis-py still owns the pool,
 connecting, the hiredis reply parser and disconnecting a connection left
-mid-reply.  Replies come back as ``StoredRow``s; ``hash_columns.MIN_REPLIES``
-or more complete hash replies of one group are decoded in bulk, the rest
-value by value.  The stores are built fail-fast (short read and connect
+mid-reply.  Replies come back as ``StoredRow``s, decoded by the codecs;
+``hash_columns.MIN_REPLIES`` or more complete hash replies of one group are
+decoded in bulk, the rest value by value.  The stores are built fail-fast (short read and connect
 timeouts from the settings, no retries, a bounded pool that refuses rather
 than queues), since redis-py's defaults (no read timeout, retries) would
 spend a whole latency budget on one sick connection; ``async_redis_store``
@@ -38,7 +37,6 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -49,23 +47,17 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from features.burst_log import BurstLog
 from features.deadline import ReplyDeadline
-from features.dtypes import DTYPES
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
-from features.registry import Feature, Structure
 from features.settings import Settings
-from features.sources import Degraded
 from features.stores.base import (
-    FailedRead,
     FeatureUpdate,
     ReadAnswer,
     ReadRequest,
-    StoredRow,
     WriteOutcome,
-    newest_members,
 )
+from features.stores.codecs import Command, ScriptCall, codec_of, decode_reply
 from features.stores.hash_columns import MIN_REPLIES, decode_hash_columns
 from features.stores.hash_rows import HashRows, HashRowsWritten
 from features.stores.redis_hash_rows import (
@@ -76,11 +68,6 @@ from features.stores.redis_hash_rows import (
 from features.stores.redis_memory import INFO_SECTIONS, MemoryReport, memory_report
 from features.stores.redis_scripts import (
     DATA_ERRORS,
-    EVENT_MS_FIELD,
-    HASH_WRITE,
-    SORTED_SET_WRITE,
-    STRING_WRITE,
-    Script,
 )
 from features.timing import Stage, StageTimer
 
@@ -99,18 +86,12 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_bad_value_log = BurstLog(_log)
 
 WRITE_CHUNK_ROWS = 1000
 """Most updates per pipelined write round trip."""
 
 WRITE_CHUNK_BYTES = 1 << 20
 """Most argument bytes per pipelined write round trip, whatever the number of updates."""
-
-_INT = DTYPES["int"]
-
-_WRONG_TYPE = "WRONGTYPE"
-"""The error reply to a read of a key that holds another structure: that key is bad."""
 
 _TRANSIENT_REPLIES = ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "LOADING")
 """First words of error replies that say "not now" (a failover, a busy or loading server)."""
@@ -203,147 +184,28 @@ def translated_errors() -> Iterator[None]:
         raise StoreUnavailable(f"Redis connection closed: {exc}") from exc
 
 
-Command = tuple[str | int, ...]
-"""A Redis command as its name and arguments."""
-
-
 def read_commands(request: ReadRequest) -> tuple[Command, ...]:
-    """The commands that read one request, its values and their event time together.
-
-    A hash: one ``HMGET`` of the fields and ``_event_ms``.  A sorted set: one
-    ``ZREVRANGE ... WITHSCORES`` (the highest score is the newest event time).  A
-    string: ``GET`` of the blob, then ``GET`` of its sibling ``<key>:_event_ms``,
-    in the same round trip (not one ``MGET``, which answers a key of another type
-    as absent where ``GET`` answers ``WRONGTYPE``).  ``fold_replies`` puts the
-    replies back together, one per request.
-    """
+    """The commands that read one request, its values and their event time together
+    (``StructureCodec.read_commands``); ``fold_replies`` puts the replies back together,
+    one per request."""
     group = request.group
     key = feature_key(group.entity.key_name, request.entity_id, group.name)
-    if group.structure is Structure.HASH:
-        return (("HMGET", key, *request.fields, EVENT_MS_FIELD),)
-    if group.structure is Structure.SORTED_SET:
-        return (("ZREVRANGE", key, 0, (group.top_n or 1) - 1, "WITHSCORES"),)
-    return (("GET", key), ("GET", f"{key}:{EVENT_MS_FIELD}"))
+    return codec_of(group).read_commands(key, request)
 
 
 def fold_replies(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[Any]:
-    """One reply per request from the replies to every request's ``read_commands``, in order.
-
-    A string group's two replies become ``(blob, event time)``, or the blob's
-    error reply alone; every other reply stays as it is.
-    """
+    """One reply per request from the replies to every request's ``read_commands``, in order
+    (``StructureCodec.folded``)."""
     if len(replies) == len(requests):
         return list(replies)
     folded: list[Any] = []
-    next_reply = iter(replies).__next__
+    start = 0
     for request in requests:
-        reply = next_reply()
-        if request.group.structure is Structure.STRING:
-            event_reply = next_reply()
-            if not isinstance(reply, Exception):
-                reply = (reply, event_reply)
-        folded.append(reply)
+        codec = codec_of(request.group)
+        end = start + codec.replies_per_read
+        folded.append(codec.folded(replies[start:end]))
+        start = end
     return folded
-
-
-def _error_text(error: Exception) -> str:
-    """An error reply as Redis said it: redis-py keeps the code (``NOPERM``) apart."""
-    code = getattr(error, "status_code", None)
-    text = str(error)
-    return f"{code} {text}" if code and not text.startswith(code) else text
-
-
-class _BadValue(ValueError):
-    """A stored value that cannot be what the registry declares: the key's fault, not the
-    store's."""
-
-
-def _event_ms(group_name: str, raw: Any) -> int | None:
-    """An ``_event_ms`` reply as epoch milliseconds; ``None`` when absent or not an integer
-    (the values stand; only their age is unknown)."""
-    if raw is None or isinstance(raw, Exception):
-        return None
-    try:
-        # As an int feature is read, so that bulk decoding (``hash_columns``) agrees.
-        return int(_INT.decode(raw, None))
-    except ValueError as exc:
-        _bad_value_log.error(f"ignoring a stored {group_name} {EVENT_MS_FIELD}", exc)
-        return None
-
-
-def _newest_score_ms(group_name: str, raw: bytes | float) -> int | None:
-    """A sorted set's highest score (event seconds) as epoch milliseconds."""
-    try:
-        seconds = float(raw)
-    except ValueError as exc:
-        _bad_value_log.error(f"ignoring a stored {group_name} score", exc)
-        return None
-    return round(seconds * 1000) if math.isfinite(seconds) else None
-
-
-def _checked(feature: Feature, raw: Any) -> Any:
-    """``raw`` decoded as ``feature`` declares it; ``_BadValue`` naming what is wrong."""
-    try:
-        value = feature.dtype.decode(raw, feature.dim)
-    except ValueError as exc:
-        raise _BadValue(f"{feature.name}: {exc}") from None
-    problem = feature.out_of_range(value) or _too_long(feature, value)
-    if problem:
-        raise _BadValue(f"{feature.name}: {problem}")
-    return value
-
-
-def _too_long(feature: Feature, value: Any) -> str | None:
-    if feature.dim is not None and isinstance(value, tuple) and len(value) > feature.dim:
-        return f"holds {len(value)} items, at most {feature.dim} declared"
-    return None
-
-
-def _decode(request: ReadRequest, reply: Any) -> ReadAnswer:
-    """The values in one reply, with their event time.  A value the registry's declaration
-    cannot hold (or a key of the wrong type) fails the whole entity-group as ``bad_value``:
-    its fallbacks stand in, the model never sees the value, and the log names the key."""
-    try:
-        return _decoded_reply(request, reply)
-    except _BadValue as exc:
-        group = request.group
-        key = feature_key(group.entity.key_name, request.entity_id, group.name)
-        _bad_value_log.error(f"{key} holds a bad value, served from the fallbacks: {exc}")
-        return FailedRead(f"{key}: {exc}", Degraded.BAD_VALUE)
-
-
-def _decoded_reply(request: ReadRequest, reply: Any) -> ReadAnswer:
-    group = request.group
-    if isinstance(reply, Exception):
-        text = _error_text(reply)
-        if text.startswith(_WRONG_TYPE):
-            raise _BadValue(text)
-        return FailedRead(text)
-    if group.structure is Structure.HASH:
-        by_name = group.by_name
-        # The reply is one longer than the fields: _event_ms comes last.
-        values = tuple(
-            None if raw is None else _checked(by_name[name], raw)
-            for name, raw in zip(request.fields, reply, strict=False)
-        )
-        if values.count(None) == len(values):
-            return None
-        return StoredRow(request.fields, values, _event_ms(group.name, reply[-1]))
-    feature = group.features[0]
-    if group.structure is Structure.SORTED_SET:
-        if not reply:
-            return None
-        if isinstance(reply[0], list):
-            # redis-py's blocking client turns WITHSCORES replies into [member, score] pairs.
-            raw, event_ms = [pair[0] for pair in reply], _newest_score_ms(group.name, reply[0][1])
-        else:
-            raw, event_ms = reply[0::2], _newest_score_ms(group.name, reply[1])
-    else:
-        raw, event_raw = reply
-        if not raw:
-            return None
-        event_ms = _event_ms(group.name, event_raw)
-    return StoredRow((feature.name,), (_checked(feature, raw),), event_ms)
 
 
 def decode_replies(
@@ -367,10 +229,10 @@ def _decoded(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[Re
     complete_hashes: dict[tuple[int, int], list[int]] = {}
     for index, (request, reply) in enumerate(zip(requests, replies, strict=True)):
         complete = isinstance(reply, list) and None not in reply
-        if complete and request.group.structure is Structure.HASH:
+        if complete and codec_of(request.group).decodes_in_bulk:
             complete_hashes.setdefault((id(request.group), id(request.fields)), []).append(index)
         else:
-            decoded[index] = _decode(request, reply)
+            decoded[index] = decode_reply(request, reply)
     for indexes in complete_hashes.values():
         first = requests[indexes[0]]
         in_bulk = (
@@ -380,7 +242,7 @@ def _decoded(requests: Sequence[ReadRequest], replies: Sequence[Any]) -> list[Re
         )
         if in_bulk is None:
             for index in indexes:
-                decoded[index] = _decode(requests[index], replies[index])
+                decoded[index] = decode_reply(requests[index], replies[index])
         else:
             for index, values in zip(indexes, in_bulk, strict=True):
                 decoded[index] = values
@@ -409,61 +271,14 @@ async def read_reply(connection: Any) -> Any:
         return exc
 
 
-@dataclass(frozen=True, slots=True)
-class _ScriptCall:
-    """One update as a write script call, and the names its flags answer for, in order."""
-
-    script: Script
-    keys: tuple[str, ...]
-    args: tuple[bytes | str | int, ...]
-    names: tuple[str, ...]
-    size_bytes: int
-    """About how many bytes the call's arguments take on the wire."""
-
-
-def _script_call(update: FeatureUpdate) -> _ScriptCall:
-    """The write script call for ``update``: its arguments are bounded by the group's shape."""
+def _script_call(update: FeatureUpdate) -> ScriptCall:
+    """The write script call for ``update`` (``StructureCodec.script_call``)."""
     group = update.group
     key = feature_key(group.entity.key_name, update.entity_id, group.name)
-    ttl_ms = group.ttl // timedelta(milliseconds=1)
-    # Sizes count an int as 20 bytes, its longest.
-    args: list[bytes | str | int]
-    if group.structure is Structure.HASH:
-        args = [ttl_ms, update.event_ms, len(update.value_ms)]
-        size = len(key) + 60
-        for name, at in update.value_ms.items():
-            args += (name, at)
-            size += len(name) + 20
-        by_name = group.by_name
-        for name, value in update.values.items():
-            encoded = _bytes(by_name[name].dtype.encode(value))
-            args += (name, encoded)
-            size += len(name) + len(encoded)
-        return _ScriptCall(HASH_WRITE, (key,), tuple(args), tuple(update.values), size)
-    if group.structure is Structure.SORTED_SET:
-        kept = newest_members(update.values, group.top_n or 1)
-        args = [ttl_ms, group.top_n or 1]
-        size = len(key) + 40
-        for member in kept:
-            score = repr(float(update.values[member]))
-            args += (score, member)
-            size += len(score) + len(member)
-        return _ScriptCall(SORTED_SET_WRITE, (key,), tuple(args), tuple(kept), size)
-    feature = group.features[0]
-    blob = _bytes(feature.dtype.encode(update.values[feature.name]))
-    event_key = f"{key}:{EVENT_MS_FIELD}"
-    args = [update.event_ms, update.event_ms + ttl_ms, blob]
-    size = len(key) + len(event_key) + 40 + len(blob)
-    return _ScriptCall(STRING_WRITE, (key, event_key), tuple(args), (feature.name,), size)
+    return codec_of(group).script_call(key, update, group.ttl // timedelta(milliseconds=1))
 
 
-def _bytes(encoded: bytes | Sequence[bytes]) -> bytes:
-    if not isinstance(encoded, bytes):
-        raise TypeError("a hash or string group's value encodes to bytes")
-    return encoded
-
-
-def _outcome(call: _ScriptCall, reply: Any) -> WriteOutcome:
+def _outcome(call: ScriptCall, reply: Any) -> WriteOutcome:
     """What one script reply says landed; a data error refuses the update, anything else raises."""
     if isinstance(reply, redis.exceptions.ResponseError):
         message = str(reply)
@@ -483,7 +298,7 @@ def _missing_script(reply: Any) -> bool:
     return isinstance(reply, redis.exceptions.NoScriptError)
 
 
-def _chunks(calls: Sequence[_ScriptCall]) -> Iterator[Sequence[_ScriptCall]]:
+def _chunks(calls: Sequence[ScriptCall]) -> Iterator[Sequence[ScriptCall]]:
     """Calls in chunks of at most ``WRITE_CHUNK_ROWS`` calls and about ``WRITE_CHUNK_BYTES``."""
     start = size = 0
     for index, call in enumerate(calls):
@@ -498,7 +313,7 @@ def _chunks(calls: Sequence[_ScriptCall]) -> Iterator[Sequence[_ScriptCall]]:
         yield calls[start:]
 
 
-def _queue(pipe: Any, calls: Sequence[_ScriptCall], by_sha: bool) -> None:
+def _queue(pipe: Any, calls: Sequence[ScriptCall], by_sha: bool) -> None:
     # Through execute_command: a cluster pipeline refuses ``pipe.evalsha`` and its
     # ``pipe.eval`` takes no script; it routes EVAL and EVALSHA by their keys all the same.
     for call in calls:
@@ -541,11 +356,8 @@ class RedisStore:
         return decode_replies(requests, fold_replies(requests, replies), timer)
 
     def write(self, updates: Sequence[FeatureUpdate]) -> list[WriteOutcome]:
-        """See ``OnlineStore.write``; one round trip per chunk of updates (``_chunks``).
-
-        Sorted-set members beyond the group's ``top_n`` newest are dropped before
-        they are sent.
-        """
+        """See ``OnlineStore.write``; one round trip per chunk of updates (``_chunks``), one
+        script call per update (``StructureCodec.script_call``)."""
         outcomes: list[WriteOutcome] = []
         calls = [_script_call(update) for update in updates]
         with translated_errors():
@@ -576,7 +388,7 @@ class RedisStore:
                     sent.settle(index, outcome, rows)
         return sent.written()
 
-    def _execute(self, calls: Sequence[_ScriptCall], by_sha: bool) -> list[Any]:
+    def _execute(self, calls: Sequence[ScriptCall], by_sha: bool) -> list[Any]:
         with self._client.pipeline(transaction=False) as pipe:
             _queue(pipe, calls, by_sha)
             return list(pipe.execute(raise_on_error=False))
@@ -755,7 +567,7 @@ class AsyncRedisStore:
                 outcomes += [_outcome(c, r) for c, r in zip(chunk, replies, strict=True)]
         return outcomes
 
-    async def _execute(self, calls: Sequence[_ScriptCall], by_sha: bool) -> list[Any]:
+    async def _execute(self, calls: Sequence[ScriptCall], by_sha: bool) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             _queue(pipe, calls, by_sha)
             return list(await pipe.execute(raise_on_error=False))

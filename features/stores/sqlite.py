@@ -48,11 +48,10 @@ from features.stores.backing import (
     UnreadableRecord,
     checked_values,
     entity_id_of,
-    group_label,
     read_held,
 )
 from features.stores.base import FeatureUpdate, ReadRequest, StoredValues, WriteOutcome
-from features.stores.held import HeldGroup, as_update
+from features.stores.held import HeldGroup, as_update, group_label
 from features.stores.write_rules import Clock, epoch_ms, held_after_write
 from features.timing import Stage, StageTimer
 

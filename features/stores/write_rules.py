@@ -28,9 +28,10 @@ import math
 from collections.abc import Callable
 from datetime import timedelta
 
-from features.registry import FeatureGroup, Structure
-from features.stores.base import FeatureUpdate, newest_members
-from features.stores.held import HeldGroup, Merged, as_held, held_group
+from features.registry import FeatureGroup
+from features.stores.base import FeatureUpdate
+from features.stores.codecs import codec_of
+from features.stores.held import HeldGroup, Merged
 
 __all__ = [
     "Clock",
@@ -93,37 +94,4 @@ def held_after_write(held: HeldGroup | None, update: FeatureUpdate, now_ms: int)
     An expired ``held`` counts as absent: the update replaces it whole.
     """
     group = update.group
-    held = unexpired(group, held, now_ms)
-    if group.structure is Structure.SORTED_SET:
-        return _merge_members(held, update)
-    if held is None:
-        return Merged(as_held(update), frozenset(update.values))
-    if group.structure is Structure.STRING:
-        if held.event_ms > update.event_ms:
-            return Merged(None, frozenset())
-        return Merged(as_held(update), frozenset(update.values))
-    values = dict(held.values)
-    times = {name: held.ms_of(name) for name in values}
-    landed = set()
-    for name, value in update.values.items():
-        at = update.ms_of(name)
-        if name not in times or at >= times[name]:
-            values[name] = value
-            times[name] = at
-            landed.add(name)
-    if not landed:
-        return Merged(None, frozenset())
-    return Merged(held_group(values, times), frozenset(landed))
-
-
-def _merge_members(held: HeldGroup | None, update: FeatureUpdate) -> Merged:
-    """A sorted set after ``update``: the higher score per member, the newest ``top_n`` kept."""
-    members = dict(held.values) if held else {}
-    for member, score in update.values.items():
-        members[member] = max(score, members.get(member, score))
-    kept = {member: members[member] for member in newest_members(members, update.group.top_n or 1)}
-    landed = frozenset(m for m, score in update.values.items() if kept.get(m) == score)
-    if not landed:
-        return Merged(None, frozenset())
-    event_ms = max(held.event_ms, update.event_ms) if held else update.event_ms
-    return Merged(HeldGroup(event_ms, kept), landed)
+    return codec_of(group).merged(unexpired(group, held, now_ms), update)

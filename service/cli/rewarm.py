@@ -20,8 +20,8 @@ from features.errors import RegistryError, StoreError
 from features.ingest.rewarm import RewarmReport, rewarm
 from features.redaction import redact
 from features.registry import FeatureGroup, Registry
-from features.stores.backing import group_label
 from features.stores.factory import open_backing_store, open_online_store
+from features.stores.held import group_label
 from service.cli.project_option import chosen_project
 from service.cli.store_options import add_redis_url_option, group_named, settings_with_redis_url
 
