@@ -294,8 +294,31 @@ def _outcome(call: ScriptCall, reply: Any) -> WriteOutcome:
     )
 
 
-def _missing_script(reply: Any) -> bool:
-    return isinstance(reply, redis.exceptions.NoScriptError)
+class _ChunkWrite:
+    """One chunk of script calls, for both stores' write loops: sent by SHA, then by source
+    (``EVAL``) for the calls whose script the server lacked (``NOSCRIPT``: a restart, a
+    promoted replica), then read into one ``WriteOutcome`` per call."""
+
+    def __init__(self, calls: Sequence[ScriptCall]) -> None:
+        self._calls = calls
+        self._replies: list[Any] = []
+        self._missing: list[int] = []
+
+    def by_source(self, replies: list[Any]) -> list[ScriptCall]:
+        """Take the replies to the calls by SHA; the calls to send again by source."""
+        self._replies = replies
+        self._missing = [
+            i
+            for i, reply in enumerate(replies)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+        return [self._calls[i] for i in self._missing]
+
+    def outcomes(self, resent: Sequence[Any]) -> list[WriteOutcome]:
+        """Each call's outcome, with ``resent``, the replies to the calls sent again."""
+        for index, reply in zip(self._missing, resent, strict=True):
+            self._replies[index] = reply
+        return [_outcome(c, r) for c, r in zip(self._calls, self._replies, strict=True)]
 
 
 def _chunks(calls: Sequence[ScriptCall]) -> Iterator[Sequence[ScriptCall]]:
@@ -362,13 +385,9 @@ class RedisStore:
         calls = [_script_call(update) for update in updates]
         with translated_errors():
             for chunk in _chunks(calls):
-                replies = self._execute(chunk, by_sha=True)
-                missing = [i for i, reply in enumerate(replies) if _missing_script(reply)]
-                if missing:
-                    again = self._execute([chunk[i] for i in missing], by_sha=False)
-                    for index, reply in zip(missing, again, strict=True):
-                        replies[index] = reply
-                outcomes += [_outcome(c, r) for c, r in zip(chunk, replies, strict=True)]
+                sent = _ChunkWrite(chunk)
+                again = sent.by_source(self._execute(chunk, by_sha=True))
+                outcomes += sent.outcomes(self._execute(again, by_sha=False) if again else [])
         return outcomes
 
     def write_hash_rows(self, rows: HashRows) -> HashRowsWritten:
@@ -557,14 +576,11 @@ class AsyncRedisStore:
         calls = [_script_call(update) for update in updates]
         with translated_errors():
             for chunk in _chunks(calls):
+                sent = _ChunkWrite(chunk)
                 async with asyncio.timeout(self._timeout_s):
-                    replies = await self._execute(chunk, by_sha=True)
-                    missing = [i for i, reply in enumerate(replies) if _missing_script(reply)]
-                    if missing:
-                        again = await self._execute([chunk[i] for i in missing], by_sha=False)
-                        for index, reply in zip(missing, again, strict=True):
-                            replies[index] = reply
-                outcomes += [_outcome(c, r) for c, r in zip(chunk, replies, strict=True)]
+                    again = sent.by_source(await self._execute(chunk, by_sha=True))
+                    resent = await self._execute(again, by_sha=False) if again else []
+                outcomes += sent.outcomes(resent)
         return outcomes
 
     async def _execute(self, calls: Sequence[ScriptCall], by_sha: bool) -> list[Any]:
