@@ -5,23 +5,26 @@ them, and this module imports the stores, so no module imports its own
 importer.  Each implementation is imported only when named, so SQLite users
 never load boto3 and standalone users never load the cluster store.
 
-Redis is opened by ``FEATSERVE_REDIS_MODE``: ``standalone`` is
-``redis.async_redis_store`` (the hot path, as it was), ``cluster`` the
-cluster store (``redis_cluster``), ``sentinel`` the standalone stores over
-connections the sentinels direct (``redis_sentinel``).  Every mode gets the
-same fail-fast options: the socket and connect timeouts, no retries, a
-bounded pool per server.
+Redis is opened by ``FEATSERVE_REDIS_MODE``, each mode one entry of
+``_MODES`` (the service's asyncio store and a blocking client for tools):
+``standalone`` is ``redis.async_redis_store`` (the hot path, as it was),
+``cluster`` the cluster store (``redis_cluster``), ``sentinel`` the
+standalone stores over connections the sentinels direct
+(``redis_sentinel``).  Every mode gets the same fail-fast options: the
+socket and connect timeouts, no retries, a bounded pool per server.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 
 import redis
 
 from features.errors import StoreError
-from features.settings import Settings
+from features.settings import RedisMode, Settings
 from features.stores.backing import AsyncBackingStore, BackingStore
 from features.stores.redis import (
     AsyncRedisStore,
@@ -55,39 +58,7 @@ def async_online_store(settings: Settings, for_writes: bool = False) -> AsyncRed
     write timeout and always talks to primaries."""
     if settings.redis_missing:
         raise StoreError(settings.redis_missing)
-    if settings.redis_mode == "cluster":
-        from features.stores.redis_cluster import AsyncRedisClusterStore, async_cluster_client
-
-        replicas = settings.read_from_replicas and not for_writes
-        client = async_cluster_client(
-            settings.redis_url or "",
-            settings.redis_pool_size,
-            settings.redis_connect_timeout_ms / 1000.0,
-            read_from_replicas=replicas,
-        )
-        timeout_s = call_timeout_s(settings, for_writes)
-        return AsyncRedisClusterStore(
-            client,
-            timeout_s,
-            node_timeout_s=min(timeout_s, settings.deadline_s * NODE_SHARE_OF_DEADLINE),
-            pool_size=settings.redis_pool_size,
-            read_from_replicas=replicas,
-            breaker_failures=settings.breaker_failures,
-            breaker_reset_s=settings.breaker_reset_s,
-        )
-    if settings.redis_mode == "sentinel":
-        from features.stores.redis_sentinel import async_sentinel_store
-
-        # As async_redis_store builds its client: nothing sent on connect, no socket timeout.
-        options = {
-            **client_options(settings, None, for_asyncio=True),
-            "protocol": 2,
-            "driver_info": None,
-        }
-        return async_sentinel_store(
-            settings, options, call_timeout_s(settings, for_writes), for_reads=not for_writes
-        )
-    return async_redis_store(settings, for_writes)
+    return _MODES[settings.redis_mode].async_store(settings, for_writes)
 
 
 def open_redis_client(
@@ -97,24 +68,79 @@ def open_redis_client(
     primaries only.  ``for_writes`` waits the write timeout."""
     if settings.redis_missing:
         raise StoreError(settings.redis_missing)
-    if settings.redis_mode == "cluster":
-        from features.stores.redis_cluster import cluster_client
+    return _MODES[settings.redis_mode].blocking_client(settings, for_writes)
 
-        # A blocking cluster client reads the slot map as it is built: translate its errors.
-        with translated_errors():
-            return cluster_client(
-                settings.redis_url or "",
-                call_timeout_s(settings, for_writes),
-                settings.redis_connect_timeout_ms / 1000.0,
-            )
-    if settings.redis_mode == "sentinel":
-        from features.stores.redis_sentinel import sentinel_client
 
-        return sentinel_client(
-            settings,
-            client_options(settings, call_timeout_s(settings, for_writes), for_asyncio=False),
+def _async_cluster_store(settings: Settings, for_writes: bool) -> AsyncRedisStore:
+    from features.stores.redis_cluster import AsyncRedisClusterStore, async_cluster_client
+
+    replicas = settings.read_from_replicas and not for_writes
+    client = async_cluster_client(
+        settings.redis_url or "",
+        settings.redis_pool_size,
+        settings.redis_connect_timeout_ms / 1000.0,
+        read_from_replicas=replicas,
+    )
+    timeout_s = call_timeout_s(settings, for_writes)
+    return AsyncRedisClusterStore(
+        client,
+        timeout_s,
+        node_timeout_s=min(timeout_s, settings.deadline_s * NODE_SHARE_OF_DEADLINE),
+        pool_size=settings.redis_pool_size,
+        read_from_replicas=replicas,
+        breaker_failures=settings.breaker_failures,
+        breaker_reset_s=settings.breaker_reset_s,
+    )
+
+
+def _cluster_client(settings: Settings, for_writes: bool) -> redis.RedisCluster:
+    from features.stores.redis_cluster import cluster_client
+
+    # A blocking cluster client reads the slot map as it is built: translate its errors.
+    with translated_errors():
+        return cluster_client(
+            settings.redis_url or "",
+            call_timeout_s(settings, for_writes),
+            settings.redis_connect_timeout_ms / 1000.0,
         )
-    return sync_client(settings, for_writes)
+
+
+def _async_sentinel_store(settings: Settings, for_writes: bool) -> AsyncRedisStore:
+    from features.stores.redis_sentinel import async_sentinel_store
+
+    # As async_redis_store builds its client: nothing sent on connect, no socket timeout.
+    options = {
+        **client_options(settings, None, for_asyncio=True),
+        "protocol": 2,
+        "driver_info": None,
+    }
+    return async_sentinel_store(
+        settings, options, call_timeout_s(settings, for_writes), for_reads=not for_writes
+    )
+
+
+def _sentinel_client(settings: Settings, for_writes: bool) -> redis.Redis:
+    from features.stores.redis_sentinel import sentinel_client
+
+    return sentinel_client(
+        settings,
+        client_options(settings, call_timeout_s(settings, for_writes), for_asyncio=False),
+    )
+
+
+@dataclass(frozen=True)
+class _Mode:
+    """How one ``redis_mode`` opens Redis: the service's store and a blocking client."""
+
+    async_store: Callable[[Settings, bool], AsyncRedisStore]
+    blocking_client: Callable[[Settings, bool], redis.Redis | redis.RedisCluster]
+
+
+_MODES: Mapping[RedisMode, _Mode] = {
+    "standalone": _Mode(async_redis_store, sync_client),
+    "cluster": _Mode(_async_cluster_store, _cluster_client),
+    "sentinel": _Mode(_async_sentinel_store, _sentinel_client),
+}
 
 
 def open_online_store(settings: Settings, for_writes: bool = False) -> RedisStore:
