@@ -1,25 +1,18 @@
 """The resolver: cache, then each store in turn for what is still missing, then defaults.
 
 For each (entity, group) the result holds every requested feature, cast to
-its declared type, and says where the values came from:
+its declared type, and says where the values came from, a
+``features.sources.Source`` (defined there, with ``Degraded``): the cache,
+else the stores in turn (one pipelined round trip each for all misses), else
+the last values this process read, younger than the group's freshness window
+(with their age), else the training defaults.
 
-- ``cache``: the in-process cache answered; no store was asked.
-- ``redis``: Redis held the group (one pipelined round trip for all misses).
-- ``backing``: Redis lacked it or failed, and the backing store held it.
-- ``stale``: a store failed; the last value this process saw, younger than
-  the group's freshness window, with its age.
-- ``default``: every store was asked and answered, and none holds the
-  entity: the training defaults, a real "no data" answer.
-- ``unavailable``: a store could not be asked or did not answer, and nothing
-  else stood in: the training defaults in place of a fault.
-
-When a fault shaped the answer (``stale``, ``unavailable``, or ``backing``
-because Redis failed) the group also carries a ``Degraded`` reason: the first
-failure met on the way (``features.sources.Degraded``).  A store may fail some
-keys of a read only (``FailedRead``): a key answered with an error, a key that
-holds a bad value, or, on a Redis Cluster, the keys of a node that is down, too
-slow or skipped by its own breaker; only those groups fall back, with the
-reason the store gave.  A bad value never counts against a breaker.  Only
+When a fault shaped the answer the group also carries a ``Degraded`` reason:
+the first failure met on the way.  A store may fail some keys of a read only
+(``FailedRead``): a key answered with an error, a key that holds a bad value,
+or, on a Redis Cluster, the keys of a node that is down, too slow or skipped
+by its own breaker; only those groups fall back, with the reason the store
+gave.  A bad value never counts against a breaker.  Only
 answers no fault shaped are cached.
 
 Each group also carries its event time (``event_ms``: the newest of its

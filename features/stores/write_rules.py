@@ -3,13 +3,10 @@
 Redis (the scripts in ``redis_scripts``), the backing stores (``backing``),
 the chunk writer and rewarm (``features.ingest``) all decide with these:
 
-- **Merge** (``held_after_write``), value by value by event time:
-
-  - hash: field by field, a value lands unless the field holds a newer one (an
-    equal one is written again); fields the update lacks keep their values.
-  - string: the same, the vector replaced whole.
-  - sorted set: like ``ZADD GT``: members merge keeping the higher score, the
-    newest ``top_n`` are kept.
+- **Merge** (``held_after_write``), value by value by event time, each
+  structure its own way (``codecs``, ``StructureCodec.merged``: a hash field
+  by field, a blob whole, a sorted set like ``ZADD GT`` keeping the newest
+  ``top_n``); an older value never replaces a newer one.
 
 - **Expiry** (``is_live``): a group whose newest event time is older than its
   TTL (``FeatureGroup.ttl``) has expired: live iff ``event_ms + ttl_ms >

@@ -5,8 +5,8 @@
 or per entity; a ranking answer's candidates belong to it), where each feature group
 came from and how many answers
 were degraded: marked ``degraded`` by the service, or served from a source
-that only a fault produces (``stale``, ``unavailable``).  ``default`` is a
-real answer ("nobody holds this entity"), ``backing`` too unless the
+that only a fault produces (``features.sources.FAULT_SOURCES``).  ``default``
+is a real answer ("nobody holds this entity"), ``backing`` too unless the
 service marked it degraded (Redis failed first).
 """
 
