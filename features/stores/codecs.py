@@ -20,7 +20,8 @@ A codec knows, for groups of its ``Structure`` (``features.registry``):
   ``capacity``).
 
 Every path asks ``codec_of(group)`` instead of branching on the structure; a new
-structure is a new ``Structure`` member and a codec here.
+structure is a new ``Structure`` member (with its declaration checks), a codec
+here, and its write script in ``redis_scripts``.
 """
 
 from __future__ import annotations
