@@ -12,8 +12,8 @@ the first failure met on the way.  A store may fail some keys of a read only
 (``FailedRead``): a key answered with an error, a key that holds a bad value,
 or, on a Redis Cluster, the keys of a node that is down, too slow or skipped
 by its own breaker; only those groups fall back, with the reason the store
-gave.  A bad value never counts against a breaker.  Only
-answers no fault shaped are cached.
+gave.  A bad value never counts against a breaker.  Only answers no fault
+shaped are cached.
 
 Each group also carries its event time (``event_ms``: the newest of its
 values, as the store answered it in the same command as the values), kept
