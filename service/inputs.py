@@ -33,6 +33,7 @@ from features.ingest.updates import MAX_EVENT_TIMESTAMP
 from features.keys import ENTITY_ID_MAX_LENGTH, ENTITY_ID_PATTERN, validate_entity_id
 from features.project import Project, RequestEntity, RequestInput
 from features.registry import Registry
+from features.stores.codecs import codec_of
 
 __all__ = ["TOP_K", "UNKNOWN_KEYS_RULE", "EntityId", "RequestModels", "request_models"]
 
@@ -305,23 +306,12 @@ def _feature_values_schema(project: Project) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for group in project.groups:
         for feature in group.features:
-            properties[feature.name] = _value_schema(feature.type_name, feature.dim)
+            properties[feature.name] = codec_of(group).update_schema(feature)
             if feature.minimum is not None:
                 properties[feature.name]["minimum"] = feature.minimum
             if feature.maximum is not None:
                 properties[feature.name]["maximum"] = feature.maximum
     return {"properties": properties, "additionalProperties": False, "minProperties": 1}
-
-
-def _value_schema(type_name: str, dim: int | None) -> dict[str, Any]:
-    if type_name == "int":
-        return {"type": "integer"}
-    if type_name == "float":
-        return {"type": "number"}
-    if type_name == "float32_vector" and dim is not None:
-        return {"type": "array", "items": {"type": "number"}, "minItems": dim, "maxItems": dim}
-    # A sorted-set group takes any number of items (it keeps the newest top_n).
-    return {"type": "array", "items": {"type": "string"}}
 
 
 def _example_id(entity: str, number: int = 123) -> str:

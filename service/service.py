@@ -42,8 +42,8 @@ from features.redaction import install_log_redaction
 from features.serving.resolver import EntityFeatures, ResolvedBatch
 from features.settings import Settings
 from features.sources import Degraded
-from features.stores.backing import epoch_ms
 from features.stores.redis_cluster import AsyncRedisClusterStore
+from features.stores.write_rules import epoch_ms
 from features.timing import Stage, StageTimer
 from models.train import check_servable, default_model_name, load
 from service.api_info import show_project_info

@@ -19,8 +19,8 @@ from typing import Any
 from features.errors import InvalidUpdate, RegistryError
 from features.ingest.updates import parse_update
 from features.registry import Registry
-from features.stores.backing import is_live
 from features.stores.base import AsyncOnlineStore, FeatureUpdate
+from features.stores.write_rules import is_live
 
 __all__ = ["PushRefusal", "PushResult", "PushedUpdate", "parse_pushed", "write_pushed"]
 
