@@ -42,7 +42,6 @@ from features.redaction import install_log_redaction
 from features.serving.resolver import EntityFeatures, ResolvedBatch
 from features.settings import Settings
 from features.sources import Degraded
-from features.stores.redis_cluster import AsyncRedisClusterStore
 from features.stores.write_rules import epoch_ms
 from features.timing import Stage, StageTimer
 from models.train import check_servable, default_model_name, load
@@ -372,26 +371,17 @@ class ScoringService:
     async def status(self) -> dict[str, Any]:
         """What a person wants to know: the model, whether Redis answers reads, the breakers."""
         redis_up = await self.store.ping()
-        redis_breaker = self.resolver.tiers[0].breaker
-        cluster = isinstance(self.store, AsyncRedisClusterStore)
+        redis_breaker = next(t.breaker for t in self.resolver.tiers if t.store is self.store)
         if not redis_up:
-            redis = (
-                "not every primary answers (their entities are served from fallbacks)"
-                if cluster
-                else "down (serving from fallbacks: stale, backing, defaults)"
-            )
+            redis = self.store.DOWN
         elif redis_breaker.failing:
             redis = f"failing reads: {redis_breaker.last_failure} (serving from fallbacks)"
         else:
             redis = "up"
+        node_breakers = self.store.node_breakers()
         nodes = (
-            {
-                "redis_nodes": {
-                    name: _breaker_status(breaker)
-                    for name, breaker in self.store.node_breakers().items()
-                }
-            }
-            if isinstance(self.store, AsyncRedisClusterStore)
+            {"redis_nodes": {name: _breaker_status(b) for name, b in node_breakers.items()}}
+            if node_breakers
             else {}
         )
         return {

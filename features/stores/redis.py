@@ -47,6 +47,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from features.breaker import CircuitBreaker
 from features.deadline import ReplyDeadline
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
 from features.keys import feature_key
@@ -596,6 +597,14 @@ class AsyncRedisStore:
                     return bool(await self._client.ping())
         except StoreError:
             return False
+
+    DOWN = "down (serving from fallbacks: stale, backing, defaults)"
+    """What the status page says when ``ping`` fails."""
+
+    def node_breakers(self) -> dict[str, CircuitBreaker]:
+        """The breakers of the store's own nodes, by node, for the status page: none for
+        one server, whose breaker is its tier's."""
+        return {}
 
     async def memory(self) -> list[MemoryReport]:
         """How full the server is (``INFO memory stats``); ``StoreError`` when it cannot say."""

@@ -429,6 +429,9 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             self._breakers[node.name] = breaker
         return breaker
 
+    DOWN = "not every primary answers (their entities are served from fallbacks)"
+    """What the status page says when ``ping`` fails: some primary does not answer."""
+
     def node_breakers(self) -> dict[str, CircuitBreaker]:
         """Each node's breaker, for the status page, by the node's role and the slots it
         serves (``primary 0-5460``): what an operator needs to find it, and no address."""
