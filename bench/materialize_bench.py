@@ -42,6 +42,7 @@ import redis
 from bench.report import markdown_table
 from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
+from service.harness.served import EXAMPLE_PROJECT
 
 __all__ = ["Measured", "main", "measure"]
 
@@ -127,7 +128,12 @@ def measure(
 ) -> Measured:
     """Run ``featserve materialize`` as a child on an empty store and measure it."""
     _flush(node_urls)
-    child_env = {**os.environ, **(env or {}), "REDIS_URL": redis_url}
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        "REDIS_URL": redis_url,
+        "FEATSERVE_PROJECT": str(EXAMPLE_PROJECT),
+    }
     entry = "from service.cli.main import main; sys.exit(main())"
     if source is not None:
         # The editable install's import hook would still find this tree's packages first.
@@ -193,6 +199,8 @@ def _demo_table(users: int, out: Path) -> Path:
             str(users),
             "--out",
             str(out),
+            "--project",
+            str(EXAMPLE_PROJECT),
         ],
         check=True,
         stdout=subprocess.DEVNULL,
