@@ -64,24 +64,24 @@ class SentHashRows:
     of calls a node redirected (to be written again through the cluster client)."""
 
     def __init__(self, rows: HashRows) -> None:
-        self.flags: list[bytes] = [b"-" * len(rows.fields)] * len(rows)
+        self.flags = np.full((len(rows), len(rows.fields)), ord("-"), dtype=np.uint8)
+        """E x n: per entity and field, ``1`` landed, ``0`` a newer value held, ``-`` not
+        written (no value, or the entity was refused or redirected), as bytes."""
         self.refused: dict[int, str] = {}
         self.redirected: list[int] = []
-        self._shape = (len(rows), len(rows.fields))
 
     def settle(self, index: int, outcome: WriteOutcome, rows: HashRows) -> None:
         """Record ``outcome``, the per-update write of the redirected entity ``index``."""
         if outcome.refused is not None:
             self.refused[index] = outcome.refused
-        self.flags[index] = b"".join(
-            (b"1" if name in outcome.landed else b"0") if present else b"-"
+        self.flags[index] = [
+            (ord("1") if name in outcome.landed else ord("0")) if present else ord("-")
             for name, present in zip(rows.fields, rows.present[index].tolist(), strict=True)
-        )
+        ]
 
     def written(self) -> HashRowsWritten:
         """The flags as ``HashRowsWritten``."""
-        landed = np.frombuffer(b"".join(self.flags), dtype="S1").reshape(self._shape) == b"1"
-        return HashRowsWritten(landed, self.refused)
+        return HashRowsWritten(self.flags == ord("1"), self.refused)
 
 
 @dataclass
@@ -148,15 +148,16 @@ def _receive(lane: _Lane, sent: SentHashRows) -> None:
             raise
         sent.redirected += call.tolist()
         return
-    for index, answer in zip(call.tolist(), reply, strict=True):
+    flags, *problems = reply
+    sent.flags[call] = np.frombuffer(flags, dtype=np.uint8).reshape(len(call), -1)
+    for position, answer in zip(problems[::2], problems[1::2], strict=True):
+        index = int(call[position - 1])
         if answer.startswith(b"!"):
             sent.refused[index] = f"Redis refused the write: {answer[1:].decode()}"
-        elif answer.startswith(b"~"):
+        else:
             if not any(word in answer for word in _NOT_HERE):
                 raise redis.exceptions.ResponseError(answer[1:].decode())
             sent.redirected.append(index)
-        else:
-            sent.flags[index] = answer
 
 
 def _per_key_arguments(rows: HashRows) -> npt.NDArray[np.object_]:

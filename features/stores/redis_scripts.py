@@ -243,7 +243,7 @@ local MARK, PREFIX = '{EVENT_MS_FIELD}', '{FIELD_EVENT_MS_PREFIX}'
 -- One hash's update: field j's value is ARGV[base + j] ('' where the update has none), at
 -- uniform when that is set, else at ats[j].
 
--- Write a hash where none is held: every value lands; the same fields as merge_hash writes.
+-- Write a hash where none is held: every value lands; the same fields as merge_held writes.
 local function write_new(key, ttl, names, base, uniform, ats)
   local written, count, newest, complete = {{}}, 0, 0, true
   for j = 1, #names do
@@ -279,20 +279,20 @@ local function write_new(key, ttl, names, base, uniform, ats)
   return table.concat(flags)
 end
 
--- Merge one hash.  Returns one character per name ('1' landed, '0' a newer value held, '-' not
--- in the update), or nil and the data error, or nil, nil and any other error (nothing written).
-local function merge_hash(key, ttl, names, base, uniform, ats)
-  local held = redis.pcall('HGETALL', key)
-  if type(held) == 'table' and held['err'] then
-    -- A key of another node's slot (a slot moved) fails TYPE as well: not a data error.
-    local kind = redis.pcall('TYPE', key)
-    if kind['err'] then return nil, nil, kind['err'] end
-    if kind['ok'] ~= 'hash' and kind['ok'] ~= 'none' then
-      return nil, 'WRONGTYPE ' .. key .. ' holds a ' .. kind['ok'] .. ', not a hash'
-    end
-    return nil, nil, held['err']
+-- Why HGETALL failed: nil and the data error, or nil, nil and any other error.
+local function refusal(key, failed)
+  -- A key of another node's slot (a slot moved) fails TYPE as well: not a data error.
+  local kind = redis.pcall('TYPE', key)
+  if kind['err'] then return nil, nil, kind['err'] end
+  if kind['ok'] ~= 'hash' and kind['ok'] ~= 'none' then
+    return nil, 'WRONGTYPE ' .. key .. ' holds a ' .. kind['ok'] .. ', not a hash'
   end
-  if #held == 0 then return write_new(key, ttl, names, base, uniform, ats) end
+  return nil, nil, failed['err']
+end
+
+-- Merge one hash into held (its HGETALL reply, not empty).  Returns one character per name
+-- ('1' landed, '0' a newer value held, '-' not in the update), or nil and the data error.
+local function merge_held(key, held, ttl, names, base, uniform, ats)
   local group_ms, own, present, order = 0, {{}}, {{}}, {{}}
   for i = 1, #held, 2 do
     local name, value = held[i], held[i + 1]
@@ -353,32 +353,75 @@ HASH_WRITE_MANY = Script(
     + """
 -- No KEYS: the keys are arguments, so that one call names keys of many slots of one node.
 -- ARGV[1]: the group's TTL ms, ARGV[2]: n, ARGV[3]: k; ARGV[4..3+n]: the field names, then the
--- k keys; then per key: its event times (one number for all its values, or n numbers joined by
--- commas, one per field) and n values ('' where the update has none).
--- Returns one string per key: its flags (see merge_hash), or '!' and its data error, or '~'
--- and any other error (say, a key this node does not serve).
+-- k keys; then per key: its event times (one integer for all its values, or n integers joined
+-- by commas, one per field; in decimal, as ms() writes them) and n values ('' where the update
+-- has none).
+-- Returns an array: first the k keys' flags (see merge_held) in one string of k * n characters
+-- ('-' for a key with an error), then, per key with an error, its position (1-based) and '!'
+-- and its data error, or '~' and any other error (say, a key this node does not serve).
 local ttl, n, k = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local names = {}
-for j = 1, n do names[j] = ARGV[3 + j] end
-local replies = {}
+local names, row = {}, {}
+for j = 1, n do
+  names[j] = ARGV[3 + j]
+  row[2 * j - 1] = ARGV[3 + j]
+end
+row[2 * n + 1] = MARK
+-- A new hash with every value at one time, the bulk of a first load, is one HSET of row (its
+-- values filled in) and one PEXPIREAT; unpack() takes row whole below 200 arguments.
+local short = 2 * n + 2 <= 200
+local all_landed, none = string.rep('1', n), string.rep('-', n)
+local flags, problems = {}, {}
 for i = 1, k do
-  local base = 4 + n + k + (i - 1) * (n + 1)
-  local spec, uniform, ats = ARGV[base], nil, nil
+  local key, base = ARGV[3 + n + i], 4 + n + k + (i - 1) * (n + 1)
+  local spec = ARGV[base]
+  local uniform, ats = nil, nil
   if string.find(spec, ',', 1, true) then
     ats = {}
     for part in string.gmatch(spec, '[^,]+') do ats[#ats + 1] = tonumber(part) end
   else
     uniform = tonumber(spec)
   end
-  local flags, problem, failure = merge_hash(ARGV[3 + n + i], ttl, names, base, uniform, ats)
-  if flags then
-    replies[i] = flags
-  elseif problem then
-    replies[i] = '!' .. problem
+  local held = redis.pcall('HGETALL', key)
+  local landed, problem, failure
+  if type(held) == 'table' and held['err'] then
+    landed, problem, failure = refusal(key, held)
+  elseif #held > 0 then
+    landed, problem = merge_held(key, held, ttl, names, base, uniform, ats)
+  elseif uniform and short then
+    local complete = true
+    for j = 1, n do
+      local value = ARGV[base + j]
+      if value == '' then
+        complete = false
+        break
+      end
+      row[2 * j] = value
+    end
+    if complete then
+      row[2 * n + 2] = spec
+      redis.call('HSET', key, unpack(row))
+      redis.call('PEXPIREAT', key, ms(uniform + ttl))
+      landed = all_landed
+    else
+      landed = write_new(key, ttl, names, base, uniform, ats)
+    end
   else
-    replies[i] = '~' .. failure
+    landed = write_new(key, ttl, names, base, uniform, ats)
+  end
+  if landed then
+    flags[i] = landed
+  else
+    flags[i] = none
+    problems[#problems + 1] = i
+    if problem then
+      problems[#problems + 1] = '!' .. problem
+    else
+      problems[#problems + 1] = '~' .. failure
+    end
   end
 end
-return replies
+local reply = {table.concat(flags)}
+for _, item in ipairs(problems) do reply[#reply + 1] = item end
+return reply
 """
 )
