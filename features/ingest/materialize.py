@@ -19,6 +19,11 @@ store for its data).  A chunk counts when it is done; when the run stops
 (a store fails, the file cannot be read further) ``MaterializeReport.stopped``
 says from which row on nothing was accounted for.
 
+While a chunk is written, the next one is read, checked and merged
+(``writer.prepare_chunk``) on a second thread: the store's round trips wait
+with the GIL released, so one process keeps Redis busy instead of taking
+turns with it.  Chunks are still written one after the other, in order.
+
 A table has an entity id column, an event timestamp column (epoch seconds,
 a Parquet timestamp, or ISO 8601 in CSV) and the group's features: any of
 a hash group's feature columns, or the one column of a sorted-set (one item
@@ -29,13 +34,21 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from features.errors import StoreError, StoreTimeout, StoreUnavailable
-from features.ingest.tables import OfflineTable, TableError
-from features.ingest.writer import ChunkTally, Rejected, WriteRules, write_chunk
+from features.ingest.tables import OfflineTable, TableChunk, TableError
+from features.ingest.writer import (
+    ChunkTally,
+    PreparedChunk,
+    Rejected,
+    WriteRules,
+    prepare_chunk,
+    write_prepared,
+)
 from features.registry import FeatureGroup
 from features.stores.base import OnlineStore
 from features.stores.codecs import codec_of
@@ -197,13 +210,17 @@ class Materialization:
     def run(self) -> MaterializeReport:
         """Write the table; a store failure or an unreadable rest of the file stops the run."""
         started = time.perf_counter()
+        chunks = self._table.chunks(self._columns, self._chunk_rows)
         try:
-            for chunk in self._table.chunks(self._columns, self._chunk_rows):
-                tally = write_chunk(chunk, self._rules, self._store)
-                for rejected in tally.rejects:
-                    self._on_reject(rejected)
-                self.report.add(tally)
-                self._on_progress(chunk.size)
+            with ThreadPoolExecutor(1, thread_name_prefix="materialize-prepare") as preparing:
+                upcoming = preparing.submit(_prepared, chunks, self._rules)
+                while (prepared := upcoming.result()) is not None:
+                    upcoming = preparing.submit(_prepared, chunks, self._rules)
+                    tally = write_prepared(prepared, self._rules, self._store)
+                    for rejected in tally.rejects:
+                        self._on_reject(rejected)
+                    self.report.add(tally)
+                    self._on_progress(prepared.chunk.size)
         except StoreError as exc:
             self._stop("store", str(exc), isinstance(exc, StoreUnavailable | StoreTimeout))
         except TableError as exc:
@@ -217,6 +234,12 @@ class Materialization:
 
     def _stop(self, cause: StopCause, error: str, retry_safe: bool) -> None:
         self.report.stopped = Stop(self.report.rows + 1, cause, error, retry_safe)
+
+
+def _prepared(chunks: Iterator[TableChunk], rules: WriteRules) -> PreparedChunk | None:
+    """The next chunk prepared, or ``None`` after the last."""
+    chunk = next(chunks, None)
+    return None if chunk is None else prepare_chunk(chunk, rules)
 
 
 def write_rules(

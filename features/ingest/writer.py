@@ -57,9 +57,12 @@ __all__ = [
     "MALFORMED_FIELD",
     "STORE_FIELD",
     "ChunkTally",
+    "PreparedChunk",
     "Rejected",
     "WriteRules",
+    "prepare_chunk",
     "write_chunk",
+    "write_prepared",
 ]
 
 STORE_FIELD = "store"
@@ -120,17 +123,44 @@ class ChunkTally:
     rejects: list[Rejected] = field(default_factory=list)
 
 
+@dataclass
+class PreparedChunk:
+    """A chunk validated, expired and merged (``prepare_chunk``): what ``write_prepared``
+    sends to a store."""
+
+    chunk: TableChunk
+    rejects: list[Rejected]
+    """The rows rejected so far; the store's refusals are added when written."""
+    hashes: _MergedHashes | None
+    """A hash group's rows, merged; ``None`` for other structures (merged when written)."""
+
+
 def write_chunk(chunk: TableChunk, rules: WriteRules, store: OnlineStore) -> ChunkTally:
     """Validate, expire, merge, write and account for ``chunk``; see the module docstring.
 
     Raises ``StoreError`` when the store fails; nothing of the chunk is accounted for then.
     """
+    return write_prepared(prepare_chunk(chunk, rules), rules, store)
+
+
+def prepare_chunk(chunk: TableChunk, rules: WriteRules) -> PreparedChunk:
+    """Steps 1 to 3 of ``write_chunk`` for a hash group (CPU only, no store), so that one
+    chunk can be prepared while the last one is written; other structures pass through."""
     rejects = [
         Rejected(bad.row, MALFORMED_FIELD, bad.problem, {"line": bad.text})
         for bad in chunk.malformed
     ]
+    hashes = None
     if rules.group.structure is Structure.HASH:
-        written, expired, groups = _write_hashes(chunk, rules, store, rejects)
+        hashes = _merged_hashes(chunk, rules, rejects)
+    return PreparedChunk(chunk, rejects, hashes)
+
+
+def write_prepared(prepared: PreparedChunk, rules: WriteRules, store: OnlineStore) -> ChunkTally:
+    """Steps 4 and 5 of ``write_chunk`` for a chunk ``prepare_chunk`` prepared by ``rules``."""
+    chunk, rejects = prepared.chunk, list(prepared.rejects)
+    if prepared.hashes is not None:
+        written, expired, groups = _write_hashes(prepared.hashes, chunk, rules, store, rejects)
     else:
         written, expired, groups = _write_updates(chunk, rules, store, rejects)
     rejects.sort(key=lambda rejected: rejected.row)
@@ -157,10 +187,21 @@ class _HashColumns:
     """rows x features: the row has a value for the feature."""
 
 
-def _write_hashes(
-    chunk: TableChunk, rules: WriteRules, store: OnlineStore, rejects: list[Rejected]
-) -> tuple[int, int, int]:
-    """Write a hash group's rows; returns rows written, rows expired, entity groups written."""
+@dataclass(frozen=True)
+class _MergedHashes:
+    """A hash group's chunk after expiry and merge: what to write, and where it came from."""
+
+    numbers: npt.NDArray[np.int64]
+    """Each row's 1-based position among the table's data rows."""
+    expired: int
+    merged: HashRows | None
+    """``None`` when no live row is left."""
+    source: npt.NDArray[np.intp]
+    """Per merged entity and field, the chunk row its value came from (-1 where none)."""
+
+
+def _merged_hashes(chunk: TableChunk, rules: WriteRules, rejects: list[Rejected]) -> _MergedHashes:
+    """Validate, expire and merge a hash group's rows."""
     batch = chunk.batch
     numbers = np.asarray(chunk.row_numbers, dtype=np.int64)
     columns = None if rules.from_csv else _checked_columns(batch, rules)
@@ -172,9 +213,23 @@ def _write_hashes(
     expired = int(np.count_nonzero(columns.valid & ~live))
     rows = np.flatnonzero(live)
     if not len(rows):
-        return 0, expired, 0
+        return _MergedHashes(numbers, expired, None, np.empty((0, 0), dtype=np.intp))
     merged, source = _merged(rules, columns, rows, numbers)
-    outcome = write_hash_rows(store, merged)
+    return _MergedHashes(numbers, expired, merged, source)
+
+
+def _write_hashes(
+    hashes: _MergedHashes,
+    chunk: TableChunk,
+    rules: WriteRules,
+    store: OnlineStore,
+    rejects: list[Rejected],
+) -> tuple[int, int, int]:
+    """Write a hash group's rows; returns rows written, rows expired, entity groups written."""
+    if hashes.merged is None:
+        return 0, hashes.expired, 0
+    source, numbers = hashes.source, hashes.numbers
+    outcome = write_hash_rows(store, hashes.merged)
     written = np.unique(source[outcome.landed])
     if outcome.refused:
         problem_of = {
@@ -184,11 +239,11 @@ def _write_hashes(
             if row >= 0
         }
         refused_rows = sorted(problem_of)
-        picked = batch.select(list(rules.columns)).take(pa.array(refused_rows, pa.int64()))
+        picked = chunk.batch.select(list(rules.columns)).take(pa.array(refused_rows, pa.int64()))
         for row, record in zip(refused_rows, picked.to_pylist(), strict=True):
             rejects.append(Rejected(int(numbers[row]), STORE_FIELD, problem_of[row], record))
     groups = int(np.count_nonzero(outcome.landed.any(axis=1)))
-    return len(written), expired, groups
+    return len(written), hashes.expired, groups
 
 
 def _merged(
