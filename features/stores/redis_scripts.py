@@ -370,6 +370,13 @@ row[2 * n + 1] = MARK
 -- values filled in) and one PEXPIREAT; unpack() takes row whole below 200 arguments.
 local short = 2 * n + 2 <= 200
 local all_landed, none = string.rep('1', n), string.rep('-', n)
+-- Keys of a first load are not held yet: one EXISTS of them all spares a read per key.  (A
+-- cluster node refuses EXISTS of keys in several slots: then each key is read.)
+local some_held = true
+if k > 0 and 3 + n + k <= 7000 then
+  local held_keys = redis.pcall('EXISTS', unpack(ARGV, 4 + n, 3 + n + k))
+  some_held = type(held_keys) ~= 'number' or held_keys > 0
+end
 local flags, problems = {}, {}
 for i = 1, k do
   local key, base = ARGV[3 + n + i], 4 + n + k + (i - 1) * (n + 1)
@@ -381,7 +388,8 @@ for i = 1, k do
   else
     uniform = tonumber(spec)
   end
-  local held = redis.pcall('HGETALL', key)
+  local held = {}
+  if some_held then held = redis.pcall('HGETALL', key) end
   local landed, problem, failure
   if type(held) == 'table' and held['err'] then
     landed, problem, failure = refusal(key, held)
