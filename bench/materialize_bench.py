@@ -3,17 +3,23 @@
 Usage::
 
     python -m bench.materialize_bench [--users 200000 1000000] [--baseline-source DIR]
-        [--cluster] [--engine local|spark]
+        [--rounds N] [--tables DIR] [--cluster] [--engine local|spark]
 
 For each table size it writes the demo ``user:features`` table (``featserve
 demo-data``) into a fresh, empty Redis with ``featserve materialize --json``
-run as a child process, and reports entities per second, the child's peak
-RSS (``wait4``'s ``ru_maxrss``), and Redis' own CPU (``INFO cpu``,
-``used_cpu_sys + used_cpu_user`` before and after) per entity written.
+run as a child process, and reports entities per second (of the whole
+child, interpreter start included, and of the run itself, as the report's
+``elapsed_s`` says), the child's peak RSS (``wait4``'s ``ru_maxrss``), and
+Redis' own CPU (``INFO cpu``, ``used_cpu_sys + used_cpu_user`` before and
+after) per entity written.
 
 ``--baseline-source DIR`` runs the same measurement, in the same run, with
 the code in ``DIR`` first on the child's path (e.g. ``git archive main | tar
--x -C DIR``): the figure before this branch's change.  ``--cluster`` writes
+-x -C DIR``): the figure before this branch's change.  ``--rounds N``
+alternates baseline and this branch N times (the machine is noisy: the
+ratio of the medians is the figure).  ``--tables DIR`` keeps the demo tables
+there (``DIR/u<users>``) and reuses them in later runs: a 10,000,000-user
+table takes minutes to write.  ``--cluster`` writes
 into the 3-primary local Redis Cluster instead (Redis CPU summed over the
 primaries).  ``--engine spark`` runs ``featserve materialize --engine spark``
 (``local[2]``; peak RSS is then what ``wait4`` reports: the largest of the
@@ -32,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +62,8 @@ class Measured:
     label: str
     users: int
     seconds: float
+    run_seconds: float
+    """The run alone, as ``featserve materialize --json`` reports it (``elapsed_s``)."""
     entities: int
     peak_rss_mb: float
     redis_cpu_s: float
@@ -67,6 +75,11 @@ class Measured:
         """Entity groups written per second of wall time (process start to exit)."""
         return self.entities / self.seconds
 
+    @property
+    def per_run_second(self) -> float:
+        """Entity groups written per second of the run itself (no interpreter start)."""
+        return self.entities / self.run_seconds
+
     def cells(self) -> list[str]:
         """The row of the report table."""
         return [
@@ -74,6 +87,7 @@ class Measured:
             f"{self.users:,}",
             f"{self.seconds:.1f}",
             f"{self.per_second:,.0f}",
+            f"{self.per_run_second:,.0f}",
             f"{self.peak_rss_mb:,.0f}",
             f"{self.redis_cpu_s:.2f}",
             f"{1e6 * self.redis_cpu_s / max(self.entities, 1):.1f}",
@@ -86,6 +100,7 @@ HEADER = [
     "users",
     "wall s",
     "entities/s",
+    "entities/s of the run",
     "peak RSS MB",
     "Redis CPU s",
     "Redis CPU µs/entity",
@@ -170,6 +185,7 @@ def measure(
         label,
         users,
         seconds,
+        float(report["elapsed_s"]),
         int(report["entity_groups_written"]),
         usage.ru_maxrss / 1024,
         cpu_after - cpu_before,
@@ -189,6 +205,9 @@ def _store(cluster: bool) -> Iterator[tuple[str, list[str], str]]:
 
 
 def _demo_table(users: int, out: Path) -> Path:
+    table = out / "user_features.parquet"
+    if table.exists():
+        return table
     subprocess.run(
         [
             sys.executable,
@@ -205,7 +224,29 @@ def _demo_table(users: int, out: Path) -> Path:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    return out / "user_features.parquet"
+    return table
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _ratios(users: int, before: Sequence[Measured], after: Sequence[Measured]) -> str:
+    """This branch over the baseline: medians of the rounds."""
+
+    def ratio(figure: Callable[[Measured], float]) -> float:
+        return _median([figure(m) for m in after]) / _median([figure(m) for m in before])
+
+    return (
+        f"{users:,} users, this branch / baseline (medians of {len(after)} rounds): "
+        f"entities/s {ratio(lambda m: m.per_second):.2f}x, "
+        f"of the run {ratio(lambda m: m.per_run_second):.2f}x, "
+        f"Redis CPU per entity {ratio(lambda m: m.redis_cpu_s / m.entities):.2f}x, "
+        f"client CPU per entity {ratio(lambda m: m.client_cpu_s / m.entities):.2f}x, "
+        f"peak RSS {ratio(lambda m: m.peak_rss_mb):.2f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,42 +254,50 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--users", type=int, nargs="+", default=[200_000])
     parser.add_argument("--baseline-source", type=Path)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--tables", type=Path)
     parser.add_argument("--cluster", action="store_true")
     parser.add_argument("--engine", choices=["local", "spark"], default="local")
     args = parser.parse_args(argv)
     rows: list[list[str]] = []
+    summaries: list[str] = []
+    load_before = os.getloadavg()
+    extra = ["--engine", "spark", "--spark-master", "local[2]"] if args.engine == "spark" else []
+    label = "this branch" + (" (spark local[2])" if args.engine == "spark" else "")
     with (
         tempfile.TemporaryDirectory(prefix="materialize-bench-") as work,
         _store(args.cluster) as (url, node_urls, mode),
     ):
         env = {"FEATSERVE_REDIS_MODE": mode}
+        tables = args.tables or Path(work)
         for users in args.users:
-            table = _demo_table(users, Path(work) / f"u{users}")
-            if args.baseline_source is not None:
-                rows.append(
-                    measure(
-                        "baseline",
-                        table,
-                        users,
-                        url,
-                        node_urls,
-                        source=args.baseline_source,
-                        env=env,
-                    ).cells()
+            table = _demo_table(users, tables / f"u{users}")
+            before: list[Measured] = []
+            after: list[Measured] = []
+            for _ in range(args.rounds):
+                if args.baseline_source is not None:
+                    before.append(
+                        measure(
+                            "baseline",
+                            table,
+                            users,
+                            url,
+                            node_urls,
+                            source=args.baseline_source,
+                            env=env,
+                        )
+                    )
+                    rows.append(before[-1].cells())
+                after.append(
+                    measure(label, table, users, url, node_urls, source=None, extra=extra, env=env)
                 )
-            extra = (
-                ["--engine", "spark", "--spark-master", "local[2]"]
-                if args.engine == "spark"
-                else []
-            )
-            label = "this branch" + (" (spark local[2])" if args.engine == "spark" else "")
-            rows.append(
-                measure(
-                    label, table, users, url, node_urls, source=None, extra=extra, env=env
-                ).cells()
-            )
-    print(f"store: {mode}; load average before the run: {os.getloadavg()}")
+                rows.append(after[-1].cells())
+            if before:
+                summaries.append(_ratios(users, before, after))
+    print(f"store: {mode}; load average before the run: {load_before}")
     print(markdown_table(HEADER, rows))
+    for summary in summaries:
+        print(summary)
     print(f"load average after: {os.getloadavg()}")
     return 0
 
