@@ -50,7 +50,7 @@ from service.harness.local_cluster import LocalCluster
 from service.harness.local_redis import LocalRedis
 from service.harness.served import EXAMPLE_PROJECT
 
-__all__ = ["Measured", "main", "measure"]
+__all__ = ["Measured", "demo_table", "main", "measure"]
 
 GROUP = "user:features"
 
@@ -204,7 +204,8 @@ def _store(cluster: bool) -> Iterator[tuple[str, list[str], str]]:
             yield server.url, [server.url], "standalone"
 
 
-def _demo_table(users: int, out: Path) -> Path:
+def demo_table(users: int, out: Path) -> Path:
+    """The demo ``user:features`` table of ``users`` users in ``out``, written unless there."""
     table = out / "user_features.parquet"
     if table.exists():
         return table
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {"FEATSERVE_REDIS_MODE": mode}
         tables = args.tables or Path(work)
         for users in args.users:
-            table = _demo_table(users, tables / f"u{users}")
+            table = demo_table(users, tables / f"u{users}")
             before: list[Measured] = []
             after: list[Measured] = []
             for _ in range(args.rounds):

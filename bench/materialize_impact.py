@@ -3,6 +3,7 @@
 Usage::
 
     python -m bench.materialize_impact [--users 200000] [--rate 100] [--in-flight 4 32]
+        [--tables DIR]
 
 Starts one Redis, trains a small model, serves featserve (``bentoml serve``)
 pinned to CPU 0, and sends paced ``/score`` requests (``--rate`` per second,
@@ -10,7 +11,9 @@ pinned to CPU 0, and sends paced ``/score`` requests (``--rate`` per second,
 on CPU 1 with Redis and the materialization (a ``featserve materialize``
 child).  For each ``--in-flight`` setting (``FEATSERVE_MATERIALIZE_IN_FLIGHT``):
 10 s idle, then the ``user:features`` table of ``--users`` users written while
-the load goes on; it prints p50/p90/p99/max of ``/score`` in both windows
+the load goes on (the demo table of ``bench.materialize_bench``, kept in
+``--tables DIR`` when given; the served users' features are loaded first, by
+``featserve demo-data`` of 2,000 users); it prints p50/p90/p99/max of ``/score`` in both windows
 (requests sent and answered within each) and the run's entities per second.
 The machine is shared: the load average is printed with the figures.
 """
@@ -26,12 +29,13 @@ import time
 from pathlib import Path
 
 from bench.machine import pin_cpus
+from bench.materialize_bench import demo_table
 from bench.report import markdown_table
 from features.settings import Settings
 from service.cli.demo import load_demo_data
 from service.harness.fault_drill import Answer, Load, score_bodies
 from service.harness.local_redis import LocalRedis
-from service.harness.served import start_service, stop, train_small_model
+from service.harness.served import EXAMPLE_PROJECT, start_service, stop, train_small_model
 from service.harness.stats import percentile
 
 __all__ = ["main"]
@@ -63,6 +67,7 @@ def _materialize(table: Path, redis_url: str, in_flight: int) -> float:
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
+        "FEATSERVE_PROJECT": str(EXAMPLE_PROJECT),
         "FEATSERVE_MATERIALIZE_IN_FLIGHT": str(in_flight),
     }
     started = time.perf_counter()
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--in-flight", type=int, nargs="+", default=[4])
+    parser.add_argument("--tables", type=Path)
     args = parser.parse_args(argv)
     cpus = pin_cpus()
     rows: list[list[str]] = []
@@ -95,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         home = Path(work) / "bentoml"
         train_small_model(home)
         settings = Settings(redis_url=server.url)
-        load_demo_data(server.url, args.users, Path(work) / "demo", settings)
-        table = Path(work) / "demo" / "user_features.parquet"
+        load_demo_data(
+            server.url, SERVED_USERS, Path(work) / "served", settings, project=EXAMPLE_PROJECT
+        )
+        table = demo_table(args.users, (args.tables or Path(work)) / f"u{args.users}")
         process, url, _ = start_service(
             home, server, Path(work), cpus=None if cpus.server is None else str(cpus.server)
         )
