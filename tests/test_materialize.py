@@ -554,3 +554,29 @@ def test_csv_times_in_iso_8601_and_columns_of_other_names(
         held = redis_client.hgetall(f"user:{{{entity_id}}}:features")
         assert held == {b"tx_count_1h": str(count).encode(), b"_event_ms": str(event_ms).encode()}
     assert redis_client.exists("user:{iso4}:features") == 0
+
+
+def test_reading_a_parquet_table_holds_about_one_chunk_not_the_file(tmp_path: Path) -> None:
+    """Peak memory must not grow with the table: the reader reads one row group at a time (a
+    reader that buffers the column chunks ahead holds the whole file from the first chunk)."""
+    path = tmp_path / "wide.parquet"
+    rows = 40 * 2_000
+    values = random.Random(7)
+    pq.write_table(
+        pa.table(
+            {
+                "entity_id": [f"u{i:07d}" for i in range(rows)],
+                "event_timestamp": [1_700_000_000 + i for i in range(rows)],
+                "tx_sum_1h": [values.random() for _ in range(rows)],
+            }
+        ),
+        path,
+        row_group_size=2_000,
+    )
+    assert path.stat().st_size > 1_000_000
+    before = pa.total_allocated_bytes()
+    chunks = open_table(path).chunks(("entity_id", "event_timestamp", "tx_sum_1h"), 2_000)
+    held = [pa.total_allocated_bytes() - before for _ in chunks]
+    assert len(held) == 40
+    # A decoded row group is about 2,000 x 28 bytes.
+    assert max(held) < 300_000
