@@ -26,6 +26,9 @@ Per chunk:
    as older (every value of it was superseded, in the chunk or in the store),
    expired, or rejected with its reason (``Rejected``).
 
+Steps 1 to 3 need no store (``prepare_chunk``), 4 and 5 do (``write_prepared``):
+the single process prepares the next chunk while it writes the last one.
+
 The result depends neither on row order across chunks nor on chunking: the
 store's scripts merge by event time, so re-writing a chunk (a retried task)
 changes nothing.
