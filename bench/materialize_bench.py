@@ -9,7 +9,9 @@ For each table size it writes the demo ``user:features`` table (``featserve
 demo-data``) into a fresh, empty Redis with ``featserve materialize --json``
 run as a child process, and reports entities per second (of the whole
 child, interpreter start included, and of the run itself, as the report's
-``elapsed_s`` says), the child's peak RSS (``wait4``'s ``ru_maxrss``), and
+``elapsed_s`` says), the child's peak RSS (``wait4``'s ``ru_maxrss``), the
+peak of the child and all its descendants together (sampled; for Spark the
+driver, the JVM and its Python workers), and
 Redis' own CPU (``INFO cpu``, ``used_cpu_sys + used_cpu_user`` before and
 after) per entity written.
 
@@ -32,17 +34,20 @@ machine's CPUs with whatever else runs; the report prints the load average.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import redis
 
 from bench.report import markdown_table
@@ -66,6 +71,9 @@ class Measured:
     """The run alone, as ``featserve materialize --json`` reports it (``elapsed_s``)."""
     entities: int
     peak_rss_mb: float
+    peak_tree_rss_mb: float
+    """The most the child and all its descendants (Spark: the JVM and its Python workers)
+    held together, sampled every 0.2 s."""
     redis_cpu_s: float
     client_cpu_s: float
     """The child's own CPU (user + system, its descendants included, e.g. Spark's JVM)."""
@@ -89,6 +97,7 @@ class Measured:
             f"{self.per_second:,.0f}",
             f"{self.per_run_second:,.0f}",
             f"{self.peak_rss_mb:,.0f}",
+            f"{self.peak_tree_rss_mb:,.0f}",
             f"{self.redis_cpu_s:.2f}",
             f"{1e6 * self.redis_cpu_s / max(self.entities, 1):.1f}",
             f"{1e6 * self.client_cpu_s / max(self.entities, 1):.1f}",
@@ -102,6 +111,7 @@ HEADER = [
     "entities/s",
     "entities/s of the run",
     "peak RSS MB",
+    "peak RSS of the tree MB",
     "Redis CPU s",
     "Redis CPU µs/entity",
     "client CPU µs/entity",
@@ -173,8 +183,12 @@ def measure(
         command, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     assert child.stdout is not None
+    tree_peak = [0]
+    sampler = threading.Thread(target=_sample_tree_rss, args=(child.pid, tree_peak), daemon=True)
+    sampler.start()
     output = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
+    sampler.join()
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
     cpu_after = _redis_cpu_s(node_urls)
@@ -188,9 +202,25 @@ def measure(
         float(report["elapsed_s"]),
         int(report["entity_groups_written"]),
         usage.ru_maxrss / 1024,
+        tree_peak[0] / 2**20,
         cpu_after - cpu_before,
         usage.ru_utime + usage.ru_stime,
     )
+
+
+def _sample_tree_rss(pid: int, peak: list[int]) -> None:
+    """Keep in ``peak[0]`` the most RSS that ``pid`` and its descendants held at once."""
+    try:
+        root = psutil.Process(pid)
+        while root.status() != psutil.STATUS_ZOMBIE:
+            total = 0
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += process.memory_info().rss
+            peak[0] = max(peak[0], total)
+            time.sleep(0.2)
+    except psutil.NoSuchProcess:
+        return
 
 
 @contextmanager
