@@ -31,6 +31,7 @@ import hiredis
 import numpy as np
 import numpy.typing as npt
 import redis
+from redis.crc import key_slot
 
 from features.keys import feature_keys
 from features.stores.base import WriteOutcome
@@ -204,17 +205,20 @@ def _lanes(client: redis.Redis | redis.RedisCluster, keys: list[str], per_call: 
     if not isinstance(client, redis.RedisCluster):
         pool = client.connection_pool
         return [_Lane(pool, pool.get_connection(), _calls(np.arange(len(keys)), per_call))]
-    by_node: dict[str, list[int]] = {}
-    nodes = {}
-    for index, key in enumerate(keys):
-        node = client.nodes_manager.get_node_from_slot(client.keyslot(key))
-        by_node.setdefault(node.name, []).append(index)
-        nodes[node.name] = node
+    # Each key's slot (the keys are ASCII text), then each distinct slot's node: a key costs
+    # one C call, not the cluster client's encoding and slot-map lookup.
+    slots = np.fromiter((key_slot(key.encode()) for key in keys), dtype=np.intp, count=len(keys))
+    distinct, slot_of_key = np.unique(slots, return_inverse=True)
+    nodes = [client.nodes_manager.get_node_from_slot(int(slot)) for slot in distinct.tolist()]
+    names = sorted({node.name for node in nodes})
+    node_of_slot = np.array([names.index(node.name) for node in nodes], dtype=np.intp)
+    node_of_key = node_of_slot[slot_of_key.reshape(-1)]
+    by_name = {node.name: node for node in nodes}
     lanes: list[_Lane] = []
     try:
-        for name, indexes in by_node.items():
-            pool = client.get_redis_connection(nodes[name]).connection_pool
-            calls = _calls(np.asarray(indexes, dtype=np.intp), per_call)
+        for number, name in enumerate(names):
+            pool = client.get_redis_connection(by_name[name]).connection_pool
+            calls = _calls(np.flatnonzero(node_of_key == number), per_call)
             lanes.append(_Lane(pool, pool.get_connection(), calls))
     except BaseException:
         for lane in lanes:
