@@ -19,7 +19,7 @@ Per chunk:
 2. **Expire**: rows already past their group's TTL are counted, not written.
 3. **Merge** per entity, value by value, by the stores' rule: per hash field
    the newest value (an equal time: the later row); for a sorted set or a
-   string, ``backing.held_after_write`` row after row.
+   string, ``write_rules.held_after_write`` row after row.
 4. **Write** the merged groups: hashes as ``HashRows`` (many entities per
    Redis script call), the others as ``FeatureUpdate``s.
 5. **Account** for every row once: written (a value of it landed), skipped
@@ -52,9 +52,10 @@ from features.ingest.tables import TableChunk
 from features.ingest.updates import MAX_EVENT_TIMESTAMP, parse_update
 from features.keys import ENTITY_ID_MAX_LENGTH
 from features.registry import Feature, FeatureGroup, Structure
-from features.stores.backing import HeldGroup, as_update, held_after_write, is_live
 from features.stores.base import FeatureUpdate, OnlineStore
 from features.stores.hash_rows import HashRows, write_hash_rows
+from features.stores.held import HeldGroup, as_update
+from features.stores.write_rules import held_after_write, is_live
 
 __all__ = [
     "MALFORMED_FIELD",

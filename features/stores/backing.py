@@ -39,15 +39,7 @@ from features.stores.base import (
     WriteOutcome,
 )
 from features.stores.codecs import codec_of
-
-# ``HeldGroup``, ``as_update``, ``epoch_ms``, ``held_after_write`` and ``is_live`` are passed
-# on (``x as x``) until service.service, features.ingest.push and features.ingest.writer,
-# changed on other branches now, import them from held and write_rules, where they live.
-from features.stores.held import HeldGroup as HeldGroup
-from features.stores.held import as_update as as_update
-from features.stores.write_rules import epoch_ms as epoch_ms
-from features.stores.write_rules import held_after_write as held_after_write
-from features.stores.write_rules import is_live as is_live
+from features.stores.held import HeldGroup
 from features.stores.write_rules import unexpired
 from features.timing import Stage, StageTimer
 
