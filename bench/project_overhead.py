@@ -1,6 +1,7 @@
 """The generic (project) path against the code before projects, served side by side.
 
 Usage: ``python -m bench.project_overhead [--base c67b360] [--rounds 6] [--round-s 5]``
+(``--base-service service.service:ScoringService`` for a base after projects)
 
 Two ``bentoml serve`` processes, one worker each, over one Redis holding the
 fraud example's demo users and one small model: this tree's
@@ -53,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve both, drive them in interleaved rounds, print the medians."""
     parser = argparse.ArgumentParser(prog="python -m bench.project_overhead", description=__doc__)
     parser.add_argument("--base", default="c67b360", help="the commit before projects")
+    parser.add_argument(
+        "--base-service",
+        default="service.service:FraudScorer",
+        help="the service class at --base (service.service:ScoringService after projects)",
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--round-s", type=float, default=5.0)
     args = parser.parse_args(argv)
@@ -68,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         served: dict[str, str] = {}
         for name, target, cwd in (
             ("projects", "service.service:ScoringService", ROOT),
-            (f"base {args.base}", "service.service:FraudScorer", base),
+            (f"base {args.base}", args.base_service, base),
         ):
             home = own_home(shared, scratch / f"home-{len(served)}")
             process, url, _ = start_service(
