@@ -461,6 +461,8 @@ install_adaptations(
             AdmissionMiddleware,
             limit=SETTINGS.max_in_flight,
             paths=_API_ROUTES,
+            wait_s=SETTINGS.admission_wait_ms / 1000,
+            hold_s=SETTINGS.refusal_hold_ms / 1000,
         ),
     ],
     routes=_ROUTES,
