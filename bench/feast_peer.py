@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import io
+import itertools
 import json
 import os
 import random
@@ -61,6 +62,7 @@ from service.harness.served import (
     EXAMPLE_PROJECT,
     ROOT,
     running_service,
+    start_service,
     stop,
     train_small_model,
 )
@@ -117,6 +119,17 @@ class Case:
             return "/echo"
         return "/features" if self.work == "features" else "/score"
 
+    @property
+    def bodies(self) -> tuple[str, str]:
+        """Which request bodies the case sends: ``request_bodies``' key."""
+        if self.server.startswith("feast"):
+            return "feast", self.work
+        return (
+            ("featserve", self.work)
+            if self.server.startswith("featserve")
+            else ("echo", "features")
+        )
+
 
 CASES = (
     *(
@@ -132,6 +145,14 @@ CASES = (
         for honour in (False, True)
     ),
 )
+
+BASELINE_CASES = (
+    Case("featserve@base", "features", 16),
+    Case("featserve@base", "score", 16),
+    Case("featserve@base", "features", 64),
+    Case("featserve@base", "features", 64, True),
+)
+"""With ``--baseline DIR``: featserve from another checkout (before a change), same run."""
 
 
 @dataclass
@@ -326,7 +347,7 @@ def run_case(
         warmup_s=1.0,
         honour_retry_after=case.honour_retry_after,
     )
-    featserve = case.server == "featserve"
+    featserve = case.server.startswith("featserve")
     before_sources = feature_sources(base_url) if featserve else Counter[str]()
     before = CpuSnapshot.take(pid)
     missing = [0]
@@ -343,9 +364,16 @@ def run_case(
 
 
 def measure(
-    tmp: Path, redis: LocalRedis, split: tuple[int, int] | None, rounds: int, round_s: float
+    tmp: Path,
+    redis: LocalRedis,
+    split: tuple[int, int] | None,
+    rounds: int,
+    round_s: float,
+    baseline: Path | None = None,
 ) -> list[Result]:
-    """Load the data twice, serve the three servers, run every case in interleaved rounds."""
+    """Load the data twice, serve every server, run every case in interleaved rounds;
+    ``baseline``: a checkout of featserve served too (``featserve@base``)."""
+    cases = CASES + (BASELINE_CASES if baseline else ())
     group = EXAMPLE.registry.group(EXAMPLE.entity.name, GROUP)
     tables = tmp / "tables"
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -375,18 +403,20 @@ def measure(
                 running_service(own_home(home, tmp / name), redis, tmp, target, cpus=cpus, **env)
             )
             servers[name] = (process.pid, url)
+        if baseline is not None:
+            base_home = own_home(home, tmp / "featserve@base")
+            process, url, _ = start_service(base_home, redis, tmp, cwd=baseline, cpus=cpus)
+            stack.callback(stop, process)
+            servers["featserve@base"] = (process.pid, url)
         check_same_values(servers["feast"][1], servers["featserve"][1], group)
         for round_index in range(rounds):
             # Each round starts with another case, so none is always first after a switch.
-            order = CASES[round_index % len(CASES) :] + CASES[: round_index % len(CASES)]
-            for case in order:
+            first = round_index % len(cases)
+            for case in cases[first:] + cases[:first]:
                 pid, url = servers[case.server]
-                bodies = payloads[
-                    "feast" if case.server.startswith("feast") else case.server, case.work
-                ]
-                part = run_case(case, pid, url, bodies, round_s)
+                part = run_case(case, pid, url, payloads[case.bodies], round_s)
                 parts.setdefault(case, []).append(part)
-    return [_pooled(case, parts[case]) for case in CASES]
+    return [_pooled(case, parts[case]) for case in cases]
 
 
 def _pooled(case: Case, parts: Sequence[tuple[LoadRun, float, Counter[str], int]]) -> Result:
@@ -414,6 +444,18 @@ def _find(results: Sequence[Result], case: Case) -> Result:
     return next(r for r in results if r.case == case)
 
 
+def refusal_cost(base: Result, over: Result) -> tuple[float | None, float | None]:
+    """What one refusal cost the worker in CPU µs, and the share of the worker's CPU the
+    refusals took together: the CPU of ``over`` beyond its answers, each answer costing what
+    one cost in ``base`` (16 connections, no refusals)."""
+    refusals = over.stats.refused_share * over.stats.rps
+    if refusals < 1 or base.stats.rps <= 0:
+        return None, None
+    per_answer = base.server_cpu / 100 / base.stats.rps
+    spent = over.server_cpu / 100 - per_answer * (over.stats.rps - refusals)
+    return max(0.0, spent) / refusals * 1e6, max(0.0, spent) / (over.server_cpu / 100)
+
+
 def report(results: Sequence[Result]) -> str:
     """The Markdown tables: every case, then the ratios the issue asks for."""
     rows = []
@@ -428,7 +470,7 @@ def report(results: Sequence[Result]) -> str:
                 r.case.label, str(r.case.connections), str(s.requests), f"{s.rps:,.0f}",
                 f"{real:,.0f}", f"{s.refused_share:.0%}", f"{s.p50_ms:.2f}", f"{s.p90_ms:.2f}",
                 f"{s.p99_ms:.2f}", f"{s.max_ms:.1f}", str(s.errors), f"{r.server_cpu:.0f}",
-                _mix(r.sources) if r.case.server == "featserve" else "-",
+                _mix(r.sources) if r.case.server.startswith("featserve") else "-",
                 ratio(real, feast.stats.real_rps), f"{s.p99_ms / feast.stats.p99_ms:.2f}x",
                 ratio(real, shipped.stats.real_rps), f"{s.p99_ms / shipped.stats.p99_ms:.2f}x",
             ]
@@ -443,22 +485,32 @@ def report(results: Sequence[Result]) -> str:
         left=1,
     )  # fmt: skip
     goodput = []
-    for work in ("features", "score"):
-        base = _find(results, Case("featserve", work, 16))
-        for honour in (False, True):
-            over = _find(results, Case("featserve", work, 64, honour))
+    for server, work, honour in itertools.product(
+        ("featserve", "featserve@base"), ("features", "score"), (False, True)
+    ):
+        base = next((r for r in results if r.case == Case(server, work, 16)), None)
+        over = next((r for r in results if r.case == Case(server, work, 64, honour)), None)
+        if base is not None and over is not None:
+            cost_us, share = refusal_cost(base, over)
             goodput.append(
                 [
                     over.case.label, f"{base.stats.real_rps:,.0f}", f"{over.stats.real_rps:,.0f}",
                     f"{over.stats.real_rps / base.stats.real_rps:.2f}x",
-                    f"{over.stats.refused_share:.0%}", _mix(over.sources),
+                    f"{over.stats.refused_share:.0%}",
+                    f"{over.stats.refused_share * over.stats.rps:,.0f}",
+                    "-" if cost_us is None else f"{cost_us:.0f}",
+                    "-" if share is None else f"{share:.0%}",
+                    _mix(over.sources),
                 ]
             )  # fmt: skip
     overload = markdown_table(
-        ["64 connections", "real/s at 16", "real/s at 64", "64 / 16", "refused", "source mix"],
+        [
+            "64 connections", "real/s at 16", "real/s at 64", "64 / 16", "refused",
+            "refusals/s", "CPU µs per refusal", "worker share in refusals", "source mix",
+        ],
         goodput,
         left=1,
-    )
+    )  # fmt: skip
     return cases + "\n\n" + overload
 
 
@@ -467,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds")
     parser.add_argument("--round-s", type=float, default=ROUND_S, help="seconds per round")
+    parser.add_argument(
+        "--baseline", type=Path, help="a featserve checkout to serve too, e.g. before a change"
+    )
     args = parser.parse_args(argv)
     if not (FEAST_VENV / "bin" / "feast").exists():
         raise SystemExit(f"no Feast in {FEAST_VENV}: run make bench-peers")
@@ -475,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="featserve-peers-") as tmp, LocalRedis() as redis:
-        results = measure(Path(tmp), redis, split, args.rounds, args.round_s)
+        results = measure(Path(tmp), redis, split, args.rounds, args.round_s, args.baseline)
     print(
         f"`make bench-peers`, {started:%Y-%m-%d %H:%M} UTC, {args.rounds} rounds of "
         f"{args.round_s:g} s per case; load average before {load_before[0]:.2f}, after "
