@@ -1,6 +1,7 @@
 """Where a request's CPU goes: py-spy over a featserve worker under load, one row per stage.
 
-Usage: ``python -m bench.request_profile [--path /features] [--connections 16] [--seconds 20]``
+Usage: ``python -m bench.request_profile [--path /features] [--connections 16] [--seconds 20]
+[--checkout DIR]`` (``DIR``: serve featserve from another checkout, e.g. before a change)
 
 Starts Redis with the example's demo data for 10,000 users and featserve at its shipped
 defaults, pinned as in every benchmark (``bench.machine``: the worker on one CPU, Redis, the
@@ -36,7 +37,13 @@ from service.cli.demo import load_demo_data
 from service.harness.example import EXAMPLE
 from service.harness.load import Endpoint, LoadPlan, drive
 from service.harness.local_redis import LocalRedis
-from service.harness.served import EXAMPLE_PROJECT, running_service, train_small_model
+from service.harness.served import (
+    EXAMPLE_PROJECT,
+    ROOT,
+    start_service,
+    stop,
+    train_small_model,
+)
 
 __all__ = ["STAGES", "stage_shares"]
 
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", choices=("/features", "/score"), default="/features")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--checkout", type=Path, default=ROOT, help="the featserve to serve")
     args = parser.parse_args(argv)
     cpus = pin_cpus()
     work = "features" if args.path == "/features" else "score"
@@ -109,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         train_small_model(tmp / "bentoml")
         server_cpu = None if cpus.server is None else str(cpus.server)
         home = own_home(tmp / "bentoml", tmp / "home")
-        with running_service(home, redis, tmp, cpus=server_cpu) as (process, url):
+        process, url, _ = start_service(home, redis, tmp, cwd=args.checkout, cpus=server_cpu)
+        try:
             [worker] = psutil.Process(process.pid).children(recursive=True)
             endpoint = Endpoint.parse(url + args.path)
             warm = LoadPlan(duration_s=2.0, concurrency=args.connections)
@@ -130,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu = CpuSnapshot.take(process.pid).shares_since(before)["server"]
             spy.wait()
             counts = stage_shares(output.read_text())
+        finally:
+            stop(process)
     answered = sum(1 for s in samples if s.status == 200)
     per_request_us = cpu / 100 * args.seconds / max(1, answered) * 1e6
     total = sum(counts.values())
