@@ -36,6 +36,9 @@ moves one fails a test instead of silently undoing a protection.
   BentoML puts in ``X-BentoML-Request-ID``. Its tracing layer is also told to
   leave out the ``http send`` and ``http receive`` child spans (three per
   request, each through the whole stack): the server span holds the status.
+  When nothing reads its spans (traces off and no access log, which prints
+  their ids), ``install_adaptations(tracing_layer=False)`` leaves the layer
+  out: it still cost an eighth of a ``/features`` request, non-recording.
 - BentoML's API method binding: ``getattr(instance, api_name)`` (which BentoML's
   endpoint does for every request) rebuilt the bound caller with
   ``inspect.signature``; ``_bound_once`` builds it once per instance.
@@ -482,13 +485,16 @@ def install_adaptations(
     input_models: Collection[str] = (),
     limits: ConnectionLimits = _DEFAULT_LIMITS,
     drain_s: float = 0.0,
+    tracing_layer: bool = True,
 ) -> None:
     """Apply every adaptation; ``edge`` runs first in each service's middleware stack, after
     BentoML's traffic metrics, which label requests by path only for ``routes`` and BentoML's
     own (``BENTOML_ROUTES``); ``input_models``: the names of the API's input models, whose
     validation errors are logged as refusals rather than server faults; ``limits``: what the
     HTTP server allows each connection; ``drain_s``: how long a worker drains on SIGTERM
-    before its server stops (``service.middleware.drain``).
+    before its server stops (``service.middleware.drain``); ``tracing_layer``: whether
+    BentoML's OpenTelemetry layer stays (leave it out only when no trace is exported and no
+    access log prints span ids).
 
     Calling it again replaces the edge.
     """
@@ -531,7 +537,9 @@ def install_adaptations(
             if m.cls is _TRAFFIC_METRICS
         ]
         others = [
-            _named_by_route(m, labelled) for m in bentoml_layers if m.cls is not _TRAFFIC_METRICS
+            _named_by_route(m, labelled)
+            for m in bentoml_layers
+            if m.cls is not _TRAFFIC_METRICS and (tracing_layer or m.cls is not _TRACING)
         ]
         return [*metrics, *edge, *others]
 

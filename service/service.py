@@ -473,6 +473,7 @@ install_adaptations(
         max_connections=SETTINGS.max_connections,
     ),
     drain_s=SETTINGS.drain_s,
+    tracing_layer=_TRACING is not None or SETTINGS.access_log,
     input_models={api.input_spec.__name__ for api in ScoringService.apis.values()},  # type: ignore[attr-defined]
 )
 ScoringService.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]

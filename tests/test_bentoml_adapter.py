@@ -330,3 +330,11 @@ def test_a_json_answer_goes_out_as_one_body_of_known_length(restored: None) -> N
     assert answer.body == b'{"name":"tiny","sizes":[1,2.5]}'
     assert answer.headers["content-length"] == str(len(answer.body))
     assert answer.headers["content-type"] == "application/json"
+
+
+def test_the_tracing_layer_is_left_out_when_nothing_reads_its_spans(restored: None) -> None:
+    install_adaptations(edge=[], tracing_layer=False)
+    app = Tiny.to_asgi()  # type: ignore[attr-defined]
+    classes = [middleware.cls for middleware in app.user_middleware]
+    assert OpenTelemetryMiddleware not in classes
+    assert CancellingTimeoutMiddleware in classes
