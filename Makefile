@@ -17,6 +17,7 @@ export UV_PYTHON_DOWNLOADS := never
 LOWEST := var/lowest-venv
 LATEST := var/latest-venv
 LOCK_CHECK := var/lock-check
+FEAST_VENV := var/feast-venv
 PROMTOOL := .tools/bin/promtool
 
 # One way to compile each requirements file, for `make lock` and its check alike. The
@@ -27,9 +28,10 @@ compile_dev = $(COMPILE) pyproject.toml --extra dev --extra bench --extra spark 
 	--generate-hashes -o $(1)/dev.txt
 compile_bento = $(COMPILE) pyproject.toml --no-annotate -c $(1)/dev.txt -o $(1)/bento.txt
 compile_uv = $(COMPILE) requirements/uv.in --generate-hashes -o $(1)/uv.txt
+compile_feast = $(COMPILE) requirements/feast.in --generate-hashes -o $(1)/feast.txt
 
 .PHONY: install lint lock lock-check promtool test test-lowest test-latest serve train container \
-	faults soak bench clean
+	faults soak bench bench-peers clean
 
 # pip (the one python -m venv gives) installs only the pinned uv, once; uv installs the
 # rest, exactly requirements/dev.txt (which holds the same uv), then the project itself.
@@ -94,6 +96,7 @@ lock: | $(UV)
 	$(call compile_uv,requirements) --upgrade
 	$(call compile_dev,requirements) --upgrade
 	$(call compile_bento,requirements) --upgrade
+	$(call compile_feast,requirements) --upgrade
 
 # The committed requirements are what pyproject.toml resolves to as of the lock's date.
 lock-check: | $(UV)
@@ -101,7 +104,8 @@ lock-check: | $(UV)
 	$(call compile_uv,$(LOCK_CHECK))
 	$(call compile_dev,$(LOCK_CHECK))
 	$(call compile_bento,$(LOCK_CHECK))
-	@for name in uv dev bento; do \
+	$(call compile_feast,$(LOCK_CHECK))
+	@for name in uv dev bento feast; do \
 		diff -q requirements/$$name.txt $(LOCK_CHECK)/$$name.txt >/dev/null || { \
 		echo "requirements/$$name.txt is not what pyproject.toml resolves to: run make lock" >&2; \
 		diff requirements/$$name.txt $(LOCK_CHECK)/$$name.txt | head -20 >&2; exit 1; }; done
@@ -128,6 +132,18 @@ container: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
+# Feast 0.67's feature server beside featserve and the echo floor, on the same Redis, data,
+# load client and CPU split (~4 min; bench/feast_peer.py): prints the Markdown tables. Feast
+# lives in a virtualenv of its own, exactly requirements/feast.txt, since its pins differ.
+$(FEAST_VENV)/.installed: requirements/feast.txt | $(UV)
+	rm -rf $(FEAST_VENV)
+	$(UV) venv --quiet --python $(BIN)/python $(FEAST_VENV)
+	$(UV) pip sync --quiet --python $(FEAST_VENV)/bin/python --require-hashes requirements/feast.txt
+	touch $@
+
+bench-peers: $(STAMP) $(FEAST_VENV)/.installed
+	$(BIN)/python -m bench.feast_peer
+
 # Fault drills under load, with figures, into docs/reliability.md (a few minutes), then
 # a primary killed under load on a Redis Cluster and behind Sentinel (about 2 minutes).
 faults: $(STAMP)
@@ -141,4 +157,4 @@ soak: $(STAMP)
 	$(BIN)/python -m bench.soak --write
 
 clean:
-	rm -rf $(VENV) $(LOWEST) $(LATEST) $(LOCK_CHECK) .pytest_cache .ruff_cache .tools
+	rm -rf $(VENV) $(LOWEST) $(LATEST) $(LOCK_CHECK) $(FEAST_VENV) .pytest_cache .ruff_cache .tools

@@ -191,7 +191,18 @@ class Settings(BaseSettings):
 
     max_in_flight: int = Field(default=16, ge=0)
     """Requests one worker serves at once (``/score``, ``/score_batch``, ``/features``,
-    ``/push``); more are refused at once with 503 and ``Retry-After``; 0: no bound."""
+    ``/push``); more wait up to ``admission_wait_ms`` for a slot, then are refused with 503
+    and ``Retry-After``; 0: no bound."""
+
+    admission_wait_ms: float = Field(default=10.0, ge=0, le=1000)
+    """How long a request beyond ``max_in_flight`` waits, in arrival order, for a slot before
+    it is refused; 10 ms leaves most of a 50 ms latency budget to the request itself, served
+    beside the others in flight; 0: refused without waiting."""
+
+    refusal_hold_ms: float = Field(default=100.0, ge=0, le=1000)
+    """How long after it came an overload refusal is sent, at the soonest: a client that
+    retries at once then sends at most one request per this long on each connection instead
+    of spinning; 0: at once (after ``admission_wait_ms``)."""
 
     access_log: bool = False
     """Whether BentoML writes an access-log line per request (it costs throughput:

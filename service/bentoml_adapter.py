@@ -26,6 +26,29 @@ moves one fails a test instead of silently undoing a protection.
   ``UNMATCHED_PATH_LABEL`` otherwise.  Its tracing layer (OpenTelemetry's)
   named each request's span after the path too: it is given span names by
   route the same way.
+- Tracing's work on a request nobody samples: BentoML's sampler
+  (``ParentBasedTraceIdRatio``) *records* every request it does not sample
+  (``RECORD_ONLY``, to have ids), so with traces off every request built and
+  ended four SDK spans, and ``StageSpans`` saw a recording span and added one per
+  stage (a third of a ``/features`` request's CPU, docs/benchmarks.md). It is
+  replaced by OpenTelemetry's own ``ParentBased(TraceIdRatioBased(rate))``: an
+  unsampled request gets a non-recording span, which still carries the ids
+  BentoML puts in ``X-BentoML-Request-ID``. Its tracing layer is also told to
+  leave out the ``http send`` and ``http receive`` child spans (three per
+  request, each through the whole stack): the server span holds the status.
+  When nothing reads its spans (traces off and no access log, which prints
+  their ids), ``install_adaptations(tracing_layer=False)`` leaves the layer
+  out: it still cost an eighth of a ``/features`` request, non-recording.
+- BentoML's API method binding: ``getattr(instance, api_name)`` (which BentoML's
+  endpoint does for every request) rebuilt the bound caller with
+  ``inspect.signature``; ``_bound_once`` builds it once per instance.
+- BentoML's JSON answers: an API's output went out as an ``IterableResponse``,
+  chunked, its body in two ASGI messages (the JSON, then an empty last one),
+  each passed down through every middleware's ``send``; ``_whole_response``
+  sends the same bytes as one body with a ``Content-Length``. An output that is
+  not a model of fields (``/features``' ``dict``) was dumped twice and encoded
+  by the standard library's ``json`` (``IORootModel.model_dump_json``);
+  ``_root_json`` has pydantic encode it once, by the output's declared type.
 - BentoML's ``log_exception``: it wrote every refused request body (a
   pydantic ``ValidationError`` of the API's input, a ``BentoMLException`` with
   a 4xx status) at ERROR with its traceback, pieces of the input included.
@@ -60,6 +83,7 @@ import logging
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -70,10 +94,14 @@ import pydantic
 import uvicorn
 from _bentoml_impl.server import app as bentoml_app
 from _bentoml_impl.server.app import ServiceAppFactory
+from _bentoml_sdk.io_models import IOMixin, IORootModel, IterableResponse
+from _bentoml_sdk.method import APIMethod
 from bentoml._internal.server.http import traffic
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+from bentoml._internal.utils import telemetry
 from bentoml.exceptions import BentoMLException
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from pydantic import ConfigDict
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -93,6 +121,7 @@ __all__ = [
     "BoundedHttpToolsProtocol",
     "ConnectionLimits",
     "RouteLabelledTrafficMetrics",
+    "SampledOnly",
     "configure_models",
     "install_adaptations",
     "is_client_error",
@@ -120,6 +149,57 @@ _BENTOML_LOG_EXCEPTION = bentoml_app.log_exception
 
 _BENTOML_MIDDLEWARES = ServiceAppFactory.middlewares
 """BentoML's own ``middlewares`` property, kept to build on (and for tests to restore)."""
+
+_BENTOML_LOCAL_CALL = APIMethod._local_call
+"""BentoML's own builder of an API method's caller bound to a service instance."""
+
+
+class SampledOnly(ParentBased):
+    """BentoML's sampler's decisions (a ``rate`` share of new traces, a parent's decision
+    followed) without recording what it does not sample."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(root=TraceIdRatioBased(rate))
+
+
+_BENTOML_TO_HTTP_RESPONSE = IOMixin.__dict__["to_http_response"].__func__
+"""BentoML's own ``IOMixin.to_http_response`` (a classmethod's function)."""
+
+
+async def _whole_response(cls: type[IOMixin], obj: Any, serde: Any) -> Response:
+    """BentoML's response for ``obj``; an ``IterableResponse`` (a JSON answer) as one body."""
+    response = await _BENTOML_TO_HTTP_RESPONSE(cls, obj, serde)
+    if type(response) is not IterableResponse:
+        return cast(Response, response)
+    body = b"".join(response.body_iterator)
+    return Response(body, status_code=response.status_code, headers=dict(response.headers))
+
+
+_ROOT_ADAPTERS: dict[type, pydantic.TypeAdapter[Any]] = {}
+"""A ``TypeAdapter`` of each root output model's declared type, made at its first answer."""
+
+
+def _root_json(self: IORootModel[Any], **kwargs: Any) -> str:
+    """An output's JSON, encoded by pydantic for the output's declared type."""
+    model = type(self)
+    adapter = _ROOT_ADAPTERS.get(model)
+    if adapter is None:
+        declared: Any = model.model_fields["root"].annotation
+        adapter = _ROOT_ADAPTERS[model] = pydantic.TypeAdapter(declared)
+    return adapter.dump_json(self.root, **kwargs).decode()
+
+
+_CALLERS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+"""Each service instance's bound API callers, by API name."""
+
+
+def _bound_once(method: APIMethod[..., Any], instance: Any) -> Any:
+    """BentoML's ``_local_call``, built once per (service instance, API)."""
+    callers = _CALLERS.setdefault(instance, {})
+    caller = callers.get(method.name)
+    if caller is None:
+        caller = callers[method.name] = _BENTOML_LOCAL_CALL(method, instance)
+    return caller
 
 
 class RouteLabelledTrafficMetrics:
@@ -164,7 +244,8 @@ def is_client_error(exc: BaseException | None, input_models: Collection[str]) ->
 
 
 def _named_by_route(layer: Middleware, routes: Collection[str]) -> Middleware:
-    """``layer``, or BentoML's tracing layer naming spans by route instead of by path."""
+    """``layer``, or BentoML's tracing layer naming spans by route instead of by path and
+    without its ``http send`` and ``http receive`` child spans."""
     if layer.cls is not _TRACING:
         return layer
 
@@ -173,6 +254,7 @@ def _named_by_route(layer: Middleware, routes: Collection[str]) -> Middleware:
 
     # BentoML builds its list afresh each time the stack is built: this layer is ours to set.
     layer.kwargs["default_span_details"] = span_details
+    layer.kwargs["exclude_spans"] = ["receive", "send"]
     return layer
 
 
@@ -403,13 +485,16 @@ def install_adaptations(
     input_models: Collection[str] = (),
     limits: ConnectionLimits = _DEFAULT_LIMITS,
     drain_s: float = 0.0,
+    tracing_layer: bool = True,
 ) -> None:
     """Apply every adaptation; ``edge`` runs first in each service's middleware stack, after
     BentoML's traffic metrics, which label requests by path only for ``routes`` and BentoML's
     own (``BENTOML_ROUTES``); ``input_models``: the names of the API's input models, whose
     validation errors are logged as refusals rather than server faults; ``limits``: what the
     HTTP server allows each connection; ``drain_s``: how long a worker drains on SIGTERM
-    before its server stops (``service.middleware.drain``).
+    before its server stops (``service.middleware.drain``); ``tracing_layer``: whether
+    BentoML's OpenTelemetry layer stays (leave it out only when no trace is exported and no
+    access log prints span ids).
 
     Calling it again replaces the edge.
     """
@@ -428,6 +513,10 @@ def install_adaptations(
             _BENTOML_LOG_EXCEPTION(request, exc_info)
 
     bentoml_app.log_exception = log_server_faults
+    telemetry.ParentBasedTraceIdRatio = SampledOnly  # type: ignore[attr-defined]
+    APIMethod._local_call = _bound_once
+    IOMixin.to_http_response = classmethod(_whole_response)
+    IORootModel.model_dump_json = _root_json
     ServiceAppFactory.index_page = _docs_page
     uvicorn.Config = _bounded_config(bounded_protocol(limits))  # type: ignore[misc]
     uvicorn.Server = _draining_server(drain_s)  # type: ignore[misc]
@@ -448,7 +537,9 @@ def install_adaptations(
             if m.cls is _TRAFFIC_METRICS
         ]
         others = [
-            _named_by_route(m, labelled) for m in bentoml_layers if m.cls is not _TRAFFIC_METRICS
+            _named_by_route(m, labelled)
+            for m in bentoml_layers
+            if m.cls is not _TRAFFIC_METRICS and (tracing_layer or m.cls is not _TRACING)
         ]
         return [*metrics, *edge, *others]
 

@@ -171,7 +171,7 @@ BAD_KEYS = Counter(
 )
 OVERLOAD_REFUSALS = Counter(
     "featserve_overload_refusals_total",
-    "Requests refused at once (503) because the worker already had FEATSERVE_MAX_IN_FLIGHT "
+    "Requests refused (503) because the worker already had FEATSERVE_MAX_IN_FLIGHT "
     "requests in flight, by path.",
     ["path"],
 )

@@ -433,6 +433,8 @@ install_adaptations(
             AdmissionMiddleware,
             limit=SETTINGS.max_in_flight,
             paths=_API_ROUTES,
+            wait_s=SETTINGS.admission_wait_ms / 1000,
+            hold_s=SETTINGS.refusal_hold_ms / 1000,
         ),
     ],
     routes=_ROUTES,
@@ -443,6 +445,7 @@ install_adaptations(
         max_connections=SETTINGS.max_connections,
     ),
     drain_s=SETTINGS.drain_s,
+    tracing_layer=_TRACING is not None or SETTINGS.access_log,
     input_models={api.input_spec.__name__ for api in ScoringService.apis.values()},  # type: ignore[attr-defined]
 )
 ScoringService.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]

@@ -18,12 +18,18 @@ import bentoml
 import pydantic
 import pytest
 import uvicorn
+from _bentoml_impl.serde import JSONSerde
 from _bentoml_impl.server import app as bentoml_app
 from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_impl.worker import service as bentoml_worker
+from _bentoml_sdk.io_models import IOMixin, IORootModel
+from _bentoml_sdk.method import APIMethod
+from bentoml._internal.configuration import containers
 from bentoml._internal.server.http import traffic
+from bentoml._internal.utils import telemetry
 from bentoml.exceptions import BentoMLException
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.sdk.trace.sampling import Decision
 from prometheus_client import generate_latest
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -34,6 +40,7 @@ from service.bentoml_adapter import (
     BoundedHttpToolsProtocol,
     ConnectionLimits,
     RouteLabelledTrafficMetrics,
+    SampledOnly,
     configure_models,
     install_adaptations,
     is_client_error,
@@ -54,6 +61,10 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(ServiceAppFactory, "index_page", ServiceAppFactory.index_page)
     monkeypatch.setattr(uvicorn, "Config", uvicorn.Config)
     monkeypatch.setattr(uvicorn, "Server", uvicorn.Server)
+    monkeypatch.setattr(telemetry, "ParentBasedTraceIdRatio", telemetry.ParentBasedTraceIdRatio)  # type: ignore[attr-defined]
+    monkeypatch.setattr(APIMethod, "_local_call", APIMethod._local_call)
+    monkeypatch.setattr(IOMixin, "to_http_response", IOMixin.__dict__["to_http_response"])
+    monkeypatch.setattr(IORootModel, "model_dump_json", IORootModel.model_dump_json)
     uvicorn_errors = logging.getLogger("uvicorn.error")
     filters = list(uvicorn_errors.filters)
     yield
@@ -65,6 +76,10 @@ class Tiny:
     @bentoml.api
     def ping(self) -> str:
         return "pong"
+
+    @bentoml.api
+    def info(self) -> dict[str, Any]:
+        return {"name": "tiny", "sizes": [1, 2.5, None]}
 
 
 def test_the_installed_bentoml_is_the_adapted_release() -> None:
@@ -277,3 +292,49 @@ def test_tracing_names_spans_by_route(restored: None) -> None:
     name_of = tracing.kwargs["default_span_details"]
     assert name_of({"method": "POST", "path": "/score"}) == ("POST /score", {})
     assert name_of({"method": "GET", "path": "/user/alice/SECRET"}) == ("GET other", {})
+
+
+def test_tracing_leaves_out_the_send_and_receive_spans(restored: None) -> None:
+    install_adaptations(edge=[])
+    app = Tiny.to_asgi()  # type: ignore[attr-defined]
+    [tracing] = [m for m in app.user_middleware if m.cls is OpenTelemetryMiddleware]
+    assert sorted(tracing.kwargs["exclude_spans"]) == ["receive", "send"]
+
+
+def test_bentoml_samples_with_a_sampler_that_records_only_what_it_samples(restored: None) -> None:
+    # BentoML imports its sampler class from the telemetry module when it builds its tracer
+    # provider, so the class there is the one it uses.
+    assert "ParentBasedTraceIdRatio(sample_rate)" in inspect.getsource(containers)
+    install_adaptations(edge=[])
+    assert telemetry.ParentBasedTraceIdRatio is SampledOnly  # type: ignore[attr-defined]
+    never, always = SampledOnly(0.0), SampledOnly(1.0)
+    trace_id = 0x5F3759DF5F3759DF5F3759DF5F3759DF
+    assert never.should_sample(None, trace_id, "POST /score").decision is Decision.DROP
+    assert (
+        always.should_sample(None, trace_id, "POST /score").decision is Decision.RECORD_AND_SAMPLE
+    )
+
+
+def test_an_api_caller_is_bound_once_per_instance(restored: None) -> None:
+    install_adaptations(edge=[])
+    first, second = Tiny.inner(), Tiny.inner()  # type: ignore[attr-defined]
+    assert first.ping is first.ping
+    assert first.ping is not second.ping
+    assert first.ping() == "pong"
+
+
+def test_a_json_answer_goes_out_as_one_body_of_known_length(restored: None) -> None:
+    install_adaptations(edge=[])
+    output = Tiny.apis["info"].output_spec  # type: ignore[attr-defined]
+    answer = asyncio.run(output.to_http_response({"name": "tiny", "sizes": [1, 2.5]}, JSONSerde()))
+    assert answer.body == b'{"name":"tiny","sizes":[1,2.5]}'
+    assert answer.headers["content-length"] == str(len(answer.body))
+    assert answer.headers["content-type"] == "application/json"
+
+
+def test_the_tracing_layer_is_left_out_when_nothing_reads_its_spans(restored: None) -> None:
+    install_adaptations(edge=[], tracing_layer=False)
+    app = Tiny.to_asgi()  # type: ignore[attr-defined]
+    classes = [middleware.cls for middleware in app.user_middleware]
+    assert OpenTelemetryMiddleware not in classes
+    assert CancellingTimeoutMiddleware in classes

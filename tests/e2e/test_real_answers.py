@@ -1,7 +1,7 @@
 """Real answers end to end, on one worker at default settings over a real Redis.
 
 Under overload every answer must be real (features from Redis or the cache)
-or an explicit, immediate refusal (503 with ``Retry-After``): a saturated
+or an explicit refusal (503 with ``Retry-After``): a saturated
 worker must never answer from training defaults or stale values while Redis
 is healthy.  When Redis refuses the reads (an ACL that no longer covers the
 keys) no answer may claim Redis or the cache, ``/ops/status`` must say why,
