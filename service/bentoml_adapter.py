@@ -123,6 +123,7 @@ __all__ = [
     "RouteLabelledTrafficMetrics",
     "SampledOnly",
     "configure_models",
+    "declare_json_outputs",
     "install_adaptations",
     "is_client_error",
 ]
@@ -477,6 +478,14 @@ class _InvalidRequestsAsRefusals(logging.Filter):
 
 
 _INVALID_REQUESTS_FILTER = _InvalidRequestsAsRefusals()
+
+
+def declare_json_outputs(apis: Iterable[Any]) -> None:
+    """Give each API's output its media type once: BentoML 1.4.40 rebuilds an output's JSON
+    schema on every response just to pick it, a large share of a request's CPU
+    (docs/benchmarks.md)."""
+    for api in apis:
+        api.output_spec.media_type = "application/json"
 
 
 def install_adaptations(

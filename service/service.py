@@ -46,7 +46,12 @@ from features.stores.write_rules import epoch_ms
 from features.timing import Stage, StageTimer
 from models.train import check_servable, default_model_name, load
 from service.api_info import show_project_info
-from service.bentoml_adapter import BENTOML_ROUTES, ConnectionLimits, install_adaptations
+from service.bentoml_adapter import (
+    BENTOML_ROUTES,
+    ConnectionLimits,
+    declare_json_outputs,
+    install_adaptations,
+)
 from service.composer import check_settings, compose
 from service.inputs import TOP_K, request_models
 from service.metrics import StoreGauges, observe_request, publish_settings, start_series
@@ -450,10 +455,7 @@ install_adaptations(
 )
 ScoringService.add_asgi_middleware(ClientErrorMiddleware)  # type: ignore[attr-defined]
 
-# BentoML 1.4.40 rebuilds each output's JSON schema on every response just to
-# pick its media type, a large share of a request's CPU (docs/benchmarks.md); say it once.
-for _api in ScoringService.apis.values():  # type: ignore[attr-defined]
-    _api.output_spec.media_type = "application/json"
+declare_json_outputs(ScoringService.apis.values())  # type: ignore[attr-defined]
 
 
 def _now() -> int:
