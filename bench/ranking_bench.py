@@ -1,6 +1,6 @@
 """A ranking request (one user, 100 candidate items) beside ``/score_batch`` of 100 users.
 
-Usage: ``python -m bench.ranking_bench [--users 20000] [--rounds 4] [--round-s 5]``
+Usage: ``python -m bench.ranking_bench [--users 20000] [--rounds 4] [--round-s 5] [--cold]``
 
 One Redis holds both example projects' demo data side by side (the ranking
 project's keys carry its ``rank:`` prefix): ``--users`` users of each and five
@@ -13,6 +13,9 @@ Printed: per case the median over rounds of p50, p90, p99 and max (ms) and of
 real answers per second, the groups' source mix, and the ratio of the ranking
 request's p50 and p99 to the batch's.  With 2 CPUs the servers are pinned to
 the first (one is driven at a time), this process and Redis to the second.
+
+``--cold`` serves with ``FEATSERVE_CACHE_TTL_S=0``: every group read from Redis, as when
+no entity repeats within the cache's TTL (the bodies here repeat entities within 5 s).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--round-s", type=float, default=5.0)
+    parser.add_argument("--cold", action="store_true", help="no cache: every group from Redis")
     args = parser.parse_args(argv)
     split = pin_cpus()
     cpus = None if split.server is None else str(split.server)
@@ -90,8 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             strict=True,
         ):
             home = own_home(shared, scratch / f"home-{project.name}")
+            cold = {"FEATSERVE_CACHE_TTL_S": "0"} if args.cold else {}
             process, url, _ = start_service(
-                home, redis_server, scratch, cpus=cpus, FEATSERVE_PROJECT=str(project)
+                home, redis_server, scratch, cpus=cpus, FEATSERVE_PROJECT=str(project), **cold
             )
             stack.callback(stop, process)
             urls[name] = f"{url}{path}"
