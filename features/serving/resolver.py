@@ -74,7 +74,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 0.010
-"""The feature budget of the real-time profile (``features.budgets``, e.g. fraud detection)."""
+"""The feature budget of the payments profile (``features.budgets``), the strictest but ads'."""
 
 TIMER_SLACK_S = 0.002
 """How much earlier than the deadline a store read is abandoned: event-loop timers (libuv's
