@@ -199,10 +199,12 @@ class Settings(BaseSettings):
     it is refused; 10 ms leaves most of a 50 ms latency budget to the request itself, served
     beside the others in flight; 0: refused without waiting."""
 
-    refusal_hold_ms: float = Field(default=100.0, ge=0, le=1000)
+    refusal_hold_ms: float = Field(default=250.0, ge=0, le=1000)
     """How long after it came an overload refusal is sent, at the soonest: a client that
     retries at once then sends at most one request per this long on each connection instead
-    of spinning; 0: at once (after ``admission_wait_ms``)."""
+    of spinning; 0: at once (after ``admission_wait_ms``).  250 ms, not 100: at 64
+    connections retrying at once, 100 ms left about 290 refusals a second taking a sixth of
+    the worker, 250 ms about 130 (docs/benchmarks.md, "Feast as a peer")."""
 
     access_log: bool = False
     """Whether BentoML writes an access-log line per request (it costs throughput:
