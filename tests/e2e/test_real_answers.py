@@ -76,7 +76,9 @@ def closed_loop(url: str, connections: int, duration_s: float) -> tuple[list[Sam
 
 
 @pytest.mark.parametrize("connections", [16, 64])
-def test_every_answer_is_real_or_a_refusal_that_says_when_to_retry(served: Served, connections: int) -> None:
+def test_every_answer_is_real_or_a_refusal_that_says_when_to_retry(
+    served: Served, connections: int
+) -> None:
     samples, retry_after = closed_loop(served.url, connections, RUN_S)
     statuses = Counter(sample.status for sample in samples)
     assert set(statuses) <= {200, 503}, statuses
