@@ -111,8 +111,8 @@ lock-check: | $(UV)
 		diff requirements/$$name.txt $(LOCK_CHECK)/$$name.txt | head -20 >&2; exit 1; }; done
 
 # The project `make serve` and `make train` work on: FEATSERVE_PROJECT when it is set, else
-# the example in examples/fraud (`make serve PROJECT=path/to/project` for another).
-PROJECT ?= $(or $(FEATSERVE_PROJECT),examples/fraud)
+# the example examples/default-project names (`make serve PROJECT=path/to/project` for another).
+PROJECT ?= $(or $(FEATSERVE_PROJECT),$(file < examples/default-project))
 
 # Embedded Redis (unless REDIS_URL is set), the project's demo data, a model if the store
 # has none, then `bentoml serve` on 127.0.0.1:3000.

@@ -186,7 +186,7 @@ class ClassProbability:
     column); the answer also says whether the score reaches the threshold, under ``label``."""
 
     label: str
-    """The name of the yes/no field of the answer, e.g. ``is_fraud``."""
+    """The name of the yes/no field of the answer, e.g. ``is_risky``."""
     score_description: str = "Probability of the positive class, 0 to 1."
     label_description: str = "True when the score is at or above the threshold."
     threshold: float | None = None

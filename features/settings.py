@@ -1,7 +1,7 @@
 """featserve's configuration: one frozen object built from the environment once.
 
 Every variable is optional; the defaults suit a model with a 10 ms feature
-budget (e.g. the fraud example) on a loopback or same-zone Redis.  Variables are prefixed
+budget (e.g. 10 ms of a 50 ms request) on a loopback or same-zone Redis.  Variables are prefixed
 ``FEATSERVE_`` except ``REDIS_URL``, which every Redis tool already knows.
 """
 

@@ -51,9 +51,10 @@ the store takes seconds; a cold machine under other load, much longer)."""
 SERVICE = "service.service:ScoringService"
 """The featserve service, as ``bentoml serve`` names it."""
 
-EXAMPLE_PROJECT = ROOT / "examples" / "fraud"
+EXAMPLE_PROJECT = ROOT / (ROOT / "examples" / "default-project").read_text().strip()
 """The example project the tests and benchmarks serve unless told otherwise, and ``make
-serve`` by default too (the Makefile's ``PROJECT``): the one place the harness names it."""
+serve`` by default too: the one named in ``examples/default-project``, which the Makefile's
+``PROJECT`` reads as well."""
 
 
 def train_small_model(bentoml_home: Path, project: Path = EXAMPLE_PROJECT) -> None:
