@@ -128,8 +128,9 @@ train: $(STAMP)
 container: $(STAMP)
 	.ci/container/build-image
 
-# Every benchmark (~15 min); rewrites the generated end of docs/benchmarks.md and docs/img/*.png.
-bench: $(STAMP)
+# Every benchmark (~30 min), Feast as a peer among them; rewrites the generated end of
+# docs/benchmarks.md and docs/img/*.png.
+bench: $(STAMP) $(FEAST_VENV)/.installed
 	$(BIN)/python -m bench.run_all
 
 # Feast 0.67's feature server beside featserve and the echo floor, on the same Redis, data,

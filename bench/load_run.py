@@ -144,10 +144,14 @@ async def closed_loop(
     duration_s: float,
     warmup_s: float = 2.0,
     rss_of: int | None = None,
+    in_order: bool = False,
 ) -> LoadRun:
     """Drive ``POST url`` from ``connections`` closed-loop connections, each body picked at
-    random from ``bodies``; sample the RSS of the workers of server ``rss_of``."""
-    plan = LoadPlan(duration_s=duration_s, concurrency=connections, warmup_s=warmup_s)
+    random from ``bodies`` (in their order with ``in_order``); sample the RSS of the workers
+    of server ``rss_of``."""
+    plan = LoadPlan(
+        duration_s=duration_s, concurrency=connections, warmup_s=warmup_s, in_order=in_order
+    )
     start = time.perf_counter() + warmup_s
     rss: list[tuple[float, int]] = []
     load = drive(Endpoint.parse(url), bodies, plan)

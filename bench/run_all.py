@@ -2,8 +2,8 @@
 
 Usage: ``python -m bench.run_all [--quick] [--doc docs/benchmarks.md] [--img docs/img]``
 
-``make bench`` runs it in full (about 15 minutes); ``--quick`` in under
-about 4 minutes (fewer cases, shorter runs).  One Redis with the demo
+``make bench`` runs it in full (about 30 minutes); ``--quick`` in about
+15 (fewer cases, shorter runs).  One Redis with the demo
 features of 10,000 users serves every scenario:
 
 1. memory (``bench.memory``): bytes per entity and the 10 M-user sizing;
@@ -15,7 +15,11 @@ features of 10,000 users serves every scenario:
 6. sustained load (``bench.sustained``, in a subprocess: 60 s runs, 15 s
    with ``--quick``);
 7. the resolver against one node and a 3-primary cluster (``bench.cluster_bench``,
-   with a Redis and a cluster of its own, all on this process's CPU).
+   with a Redis and a cluster of its own, all on this process's CPU);
+8. Feast 0.67's feature server as a peer (``bench.feast_peer``, with its own Redis;
+   Feast from ``var/feast-venv``, which ``make bench`` creates);
+9. batches of 100 entities with every group from Redis, beside the echo
+   (``bench.batch_bench``, with its own Redis).
 
 CPUs (with two or more and ``taskset``): Redis and this process stay on
 CPU 1; the in-process benchmarks (2, 3) move this process to CPU 0 so the
@@ -41,7 +45,9 @@ from pathlib import Path
 
 from bench import (
     admission_bench,
+    batch_bench,
     cluster_bench,
+    feast_peer,
     http_bench,
     memory,
     pipelining,
@@ -51,6 +57,7 @@ from bench import (
 from bench.machine import pin_cpus
 from bench.report import Section, machine_lines
 from service.cli import sla
+from service.harness.local_redis import LocalRedis
 from service.harness.served import ROOT, train_small_model
 
 __all__ = ["main"]
@@ -90,6 +97,15 @@ def sustained(quick: bool, every_cpu: set[int]) -> Section:
         "above, re-measured in this run.",
         markdown_blocks(output),
     )
+
+
+def peers(quick: bool, split: tuple[int, int] | None, cpus: str) -> Section:
+    """``bench.feast_peer``'s cases, with a Redis of its own."""
+    rounds, round_s = (2, 2.0) if quick else (feast_peer.ROUNDS, feast_peer.ROUND_S)
+    print("Feast as a peer ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="featserve-peers-") as tmp, LocalRedis() as redis:
+        results = feast_peer.measure(Path(tmp), redis, split, rounds, round_s)
+    return feast_peer.section(results, rounds, round_s, cpus)
 
 
 def markdown_blocks(console_output: str) -> list[str]:
@@ -158,12 +174,13 @@ def write_doc(doc: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run everything, write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer cases, shorter runs (~4 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer cases, shorter runs (~15 min)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--img", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args(argv)
     # `kill` and `timeout` send SIGTERM: clean up as for Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    feast_peer.require_feast()
     every_cpu = os.sched_getaffinity(0)
     machine = machine_lines()
     started = time.monotonic()
@@ -199,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(sustained(args.quick, every_cpu))
         print("cluster ...", flush=True)
         sections.append(cluster_bench.section(*cluster_bench.collect(args.quick)))
+        sections.append(peers(args.quick, split, cpus.describe()))
+        print("batches ...", flush=True)
+        users = batch_bench.USERS // 10 if args.quick else batch_bench.USERS
+        rounds, round_s = (2, 2.0) if args.quick else (4, 5.0)
+        server_cpu = None if split is None else str(split[0])
+        batches = batch_bench.collect(users, rounds, round_s, server_cpu)
+        sections.append(batch_bench.section(batches, cpus.describe(), users))
     except KeyboardInterrupt:
         print("Interrupted: every process started was stopped.")
         return 130

@@ -8,6 +8,20 @@ import time
 from service.harness.load import Endpoint, LoadPlan, drive
 
 
+async def read_body(reader: asyncio.StreamReader) -> bytes | None:
+    """The body of the next request on ``reader``; ``None`` once the client has gone."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    return await reader.readexactly(length)
+
+
 async def refusing_server(arrivals: list[float]) -> asyncio.Server:
     """Answers the first request of each connection 503 with ``Retry-After: 1``, the rest
     200; records when each request arrived."""
@@ -15,16 +29,8 @@ async def refusing_server(arrivals: list[float]) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served = 0
         while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
+            if await read_body(reader) is None:
                 break
-            length = next(
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length")
-            )
-            await reader.readexactly(length)
             arrivals.append(time.perf_counter())
             if served == 0:
                 status, extra = b"503 Service Unavailable", b"Retry-After: 1\r\n"
@@ -64,3 +70,33 @@ def test_within_the_wait_nothing_more_is_sent_unless_the_client_ignores_it() -> 
     # A run shorter than the second the refusal asks for: one request, or all three.
     assert run_against_refusals(honour=True, duration_s=0.5)[0] == [503]
     assert run_against_refusals(honour=False, duration_s=0.5)[0] == [503, 200, 200]
+
+
+async def recording_server(bodies: list[bytes]) -> asyncio.Server:
+    """Answers every request 200 and records its body."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            if (body := await read_body(reader)) is None:
+                break
+            bodies.append(body)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def test_in_order_sends_the_bodies_round_and_round() -> None:
+    received: list[bytes] = []
+    bodies = [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+
+    async def scenario() -> None:
+        server = await recording_server(received)
+        port = server.sockets[0].getsockname()[1]
+        plan = LoadPlan(duration_s=30.0, concurrency=1, max_requests=7, in_order=True)
+        async with server:
+            await drive(Endpoint.parse(f"http://127.0.0.1:{port}/x"), bodies, plan)
+
+    asyncio.run(scenario())
+    assert received == [bodies[0], bodies[1], bodies[2], bodies[0], bodies[1], bodies[2], bodies[0]]

@@ -186,6 +186,10 @@ class LoadPlan:
     honour_retry_after: bool = False
     """Whether a connection refused with ``Retry-After`` (503, 429) waits that long before
     its next request, as a well-behaved client does; otherwise it sends again at once."""
+    in_order: bool = False
+    """Send the bodies in their order, round and round (the ``n``-th request sends body
+    ``n % len(bodies)``), so that an entity comes back only after every other body's;
+    otherwise each request's body is picked at random."""
 
     def __post_init__(self) -> None:
         if not 0 < self.duration_s <= MAX_DURATION_S:
@@ -237,8 +241,9 @@ class _Schedule:
     stop: threading.Event | None = None
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
-    def next_due(self) -> float | None:
-        """When the next request is due (perf_counter time), or ``None`` when the run is over."""
+    def next_due(self) -> tuple[float, int] | None:
+        """When the next request is due (perf_counter time) and its place in the run, or
+        ``None`` when the run is over."""
         now = time.perf_counter()
         if now >= self.deadline or (self.stop is not None and self.stop.is_set()):
             return None
@@ -246,9 +251,9 @@ class _Schedule:
         if index >= self.plan.max_requests:
             return None
         if self.plan.rate is None:
-            return now
+            return now, index
         due = self.start - self.plan.warmup_s + index / self.plan.rate
-        return due if due < self.deadline else None
+        return (due, index) if due < self.deadline else None
 
 
 async def drive(
@@ -260,7 +265,8 @@ async def drive(
     stop: threading.Event | None = None,
     observe: Observer | None = None,
 ) -> list[Sample]:
-    """Drive ``endpoint`` with ``plan``; each request's body is picked at random from ``bodies``.
+    """Drive ``endpoint`` with ``plan``; each request's body is picked at random from
+    ``bodies`` (in their order with ``plan.in_order``).
 
     No request starts once ``stop`` is set (from any thread); ``observe`` sees each
     recorded sample with its response.
@@ -300,9 +306,11 @@ async def _connection(
     """Send requests one after another on one connection, reconnecting after a failure."""
     streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     try:
-        while (due := schedule.next_due()) is not None:
+        while (next_due := schedule.next_due()) is not None:
+            due, place = next_due
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            index = rng.randrange(len(requests))
+            in_order = schedule.plan.in_order
+            index = place % len(requests) if in_order else rng.randrange(len(requests))
             response: Response | None = None
             error = ""
             fresh = streams is None
