@@ -17,6 +17,7 @@ import redis
 from features.ingest.materialize import materialize
 from features.ingest.tables import open_table
 from features.ingest.updates import parse_update
+from features.keys import feature_key
 from features.stores.redis import RedisStore
 from service.harness.example import EXAMPLE_REGISTRY
 from tests.support.redis_state import redis_state
@@ -101,3 +102,41 @@ def test_the_state_is_what_one_script_call_per_entity_leaves(
     assert len(written) >= 40
     assert any(b"_event_ms:tx_count_1h" in value for value, _ in written.values())
     assert written == state_with_expiry(other_db)
+
+
+FLOATS = [
+    0.0,
+    4051.0,
+    194.05,
+    0.1 + 0.2,
+    1 / 3,
+    1e-4,
+    9.999999999999999e-05,
+    1.5e-05,
+    5e-324,
+    123456789012345.6,
+    1e13,
+    1e15,
+    2.0**53 - 1,
+    2.0**52 + 0.5,
+]
+
+
+def test_float_values_are_kept_as_python_writes_them(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    # Redis keeps the text float.__repr__ writes, whole numbers, tiny and huge ones included.
+    ids = [f"f{index:03d}" for index in range(len(FLOATS))]
+    rows = [
+        {"entity_id": entity_id, "event_timestamp": NOW, "tx_sum_1h": value}
+        for entity_id, value in zip(ids, FLOATS, strict=True)
+    ]
+    path = tmp_path / "floats.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    report = materialize(open_table(path), FEATURES, RedisStore(redis_client))
+    assert report.written == len(FLOATS)
+    kept = [
+        redis_client.hget(feature_key("user", entity_id, "features"), "tx_sum_1h")
+        for entity_id in ids
+    ]
+    assert kept == [repr(value).encode() for value in FLOATS]

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
-
-from sklearn.ensemble import GradientBoostingClassifier
+from typing import TYPE_CHECKING, Any, Literal
 
 from features.project import (
     ClassProbability,
@@ -29,6 +27,9 @@ from .demo_tables import write_demo_tables
 from .derived import DERIVED_FEATURES, READS, derive_batch, derive_one
 from .groups import GROUPS, USER, USER_FEATURES
 
+if TYPE_CHECKING:
+    from sklearn.ensemble import GradientBoostingClassifier
+
 __all__ = ["PROJECT"]
 
 
@@ -39,7 +40,10 @@ def gradient_boosting(seed: int) -> GradientBoostingClassifier:
     Its single-row ``predict_proba`` is compiled to lookup tables by the service
     (``models.compiled_trees``).  ``HistGradientBoostingClassifier`` scores as well but
     predicts through an OpenMP pool, whose threads compete with the other processes of a
-    small shared host and stretch the single-row tail."""
+    small shared host and stretch the single-row tail.  scikit-learn is imported here, not
+    with the project: ``featserve materialize`` loads the project and needs no model."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
     return GradientBoostingClassifier(
         n_estimators=100, max_depth=3, learning_rate=0.1, subsample=0.8, random_state=seed
     )

@@ -234,7 +234,9 @@ def _write_hashes(
         return 0, hashes.expired, 0
     source, numbers = hashes.source, hashes.numbers
     outcome = write_hash_rows(store, hashes.merged)
-    written = np.unique(source[outcome.landed])
+    # The rows a landed value came from (a bitmap: a sort of every landed value costs more).
+    written = np.zeros(len(numbers), dtype=np.bool_)
+    written[source[outcome.landed]] = True
     if outcome.refused:
         problem_of = {
             int(row): problem
@@ -247,7 +249,7 @@ def _write_hashes(
         for row, record in zip(refused_rows, picked.to_pylist(), strict=True):
             rejects.append(Rejected(int(numbers[row]), STORE_FIELD, problem_of[row], record))
     groups = int(np.count_nonzero(outcome.landed.any(axis=1)))
-    return len(written), hashes.expired, groups
+    return int(np.count_nonzero(written)), hashes.expired, groups
 
 
 def _merged(
@@ -433,10 +435,32 @@ def _checked_values(
     if feature.type_name == "int":
         texts: list[Any] = pc.cast(pa.array(safe.astype(np.int64)), pa.string()).to_pylist()
     elif feature.type_name == "float":
-        texts = list(map(float.__repr__, safe.tolist()))
+        texts = _float_texts(safe)
     else:
         return None
     return has, clear, texts
+
+
+_EXPONENT_BELOW = 1e-4
+"""Python's ``repr`` writes a nonzero float of smaller magnitude with an exponent."""
+
+
+def _float_texts(numbers: npt.NDArray[np.float64]) -> list[Any]:
+    """``float.__repr__`` of each number (finite, below 2**53 in magnitude): the text
+    ``dtype.encode`` keeps, at half the cost of calling it per value.  Arrow writes the same
+    shortest round-trip digits, but a whole number without ``.0`` (added here) and exponents
+    from other bounds: a number Arrow writes with one, or that ``repr`` writes with one, is
+    left to ``repr``."""
+    texts = pc.cast(pa.array(numbers), pa.string())
+    positional = pc.invert(pc.match_substring(texts, "e"))
+    whole = pc.and_(positional, pc.invert(pc.match_substring(texts, ".")))
+    texts = pc.if_else(whole, pc.binary_join_element_wise(texts, ".0", ""), texts)
+    written: list[Any] = texts.to_pylist()
+    magnitude = np.abs(numbers)
+    odd = ~_filled(positional) | ((magnitude < _EXPONENT_BELOW) & (magnitude > 0))
+    for index in np.flatnonzero(odd).tolist():
+        written[index] = float.__repr__(float(numbers[index]))
+    return written
 
 
 def _write_updates(

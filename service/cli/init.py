@@ -21,8 +21,7 @@ PROJECT_PY = '''\
 """The {name} project: what featserve serves (edit the declarations to your own)."""
 
 from datetime import timedelta
-
-from sklearn.ensemble import GradientBoostingClassifier
+from typing import TYPE_CHECKING
 
 from features.project import (
     ClassProbability,
@@ -39,6 +38,9 @@ from features.project import (
 
 from .derived import DERIVED, READS, derive_batch, derive_one
 
+if TYPE_CHECKING:
+    from sklearn.ensemble import GradientBoostingClassifier
+
 ACCOUNT = Entity("account", "What a request is about.")
 
 STATS = FeatureGroup(
@@ -53,8 +55,10 @@ STATS = FeatureGroup(
 )
 
 
-def estimator(seed: int) -> GradientBoostingClassifier:
-    """What `featserve train` fits."""
+def estimator(seed: int) -> "GradientBoostingClassifier":
+    """What `featserve train` fits (scikit-learn imported here: other commands need no model)."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
     return GradientBoostingClassifier(random_state=seed)
 
 

@@ -13,11 +13,15 @@ featserve init DIR [--name NAME]
 featserve build [PROJECT] [--name featserve]
 
 Every subcommand takes ``--project DIR`` (default: ``FEATSERVE_PROJECT``).
+
+Only the chosen subcommand's module is imported: ``featserve materialize`` loads neither
+BentoML nor scikit-learn (``featserve --help`` and an unknown subcommand import them all).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from collections.abc import Sequence
@@ -26,10 +30,12 @@ from pathlib import Path
 from features.errors import ProjectError
 from features.redaction import install_log_redaction
 from features.settings import Settings
-from service.cli import build, capacity, check, init, materialize, rewarm, sla, train
 from service.cli.project_option import add_project_option, chosen_project
 
 __all__ = ["main"]
+
+SUBCOMMANDS = ("materialize", "rewarm", "sla", "capacity", "train", "check", "init", "build")
+"""The subcommands that are modules of ``service.cli``, each with a ``register`` function."""
 
 
 def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
@@ -41,18 +47,14 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     install_log_redaction()
     parser = argparse.ArgumentParser(prog="featserve", description="featserve command line")
     commands = parser.add_subparsers(dest="command", required=True)
-    materialize.register(commands)
-    rewarm.register(commands)
-    sla.register(commands)
-    capacity.register(commands)
-    train.register(commands)
-    check.register(commands)
-    init.register(commands)
-    build.register(commands)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    chosen = arguments[:1] if arguments[:1] and arguments[0] in SUBCOMMANDS else SUBCOMMANDS
+    for name in chosen:
+        importlib.import_module(f"service.cli.{name}").register(commands)
     _add_demo_data(commands)
     for command in commands.choices.values():
         add_project_option(command)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     args.settings = settings
     code: int = args.run(args)
     return code
