@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import sklearn
 from pydantic import Field
+from sklearn.base import BaseEstimator
 
 from features.project import Answer, ClassProbability, RequestEntity
 from features.serving.resolver import ResolvedBatch, ResolvedGroup, Resolver, Selection
@@ -91,6 +92,10 @@ DegradedGroups = Annotated[
 ]
 
 
+_SOURCE_VALUES = {source: source.value for source in Source}
+"""Each source's name in answers: a dict lookup is cheaper than an enum's ``.value``."""
+
+
 ScoreResult = dict[str, Any]
 """The model's answer for one request, as the HTTP API answers it: a plain dict, so a batch
 of 100 builds no other object per result.  Its keys: the project's entity field, ``score``,
@@ -118,6 +123,7 @@ class Scorer:
     ) -> None:
         self._resolver = resolver
         self._model = model
+        self._in_sklearn = isinstance(model, BaseEstimator)
         self._builder = builder
         self._answer = answer
         self._threshold = threshold
@@ -137,6 +143,16 @@ class Scorer:
         return self._threshold
 
     def _predict(self, inputs: npt.NDArray[np.float64]) -> list[float]:
+        # Inputs are finite by construction (validated amounts, decoded or default features),
+        # so scikit-learn's finiteness scan is skipped when the model runs in scikit-learn
+        # (models.compiled_trees.fastest_classifier's fallback, a regressor); compiled trees
+        # never scan, and setting scikit-learn's configuration costs microseconds a call.
+        if self._in_sklearn:
+            with sklearn.config_context(assume_finite=True):
+                return self._predict_now(inputs)
+        return self._predict_now(inputs)
+
+    def _predict_now(self, inputs: npt.NDArray[np.float64]) -> list[float]:
         if isinstance(self._answer, ClassProbability):
             model = cast(Classifier, self._model)
             scores: list[float] = model.predict_proba(inputs)[:, self._answer.positive].tolist()
@@ -155,15 +171,14 @@ class Scorer:
             )
         with timer.stage(Stage.DERIVE):
             inputs = self._inputs(requests, resolved)
-        # Inputs are finite by construction (validated amounts, decoded or default features),
-        # so scikit-learn's finiteness scan is skipped when the model runs in scikit-learn
-        # (models.compiled_trees.fastest_classifier's fallback).
-        with timer.stage(Stage.INFERENCE), sklearn.config_context(assume_finite=True):
+        with timer.stage(Stage.INFERENCE):
             scores = self._predict(inputs)
         groups = resolved.groups
+        names = tuple(group.group.name for group in groups)
+        value_of = _SOURCE_VALUES.__getitem__
         sources = [
-            {group.group.name: source.value for group, source in zip(groups, row, strict=True)}
-            for row in zip(*(group.sources for group in groups), strict=True)
+            dict(zip(names, row, strict=True))
+            for row in zip(*(map(value_of, group.sources) for group in groups), strict=True)
         ]
         entity_field = self._entity_field
         results: list[ScoreResult] = [
@@ -237,7 +252,7 @@ class Scorer:
                 values = np.asarray([request.inputs[name] for request in requests])
                 columns[name] = np.repeat(values, repeats)
             inputs = self._builder.matrix(columns, n_rows)
-        with timer.stage(Stage.INFERENCE), sklearn.config_context(assume_finite=True):
+        with timer.stage(Stage.INFERENCE):
             scores = self._predict(inputs) if n_rows else []
         results = self._related_results(requests, scored, others, scores)
         return results, Resolution(scored, tuple(others), tuple(map(_first_reason, results)))
