@@ -257,14 +257,18 @@ class InputBuilder:
         Row ``i`` equals ``row`` of request ``i`` exactly.  ``columns`` maps every stored
         feature and request input (as ``row`` takes them) to a column of ``n_rows`` values.
         """
+        # Each column read becomes an array once: checked here, put in the matrix below.
+        read: dict[str, npt.NDArray[Any]] = {}
         for name in self._columns_read:
-            shape = np.shape(columns[name])
-            if shape != (n_rows,):
-                raise ValueError(f"input {name!r} has shape {shape}, ({n_rows},) expected")
+            read[name] = np.asarray(columns[name])
+            if read[name].shape != (n_rows,):
+                raise ValueError(
+                    f"input {name!r} has shape {read[name].shape}, ({n_rows},) expected"
+                )
         derived = self._derived.batch(columns) if self._derived is not None else {}
         matrix = np.empty((n_rows, len(self._schema.inputs)), dtype=np.float64)
         for column, spec in enumerate(self._schema.inputs):
-            source = derived if spec.source == "derived" else columns
+            source = derived if spec.source == "derived" else read
             values = np.asarray(source[spec.name], dtype=np.float64)
             if values.shape != (n_rows,):
                 raise ValueError(
