@@ -402,7 +402,7 @@ def section(
         verdict = sla.evaluate({"": stage_run.samples}, sla.Limits(budget), 1.0)
         label = "/score" if stage_run.entities == 0 else f"/score_batch x{stage_run.entities}"
         stage_tables.append(
-            f"**{label}**, {verdict.requests} requests at 1 connection, fraud budget "
+            f"**{label}**, {verdict.requests} requests at 1 connection, payments budget "
             f"(p99 total {budget.total_ms:g} ms, features {budget.features_ms:g} ms): "
             + ("met" if verdict.passed else "**not met**")
             + "\n\n"
