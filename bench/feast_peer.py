@@ -37,7 +37,6 @@ import os
 import random
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -65,6 +64,7 @@ from service.harness.served import (
     start_service,
     stop,
     train_small_model,
+    wait_until_ready,
 )
 
 __all__ = ["FEAST_VENV", "Case", "feast_repo", "main", "measure", "require_feast", "section"]
@@ -249,26 +249,13 @@ def feast_server(
         *options, cpus=cpus,
     )  # fmt: skip
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_feast(f"http://127.0.0.1:{port}", process)
-        yield process.pid, f"http://127.0.0.1:{port}"
+        wait_until_ready(url, process, 120.0, path="/health", name="feast serve")
+        yield process.pid, url
     finally:
         stop(process)
         output.close()
-
-
-def _wait_for_feast(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120.0
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"feast serve exited with code {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("feast serve was not ready within 120 s")
 
 
 def _ids() -> list[str]:

@@ -157,19 +157,26 @@ def running_service(
         stop(process)
 
 
-def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Poll ``/readyz`` until it answers 200; raise if the server exits or time runs out."""
+def wait_until_ready(
+    base_url: str,
+    process: subprocess.Popen[bytes],
+    timeout_s: float,
+    path: str = "/readyz",
+    name: str = "bentoml serve",
+) -> None:
+    """Poll ``path`` (default ``/readyz``) until it answers 200; raise, naming the server
+    ``name``, if it exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with code {process.returncode}")
+            raise RuntimeError(f"{name} exited with code {process.returncode}")
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{base_url}{path}", timeout=1.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"bentoml serve was not ready within {timeout_s:.0f} s")
+    raise RuntimeError(f"{name} was not ready within {timeout_s:.0f} s")
 
 
 def clean_environment() -> dict[str, str]:
